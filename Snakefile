@@ -1,0 +1,30 @@
+# stagerun: staged language-model training experiments.
+#   snakemake --cores all                   the whole study of config/config.yaml
+#   snakemake --cores all stage_A           one stage (stage_B, stage_C, verdict, report_assets)
+#   snakemake --report results/report.html  the HTML report
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+validate(config, "config/schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/datasets.smk"
+include: "rules/tokenize.smk"
+include: "rules/train.smk"
+include: "rules/gates.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,46 @@
+# Per-variant summaries, gate checkpoints between stages, and the verdict of the last stage.
+
+
+rule summarize_variant:
+    input:
+        lambda w: stage_run_results(w.stage, w.variant),
+    output:
+        f"{RESULTS}/stage_{{stage}}/{{variant}}/summary.json",
+    shell:
+        "python -m workflow.stats --results {input} --output {output}"
+
+
+checkpoint gate:
+    input:
+        lambda w: stage_summaries(w.stage),
+    output:
+        f"{RESULTS}/gates/gate_{{stage}}.json",
+    params:
+        gate=lambda w: json.dumps(config["stages"][w.stage]["gate"], sort_keys=True),
+    wildcard_constraints:
+        stage="|".join(GATED_STAGES) if GATED_STAGES else "(?!)",
+    shell:
+        "python -m workflow.gates gate --stage {wildcards.stage} --gate-json {params.gate:q} "
+        "--baseline {BASELINE} --summaries {input} --output {output}"
+
+
+rule verdict:
+    input:
+        lambda w: stage_summaries(FINAL_STAGE),
+    output:
+        json=f"{RESULTS}/verdict.json",
+        markdown=report(
+            f"{RESULTS}/verdict.md",
+            caption="../report/verdict.rst",
+            category="Verdict",
+        ),
+    params:
+        alpha=config["verdict"]["alpha"],
+        target=(
+            f"--target-val-loss {config['verdict']['target_val_loss']}"
+            if config["verdict"]["target_val_loss"] is not None
+            else ""
+        ),
+    shell:
+        "python -m workflow.gates verdict --baseline {BASELINE} --alpha {params.alpha} {params.target} "
+        "--summaries {input} --output {output.json} --markdown {output.markdown}"

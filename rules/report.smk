@@ -1,0 +1,90 @@
+# Report assets: stage tables, training curves, val_loss per stage, compute accounting.
+# Everything wrapped in report() appears in `snakemake --report results/report.html`.
+from workflow.tables import naive_plan
+
+
+def stage_decision(stage):
+    """The gate decision of a gated stage, the verdict for the last stage."""
+    return f"{RESULTS}/gates/gate_{stage}.json" if stage in GATED_STAGES else f"{RESULTS}/verdict.json"
+
+
+rule stage_table:
+    input:
+        summaries=lambda w: stage_summaries(w.stage),
+        decision=lambda w: stage_decision(w.stage),
+    output:
+        csv=report(
+            f"{RESULTS}/stage_{{stage}}/table.csv",
+            caption="../report/stage_table.rst",
+            category="Stages",
+            subcategory="Stage {stage}",
+            labels={"stage": "{stage}", "figure": "summary table"},
+        ),
+        markdown=f"{RESULTS}/stage_{{stage}}/table.md",
+    shell:
+        "python -m workflow.tables stage --stage {wildcards.stage} --baseline {BASELINE} "
+        "--summaries {input.summaries} --decision {input.decision} --csv {output.csv} --markdown {output.markdown}"
+
+
+rule curves_plot:
+    input:
+        lambda w: stage_metrics(w.stage),
+    output:
+        report(
+            f"{RESULTS}/plots/curves_stage_{{stage}}.png",
+            caption="../report/curves.rst",
+            category="Stages",
+            subcategory="Stage {stage}",
+            labels={"stage": "{stage}", "figure": "training curves"},
+        ),
+    shell:
+        "python -m workflow.plots curves --stage {wildcards.stage} --metrics {input} --output {output}"
+
+
+rule val_loss_plot:
+    input:
+        all_stage_summaries,
+    output:
+        report(
+            f"{RESULTS}/plots/val_loss_by_stage.png",
+            caption="../report/val_loss_by_stage.rst",
+            category="Overview",
+            labels={"figure": "val_loss by stage"},
+        ),
+    shell:
+        "python -m workflow.plots val-loss --summaries {input} --output {output}"
+
+
+rule compute_table:
+    input:
+        all_stage_summaries,
+    output:
+        csv=report(
+            f"{RESULTS}/compute.csv",
+            caption="../report/compute.rst",
+            category="Overview",
+            labels={"figure": "compute per stage"},
+        ),
+        markdown=f"{RESULTS}/compute.md",
+    params:
+        plan=json.dumps(naive_plan(config), sort_keys=True),
+    shell:
+        "python -m workflow.tables compute --plan-json {params.plan:q} --summaries {input} "
+        "--csv {output.csv} --markdown {output.markdown}"
+
+
+# Named targets: `snakemake stage_A`, ..., `snakemake verdict_target`, `snakemake report_assets`.
+for _stage in STAGES:
+
+    rule:
+        name:
+            f"stage_{_stage}"
+        input:
+            f"{RESULTS}/stage_{_stage}/table.csv",
+            f"{RESULTS}/plots/curves_stage_{_stage}.png",
+        default_target: False
+
+
+rule report_assets:
+    input:
+        all_targets(),

@@ -1,0 +1,95 @@
+# Tokenize rules: raw files -> {data_dir}/tokens/{dataset}/meta.json (+ {split}.bin).
+#
+# Three rules that differ only in their static split files (Snakemake needs the same
+# outputs for every value of a wildcard): train/val datasets, train/val/test datasets,
+# and FineWeb, whose meta.json points at the raw shards (no split files of its own).
+# The mirror is not part of params (per-dataset options are, without "mirror").
+
+import json as _tjson
+import os as _tos
+import subprocess as _tsubprocess
+import sys as _tsys
+
+from workflow.datasets import DATASETS as _DATASETS, dataset_raw_dir as _dataset_raw_dir
+from workflow.datasets import dataset_raw_inputs as _dataset_raw_inputs
+
+_TDATA_DIR = config.get("data_dir", "data")
+_TWO = sorted(n for n, d in _DATASETS.items() if d.static_split_files and d.splits == ("train", "val"))
+_THREE = sorted(n for n, d in _DATASETS.items() if d.static_split_files and d.splits == ("train", "val", "test"))
+_META_ONLY = sorted(n for n, d in _DATASETS.items() if not d.static_split_files)
+_PARALLEL = {"openwebtext"}  # datasets whose tokenizer uses several processes
+
+
+def _dataset_opts(wildcards):
+    return dict((config.get("datasets") or {}).get(wildcards.dataset) or {})
+
+
+def _tokenize_inputs(wildcards):
+    return _dataset_raw_inputs(wildcards.dataset, _TDATA_DIR, _dataset_opts(wildcards))
+
+
+def _tokenize_options_json(wildcards):
+    opts = _dataset_opts(wildcards)
+    opts.pop("mirror", None)
+    return _tjson.dumps(opts, sort_keys=True)
+
+
+def _run_tokenize(wildcards, output, threads, params):
+    env = dict(_tos.environ)
+    env["PYTHONPATH"] = _tos.pathsep.join(p for p in (workflow.basedir, env.get("PYTHONPATH")) if p)
+    _tsubprocess.run(
+        [_tsys.executable, "-m", "workflow.tokenize", "--dataset", wildcards.dataset,
+         "--raw-dir", params.raw_dir, "--out-dir", _tos.path.dirname(output.meta),
+         "--options-json", params.options, "--workers", str(threads)],
+        check=True, env=env,
+    )
+
+
+rule tokenize:
+    """Datasets with train.bin and val.bin."""
+    input: _tokenize_inputs
+    output:
+        meta=f"{_TDATA_DIR}/tokens/{{dataset}}/meta.json",
+        train=f"{_TDATA_DIR}/tokens/{{dataset}}/train.bin",
+        val=f"{_TDATA_DIR}/tokens/{{dataset}}/val.bin",
+    wildcard_constraints:
+        dataset="|".join(_TWO),
+    params:
+        raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
+        options=_tokenize_options_json,
+    threads: lambda wc: workflow.cores if wc.dataset in _PARALLEL else 1
+    run:
+        _run_tokenize(wildcards, output, threads, params)
+
+
+rule tokenize_with_test:
+    """Datasets with train.bin, val.bin and test.bin."""
+    input: _tokenize_inputs
+    output:
+        meta=f"{_TDATA_DIR}/tokens/{{dataset}}/meta.json",
+        train=f"{_TDATA_DIR}/tokens/{{dataset}}/train.bin",
+        val=f"{_TDATA_DIR}/tokens/{{dataset}}/val.bin",
+        test=f"{_TDATA_DIR}/tokens/{{dataset}}/test.bin",
+    wildcard_constraints:
+        dataset="|".join(_THREE),
+    params:
+        raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
+        options=_tokenize_options_json,
+    threads: 1
+    run:
+        _run_tokenize(wildcards, output, threads, params)
+
+
+rule tokenize_shards:
+    """Pre-tokenized shard datasets (FineWeb): only meta.json, pointing at the raw shards."""
+    input: _tokenize_inputs
+    output:
+        meta=f"{_TDATA_DIR}/tokens/{{dataset}}/meta.json",
+    wildcard_constraints:
+        dataset="|".join(_META_ONLY),
+    params:
+        raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
+        options=_tokenize_options_json,
+    threads: 1
+    run:
+        _run_tokenize(wildcards, output, threads, params)

@@ -1,0 +1,440 @@
+"""Optimizers (AdamW, Muon), learning-rate schedules and the sequence-length curriculum.
+
+``build_optimizers(model, train_cfg)`` returns the optimizers of one run; the trainer steps
+each of them. ``set_lr(optimizers, step, train_cfg)`` applies ``lr_multiplier`` to every param
+group's ``initial_lr``. ``curriculum_block_size`` is the pure sequence-length ladder the
+trainer may call before sampling a batch.
+
+``train_cfg`` is the run's ``train`` section (schema ``definitions/train``); keys missing from
+it take the schema's defaults (``TRAIN_DEFAULTS``), so unit tests can pass partial dicts.
+
+Nothing is printed on import or anywhere else in this module.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "TRAIN_DEFAULTS",
+    "Muon",
+    "zeropower_via_newtonschulz5",
+    "build_optimizers",
+    "split_muon_params",
+    "lr_multiplier",
+    "set_lr",
+    "curriculum_block_size",
+]
+
+# Defaults of the keys this module reads; they mirror config/schema.yaml definitions/train.
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "lr": 1.0e-3,
+    "min_lr_ratio": 0.1,
+    "weight_decay": 0.1,
+    "beta1": 0.9,
+    "beta2": 0.99,
+    "eps": 1.0e-8,
+    "schedule": "cosine",
+    "warmup_iters": 0,
+    "warmdown_iters": 0,
+    "num_iterations": 100,
+    # Muon (optimizer: muon)
+    "muon_lr": 0.02,
+    "muon_momentum": 0.95,
+    "muon_nesterov": True,
+    "muon_ns_steps": 5,
+    "muon_weight_decay": 0.0,
+    "embed_lr": None,   # AdamW lr of token/position embeddings (and a tied head); None = lr
+    "head_lr": None,    # AdamW lr of an untied lm_head; None = embed_lr
+    "adam_lr": None,    # AdamW lr of norms, biases and other < 2-D params; None = lr
+    # sequence-length curriculum
+    "curriculum_block_sizes": None,
+    "curriculum_advance": "steps",
+    "curriculum_steps": None,
+    "curriculum_patience": 2,
+    "curriculum_min_delta": 0.0,
+}
+
+SCHEDULES = ("cosine", "linear", "constant", "trapezoidal")
+
+
+def _get(cfg: Mapping[str, Any], key: str) -> Any:
+    """cfg[key], or the schema default when the key is missing or None-with-non-None default."""
+    value = cfg.get(key)
+    return TRAIN_DEFAULTS[key] if value is None else value
+
+
+# --------------------------------------------------------------------------------------
+# Muon
+# --------------------------------------------------------------------------------------
+
+
+def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5,
+                                dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Approximate orthogonalization of G (its polar factor U V^T) by a quintic Newton–Schulz
+    iteration X <- a X + b (X X^T) X + c (X X^T)^2 X with (a, b, c) = (3.4445, -4.7750, 2.0315).
+
+    G is first scaled by its Frobenius norm so every singular value is <= 1. The coefficients
+    maximize the slope at 0 instead of converging to 1, so the result is U S' V^T with S'
+    near 1 but not equal to it: for singular values of G / ||G||_F in [2e-3, 1] the scalar
+    map iterated 5 times lands in about [0.68, 1.21] (Keller Jordan describes S'_ii as roughly
+    Uniform(0.5, 1.5), which does not hurt training relative to U V^T).
+
+    Args:
+        G: [..., m, n] tensor (a batch of matrices is allowed); float dtype.
+        steps: iterations (5 in Muon).
+        dtype: compute dtype; None = bfloat16 on CUDA (as the reference) and float32 elsewhere
+            (CPU bf16 matmuls are slow on most CPUs and less accurate).
+
+    Returns:
+        Tensor of G's shape in the compute dtype.
+
+    Raises:
+        ValueError: G has fewer than 2 dims.
+
+    Source: https://kellerjordan.github.io/posts/muon/ ;
+    https://github.com/KellerJordan/modded-nanogpt (zeropower_via_newtonschulz5).
+    """
+    if G.ndim < 2:
+        raise ValueError(f"zeropower_via_newtonschulz5 needs a matrix, got shape {tuple(G.shape)}")
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    if dtype is None:
+        dtype = torch.bfloat16 if G.is_cuda else torch.float32
+    X = G.to(dtype)
+    transposed = G.size(-2) > G.size(-1)
+    if transposed:  # iterate on the smaller Gram matrix X X^T
+        X = X.mT
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    for _ in range(steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    if transposed:
+        X = X.mT
+    return X
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon — MomentUm Orthogonalized by Newton-Schulz (Keller Jordan, 2024).
+
+    For each 2-D (or higher, flattened to [shape[0], -1]) parameter W with gradient g:
+        buf  <- momentum * buf + (1 - momentum) * g
+        u    <- (1 - momentum) * g + momentum * buf      (Nesterov; u = buf without it)
+        O    <- zeropower_via_newtonschulz5(u, ns_steps)
+        W    <- W * (1 - lr * weight_decay) - lr * max(1, rows / cols) ** 0.5 * O
+
+    The shape-based scale max(1, rows/cols)^0.5 keeps the update RMS comparable across
+    shapes (rows = fan-out of a Linear weight). Use Muon only for hidden weight matrices;
+    embeddings, the head and scalar/vector parameters belong to AdamW
+    (``build_optimizers`` does the split).
+
+    Single-process: gradients are used as they are (the trainer's DDP has already averaged
+    them across ranks), so every rank computes the identical update; no sharding inside.
+    Parameters without a gradient (e.g. DepthWarm's inactive layers) are skipped.
+
+    Args:
+        params: iterable of parameters or param groups.
+        lr: learning rate (units of the orthogonalized update; 0.02 is a common default).
+        momentum: 0.95. nesterov: True. ns_steps: 5. weight_decay: decoupled, 0 by default.
+
+    Raises:
+        ValueError: negative lr / weight_decay, momentum outside [0, 1), ns_steps < 1, or a
+            parameter with fewer than 2 dims.
+
+    Source: https://kellerjordan.github.io/posts/muon/ ;
+    https://github.com/KellerJordan/modded-nanogpt ; https://github.com/KellerJordan/Muon
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0):
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"Muon: lr ({lr}) and weight_decay ({weight_decay}) must be >= 0")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
+        if ns_steps < 1:
+            raise ValueError(f"Muon: ns_steps must be >= 1, got {ns_steps}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.ndim < 2:
+                    raise ValueError(f"Muon: parameter of shape {tuple(p.shape)} has < 2 dims; "
+                                     "optimize it with AdamW")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One update of every parameter that has a gradient. Returns closure's loss or None."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd, beta = group["lr"], group["weight_decay"], group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(g)
+                buf = state["momentum_buffer"]
+                buf.lerp_(g, 1 - beta)
+                update = g.lerp(buf, beta) if group["nesterov"] else buf
+                update = update.reshape(update.size(0), -1)
+                ortho = zeropower_via_newtonschulz5(update, steps=group["ns_steps"])
+                scale = max(1.0, update.size(0) / update.size(1)) ** 0.5
+                if wd != 0:
+                    p.mul_(1 - lr * wd)
+                p.add_(ortho.view_as(p).to(p.dtype), alpha=-lr * scale)
+        return loss
+
+
+# --------------------------------------------------------------------------------------
+# Building optimizers
+# --------------------------------------------------------------------------------------
+
+
+def split_muon_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Partition a model's trainable parameters for Muon training.
+
+    Returns a dict with keys
+        "muon":   >= 2-D weights of hidden layers (inside blocks);
+        "embed":  nn.Embedding weights (token / position embeddings; a tied head is the same
+                  tensor and appears once);
+        "head":   the weight of a module named ``lm_head`` if it is not tied to an embedding;
+        "scalar": everything < 2-D (norm gains, biases).
+    Each parameter appears exactly once.
+    """
+    seen: set[int] = set()
+    embed_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    head_ids = {id(head.weight)} if isinstance(head, nn.Linear) else set()
+    groups: dict[str, list[nn.Parameter]] = {"muon": [], "embed": [], "head": [], "scalar": []}
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if id(p) in embed_ids:
+            groups["embed"].append(p)
+        elif id(p) in head_ids:
+            groups["head"].append(p)
+        elif p.ndim >= 2:
+            groups["muon"].append(p)
+        else:
+            groups["scalar"].append(p)
+    return groups
+
+
+def _adamw(groups: list[dict], cfg: Mapping[str, Any], device_type: str) -> torch.optim.AdamW:
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["initial_lr"] = g["lr"]
+    kwargs: dict[str, Any] = dict(betas=(float(_get(cfg, "beta1")), float(_get(cfg, "beta2"))),
+                                  eps=float(_get(cfg, "eps")))
+    if device_type == "cuda":
+        kwargs["fused"] = True
+    return torch.optim.AdamW(groups, **kwargs)
+
+
+def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
+    """The optimizers of one training run.
+
+    optimizer "adamw" -> [AdamW] with two param groups (nanoGPT's configure_optimizers):
+        >= 2-D tensors (matmul weights, embeddings) with ``weight_decay``, < 2-D tensors
+        (biases, norm gains) with weight decay 0; both with lr ``lr``; betas (beta1, beta2).
+    optimizer "muon" -> [AdamW, Muon] (modded-nanogpt's split):
+        Muon(hidden >= 2-D weights, lr=muon_lr, momentum=muon_momentum, nesterov=muon_nesterov,
+             ns_steps=muon_ns_steps, weight_decay=muon_weight_decay);
+        AdamW groups: embeddings (lr=embed_lr or lr, weight_decay), untied head
+             (lr=head_lr or embed_lr or lr, weight_decay), norms/biases (lr=adam_lr or lr, 0).
+    Every param group carries ``initial_lr`` (the peak lr that ``set_lr`` scales).
+
+    Args:
+        model: the model (GPT or any nn.Module; the head is found as ``model.lm_head``).
+        train_cfg: the run's ``train`` section; missing keys take ``TRAIN_DEFAULTS``.
+
+    Returns:
+        list of optimizers, to be stepped (and zero_grad'ed) together.
+
+    Raises:
+        ValueError: unknown optimizer name (names the key and the valid values).
+    """
+    name = _get(train_cfg, "optimizer")
+    p0 = next(model.parameters(), None)
+    device_type = p0.device.type if p0 is not None else "cpu"
+    lr = float(_get(train_cfg, "lr"))
+    wd = float(_get(train_cfg, "weight_decay"))
+    if name == "adamw":
+        params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        return [_adamw([dict(params=decay, lr=lr, weight_decay=wd),
+                        dict(params=no_decay, lr=lr, weight_decay=0.0)],
+                       train_cfg, device_type)]
+    if name == "muon":
+        parts = split_muon_params(model)
+        embed_lr = float(train_cfg["embed_lr"]) if train_cfg.get("embed_lr") is not None else lr
+        head_lr = float(train_cfg["head_lr"]) if train_cfg.get("head_lr") is not None \
+            else embed_lr
+        adam_lr = float(train_cfg["adam_lr"]) if train_cfg.get("adam_lr") is not None else lr
+        adamw = _adamw([dict(params=parts["embed"], lr=embed_lr, weight_decay=wd),
+                        dict(params=parts["head"], lr=head_lr, weight_decay=wd),
+                        dict(params=parts["scalar"], lr=adam_lr, weight_decay=0.0)],
+                       train_cfg, device_type)
+        optimizers: list[torch.optim.Optimizer] = [adamw]
+        if parts["muon"]:
+            muon = Muon(parts["muon"], lr=float(_get(train_cfg, "muon_lr")),
+                        momentum=float(_get(train_cfg, "muon_momentum")),
+                        nesterov=bool(_get(train_cfg, "muon_nesterov")),
+                        ns_steps=int(_get(train_cfg, "muon_ns_steps")),
+                        weight_decay=float(_get(train_cfg, "muon_weight_decay")))
+            for g in muon.param_groups:
+                g["initial_lr"] = g["lr"]
+            optimizers.append(muon)
+        return optimizers
+    raise ValueError(f"train key 'optimizer': unknown optimizer {name!r}; valid: ['adamw', 'muon']")
+
+
+# --------------------------------------------------------------------------------------
+# Learning-rate schedules
+# --------------------------------------------------------------------------------------
+
+
+def lr_multiplier(step: int, train_cfg: Mapping[str, Any]) -> float:
+    """Learning-rate multiplier in [0, 1] for 0-based training step ``step``.
+
+    With N = num_iterations, W = warmup_iters, D = warmdown_iters, r = min_lr_ratio:
+      * warmup (every schedule): step < W -> (step + 1) / W  (linear; 1/W at step 0, 1 at W-1);
+      * after warmup, progress p = clamp((step - W) / (N - W), 0, 1):
+          cosine:      r + (1 - r) * 0.5 * (1 + cos(pi * p))     (nanoGPT; r at step >= N)
+          linear:      1 - (1 - r) * p
+          constant:    1
+          trapezoidal: min(1, (N - step) / D) when D > 0, else 1; floored at 0
+                       (modded-nanogpt's constant-then-linear-warmdown: 1/D at the last step
+                       N - 1, 0 at N; min_lr_ratio is not applied).
+    Steps beyond N keep the value at N.
+
+    Raises:
+        ValueError: unknown schedule (names the key and valid values), negative step.
+    Source: nanoGPT train.py get_lr; https://github.com/KellerJordan/modded-nanogpt get_lr;
+    Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training
+    Durations") for the trapezoidal / warmup-stable-decay shape.
+    """
+    if step < 0:
+        raise ValueError(f"lr_multiplier: step must be >= 0, got {step}")
+    schedule = _get(train_cfg, "schedule")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"train key 'schedule': unknown schedule {schedule!r}; "
+                         f"valid: {list(SCHEDULES)}")
+    n = int(_get(train_cfg, "num_iterations"))
+    warmup = int(_get(train_cfg, "warmup_iters"))
+    r = float(_get(train_cfg, "min_lr_ratio"))
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    if schedule == "trapezoidal":
+        warmdown = int(_get(train_cfg, "warmdown_iters"))
+        if warmdown <= 0:
+            return 1.0
+        return max(0.0, min(1.0, (n - min(step, n)) / warmdown))
+    progress = min(max((step - warmup) / max(1, n - warmup), 0.0), 1.0)
+    if schedule == "cosine":
+        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0 - (1.0 - r) * progress  # linear
+
+
+def set_lr(optimizers: Sequence[torch.optim.Optimizer], step: int,
+           train_cfg: Mapping[str, Any]) -> float:
+    """Set ``group["lr"] = group["initial_lr"] * lr_multiplier(step, train_cfg)`` in every param
+    group of every optimizer and return the multiplier.
+
+    Raises:
+        KeyError: a param group without ``initial_lr`` (not built by ``build_optimizers``).
+    """
+    mult = lr_multiplier(step, train_cfg)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            if "initial_lr" not in group:
+                raise KeyError("param group has no 'initial_lr'; build optimizers with "
+                               "workflow.optim.build_optimizers")
+            group["lr"] = group["initial_lr"] * mult
+    return mult
+
+
+# --------------------------------------------------------------------------------------
+# Sequence-length curriculum
+# --------------------------------------------------------------------------------------
+
+
+def curriculum_block_size(step: int, train_cfg: Mapping[str, Any],
+                          val_history: Sequence[tuple[int, float]] = ()) -> int | None:
+    """Training sequence length (tokens) for step ``step`` under the curriculum ladder.
+
+    Keys (schema ``definitions/train``):
+      curriculum_block_sizes: ladder of lengths, increasing, e.g. [256, 512, 768, 1024]; the
+          last should equal the model's block_size. None/empty = no curriculum (returns None:
+          the trainer uses the model's block_size).
+      curriculum_advance: "steps" or "plateau".
+        steps:   curriculum_steps = steps at which to move to rung 1, 2, ... (len = ladder - 1,
+                 increasing); rung = number of those steps <= step.
+        plateau: walk val_history in order (only entries with history step <= ``step``); on
+                 each rung track the best val_loss; an evaluation that is not below
+                 best - curriculum_min_delta counts as stale; after curriculum_patience
+                 consecutive stale evaluations move up one rung and start afresh.
+      curriculum_patience (int >= 1), curriculum_min_delta (>= 0, nats).
+
+    Args:
+        step: 0-based training step.
+        train_cfg: the run's train section.
+        val_history: [(step, val_loss), ...] evaluations so far, in step order.
+
+    Returns:
+        the sequence length (int) or None when no curriculum is configured.
+
+    Raises:
+        ValueError: a ladder that is not strictly increasing, curriculum_steps of the wrong
+            length or not increasing, an unknown curriculum_advance, or patience < 1.
+    Pure function: same inputs, same output. Source: sequence-length warmup, Li et al. 2022
+    ("The Stability-Efficiency Dilemma: Investigating Sequence Length Warmup").
+    """
+    ladder = train_cfg.get("curriculum_block_sizes")
+    if not ladder:
+        return None
+    ladder = [int(x) for x in ladder]
+    if any(b <= a for a, b in zip(ladder, ladder[1:])) or ladder[0] < 1:
+        raise ValueError(f"train key 'curriculum_block_sizes' must be strictly increasing "
+                         f"positive ints, got {ladder}")
+    mode = _get(train_cfg, "curriculum_advance")
+    if mode == "steps":
+        marks = train_cfg.get("curriculum_steps") or []
+        marks = [int(x) for x in marks]
+        if len(marks) != len(ladder) - 1 or any(b <= a for a, b in zip(marks, marks[1:])):
+            raise ValueError(f"train key 'curriculum_steps' must list {len(ladder) - 1} "
+                             f"increasing steps for ladder {ladder}, got {marks}")
+        rung = sum(1 for m in marks if step >= m)
+        return ladder[rung]
+    if mode == "plateau":
+        patience = int(_get(train_cfg, "curriculum_patience"))
+        min_delta = float(_get(train_cfg, "curriculum_min_delta"))
+        if patience < 1:
+            raise ValueError(f"train key 'curriculum_patience' must be >= 1, got {patience}")
+        rung, best, stale = 0, math.inf, 0
+        for s, val_loss in val_history:
+            if s > step or rung == len(ladder) - 1:
+                break
+            if val_loss < best - min_delta:
+                best, stale = val_loss, 0
+            else:
+                stale += 1
+                if stale >= patience:
+                    rung, best, stale = rung + 1, math.inf, 0
+        return ladder[rung]
+    raise ValueError(f"train key 'curriculum_advance': unknown value {mode!r}; "
+                     "valid: ['steps', 'plateau']")

@@ -1,0 +1,111 @@
+"""Report figures (matplotlib, Agg backend, PNG written atomically).
+
+CLI (rules/report.smk)::
+
+    python -m workflow.plots curves --stage A --metrics .../metrics.jsonl ... --output curves_stage_A.png
+    python -m workflow.plots val-loss --summaries .../summary.json ... --output val_loss_by_stage.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from workflow.io import atomic_write, read_json  # noqa: E402
+
+
+def _save(fig: plt.Figure, output: str) -> None:
+    with atomic_write(output, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def load_metrics(paths: list[str]) -> pd.DataFrame:
+    """Concatenate metrics.jsonl files; adds ``variant`` and ``seed`` from the run folder
+    (``.../{variant}/seed_{seed}/metrics.jsonl``)."""
+    frames = []
+    for path in paths:
+        p = Path(path)
+        frame = pd.read_json(p, lines=True) if p.stat().st_size else pd.DataFrame(columns=["step"])
+        frame["variant"] = p.parent.parent.name
+        frame["seed"] = int(p.parent.name.removeprefix("seed_"))
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "variant", "seed"])
+
+
+def plot_curves(stage: str, metrics_paths: list[str], output: str) -> None:
+    """Validation (solid) and training (faint) loss vs step for every run of a stage;
+    one colour per variant, one line per seed."""
+    data = load_metrics(metrics_paths)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (variant, runs) in enumerate(sorted(data.groupby("variant"), key=lambda kv: kv[0])):
+        colour = colours[i % len(colours)]
+        for j, (_, run) in enumerate(runs.groupby("seed")):
+            run = run.sort_values("step")
+            train = run.dropna(subset=["train_loss"]) if "train_loss" in run else run.iloc[0:0]
+            val = run.dropna(subset=["val_loss"]) if "val_loss" in run else run.iloc[0:0]
+            ax.plot(train["step"], train["train_loss"], color=colour, alpha=0.25, linewidth=0.8)
+            ax.plot(val["step"], val["val_loss"], color=colour, marker="o", markersize=2.5, linewidth=1.2,
+                    label=variant if j == 0 else None)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title(f"Stage {stage}: val_loss (solid) and train_loss (faint) per seed")
+    if len(data):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    _save(fig, output)
+
+
+def plot_val_loss_by_stage(summary_paths: list[str], output: str) -> None:
+    """Final val_loss of every successful run, per stage and variant, with the mean and its 95 % CI."""
+    summaries = [read_json(p) for p in summary_paths]
+    stages = sorted({s["stage"] for s in summaries}, key=lambda s: [x["stage"] for x in summaries].index(s))
+    variants = sorted({s["variant"] for s in summaries})
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4 * max(1, len(stages)), 4), sharey=True, squeeze=False)
+    for ax, stage in zip(axes[0], stages):
+        for x, variant in enumerate(variants):
+            summ = next((s for s in summaries if s["stage"] == stage and s["variant"] == variant), None)
+            if summ is None:
+                continue
+            losses = [r["final_val_loss"] for r in summ["runs"] if r["success"]]
+            ax.scatter([x] * len(losses), losses, s=14, alpha=0.6)
+            vl = summ["val_loss"]
+            if vl["mean"] is not None:
+                lo, hi = vl["ci_95"] or (vl["mean"], vl["mean"])
+                ax.errorbar([x + 0.15], [vl["mean"]], yerr=[[vl["mean"] - lo], [hi - vl["mean"]]], fmt="k_", capsize=3)
+        ax.set_xticks(range(len(variants)), variants, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"Stage {stage}")
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("final val_loss (nats/token)")
+    fig.suptitle("Final val_loss per run; black: mean and 95% CI")
+    _save(fig, output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflow.plots")
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("curves")
+    c.add_argument("--stage", required=True)
+    c.add_argument("--metrics", nargs="*", default=[])
+    c.add_argument("--output", required=True)
+    v = sub.add_parser("val-loss")
+    v.add_argument("--summaries", nargs="*", default=[])
+    v.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    if args.command == "curves":
+        plot_curves(args.stage, args.metrics, args.output)
+    else:
+        plot_val_loss_by_stage(args.summaries, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""Raw files -> token files + meta.json (docs/architecture.md, "Data layout").
+
+CLI::
+
+    python -m workflow.tokenize --dataset shakespeare_char --raw-dir data/raw/tinyshakespeare \\
+        --out-dir data/tokens/shakespeare_char [--options-json '{}'] [--tokenizer-file F] [--workers N]
+
+Writes ``{split}.bin`` (little-endian ``dtype`` ids, no header) for each split of the
+dataset and LAST ``meta.json``; every file is written atomically (workflow.io), and a
+stale meta.json is deleted before anything else, so a failed run never leaves a
+meta.json that describes missing or different token files. FineWeb writes only
+meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.data).
+
+``--tokenizer-file``: GPT-2 BPE ranks (tiktoken ``r50k_base.tiktoken``); default
+``{raw-dir}/../gpt2/r50k_base.tiktoken`` when it exists, else tiktoken's own download/cache.
+Exit status 1 with a one-line ``error: ...`` naming the file / line / byte at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import gzip
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
+from tqdm import tqdm
+
+from workflow.datasets import (
+    GPT2_RANKS_FILE, GPT2_SOURCE, UnknownNameError, custom_text_files, dataset_options,
+    get_dataset, source_file, source_files,
+)
+from workflow.io import atomic_write, sha256_file, write_json_atomic
+from workflow.tokenizers import (
+    ByteTokenizer, CharsetTokenizer, CharTokenizer, GPT2Tokenizer, TokenizeError, gpt2_encoding, token_dtype,
+)
+
+CHUNK_BYTES = 16 << 20
+FINEWEB_MAGIC = 20240520
+FINEWEB_VERSION = 1
+FINEWEB_HEADER_INTS = 256
+FINEWEB_HEADER_BYTES = FINEWEB_HEADER_INTS * 4
+
+
+class DataError(ValueError):
+    """Raw data that violates its format (message names file and byte / line / member)."""
+
+
+# --------------------------------------------------------------------------- writers
+
+class SplitWriters:
+    """Streaming writers of ``{out_dir}/{split}.bin``, all committed atomically together.
+
+    Use as a context manager; ``write(split, ids)`` appends ids (any integer array) after
+    checking ``0 <= ids < vocab_size`` and casting to ``dtype``. On an exception no split
+    file is renamed into place. ``tokens[split]`` counts the ids written.
+    """
+
+    def __init__(self, out_dir: Path, splits: Iterable[str], dtype: str, vocab_size: int):
+        self.out_dir, self.splits = Path(out_dir), list(splits)
+        self.dtype, self.vocab_size = np.dtype(dtype).newbyteorder("<"), vocab_size
+        self.tokens = {s: 0 for s in self.splits}
+        self._stack = contextlib.ExitStack()
+        self._files: dict[str, Any] = {}
+
+    def __enter__(self) -> "SplitWriters":
+        for split in self.splits:
+            self._files[split] = self._stack.enter_context(atomic_write(self.out_dir / f"{split}.bin", "wb"))
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self._stack.__exit__(*exc)
+
+    def write(self, split: str, ids: np.ndarray | list[int]) -> None:
+        arr = np.asarray(ids)
+        if arr.size == 0:
+            return
+        if arr.dtype != self.dtype:
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.vocab_size:
+                raise TokenizeError(f"{split}: token id {hi if hi >= self.vocab_size else lo} outside "
+                                    f"0..{self.vocab_size - 1}")
+            arr = arr.astype(self.dtype)
+        self._files[split].write(arr.tobytes())
+        self.tokens[split] += int(arr.size)
+
+    def splits_meta(self) -> dict:
+        return {s: {"tokens": n, "files": [{"path": f"{s}.bin", "header_bytes": 0, "tokens": n}]}
+                for s, n in self.tokens.items()}
+
+
+def _file_meta(path: Path, url: str | None = None, filename: str | None = None) -> dict:
+    return {"filename": filename or path.name, "url": url or path.resolve().as_uri(),
+            "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _source_meta(source: str, raw_dir: Path, opts: Mapping[str, Any], names: list[str] | None = None) -> dict:
+    """meta.json ``source``: public URL plus the actual sha256 / size of each raw file used."""
+    files = []
+    for name in names or source_files(source, opts):
+        path = raw_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: raw file of source {source!r} is missing (download it first)")
+        files.append(_file_meta(path, source_file(source, name, opts).url, name))
+    return {"name": source, "files": files}
+
+
+def _gpt2_ranks(raw_dir: Path, tokenizer_file: str | None) -> str | None:
+    if tokenizer_file:
+        return tokenizer_file
+    default = raw_dir.parent / GPT2_SOURCE / GPT2_RANKS_FILE
+    return str(default) if default.is_file() else None
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 at byte {err.start}: {err.reason}") from None
+
+
+# --------------------------------------------------------------------------- datasets
+
+def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -> dict:
+    """Char-level tiny Shakespeare: vocab = sorted set of characters (65), uint8,
+    first ``train_fraction`` (0.9) of the characters train, the rest val.
+    Source: nanoGPT data/shakespeare_char/prepare.py (1,003,854 / 111,540 tokens)."""
+    text = _read_text(raw_dir / "input.txt")
+    tok = CharTokenizer.from_text(text)
+    cut = int(len(text) * opts["train_fraction"])
+    dtype = token_dtype(tok.vocab_size)
+    with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
+        w.write("train", tok.encode(text[:cut]))
+        w.write("val", tok.encode(text[cut:]))
+    return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
+            "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
+
+
+def prepare_shakespeare_gpt2(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
+                             tokenizer_file: str | None = None, **_) -> dict:
+    """GPT-2 BPE tiny Shakespeare: split 90/10 by characters, each part encoded with
+    encode_ordinary, uint16. Source: nanoGPT data/shakespeare/prepare.py (301,966 / 36,059)."""
+    text = _read_text(raw_dir / "input.txt")
+    tok = GPT2Tokenizer(_gpt2_ranks(raw_dir, tokenizer_file))
+    cut = int(len(text) * opts["train_fraction"])
+    dtype = token_dtype(tok.vocab_size)
+    with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
+        w.write("train", tok.encode(text[:cut]))
+        w.write("val", tok.encode(text[cut:]))
+    return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
+            "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
+
+
+def check_zip_members(zf: zipfile.ZipFile, zip_path: Path) -> None:
+    """Refuse an archive with a member that would escape the extraction folder.
+
+    Raises:
+        DataError: a member name is absolute, has a drive, or has a ``..`` component
+            (message names the archive and the member).
+    """
+    for name in zf.namelist():
+        parts = Path(name.replace("\\", "/")).parts
+        if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+            raise DataError(f"{zip_path}: member {name!r} escapes the extraction folder; refusing the archive")
+
+
+def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -> dict:
+    """Byte-level enwik8 streamed from ``enwik8.zip`` (no extracted copy): vocab 256, uint8.
+
+    The member (``member``, default ``enwik8``) must be ``expected_bytes`` long (10^8; null
+    skips the check) and start with ``magic`` (``<mediawiki``). Splits by ``fractions``
+    (0.9/0.05/0.05 = 90M/5M/5M bytes; test gets the remainder). Source: the Hutter Prize
+    file and the split of Transformer-XL / nanoGPT-style enwik8 scripts.
+
+    Raises:
+        DataError: unsafe member names (``../``), missing member, size or magic mismatch
+            (message names archive, member and byte), corrupt zip (CRC).
+    """
+    zip_path = raw_dir / "enwik8.zip"
+    member, expected, magic = opts["member"], opts["expected_bytes"], opts["magic"].encode()
+    fractions = list(opts["fractions"])
+    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"datasets.enwik8.fractions: need 3 non-negative fractions summing to 1, got {fractions}")
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except zipfile.BadZipFile as err:
+        raise DataError(f"{zip_path}: not a zip archive ({err})") from None
+    tok = ByteTokenizer()
+    with zf:
+        check_zip_members(zf, zip_path)
+        try:
+            info = zf.getinfo(member)
+        except KeyError:
+            raise DataError(f"{zip_path}: no member {member!r}; members: {zf.namelist()}") from None
+        n = info.file_size
+        if expected is not None and n != expected:
+            raise DataError(f"{zip_path}:{member}: {n} bytes, expected {expected} "
+                            f"(datasets.enwik8.expected_bytes)")
+        n_train, n_val = int(n * fractions[0]), int(n * fractions[1])
+        bounds = [("train", n_train), ("val", n_train + n_val), ("test", n)]
+        with SplitWriters(out_dir, ("train", "val", "test"), "uint8", 256) as w, zf.open(info) as fin, \
+                tqdm(total=n, unit="B", unit_scale=True, desc="enwik8", file=sys.stderr, mininterval=1) as bar:
+            pos, first = 0, True
+            try:
+                while chunk := fin.read(CHUNK_BYTES):
+                    if first:
+                        if not chunk.startswith(magic):
+                            raise DataError(f"{zip_path}:{member}: byte 0 starts with {chunk[:len(magic)]!r}, "
+                                            f"expected {magic!r}")
+                        first = False
+                    ids, start = tok.encode(chunk), pos
+                    for split, end in bounds:
+                        lo, hi = max(start, pos), min(start + len(chunk), end)
+                        if hi > lo:
+                            w.write(split, ids[lo - start:hi - start])
+                            pos = hi
+                    bar.update(len(chunk))
+            except zipfile.BadZipFile as err:
+                raise DataError(f"{zip_path}:{member}: corrupt archive near byte {pos}: {err}") from None
+            if pos != n:
+                raise DataError(f"{zip_path}:{member}: member ended at byte {pos}, header says {n}")
+    return {"source": _source_meta("enwik8", raw_dir, opts), "tokenizer": tok.to_meta(),
+            "vocab_size": 256, "dtype": "uint8", "splits": w.splits_meta()}
+
+
+def read_fineweb_header(path: Path) -> int:
+    """Validate a modded-nanogpt token shard and return its token count.
+
+    Format: 256 little-endian int32 (magic 20240520, version 1, token count, zeros) =
+    1024 bytes, then ``count`` uint16 tokens. Source: modded-nanogpt data/cached_fineweb10B.py
+    and train_gpt.py ``_load_data_shard``.
+
+    Raises:
+        DataError: short header, wrong magic / version, or a file size that differs from
+            1024 + 2 * count (message names the file and the byte offset).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        raw = handle.read(FINEWEB_HEADER_BYTES)
+    if len(raw) < FINEWEB_HEADER_BYTES:
+        raise DataError(f"{path}: truncated header: file ends at byte {len(raw)}, header is {FINEWEB_HEADER_BYTES} bytes")
+    header = np.frombuffer(raw, dtype="<i4")
+    if header[0] != FINEWEB_MAGIC:
+        raise DataError(f"{path}: byte 0: magic {int(header[0])}, expected {FINEWEB_MAGIC}")
+    if header[1] != FINEWEB_VERSION:
+        raise DataError(f"{path}: byte 4: version {int(header[1])}, expected {FINEWEB_VERSION}")
+    count = int(header[2])
+    expected = FINEWEB_HEADER_BYTES + 2 * count
+    if count < 0 or size != expected:
+        what = "truncated" if size < expected else "has trailing bytes"
+        raise DataError(f"{path}: {what}: header (byte 8) says {count} tokens = {expected} bytes, "
+                        f"file has {size} bytes (first bad byte {min(size, expected)})")
+    return count
+
+
+def prepare_fineweb10B(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -> dict:
+    """FineWeb-10B GPT-2 shards: validate every shard header and write meta.json only;
+    split files are the raw shards (paths relative to out_dir, header_bytes 1024, uint16)."""
+    names = source_files("fineweb10B", opts)
+    splits: dict[str, dict] = {"train": {"tokens": 0, "files": []}, "val": {"tokens": 0, "files": []}}
+    for name in names:
+        path = raw_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: FineWeb shard is missing (download it first)")
+        count = read_fineweb_header(path)
+        split = "val" if "_val_" in name else "train"
+        splits[split]["files"].append({"path": os.path.relpath(path, out_dir), "header_bytes": FINEWEB_HEADER_BYTES,
+                                       "tokens": count})
+        splits[split]["tokens"] += count
+    return {"source": _source_meta("fineweb10B", raw_dir, opts, names),
+            "tokenizer": {"kind": "gpt2", "name": "gpt2", "vocab": None, "bos_id": None, "eot_id": 50256},
+            "vocab_size": 50257, "dtype": "uint16", "splits": splits}
+
+
+def prepare_multi30k_en_de(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
+                           tokenizer_file: str | None = None, **_) -> dict:
+    """Multi30k en-de pairs as language-modeling text, GPT-2 BPE, uint16.
+
+    Each aligned pair becomes ``pair_format.format(en=..., de=...)`` (default
+    ``"{en}\\n{de}"``) followed by ``<|endoftext|>``; splits are the official train /
+    val / test_2016_flickr files. Raises DataError if the en and de line counts differ.
+    """
+    tok = GPT2Tokenizer(_gpt2_ranks(raw_dir, tokenizer_file))
+    fmt = opts["pair_format"]
+    prefixes = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+    with SplitWriters(out_dir, tuple(prefixes), "uint16", tok.vocab_size) as w:
+        for split, prefix in prefixes.items():
+            en, de = (_read_gz_lines(raw_dir / f"{prefix}.{lang}.gz") for lang in ("en", "de"))
+            if len(en) != len(de):
+                raise DataError(f"{raw_dir}/{prefix}.en.gz has {len(en)} lines but {prefix}.de.gz has {len(de)}")
+            texts = [fmt.format(en=e, de=d) for e, d in zip(en, de)]
+            for ids in tok.encode_batch(texts, eot=True, num_threads=2):
+                w.write(split, ids)
+    return {"source": _source_meta("multi30k", raw_dir, opts), "tokenizer": tok.to_meta(),
+            "vocab_size": tok.vocab_size, "dtype": "uint16", "splits": w.splits_meta(),
+            "format": {"pair": fmt, "eot_after_pair": True}}
+
+
+def _read_gz_lines(path: Path) -> list[str]:
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as handle:
+            return handle.read().splitlines()
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 at (decompressed) byte {err.start}") from None
+    except (OSError, EOFError) as err:
+        raise DataError(f"{path}: {err}") from None
+
+
+# custom text ---------------------------------------------------------------------------
+
+def _iter_line_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
+    """Chunks of ~chunk_bytes that end at a line end (or the end of the file)."""
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            if not chunk.endswith(b"\n"):
+                chunk += handle.readline()
+            yield chunk
+
+
+def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Per chunk of ``path``: (token ids with bos inserted and blank lines removed,
+    positions in those ids where a document starts). Raises DataError at a forbidden byte."""
+    prev2 = np.array([10, 10], dtype=np.uint8)  # file start behaves like after a blank line
+    line_no, offset = 1, 0
+    for chunk in _iter_line_chunks(path, chunk_bytes):
+        raw = np.frombuffer(chunk, dtype=np.uint8)
+        ids, bad = tok.encode_bytes(chunk)
+        if bad is not None:
+            before = raw[:bad]
+            nl = np.flatnonzero(before == 10)
+            line = line_no + int(nl.size)
+            col = bad - (int(nl[-1]) + 1 if nl.size else 0)  # chunks start at line starts
+            line_bytes = chunk[(int(nl[-1]) + 1 if nl.size else 0):].split(b"\n", 1)[0]
+            ch = _decode_char(chunk, bad)
+            raise DataError(f"{path}: line {line}, column {col + 1} (byte {offset + bad}): character {ch} "
+                            f"is not in the charset {tok.charset!r}; line: {line_bytes[:80]!r}")
+        ext = np.concatenate([prev2, raw])
+        is_nl = raw == 10
+        prev_nl = ext[1:-1] == 10
+        prev2_nl = ext[:-2] == 10
+        blank = is_nl & prev_nl             # the newline of an empty line
+        doc_start = ~is_nl & prev_nl & prev2_nl  # first char of a line after a blank line / file start
+        counts = (~blank).astype(np.int64) + doc_start
+        out = np.repeat(ids, counts)
+        starts = (np.cumsum(counts) - counts)[doc_start]
+        out[starts] = tok.bos_id
+        yield out, starts
+        prev2 = ext[-2:]
+        line_no += int(is_nl.sum())
+        offset += len(chunk)
+
+
+
+def _decode_char(chunk: bytes, pos: int) -> str:
+    for length in range(1, 5):
+        try:
+            ch = chunk[pos:pos + length].decode("utf-8")
+            return f"{ch!r} (U+{ord(ch):04X})"
+        except (UnicodeDecodeError, TypeError):
+            continue
+    return f"byte 0x{chunk[pos]:02x}"
+
+
+def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -> dict:
+    """User ``.txt`` files (sorted) with a fixed charset; streaming, bounded memory.
+
+    Documents are separated by blank lines (and by file ends); each document becomes
+    ``<|bos|>`` followed by its characters including line ends (blank lines dropped).
+    Pass 1 validates every byte and counts documents; pass 2 writes: the first
+    ``1 - val_fraction`` of the documents go to train, the rest to val.
+
+    Raises:
+        DataError: a character outside the charset (file, line, column, byte, character).
+    """
+    tok = CharsetTokenizer(opts["charset"], opts["bos"], opts["vocab_size"])
+    files = [Path(p) for p in custom_text_files(str(raw_dir), opts["pattern"])]
+    chunk = int(opts.get("chunk_bytes", CHUNK_BYTES))
+    n_docs = 0
+    for path in tqdm(files, desc="check", unit="file", file=sys.stderr, mininterval=1):
+        for _, starts in _charset_chunks(path, tok, chunk):
+            n_docs += int(starts.size)
+    if n_docs == 0:
+        raise DataError(f"{raw_dir}: no documents in {len(files)} files")
+    n_train = n_docs - int(round(n_docs * float(opts["val_fraction"])))
+    dtype = token_dtype(tok.vocab_size)
+    doc = 0
+    with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
+        for path in tqdm(files, desc="tokenize", unit="file", file=sys.stderr, mininterval=1):
+            for ids, starts in _charset_chunks(path, tok, chunk):
+                # the document with global index n_train starts the val split
+                local = n_train - doc
+                if 0 <= local < starts.size:
+                    cut = int(starts[local])
+                    w.write("train", ids[:cut])
+                    w.write("val", ids[cut:])
+                else:
+                    w.write("train" if doc + starts.size <= n_train else "val", ids)
+                doc += int(starts.size)
+    return {"source": {"name": "custom_text", "files": [_file_meta(p) for p in files]},
+            "tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size, "dtype": dtype,
+            "splits": w.splits_meta(), "documents": {"train": n_train, "val": n_docs - n_train}}
+
+
+# openwebtext ---------------------------------------------------------------------------
+
+_WORKER_ENC = None
+
+
+def _worker_init(ranks_file: str | None) -> None:
+    global _WORKER_ENC
+    _WORKER_ENC = gpt2_encoding(ranks_file)
+
+
+def encode_docs_gpt2(texts: list[str]) -> np.ndarray:
+    """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each (worker side)."""
+    batch = _WORKER_ENC.encode_ordinary_batch(texts, num_threads=1)
+    total = sum(len(ids) for ids in batch) + len(batch)
+    out = np.empty(total, dtype=np.uint16)
+    pos = 0
+    for ids in batch:
+        out[pos:pos + len(ids)] = ids
+        pos += len(ids)
+        out[pos] = 50256
+        pos += 1
+    return out
+
+
+def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, workers: int) -> Iterator[np.ndarray]:
+    """Encode document batches with GPT-2 BPE in ``workers`` processes, in order.
+
+    At most ``2 * workers`` batches are in flight, so memory stays bounded however long
+    ``batches`` is. Yields one uint16 array per batch (see :func:`encode_docs_gpt2`).
+    """
+    if workers <= 1:
+        _worker_init(ranks_file)
+        for texts in batches:
+            yield encode_docs_gpt2(texts)
+        return
+    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+    with ctx.Pool(workers, initializer=_worker_init, initargs=(ranks_file,)) as pool:
+        pending: collections.deque = collections.deque()
+        for texts in batches:
+            pending.append(pool.apply_async(encode_docs_gpt2, (texts,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
+                        tokenizer_file: str | None = None, workers: int | None = None, **_) -> dict:
+    """OpenWebText (or local json/parquet files) -> GPT-2 BPE uint16 train/val.
+
+    ``datasets.load_dataset(hf_name)`` or, with ``data_files``, ``load_dataset(format,
+    data_files=...)``; ``train_test_split(test_size=val_fraction, seed=seed, shuffle=True)``;
+    every document encoded with encode_ordinary plus ``<|endoftext|>``, in parallel worker
+    processes, streamed to disk. Source: nanoGPT data/openwebtext/prepare.py.
+    """
+    import datasets
+
+    ranks = _gpt2_ranks(raw_dir, tokenizer_file)
+    workers = workers or opts["num_proc"] or os.cpu_count() or 1
+    data_files = opts["data_files"]
+    with contextlib.ExitStack() as stack:
+        if data_files:
+            files = [data_files] if isinstance(data_files, str) else list(data_files)
+            cache = stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=".hf-cache-"))
+            ds = datasets.load_dataset(opts["format"], data_files=files, split="train", cache_dir=cache)
+            source = {"name": "local", "files": [_file_meta(Path(f)) for f in files]}
+        else:
+            ds = datasets.load_dataset(opts["hf_name"], split="train", num_proc=workers)
+            source = {"name": opts["hf_name"], "files": [
+                {"url": f"https://huggingface.co/datasets/{opts['hf_name']}", "sha256": None,
+                 "fingerprint": ds._fingerprint, "bytes": None}]}
+        field = opts["text_field"]
+        if field not in ds.column_names:
+            raise DataError(f"{data_files or opts['hf_name']}: no column {field!r} "
+                            f"(datasets.openwebtext.text_field); columns: {ds.column_names}")
+        parts = ds.train_test_split(test_size=opts["val_fraction"], seed=opts["seed"], shuffle=True)
+        split_ds = {"train": parts["train"], "val": parts["test"]}
+        batch_docs = int(opts["batch_docs"])
+        with SplitWriters(out_dir, ("train", "val"), "uint16", 50257) as w:
+            for split, d in split_ds.items():
+                def batches(d=d):
+                    for batch in d.select_columns([field]).iter(batch_size=batch_docs):
+                        yield batch[field]
+                with tqdm(total=len(d), desc=f"{split} docs", unit="doc", file=sys.stderr, mininterval=1) as bar:
+                    for arr in parallel_encode(batches(), ranks, workers):
+                        w.write(split, arr)
+                        bar.update(int((arr == 50256).sum()))
+    return {"source": source, "tokenizer": GPT2Tokenizer.__new__(GPT2Tokenizer).to_meta(),
+            "vocab_size": 50257, "dtype": "uint16", "splits": w.splits_meta(),
+            "documents": {s: len(d) for s, d in split_ds.items()}}
+
+
+PREPARERS = {
+    "shakespeare_char": prepare_shakespeare_char,
+    "shakespeare_gpt2": prepare_shakespeare_gpt2,
+    "enwik8": prepare_enwik8,
+    "fineweb10B": prepare_fineweb10B,
+    "multi30k_en_de": prepare_multi30k_en_de,
+    "custom_text": prepare_custom_text,
+    "openwebtext": prepare_openwebtext,
+}
+
+
+def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            options: Mapping[str, Any] | None = None, *, tokenizer_file: str | None = None,
+            workers: int | None = None) -> dict:
+    """Tokenize ``dataset`` from ``raw_dir`` into ``out_dir``; returns the meta.json dict.
+
+    Args:
+        dataset: key of workflow.datasets.DATASETS.
+        raw_dir: folder of the raw files (``{data_dir}/raw/{source}``; custom_text: its folder).
+        out_dir: ``{data_dir}/tokens/{dataset}``; gets ``{split}.bin`` and meta.json (last).
+        options: the study's ``datasets.<dataset>`` options (merged over the defaults).
+        tokenizer_file: GPT-2 BPE ranks file (see module docstring).
+        workers: processes for GPT-2 BPE of large corpora (default: option num_proc / all CPUs).
+    Raises:
+        UnknownNameError: unknown dataset or option.
+        DataError / TokenizeError / FileNotFoundError: bad or missing raw data (names file and place).
+    """
+    ds = get_dataset(dataset)
+    opts = dataset_options(dataset, options)
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    body = PREPARERS[dataset](raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
+    meta = {"dataset": dataset, "split_spec": ds.split_spec, **body}
+    meta["options"] = {k: v for k, v in opts.items() if k != "mirror"}
+    write_json_atomic(out_dir / "meta.json", meta)
+    return meta
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; see the module docstring. Returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m workflow.tokenize", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--raw-dir", required=True)
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--options-json", default="{}")
+    parser.add_argument("--tokenizer-file", default=None)
+    parser.add_argument("--workers", type=int, default=None)
+    args = parser.parse_args(argv)
+    try:
+        try:
+            options = json.loads(args.options_json)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--options-json: invalid JSON at column {err.colno}: {err.msg}") from None
+        meta = prepare(args.dataset, args.raw_dir, args.out_dir, options,
+                       tokenizer_file=args.tokenizer_file, workers=args.workers)
+    except (UnknownNameError, ValueError, OSError) as err:
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr)
+        return 1
+    counts = ", ".join(f"{s} {v['tokens']:,}" for s, v in meta["splits"].items())
+    print(f"{args.dataset}: vocab {meta['vocab_size']}, {meta['dtype']}, tokens: {counts}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

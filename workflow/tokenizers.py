@@ -1,0 +1,219 @@
+"""Tokenizers: character level, byte level, GPT-2 BPE (tiktoken) and fixed character set.
+
+All ``encode`` methods return 1-D numpy integer arrays of token ids; ``decode`` inverts
+them. :func:`token_dtype` picks the on-disk dtype (uint8 / uint16 / uint32) from the
+vocabulary size. ``to_meta()`` gives the ``tokenizer`` object of meta.json
+(docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+GPT2_EOT = "<|endoftext|>"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256
+
+
+class TokenizeError(ValueError):
+    """Text that the tokenizer cannot encode; the message names where (file/line/column or position)."""
+
+
+def token_dtype(vocab_size: int) -> str:
+    """Smallest unsigned dtype name holding ids ``0..vocab_size-1``: uint8 if <= 256, uint16 if <= 65536, else uint32."""
+    if vocab_size <= 1 << 8:
+        return "uint8"
+    if vocab_size <= 1 << 16:
+        return "uint16"
+    return "uint32"
+
+
+def _describe(ch: str) -> str:
+    return f"{ch!r} (U+{ord(ch):04X})"
+
+
+class CharTokenizer:
+    """Character-level tokenizer: id ``i`` is ``vocab[i]``; vocab is sorted unique characters.
+
+    Source: nanoGPT data/shakespeare_char/prepare.py (vocabulary = sorted(set(text))).
+    """
+
+    kind = "char"
+
+    def __init__(self, vocab: Sequence[str]):
+        """Args: vocab: distinct single characters, sorted by code point (ValueError otherwise)."""
+        vocab = list(vocab)
+        if any(len(c) != 1 for c in vocab):
+            raise ValueError("char vocab entries must be single characters")
+        if vocab != sorted(set(vocab)):
+            raise ValueError("char vocab must be sorted and without duplicates")
+        self.vocab = vocab
+        self._codes = np.array([ord(c) for c in vocab], dtype=np.uint32)
+
+    @classmethod
+    def from_text(cls, text: str) -> "CharTokenizer":
+        """Vocabulary = sorted set of the characters of ``text``."""
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of the characters of ``text``: int64 array of shape (len(text),).
+
+        Raises:
+            TokenizeError: a character outside the vocabulary (names position and character).
+        """
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if self._codes.size == 0:
+            if codes.size:
+                raise TokenizeError(f"character {_describe(text[0])} at position 0 is not in the vocabulary")
+            return np.zeros(0, dtype=np.int64)
+        ids = np.searchsorted(self._codes, codes)
+        np.minimum(ids, self._codes.size - 1, out=ids)
+        bad = np.flatnonzero(self._codes[ids] != codes)
+        if bad.size:
+            pos = int(bad[0])
+            raise TokenizeError(f"character {_describe(text[pos])} at position {pos} is not in the vocabulary")
+        return ids.astype(np.int64, copy=False)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids`` (IndexError for an id >= vocab_size)."""
+        return "".join(self.vocab[int(i)] for i in ids)
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "vocab": self.vocab, "bos_id": None}
+
+
+class ByteTokenizer:
+    """Byte-level tokenizer: the token ids are the bytes themselves (vocab 256). Used for enwik8."""
+
+    kind = "byte"
+    vocab_size = 256
+
+    def encode(self, data: bytes | bytearray | memoryview | str) -> np.ndarray:
+        """uint8 array of shape (len(data),) viewing ``data`` (str is UTF-8 encoded first); no copy for bytes."""
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+        return np.frombuffer(data, dtype=np.uint8)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """UTF-8 text of the bytes ``ids`` (invalid sequences replaced)."""
+        return bytes(np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids, dtype=np.uint8)).decode(
+            "utf-8", errors="replace")
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "vocab": None, "bos_id": None}
+
+
+def gpt2_encoding(ranks_file: str | os.PathLike | None = None):
+    """tiktoken ``Encoding`` of GPT-2 BPE (50,257 tokens, ``<|endoftext|>`` = 50256).
+
+    Args:
+        ranks_file: local copy of tiktoken's ``r50k_base.tiktoken`` (same ranks as ``gpt2``);
+            the encoding is then built offline with ``tiktoken.load.load_tiktoken_bpe``
+            (hash-checked). None: ``tiktoken.get_encoding("gpt2")`` (network or
+            ``TIKTOKEN_CACHE_DIR``).
+    Source: tiktoken_ext/openai_public.py (``gpt2`` / ``r50k_base``).
+    """
+    import tiktoken
+
+    if ranks_file is None:
+        return tiktoken.get_encoding("gpt2")
+    import tiktoken_ext.openai_public as public
+    from tiktoken.load import load_tiktoken_bpe
+
+    ranks = load_tiktoken_bpe(
+        os.fspath(ranks_file),
+        expected_hash="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+    )
+    # r50k_base() would download; reuse its pattern constant without calling it.
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=public.r50k_pat_str,
+        mergeable_ranks=ranks,
+        special_tokens={GPT2_EOT: GPT2_EOT_ID},
+        explicit_n_vocab=GPT2_VOCAB_SIZE,
+    )
+
+
+class GPT2Tokenizer:
+    """GPT-2 BPE via tiktoken; ``encode`` ignores special tokens in the text (encode_ordinary)."""
+
+    kind = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_id = GPT2_EOT_ID
+
+    def __init__(self, ranks_file: str | os.PathLike | None = None):
+        """Args: ranks_file: see :func:`gpt2_encoding`."""
+        self.enc = gpt2_encoding(ranks_file)
+
+    def encode(self, text: str) -> np.ndarray:
+        """int64 array of BPE ids of ``text`` (``<|endoftext|>`` in the text is plain text)."""
+        return np.asarray(self.enc.encode_ordinary(text), dtype=np.int64)
+
+    def encode_batch(self, texts: Sequence[str], eot: bool = True, num_threads: int = 1) -> list[list[int]]:
+        """BPE ids of each text, with ``eot_id`` appended to each when ``eot``."""
+        out = self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+        if eot:
+            for ids in out:
+                ids.append(self.eot_id)
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode([int(i) for i in ids])
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "name": "gpt2", "vocab": None, "bos_id": None, "eot_id": self.eot_id}
+
+
+class CharsetTokenizer:
+    """Fixed character set: ``charset[i]`` has id i, then ``bos`` has id ``len(charset)``;
+    the vocabulary is padded to ``vocab_size`` (unused ids). Single-byte (ASCII) characters only.
+
+    Default (custom_text): ``0123456789+-HBL.`` and newline = ids 0..16, ``<|bos|>`` = 17, vocab 32.
+    """
+
+    kind = "charset"
+
+    def __init__(self, charset: str = "0123456789+-HBL.\n", bos: str = "<|bos|>", vocab_size: int = 32):
+        if len(set(charset)) != len(charset):
+            raise ValueError(f"charset {charset!r} has duplicate characters")
+        if any(ord(c) > 127 for c in charset):
+            raise ValueError(f"charset {charset!r}: only ASCII characters are supported")
+        if vocab_size < len(charset) + 1:
+            raise ValueError(f"vocab_size {vocab_size} < len(charset) + 1 = {len(charset) + 1}")
+        self.charset, self.bos, self.vocab_size = charset, bos, vocab_size
+        self.bos_id = len(charset)
+        self.lut = np.full(256, 255, dtype=np.uint8)  # byte -> id, 255 = forbidden
+        for i, ch in enumerate(charset):
+            self.lut[ord(ch)] = i
+
+    @property
+    def vocab(self) -> list[str]:
+        pad = [f"<|pad{i}|>" for i in range(self.bos_id + 1, self.vocab_size)]
+        return list(self.charset) + [self.bos] + pad
+
+    def encode_bytes(self, data: bytes) -> tuple[np.ndarray, int | None]:
+        """(uint8 ids of shape (len(data),), index of the first forbidden byte or None)."""
+        ids = self.lut[np.frombuffer(data, dtype=np.uint8)]
+        bad = np.flatnonzero(ids == 255)
+        return ids, (int(bad[0]) if bad.size else None)
+
+    def encode(self, text: str) -> np.ndarray:
+        """Ids of ``text`` (no bos added). TokenizeError names position and character."""
+        for pos, ch in enumerate(text):
+            if ord(ch) > 127 or self.lut[ord(ch)] == 255:
+                raise TokenizeError(f"character {_describe(ch)} at position {pos} is not in the charset {self.charset!r}")
+        return self.lut[np.frombuffer(text.encode("ascii"), dtype=np.uint8)].astype(np.int64)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        vocab = self.vocab
+        return "".join(vocab[int(i)] for i in ids)
+
+    def to_meta(self) -> dict:
+        return {"kind": self.kind, "vocab": self.vocab, "bos_id": self.bos_id}
