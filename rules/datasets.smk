@@ -16,9 +16,12 @@ import subprocess as _subprocess
 import sys as _sys
 
 from workflow.datasets import SOURCES as _SOURCES, source_file as _source_file
+from workflow.datasets import __file__ as _DATASETS_PY
 from workflow.datasets import source_mirror as _source_mirror, source_options as _source_options
 
 _DATA_DIR = config.get("data_dir", "data")
+# the repository root, so that job subprocesses import the same workflow package
+_REPO_ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(_DATASETS_PY)))
 _CHECKED = sorted(n for n, s in _SOURCES.items() if s.files and s.files_fn is None and all(f.sha256 for f in s.files))
 _UNCHECKED = sorted(n for n in _SOURCES if n not in _CHECKED)
 
@@ -41,7 +44,7 @@ def _run_download(wildcards, output):
         env["STAGERUN_MIRROR"] = str(mirror)
     else:
         env.pop("STAGERUN_MIRROR", None)
-    env["PYTHONPATH"] = _os.pathsep.join(p for p in (workflow.basedir, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = _os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
     _subprocess.run(
         [_sys.executable, "-m", "workflow.download", "--source", wildcards.source,
          "--file", wildcards.filename, "--out", str(output[0]),

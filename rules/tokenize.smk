@@ -12,8 +12,10 @@ import sys as _tsys
 
 from workflow.datasets import DATASETS as _DATASETS, dataset_raw_dir as _dataset_raw_dir
 from workflow.datasets import dataset_raw_inputs as _dataset_raw_inputs
+from workflow.datasets import __file__ as _TDATASETS_PY
 
 _TDATA_DIR = config.get("data_dir", "data")
+_TREPO_ROOT = _tos.path.dirname(_tos.path.dirname(_tos.path.abspath(_TDATASETS_PY)))
 _TWO = sorted(n for n, d in _DATASETS.items() if d.static_split_files and d.splits == ("train", "val"))
 _THREE = sorted(n for n, d in _DATASETS.items() if d.static_split_files and d.splits == ("train", "val", "test"))
 _META_ONLY = sorted(n for n, d in _DATASETS.items() if not d.static_split_files)
@@ -36,7 +38,7 @@ def _tokenize_options_json(wildcards):
 
 def _run_tokenize(wildcards, output, threads, params):
     env = dict(_tos.environ)
-    env["PYTHONPATH"] = _tos.pathsep.join(p for p in (workflow.basedir, env.get("PYTHONPATH")) if p)
+    env["PYTHONPATH"] = _tos.pathsep.join(p for p in (_TREPO_ROOT, env.get("PYTHONPATH")) if p)
     _tsubprocess.run(
         [_tsys.executable, "-m", "workflow.tokenize", "--dataset", wildcards.dataset,
          "--raw-dir", params.raw_dir, "--out-dir", _tos.path.dirname(output.meta),

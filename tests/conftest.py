@@ -150,7 +150,7 @@ def start_file_server(folder: str | os.PathLike, *, cut_after: int | None = None
     log: list = []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(folder, log, cut_after, ignore_range, hf_repo))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     host, port = server.server_address[:2]
     return FileServer(folder, f"http://{host}:{port}", server, thread, log)

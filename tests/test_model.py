@@ -67,6 +67,16 @@ def repeated_batch(vocab: int, T: int, B: int = 4, period: int = 7):
     return data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models run fastest on one intra-op thread (and do not stall on a shared,
+    oversubscribed 2-core machine); the previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
 # ---------------------------------------------------------------- presets and counts
 
 

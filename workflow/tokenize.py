@@ -25,6 +25,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import re
 import sys
 import tempfile
 import zipfile
@@ -134,12 +135,14 @@ def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     first ``train_fraction`` (0.9) of the characters train, the rest val.
     Source: nanoGPT data/shakespeare_char/prepare.py (1,003,854 / 111,540 tokens)."""
     text = _read_text(raw_dir / "input.txt")
-    tok = CharTokenizer.from_text(text)
+    step = 1 << 22  # encode in 4M-character pieces: int64 ids of a whole large file would not fit
+    tok = CharTokenizer(sorted(set().union(*(set(text[i:i + step]) for i in range(0, len(text), step)))))
     cut = int(len(text) * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
-        w.write("train", tok.encode(text[:cut]))
-        w.write("val", tok.encode(text[cut:]))
+        for split, lo, hi in (("train", 0, cut), ("val", cut, len(text))):
+            for i in range(lo, hi, step):
+                w.write(split, tok.encode(text[i:min(i + step, hi)]))
     return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
 
@@ -153,10 +156,32 @@ def prepare_shakespeare_gpt2(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     cut = int(len(text) * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
-        w.write("train", tok.encode(text[:cut]))
-        w.write("val", tok.encode(text[cut:]))
+        for split, part in (("train", text[:cut]), ("val", text[cut:])):
+            for piece in bpe_safe_pieces(part):
+                w.write(split, tok.encode(piece))
     return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
+
+
+_SAFE_CUT = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+def bpe_safe_pieces(text: str, target_chars: int = 1 << 21) -> Iterator[str]:
+    """Split ``text`` into pieces of about ``target_chars`` whose GPT-2 BPE ids concatenate
+    to the ids of the whole text (memory stays bounded on large files).
+
+    Cuts only after a newline that sits between two non-whitespace characters: GPT-2's
+    pre-tokenizer regex always ends a piece after such a newline and starts the next word
+    there, so no BPE merge spans the cut. A piece may be longer when no such newline exists.
+    """
+    start = 0
+    while len(text) - start > target_chars:
+        m = _SAFE_CUT.search(text, start + target_chars)
+        if m is None:
+            break
+        yield text[start:m.end()]
+        start = m.end()
+    yield text[start:]
 
 
 def check_zip_members(zf: zipfile.ZipFile, zip_path: Path) -> None:
@@ -382,7 +407,7 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     """
     tok = CharsetTokenizer(opts["charset"], opts["bos"], opts["vocab_size"])
     files = [Path(p) for p in custom_text_files(str(raw_dir), opts["pattern"])]
-    chunk = int(opts.get("chunk_bytes", CHUNK_BYTES))
+    chunk = int(opts["chunk_bytes"])
     n_docs = 0
     for path in tqdm(files, desc="check", unit="file", file=sys.stderr, mininterval=1):
         for _, starts in _charset_chunks(path, tok, chunk):
@@ -412,11 +437,14 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
 # openwebtext ---------------------------------------------------------------------------
 
 _WORKER_ENC = None
+_WORKER_RANKS: object = object()  # ranks file _WORKER_ENC was built from (sentinel: none yet)
 
 
 def _worker_init(ranks_file: str | None) -> None:
-    global _WORKER_ENC
-    _WORKER_ENC = gpt2_encoding(ranks_file)
+    """Build the GPT-2 encoding once per process; forked workers inherit the parent's."""
+    global _WORKER_ENC, _WORKER_RANKS
+    if _WORKER_ENC is None or _WORKER_RANKS != ranks_file:
+        _WORKER_ENC, _WORKER_RANKS = gpt2_encoding(ranks_file), ranks_file
 
 
 def encode_docs_gpt2(texts: list[str]) -> np.ndarray:
@@ -445,6 +473,7 @@ def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, worker
             yield encode_docs_gpt2(texts)
         return
     ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
+    _worker_init(ranks_file)  # load the BPE ranks once, before forking
     with ctx.Pool(workers, initializer=_worker_init, initargs=(ranks_file,)) as pool:
         pending: collections.deque = collections.deque()
         for texts in batches:

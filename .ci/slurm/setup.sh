@@ -24,6 +24,7 @@
 #   SLURM_CI_CLUSTER=stagerun-ci
 #   SLURM_CI_WAIT=90         seconds to wait for the node to become idle / sacct to answer
 #   SLURM_CI_SKIP_APT=1      do not run apt-get (packages already installed)
+#   SLURM_CI_USERS="a b"     users besides root (and $SUDO_USER) given the account "stagerun"
 set -euo pipefail
 
 START_SECONDS=$SECONDS
@@ -183,6 +184,8 @@ SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStorageTRES=gres/gpu
+# Store the job comment: the Snakemake executor puts "rule_<rule>_wildcards_<...>" there.
+AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 DefMemPerCPU=$DEF_MEM_PER_CPU
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:$GPUS State=UNKNOWN
@@ -289,9 +292,13 @@ if ! sacctmgr -n -P show account format=account | grep -qx stagerun; then
     sacctmgr -i add account stagerun cluster="$CLUSTER" description="stagerun CI" organization=stagerun >/dev/null \
         || die "sacctmgr add account stagerun failed"
 fi
-if ! sacctmgr -n -P show user format=user | grep -qx root; then
-    sacctmgr -i add user root account=stagerun cluster="$CLUSTER" >/dev/null || die "sacctmgr add user root failed"
-fi
+# Users allowed to submit with account "stagerun" (the CI profile sets slurm_account).
+for user in root ${SUDO_USER:-} ${SLURM_CI_USERS:-}; do
+    if ! sacctmgr -n -P show assoc user="$user" format=account | grep -qx stagerun; then
+        sacctmgr -i add user "$user" account=stagerun cluster="$CLUSTER" >/dev/null \
+            || die "sacctmgr add user $user account=stagerun failed"
+    fi
+done
 
 # ---------------------------------------------------------------- slurmctld, slurmd
 if [[ $changed_slurm -eq 1 ]]; then
