@@ -191,7 +191,7 @@ DATASETS: dict[str, Dataset] = {
         split_spec="documents (separated by blank lines) in sorted file order: first 90 % train, last 10 % val",
         defaults={"folder": None, "pattern": "*.txt", "charset": "0123456789+-HBL.\n",
                   "bos": "<|bos|>", "vocab_size": 32, "val_fraction": 0.1,
-                  "chunk_bytes": 16 << 20},
+                  "chunk_bytes": 4 << 20},
         description="user .txt files, fixed character set, <|bos|> before every document",
     ),
     "multi30k_en_de": Dataset(

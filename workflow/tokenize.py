@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import gzip
 import json
@@ -90,7 +91,7 @@ class SplitWriters:
                 raise TokenizeError(f"{split}: token id {hi if hi >= self.vocab_size else lo} outside "
                                     f"0..{self.vocab_size - 1}")
             arr = arr.astype(self.dtype)
-        self._files[split].write(arr.tobytes())
+        self._files[split].write(arr.data if arr.flags.c_contiguous else arr.tobytes())
         self.tokens[split] += int(arr.size)
 
     def splits_meta(self) -> dict:
@@ -135,8 +136,8 @@ def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     first ``train_fraction`` (0.9) of the characters train, the rest val.
     Source: nanoGPT data/shakespeare_char/prepare.py (1,003,854 / 111,540 tokens)."""
     text = _read_text(raw_dir / "input.txt")
-    step = 1 << 22  # encode in 4M-character pieces: int64 ids of a whole large file would not fit
-    tok = CharTokenizer(sorted(set().union(*(set(text[i:i + step]) for i in range(0, len(text), step)))))
+    step = 1 << 22  # encode in 4M-character pieces: bounded memory on large files
+    tok = CharTokenizer.from_text(text, step)
     cut = int(len(text) * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
@@ -219,7 +220,11 @@ def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -
     except zipfile.BadZipFile as err:
         raise DataError(f"{zip_path}: not a zip archive ({err})") from None
     tok = ByteTokenizer()
-    with zf:
+    # hash the archive for meta.json in a thread while the member streams (hashlib and
+    # zlib release the GIL on large buffers)
+    hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    source_future = hasher.submit(_source_meta, "enwik8", raw_dir, opts)
+    with zf, hasher:
         check_zip_members(zf, zip_path)
         try:
             info = zf.getinfo(member)
@@ -252,7 +257,8 @@ def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -
                 raise DataError(f"{zip_path}:{member}: corrupt archive near byte {pos}: {err}") from None
             if pos != n:
                 raise DataError(f"{zip_path}:{member}: member ended at byte {pos}, header says {n}")
-    return {"source": _source_meta("enwik8", raw_dir, opts), "tokenizer": tok.to_meta(),
+        source = source_future.result()
+    return {"source": source, "tokenizer": tok.to_meta(),
             "vocab_size": 256, "dtype": "uint8", "splits": w.splits_meta()}
 
 
@@ -373,7 +379,7 @@ def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int) -> Iter
         prev2_nl = ext[:-2] == 10
         blank = is_nl & prev_nl             # the newline of an empty line
         doc_start = ~is_nl & prev_nl & prev2_nl  # first char of a line after a blank line / file start
-        counts = (~blank).astype(np.int64) + doc_start
+        counts = (~blank).astype(np.int32) + doc_start
         out = np.repeat(ids, counts)
         starts = (np.cumsum(counts) - counts)[doc_start]
         out[starts] = tok.bos_id

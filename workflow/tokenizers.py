@@ -51,35 +51,38 @@ class CharTokenizer:
         if vocab != sorted(set(vocab)):
             raise ValueError("char vocab must be sorted and without duplicates")
         self.vocab = vocab
-        self._codes = np.array([ord(c) for c in vocab], dtype=np.uint32)
+        codes = np.array([ord(c) for c in vocab], dtype=np.int64)
+        # code point -> id lookup table (-1: not in the vocabulary); at most 0x110000 entries
+        self._lut = np.full(int(codes.max()) + 1 if codes.size else 1, -1, dtype=np.int32)
+        self._lut[codes] = np.arange(codes.size, dtype=np.int32)
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
-        """Vocabulary = sorted set of the characters of ``text``."""
-        return cls(sorted(set(text)))
+    def from_text(cls, text: str, chunk_chars: int = 1 << 22) -> "CharTokenizer":
+        """Vocabulary = sorted set of the characters of ``text`` (counted in chunks, bounded memory)."""
+        seen = np.zeros(0x110000, dtype=bool)
+        for i in range(0, len(text), chunk_chars):
+            codes = np.frombuffer(text[i:i + chunk_chars].encode("utf-32-le"), dtype=np.uint32)
+            seen[np.flatnonzero(np.bincount(codes, minlength=0))] = True
+        return cls([chr(c) for c in np.flatnonzero(seen)])
 
     @property
     def vocab_size(self) -> int:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids of the characters of ``text``: int64 array of shape (len(text),).
+        """Ids of the characters of ``text``: int32 array of shape (len(text),).
 
         Raises:
             TokenizeError: a character outside the vocabulary (names position and character).
         """
         codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        if self._codes.size == 0:
-            if codes.size:
-                raise TokenizeError(f"character {_describe(text[0])} at position 0 is not in the vocabulary")
-            return np.zeros(0, dtype=np.int64)
-        ids = np.searchsorted(self._codes, codes)
-        np.minimum(ids, self._codes.size - 1, out=ids)
-        bad = np.flatnonzero(self._codes[ids] != codes)
+        inside = codes < self._lut.size
+        ids = self._lut[np.where(inside, codes, 0)]
+        bad = np.flatnonzero((ids < 0) | ~inside)
         if bad.size:
             pos = int(bad[0])
             raise TokenizeError(f"character {_describe(text[pos])} at position {pos} is not in the vocabulary")
-        return ids.astype(np.int64, copy=False)
+        return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids`` (IndexError for an id >= vocab_size)."""

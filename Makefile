@@ -1,0 +1,42 @@
+# stagerun: the two commands of a fresh machine are `make run` and `make test`.
+VENV   ?= .venv
+PYTHON ?= python3
+# CPU wheel by default; a GPU user sets TORCH_SPEC (see README), e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+CORES  ?= all
+ARGS   ?=
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: install run report test bench lint clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet $(TORCH_SPEC)
+	$(VENV)/bin/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+## run: the default study (config/config.yaml) end to end, then the HTML report
+run: install
+	snakemake --cores $(CORES) $(ARGS)
+	snakemake --report results/report.html $(ARGS)
+	@echo "report: results/report.html"
+
+report: install
+	snakemake --report results/report.html $(ARGS)
+
+## test: the whole test suite (what CI runs)
+test: install
+	python -m pytest
+
+bench: install
+	python -m bench
+
+lint: install
+	snakemake --lint
+
+clean:
+	rm -rf results .snakemake
