@@ -36,7 +36,8 @@ def snakemake(workdir: Path, *args: str, configfiles=(TINY,), mirror: str | None
     if mirror:
         cmd += ["--config", f"mirror={mirror}"]
     cmd += list(args)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Jobs call `python` / `torchrun`: those of this interpreter's environment.
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")

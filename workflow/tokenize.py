@@ -19,6 +19,7 @@ Exit status 1 with a one-line ``error: ...`` naming the file / line / byte at fa
 from __future__ import annotations
 
 import argparse
+import codecs
 import collections
 import concurrent.futures
 import contextlib
@@ -122,28 +123,62 @@ def _gpt2_ranks(raw_dir: Path, tokenizer_file: str | None) -> str | None:
     return str(default) if default.is_file() else None
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 at byte {err.start}: {err.reason}") from None
-
-
 # --------------------------------------------------------------------------- datasets
+
+def iter_text(path: Path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """UTF-8 text of ``path`` in chunks of about ``chunk_bytes`` (bounded memory).
+
+    Raises:
+        DataError: invalid UTF-8 (message names the file and the byte offset).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    offset = 0
+    with open(path, "rb") as handle:
+        while True:
+            data = handle.read(chunk_bytes)
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as err:
+                raise DataError(f"{path}: not UTF-8 at byte {offset + err.start}: {err.reason}") from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def _split_by_chars(path: Path, cut: int) -> Iterator[tuple[str, str]]:
+    """(split, text) pieces of ``path``: characters [0, cut) are train, the rest val."""
+    pos = 0
+    for text in iter_text(path):
+        if pos + len(text) <= cut:
+            yield "train", text
+        elif pos >= cut:
+            yield "val", text
+        else:
+            yield "train", text[:cut - pos]
+            yield "val", text[cut - pos:]
+        pos += len(text)
+
 
 def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -> dict:
     """Char-level tiny Shakespeare: vocab = sorted set of characters (65), uint8,
-    first ``train_fraction`` (0.9) of the characters train, the rest val.
+    first ``train_fraction`` (0.9) of the characters train, the rest val. Two streaming
+    passes (vocabulary and length, then ids): memory is bounded for any file size.
     Source: nanoGPT data/shakespeare_char/prepare.py (1,003,854 / 111,540 tokens)."""
-    text = _read_text(raw_dir / "input.txt")
-    step = 1 << 22  # encode in 4M-character pieces: bounded memory on large files
-    tok = CharTokenizer.from_text(text, step)
-    cut = int(len(text) * opts["train_fraction"])
+    path = raw_dir / "input.txt"
+    seen = np.zeros(0x110000, dtype=bool)
+    n_chars = 0
+    for text in iter_text(path):
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        seen[np.flatnonzero(np.bincount(codes))] = True
+        n_chars += len(text)
+    tok = CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
+    cut = int(n_chars * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
-        for split, lo, hi in (("train", 0, cut), ("val", cut, len(text))):
-            for i in range(lo, hi, step):
-                w.write(split, tok.encode(text[i:min(i + step, hi)]))
+        for split, text in _split_by_chars(path, cut):
+            w.write(split, tok.encode(text))
     return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
 
@@ -151,15 +186,26 @@ def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
 def prepare_shakespeare_gpt2(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
                              tokenizer_file: str | None = None, **_) -> dict:
     """GPT-2 BPE tiny Shakespeare: split 90/10 by characters, each part encoded with
-    encode_ordinary, uint16. Source: nanoGPT data/shakespeare/prepare.py (301,966 / 36,059)."""
-    text = _read_text(raw_dir / "input.txt")
+    encode_ordinary (in :func:`bpe_safe_pieces`, identical ids, bounded memory), uint16.
+    Source: nanoGPT data/shakespeare/prepare.py (301,966 / 36,059 tokens)."""
+    path = raw_dir / "input.txt"
+    n_chars = sum(len(text) for text in iter_text(path))
     tok = GPT2Tokenizer(_gpt2_ranks(raw_dir, tokenizer_file))
-    cut = int(len(text) * opts["train_fraction"])
+    cut = int(n_chars * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
-        for split, part in (("train", text[:cut]), ("val", text[cut:])):
-            for piece in bpe_safe_pieces(part):
+        buffers = {"train": "", "val": ""}
+        for split, text in _split_by_chars(path, cut):
+            if split == "val" and buffers["train"]:
+                w.write("train", tok.encode(buffers["train"]))  # the forced 90 % cut
+                buffers["train"] = ""
+            pieces = list(bpe_safe_pieces(buffers[split] + text))
+            for piece in pieces[:-1]:
                 w.write(split, tok.encode(piece))
+            buffers[split] = pieces[-1]  # may continue in the next chunk
+        for split, rest in buffers.items():
+            if rest:
+                w.write(split, tok.encode(rest))
     return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
 

@@ -1,0 +1,207 @@
+"""The tiny study on a real SLURM cluster through ``snakemake --profile profiles/slurm-ci``.
+
+Needs the single-node cluster of ``.ci/slurm/setup.sh`` (partitions ``cpu`` and ``gpu``, fake
+GPUs, slurmdbd so ``sacct`` works); CI starts it before the tests. Without it every test here
+is skipped with the reason. Each run uses its own folder (results, data, .snakemake, SLURM
+logs) and downloads tiny-Shakespeare from the loopback server of the shared data.
+
+What is checked, with ``sacct`` (the accounting database), not with Snakemake's word alone:
+- every training job went through sbatch into the ``gpu`` partition with ``gres/gpu``, the
+  data jobs into ``cpu``, all COMPLETED, and Snakemake reported each of them finished;
+- a training job that fails is reported failed, retried once (profile ``retries: 1``), and
+  both attempts are FAILED in SLURM;
+- ``scontrol requeue`` of a running training job (preemption): the trainer checkpoints on
+  SIGTERM, SLURM requeues the job, the second run resumes from the checkpoint and Snakemake
+  finishes with success.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "profiles" / "slurm-ci"
+
+
+def _cluster_problem() -> str | None:
+    """Why the SLURM tests cannot run here, or None when the CI cluster is up."""
+    for tool in ("sinfo", "sbatch", "sacct", "scontrol"):
+        if shutil.which(tool) is None:
+            return f"'{tool}' not found: no SLURM here (CI starts one with .ci/slurm/setup.sh)"
+    try:
+        nodes = subprocess.run(["sinfo", "-h", "-p", "gpu", "-o", "%T"], capture_output=True, text=True, timeout=20)
+        acct = subprocess.run(["sacct", "-n", "-X", "--starttime", "now-1hours"], capture_output=True, text=True,
+                              timeout=20)
+    except subprocess.TimeoutExpired as exc:
+        return f"SLURM does not answer ({exc.cmd[0]} timed out): cluster not up (.ci/slurm/setup.sh)"
+    if nodes.returncode != 0:
+        return f"sinfo fails ({nodes.stderr.strip()}): cluster not up (.ci/slurm/setup.sh)"
+    if not set(nodes.stdout.split()) & {"idle", "mixed", "allocated"}:
+        return f"no usable node in partition 'gpu' (states: {nodes.stdout.split()}); run .ci/slurm/setup.sh"
+    if acct.returncode != 0:
+        return f"sacct fails ({acct.stderr.strip()}): slurmdbd not running (.ci/slurm/setup.sh)"
+    return None
+
+
+_PROBLEM = _cluster_problem() if SNAKEMAKE.exists() else "snakemake not installed next to this python"
+pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
+
+
+def _study(tmp_path: Path, mirror: str, *, train_overrides: dict | None = None, variants: dict | None = None) -> Path:
+    """tests/configs/tiny.yaml with one fake GPU per training job, folders in tmp_path."""
+    study = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    study.update(results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"), mirror=mirror)
+    for stage in study["stages"].values():
+        stage["resources"] = {**stage.get("resources", {}), "gpus": 1, "mem_mb": 1500, "runtime": 20}
+        if train_overrides:
+            stage["train"] = {**stage.get("train", {}), **train_overrides}
+    if variants:
+        study["variants"] = {**study["variants"], **copy.deepcopy(variants)}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def _snakemake(tmp_path: Path, study: Path, *targets: str) -> subprocess.Popen:
+    """Start Snakemake with the CI profile in tmp_path (its own .snakemake and SLURM logs)."""
+    # Jobs get this environment (sbatch --export=ALL): the venv's bin (torchrun) on PATH.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PATH": os.pathsep.join([str(SNAKEMAKE.parent), os.environ.get("PATH", "")])}
+    env.pop("SLURM_JOB_ID", None)
+    cmd = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path),
+           "--profile", str(PROFILE), "--configfile", str(study), "--slurm-logdir", str(tmp_path / "slurm_logs"),
+           *targets]
+    log = open(tmp_path / "snakemake.out", "w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+
+
+def _finish(proc: subprocess.Popen, tmp_path: Path, timeout: float = 1500) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        proc.wait(timeout=60)
+        raise AssertionError(f"snakemake did not finish in {timeout} s; output: {tmp_path / 'snakemake.out'}")
+    return (tmp_path / "snakemake.out").read_text()
+
+
+def _run_id(output: str) -> str:
+    found = re.findall(r"SLURM run ID: (\S+)", output)
+    assert found, f"the SLURM executor did not start (no 'SLURM run ID' in the output):\n{output[-3000:]}"
+    return found[0]
+
+
+def _sacct(run_id: str) -> list[dict]:
+    """Every SLURM job of one Snakemake run (the plugin names them by the run ID), requeues included."""
+    fields = ["JobIDRaw", "Partition", "State", "AllocTRES", "Comment", "ExitCode"]
+    out = subprocess.run(
+        ["sacct", "-X", "-n", "-P", "--duplicates", "--starttime", "now-1days", "--name", run_id,
+         "-o", ",".join(fields)], capture_output=True, text=True, timeout=60, check=True).stdout
+    return [dict(zip(fields, line.split("|"))) for line in out.splitlines() if line.strip()]
+
+
+def _rule(job: dict) -> str:
+    """Rule name from the job comment ``rule_<rule>[_wildcards_<...>]`` written by the plugin."""
+    return re.sub(r"_wildcards_.*$", "", job["Comment"]).removeprefix("rule_")
+
+
+def test_tiny_study_runs_through_slurm(shared_data_server, tmp_path):
+    study = _study(tmp_path, shared_data_server)
+    started = time.monotonic()
+    proc = _snakemake(tmp_path, study)
+    output = _finish(proc, tmp_path)
+    elapsed = time.monotonic() - started
+    assert "Nothing to be done" not in output
+    jobs = _sacct(_run_id(output))
+    tail = output[-4000:]
+    assert proc.returncode == 0, f"snakemake failed:\n{tail}"
+
+    train = [j for j in jobs if _rule(j) == "train"]
+    finished_train = re.findall(r"Finished jobid: \d+ \(Rule: train\)", output)
+    assert train, f"no training job reached SLURM; sacct: {jobs}\n{tail}"
+    assert len(train) == len(finished_train), (
+        f"{len(train)} training jobs in sacct, Snakemake reported {len(finished_train)} finished")
+    for job in train:
+        assert job["Partition"] == "gpu", f"training job not in the gpu partition: {job}"
+        assert "gres/gpu=1" in job["AllocTRES"], f"training job without a GPU: {job}"
+        assert job["State"] == "COMPLETED", f"training job did not complete: {job}"
+    data = [j for j in jobs if _rule(j) in ("download_checked", "tokenize")]
+    assert data, f"the data rules did not go through SLURM: {jobs}"
+    assert all(j["Partition"] == "cpu" and "gres/gpu" not in j["AllocTRES"] for j in data), data
+    assert all(j["State"] == "COMPLETED" for j in jobs), [j for j in jobs if j["State"] != "COMPLETED"]
+    results = sorted((tmp_path / "results").glob("*/stage_*/*/seed_*/result.json"))
+    assert len(results) == len(train), f"{len(results)} result.json files for {len(train)} training jobs"
+    assert list((tmp_path / "results").glob("*/verdict.json")), "no verdict.json"
+    print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
+
+
+def test_failing_training_job_is_reported_and_retried(shared_data_server, tmp_path):
+    # device_batch_size 3 does not divide batch_size 8: the trainer raises at start (a real failure).
+    study = _study(tmp_path, shared_data_server, variants={"broken": {"train": {"device_batch_size": 3}}})
+    target = str(tmp_path / "results" / "tiny" / "stage_A" / "broken" / "seed_1337" / "result.json")
+    proc = _snakemake(tmp_path, study, target)
+    output = _finish(proc, tmp_path)
+    assert proc.returncode != 0, f"snakemake succeeded with a failing training job:\n{output[-3000:]}"
+    assert "Error in rule train" in output and "Trying to restart job" in output, output[-4000:]
+    train = [j for j in _sacct(_run_id(output)) if _rule(j) == "train"]
+    assert [j["State"] for j in train] == ["FAILED", "FAILED"], f"expected 2 failed attempts (retries: 1): {train}"
+    assert all(j["Partition"] == "gpu" and "broken" in j["Comment"] for j in train), train
+    assert not Path(target).exists(), "a failed job left its output"
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_requeued_training_job_resumes_from_checkpoint(shared_data_server, tmp_path):
+    # Long enough to be requeued while training; checkpoints come from the SIGTERM handler.
+    study = _study(tmp_path, shared_data_server, train_overrides={"num_iterations": 3000, "val_loss_every": 0})
+    run_dir = tmp_path / "results" / "tiny" / "stage_A" / "baseline" / "seed_1337"
+    proc = _snakemake(tmp_path, study, str(run_dir / "result.json"))
+    try:
+        def running_train_job():
+            out = (tmp_path / "snakemake.out").read_text()
+            assert proc.poll() is None, f"snakemake ended before the requeue:\n{out[-3000:]}"
+            ids = re.findall(r"SLURM run ID: (\S+)", out)
+            for job in _sacct(ids[0]) if ids else []:
+                if _rule(job) == "train" and job["State"] == "RUNNING":
+                    return job["JobIDRaw"]
+            return None
+
+        jobid = _wait(running_train_job, 300, "the training job to run")
+        log = run_dir / "train.log"
+        # Requeue once the trainer is past its first steps (its log names them).
+        _wait(lambda: log.exists() and re.search(r"step\s*[:=]?\s*[1-9]", log.read_text()), 300,
+              f"training steps in {log}")
+        subprocess.run(["scontrol", "requeue", jobid], check=True, timeout=30)
+        # SLURM holds a requeued job for a while (BeginTime); let it start again now.
+        _wait(lambda: subprocess.run(["scontrol", "update", f"jobid={jobid}", "StartTime=now"],
+                                     capture_output=True, timeout=30).returncode == 0, 60, "scontrol update")
+        output = _finish(proc, tmp_path)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+    assert proc.returncode == 0, f"snakemake failed after the requeue:\n{output[-4000:]}"
+    states = [j["State"] for j in _sacct(_run_id(output)) if j["JobIDRaw"] == jobid]
+    assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", f"job {jobid}: {states}"
+    text = log.read_text()
+    resumed = re.search(r"resumed from .*checkpoint\.pt at step (\d+)", text)
+    assert resumed and int(resumed.group(1)) > 0, f"the requeued run did not resume from a checkpoint:\n{text[-2000:]}"
+    assert (run_dir / "result.json").exists()
