@@ -1,16 +1,31 @@
 # Helpers shared by the rules: study resolution, paths, input functions, resources.
 import json
 import os
+import sys
 
 from workflow.config import check_model_configs, check_study, run_config, stage_order, stage_resources, stage_seeds
 from workflow.io import read_json
 
-# Semantic checks the schema cannot express; they stop before any job is scheduled.
-check_study(config)
-check_model_configs(config)
+# Semantic checks the schema cannot express; they stop before any job is scheduled
+# (in the main process only: job steps on a cluster node re-read this file).
+if workflow.is_main_process:
+    check_study(config)
+    check_model_configs(config)
 
-# Jobs run `python -m workflow.<step>` from any working directory.
+# Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
+# (first on PATH, so a conda env activated for a rule still takes precedence).
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
+os.environ["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")]))
+
+# Light Python steps run in the Snakemake process's machine, not as cluster jobs.
+localrules:
+    summarize_variant,
+    gate,
+    verdict,
+    stage_table,
+    curves_plot,
+    val_loss_plot,
+    compute_table,
 
 DATA = config["data_dir"]
 RESULTS = f"{config['results_dir']}/{config['study']}"

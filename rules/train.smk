@@ -1,6 +1,12 @@
-# One job per (stage, variant, seed): `torchrun -m workflow.train` with the run's resolved config.
-# The resolved config is a param, so changing a stage's or variant's settings reruns exactly
-# the runs it affects (Snakemake's params rerun trigger).
+# One job per (stage, variant, seed): `torchrun -m workflow.train` with the run's resolved config
+# (several nodes: one `srun` task per GPU). The resolved config is a param, so changing a stage's
+# or a variant's settings reruns exactly the runs it affects (Snakemake's params rerun trigger).
+# SLURM resources come from the study (stages.<S>.resources) via workflow.config.slurm_resources.
+from workflow.config import launch_command, slurm_resources
+
+
+def _slurm(key):
+    return lambda w: slurm_resources(train_resources(w.stage))[key]
 
 
 rule train:
@@ -14,13 +20,24 @@ rule train:
     params:
         run_config=lambda w: json.dumps(run_config(config, w.stage, w.variant, int(w.seed)), sort_keys=True),
         out_dir=lambda w, output: os.path.dirname(output.result),
+        launcher=lambda w: launch_command(train_resources(w.stage)),
         threads_per_proc=lambda w: train_resources(w.stage)["cpus_per_proc"],
     threads: lambda w: train_resources(w.stage)["nproc_per_node"] * train_resources(w.stage)["cpus_per_proc"]
     resources:
         nproc_per_node=lambda w: train_resources(w.stage)["nproc_per_node"],
-        mem_mb=lambda w: train_resources(w.stage)["mem_mb"],
-        runtime=lambda w: train_resources(w.stage)["runtime"],
+        gpu=_slurm("gpu"),
+        gpu_model=_slurm("gpu_model"),
+        nodes=_slurm("nodes"),
+        cpus_per_task=_slurm("cpus_per_task"),
+        mem_mb=_slurm("mem_mb"),
+        runtime=_slurm("runtime"),
+        slurm_partition=_slurm("slurm_partition"),
+        mpi=_slurm("mpi"),
+        tasks=_slurm("tasks"),
+        tasks_per_gpu=_slurm("tasks_per_gpu"),
+        tasks_per_node=_slurm("tasks_per_node"),
+        slurm_extra=_slurm("slurm_extra"),
+    # The log is appended to: a run requeued after preemption keeps its first part.
     shell:
-        "torchrun --standalone --nnodes 1 --nproc_per_node {resources.nproc_per_node} "
-        "-m workflow.train --run-config {params.run_config:q} --out-dir {params.out_dir} "
-        "--meta {input.meta} --threads {params.threads_per_proc} > {log} 2>&1"
+        "{params.launcher} -m workflow.train --run-config {params.run_config:q} --out-dir {params.out_dir} "
+        "--meta {input.meta} --threads {params.threads_per_proc} >> {log} 2>&1"

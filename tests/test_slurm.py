@@ -61,6 +61,10 @@ pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 def _study(tmp_path: Path, mirror: str, *, train_overrides: dict | None = None, variants: dict | None = None) -> Path:
     """tests/configs/tiny.yaml with one fake GPU per training job, folders in tmp_path."""
     study = yaml.safe_load((REPO / "tests" / "configs" / "tiny.yaml").read_text())
+    # Two variants and two seeds per stage keep the SLURM run short (each job starts Snakemake
+    # and torch inside the allocation); the gates still decide on real results.
+    study["variants"] = {name: study["variants"][name] for name in ("baseline", "lr-6e-3")}
+    study["stages"]["C"]["seeds"] = 2
     study.update(results_dir=str(tmp_path / "results"), data_dir=str(tmp_path / "data"), mirror=mirror)
     for stage in study["stages"].values():
         stage["resources"] = {**stage.get("resources", {}), "gpus": 1, "mem_mb": 1500, "runtime": 20}

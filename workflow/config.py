@@ -104,8 +104,80 @@ def stage_seeds(config: dict, stage: str) -> list[int]:
 
 
 def stage_resources(config: dict, stage: str) -> dict:
-    """The stage's job resources with schema defaults filled in."""
-    return validate_section(config["stages"][stage].get("resources"), "resources", f"stages.{stage}.resources")
+    """The stage's job resources with schema defaults filled in and ``nproc_per_node`` resolved.
+
+    ``nproc_per_node`` defaults to the GPUs per node (``torchrun --nproc_per_node`` equals
+    the GPUs granted), or 1 on CPU.
+
+    Raises:
+        ConfigError: ``nproc_per_node`` set and different from ``gpus`` on a GPU stage.
+    """
+    where = f"stages.{stage}.resources"
+    res = validate_section(config["stages"][stage].get("resources"), "resources", where)
+    if res["nproc_per_node"] is None:
+        res["nproc_per_node"] = res["gpus"] or 1
+    elif res["gpus"] and res["nproc_per_node"] != res["gpus"]:
+        raise ConfigError(
+            f"{where}.nproc_per_node: {res['nproc_per_node']} processes but gpus: {res['gpus']} per node "
+            "(one process per GPU; leave nproc_per_node unset)"
+        )
+    return res
+
+
+def launch_command(res: dict, python: str = "python") -> str:
+    """Command prefix that starts a training job's processes (followed by ``-m workflow.train``).
+
+    One node: ``torchrun --standalone`` with ``nproc_per_node`` processes (it sets RANK,
+    LOCAL_RANK, WORLD_SIZE). Several nodes: ``srun`` with one task per GPU (or per
+    ``nproc_per_node`` on CPU) across the allocation; workflow.distributed reads SLURM's
+    variables (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST).
+
+    Args:
+        res: resolved stage resources (:func:`stage_resources`).
+        python: the Python interpreter to run.
+    """
+    if res["nodes"] == 1:
+        return f"{python} -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node {res['nproc_per_node']}"
+    gpu_flag = " --gpus-per-task=1" if res["gpus"] else ""
+    return (
+        f"srun --nodes={res['nodes']} --ntasks-per-node={res['nproc_per_node']}{gpu_flag} "
+        f"--cpus-per-task={res['cpus_per_proc']} --kill-on-bad-exit=1 {python}"
+    )
+
+
+def slurm_resources(res: dict) -> dict:
+    """Snakemake resources for ``snakemake-executor-plugin-slurm`` (None = not set).
+
+    One node: ``gpu`` (-> ``--gpus``), ``gpu_model``, ``cpus_per_task`` for all processes.
+    Several nodes: ``gpu`` in total, ``nodes``, ``mpi="srun"`` (the plugin then runs the
+    command as is, and :func:`launch_command`'s srun places one task per GPU),
+    ``tasks_per_node`` (or ``tasks`` + ``tasks_per_gpu`` for one GPU per node, which the
+    plugin needs), ``cpus_per_task`` per process.
+    """
+    gpus, nodes, nproc = res["gpus"], res["nodes"], res["nproc_per_node"]
+    out = {
+        "gpu": gpus * nodes or None,
+        "gpu_model": res["gpu_model"] if gpus else None,
+        "nodes": nodes,
+        "cpus_per_task": nproc * res["cpus_per_proc"] if nodes == 1 else res["cpus_per_proc"],
+        "mem_mb": res["mem_mb"],
+        "runtime": res["runtime"],
+        "slurm_partition": res["slurm_partition"],
+        "mpi": None,
+        "tasks": None,
+        "tasks_per_gpu": None,
+        "tasks_per_node": None,
+        "slurm_extra": None,
+    }
+    if nodes > 1:
+        out["mpi"] = "srun"
+        if gpus:
+            out["slurm_extra"] = "--gpus-per-task=1"
+        if nproc == 1:
+            out["tasks"], out["tasks_per_gpu"] = nodes, (1 if gpus else None)
+        else:
+            out["tasks_per_node"] = nproc
+    return out
 
 
 def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:

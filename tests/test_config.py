@@ -1,0 +1,93 @@
+"""Study config resolution: merge order, seeds, config errors naming keys, launch and SLURM resources."""
+
+import copy
+
+import pytest
+import yaml
+
+from workflow.config import (
+    ConfigError, check_model_configs, check_study, config_hash, launch_command, run_config, slurm_resources,
+    stage_resources, stage_seeds, validate_section,
+)
+
+from pathlib import Path
+
+TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+
+
+@pytest.fixture
+def study():
+    cfg = yaml.safe_load(TINY.read_text())
+    # what Snakemake's validate() fills in
+    cfg.setdefault("base_seed", 1337)
+    cfg.setdefault("baseline", "baseline")
+    return cfg
+
+
+def test_merge_order_and_seeds(study):
+    study["stages"]["B"]["train"]["lr"] = 1.0e-3
+    cfg = run_config(study, "B", "lr-6e-3", 1338)
+    assert cfg["train"]["num_iterations"] == 12           # from the stage
+    assert cfg["train"]["lr"] == 6.0e-3                   # the variant beats the stage
+    assert run_config(study, "B", "baseline", 1338)["train"]["lr"] == 1.0e-3  # the stage beats the study
+    assert cfg["train"]["beta2"] == 0.99                  # schema default
+    assert cfg["run_id"] == 1
+    assert stage_seeds(study, "C") == [1337, 1338, 1339]
+
+
+def test_config_hash_ignores_seed_but_not_settings(study):
+    a = run_config(study, "A", "baseline", 1337)
+    b = run_config(study, "A", "baseline", 1338)
+    c = run_config(study, "A", "lr-6e-3", 1337)
+    assert config_hash(a) == config_hash(b) != config_hash(c)
+
+
+def test_errors_name_the_key(study):
+    bad = copy.deepcopy(study)
+    bad["variants"]["lr-6e-3"]["train"]["learning_rate"] = 1
+    with pytest.raises(ConfigError, match=r"variants\.lr-6e-3\.train.*learning_rate"):
+        check_study(bad)
+    bad = copy.deepcopy(study)
+    bad["baseline"] = "nope"
+    with pytest.raises(ConfigError, match="baseline: 'nope'"):
+        check_study(bad)
+    bad = copy.deepcopy(study)
+    del bad["stages"]["A"]["gate"]
+    with pytest.raises(ConfigError, match=r"stages\.A\.gate"):
+        check_study(bad)
+    bad = copy.deepcopy(study)
+    bad["variants"]["baseline"] = {"model": {"n_embed": 64}}
+    with pytest.raises(ConfigError, match=r"variants\.baseline\.model.*n_embed"):
+        check_model_configs(bad)
+    with pytest.raises(ConfigError, match=r"train\.lr: -1 is less than or equal to the minimum"):
+        validate_section({"lr": -1}, "train", "train")
+
+
+def test_single_node_launch_and_resources(study):
+    study["stages"]["C"]["resources"] = {"gpus": 8, "gpu_model": "h100", "cpus_per_proc": 4}
+    res = stage_resources(study, "C")
+    assert res["nproc_per_node"] == 8
+    assert launch_command(res).endswith("torch.distributed.run --standalone --nnodes 1 --nproc_per_node 8")
+    slurm = slurm_resources(res)
+    assert (slurm["gpu"], slurm["gpu_model"], slurm["cpus_per_task"], slurm["mpi"]) == (8, "h100", 32, None)
+    cpu = slurm_resources(stage_resources(study, "A"))
+    assert cpu["gpu"] is None and cpu["gpu_model"] is None and cpu["cpus_per_task"] == 1
+
+
+def test_multi_node_launch_and_resources(study):
+    study["stages"]["C"]["resources"] = {"gpus": 4, "nodes": 2, "cpus_per_proc": 8}
+    res = stage_resources(study, "C")
+    cmd = launch_command(res)
+    assert cmd.startswith("srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
+    slurm = slurm_resources(res)
+    assert (slurm["gpu"], slurm["nodes"], slurm["mpi"], slurm["tasks_per_node"], slurm["cpus_per_task"]) == (8, 2, "srun", 4, 8)
+    assert slurm["slurm_extra"] == "--gpus-per-task=1"
+    study["stages"]["C"]["resources"] = {"gpus": 1, "nodes": 3}
+    one = slurm_resources(stage_resources(study, "C"))
+    assert (one["tasks"], one["tasks_per_gpu"], one["tasks_per_node"]) == (3, 1, None)
+
+
+def test_nproc_must_match_gpus(study):
+    study["stages"]["A"]["resources"] = {"gpus": 2, "nproc_per_node": 4}
+    with pytest.raises(ConfigError, match=r"stages\.A\.resources\.nproc_per_node"):
+        stage_resources(study, "A")
