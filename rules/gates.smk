@@ -6,8 +6,12 @@ rule summarize_variant:
         lambda w: stage_run_results(w.stage, w.variant),
     output:
         f"{RESULTS}/stage_{{stage}}/{{variant}}/summary.json",
+    log:
+        f"{RESULTS}/logs/summarize_{{stage}}_{{variant}}.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
-        "python -m workflow.stats --results {input} --output {output}"
+        "python -m workflow.stats --results {input} --output {output} > {log} 2>&1"
 
 
 checkpoint gate:
@@ -19,9 +23,13 @@ checkpoint gate:
         gate=lambda w: json.dumps(config["stages"][w.stage]["gate"], sort_keys=True),
     wildcard_constraints:
         stage="|".join(GATED_STAGES) if GATED_STAGES else "(?!)",
+    log:
+        f"{RESULTS}/logs/gate_{{stage}}.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
         "python -m workflow.gates gate --stage {wildcards.stage} --gate-json {params.gate:q} "
-        "--baseline {BASELINE} --summaries {input} --output {output}"
+        "--baseline {BASELINE} --summaries {input} --output {output} > {log} 2>&1"
 
 
 rule verdict:
@@ -41,6 +49,10 @@ rule verdict:
             if config["verdict"]["target_val_loss"] is not None
             else ""
         ),
+    log:
+        f"{RESULTS}/logs/verdict.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
         "python -m workflow.gates verdict --baseline {BASELINE} --alpha {params.alpha} {params.target} "
-        "--summaries {input} --output {output.json} --markdown {output.markdown}"
+        "--summaries {input} --output {output.json} --markdown {output.markdown} > {log} 2>&1"

@@ -21,9 +21,13 @@ rule stage_table:
             labels={"stage": "{stage}", "figure": "summary table"},
         ),
         markdown=f"{RESULTS}/stage_{{stage}}/table.md",
+    log:
+        f"{RESULTS}/logs/stage_table_{{stage}}.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
         "python -m workflow.tables stage --stage {wildcards.stage} --baseline {BASELINE} "
-        "--summaries {input.summaries} --decision {input.decision} --csv {output.csv} --markdown {output.markdown}"
+        "--summaries {input.summaries} --decision {input.decision} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule curves_plot:
@@ -37,8 +41,12 @@ rule curves_plot:
             subcategory="Stage {stage}",
             labels={"stage": "{stage}", "figure": "training curves"},
         ),
+    log:
+        f"{RESULTS}/logs/curves_plot_{{stage}}.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
-        "python -m workflow.plots curves --stage {wildcards.stage} --metrics {input} --output {output}"
+        "python -m workflow.plots curves --stage {wildcards.stage} --metrics {input} --output {output} > {log} 2>&1"
 
 
 rule val_loss_plot:
@@ -51,8 +59,12 @@ rule val_loss_plot:
             category="Overview",
             labels={"figure": "val_loss by stage"},
         ),
+    log:
+        f"{RESULTS}/logs/val_loss_plot.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
-        "python -m workflow.plots val-loss --summaries {input} --output {output}"
+        "python -m workflow.plots val-loss --summaries {input} --output {output} > {log} 2>&1"
 
 
 rule compute_table:
@@ -68,9 +80,13 @@ rule compute_table:
         markdown=f"{RESULTS}/compute.md",
     params:
         plan=lambda w: json.dumps(naive_plan(config), sort_keys=True),
+    log:
+        f"{RESULTS}/logs/compute_table.log",
+    conda:
+        "../envs/analysis.yaml"
     shell:
         "python -m workflow.tables compute --plan-json {params.plan:q} --summaries {input} "
-        "--csv {output.csv} --markdown {output.markdown}"
+        "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
 # Named targets: `snakemake stage_A`, ..., `snakemake verdict_target`, `snakemake report_assets`.

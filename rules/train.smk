@@ -37,6 +37,8 @@ rule train:
         tasks_per_gpu=_slurm("tasks_per_gpu"),
         tasks_per_node=_slurm("tasks_per_node"),
         slurm_extra=_slurm("slurm_extra"),
+    conda:
+        "../envs/train.yaml"
     # The log is appended to: a run requeued after preemption keeps its first part.
     shell:
         "{params.launcher} -m workflow.train --run-config {params.run_config:q} --out-dir {params.out_dir} "

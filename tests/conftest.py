@@ -11,6 +11,7 @@
   path; ``ignore_range`` answers 200 with the whole file to Range requests; ``hf_repo``
   additionally serves ``/datasets/{hf_repo}/resolve/{revision}/{file}`` like the
   Hugging Face Hub (``X-Repo-Commit``, ``ETag``, ``X-Linked-Size`` headers).
+* ``module_file_server``: the same factory, module-scoped (servers for module fixtures).
 """
 
 from __future__ import annotations
@@ -182,6 +183,21 @@ def shared_data_server(shared_data):
 @pytest.fixture
 def file_server():
     """Factory: ``file_server(folder, cut_after=None, ignore_range=False, hf_repo=None) -> FileServer``."""
+    servers: list[FileServer] = []
+
+    def make(folder, **kwargs) -> FileServer:
+        srv = start_file_server(folder, **kwargs)
+        servers.append(srv)
+        return srv
+
+    yield make
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def module_file_server():
+    """Like ``file_server`` but the servers live until the end of the test module (for module fixtures)."""
     servers: list[FileServer] = []
 
     def make(folder, **kwargs) -> FileServer:

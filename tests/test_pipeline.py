@@ -62,6 +62,10 @@ def test_dry_run_lists_jobs_without_running(tmp_path, shared_data_server):
     assert re.search(r"train\s+8\b", out), out[-3000:]  # stage A: 4 variants x 2 seeds; later stages after the gates
     assert "download_checked" in out and "gate" in out
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    # named targets per stage
+    stage_a = snakemake(tmp_path, "-n", "--cores", "2", "stage_A", mirror=shared_data_server)
+    out = stage_a.stdout + stage_a.stderr
+    assert re.search(r"train\s+8\b", out) and "verdict" not in out, out[-3000:]
 
 
 def test_data_downloaded_verified_and_tokenized(study):

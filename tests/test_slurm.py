@@ -55,6 +55,9 @@ def _cluster_problem() -> str | None:
 
 
 _PROBLEM = _cluster_problem() if SNAKEMAKE.exists() else "snakemake not installed next to this python"
+if _PROBLEM and os.environ.get("STAGERUN_REQUIRE_SLURM") == "1":
+    # CI started the cluster (.ci/run): a cluster that is not usable is a failure, not a skip.
+    raise RuntimeError(f"STAGERUN_REQUIRE_SLURM=1 but the SLURM cluster is not usable: {_PROBLEM}")
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=_PROBLEM or "")
 
 

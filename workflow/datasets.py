@@ -92,6 +92,10 @@ class Dataset:
 COMMON_OPTIONS = ("mirror", "raw_files")
 
 FINEWEB_URL = "https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main/{}"
+OPENWEBTEXT_HF_NAME = "Skylion007/openwebtext"
+OPENWEBTEXT_HF_REVISION = "refs/convert/parquet"
+#: documents of OpenWebText (nanoGPT data/openwebtext/readme.md: 8,009,762 train + 4,007 val)
+OPENWEBTEXT_DOCUMENTS = 8_013_769
 MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{}"
 
 
@@ -181,7 +185,12 @@ DATASETS: dict[str, Dataset] = {
     "openwebtext": Dataset(
         name="openwebtext", source=None, tokenizer="gpt2", splits=("train", "val"),
         split_spec="datasets train_test_split(test_size=0.0005, seed=2357) of documents (nanoGPT)",
-        defaults={"hf_name": "openwebtext", "data_files": None, "format": "json", "text_field": "text",
+        # The Hub repo's default branch holds a loading script (openwebtext.py), which
+        # datasets >= 4 refuses to run; the Hub's parquet conversion of the same data
+        # (branch refs/convert/parquet, config plain_text) loads without code.
+        defaults={"hf_name": OPENWEBTEXT_HF_NAME, "hf_revision": OPENWEBTEXT_HF_REVISION,
+                  "expected_documents": OPENWEBTEXT_DOCUMENTS,
+                  "data_files": None, "format": "json", "text_field": "text",
                   "val_fraction": 0.0005, "seed": 2357, "num_proc": None, "batch_docs": 256},
         needs_gpt2_ranks=True,
         description="OpenWebText, GPT-2 BPE, <|endoftext|> after every document",

@@ -540,8 +540,11 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
                         tokenizer_file: str | None = None, workers: int | None = None, **_) -> dict:
     """OpenWebText (or local json/parquet files) -> GPT-2 BPE uint16 train/val.
 
-    ``datasets.load_dataset(hf_name)`` or, with ``data_files``, ``load_dataset(format,
-    data_files=...)``; ``train_test_split(test_size=val_fraction, seed=seed, shuffle=True)``;
+    ``datasets.load_dataset(hf_name, revision=hf_revision)`` (default: the Hub's parquet
+    conversion of ``Skylion007/openwebtext``, whose main branch is a loading script that
+    datasets >= 4 no longer runs; the document count must equal ``expected_documents``,
+    8,013,769, unless that is null) or, with ``data_files``, ``load_dataset(format,
+    data_files=...)`` (no count check); ``train_test_split(test_size=val_fraction, seed=seed, shuffle=True)``;
     every document encoded with encode_ordinary plus ``<|endoftext|>``, in parallel worker
     processes, streamed to disk. Source: nanoGPT data/openwebtext/prepare.py.
     """
@@ -557,9 +560,15 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
             ds = datasets.load_dataset(opts["format"], data_files=files, split="train", cache_dir=cache)
             source = {"name": "local", "files": [_file_meta(Path(f)) for f in files]}
         else:
-            ds = datasets.load_dataset(opts["hf_name"], split="train", num_proc=workers)
-            source = {"name": opts["hf_name"], "files": [
-                {"url": f"https://huggingface.co/datasets/{opts['hf_name']}", "sha256": None,
+            name, revision = opts["hf_name"], opts["hf_revision"]
+            ds = datasets.load_dataset(name, revision=revision, split="train", num_proc=workers)
+            expected = opts["expected_documents"]
+            if expected is not None and len(ds) != int(expected):
+                raise DataError(f"https://huggingface.co/datasets/{name} (revision {revision}): {len(ds):,} "
+                                f"documents, expected {int(expected):,} (datasets.openwebtext.expected_documents; "
+                                f"a partial parquet conversion? null skips the check)")
+            source = {"name": name, "revision": revision, "files": [
+                {"url": f"https://huggingface.co/datasets/{name}/tree/{revision}", "sha256": None,
                  "fingerprint": ds._fingerprint, "bytes": None}]}
         field = opts["text_field"]
         if field not in ds.column_names:
