@@ -239,7 +239,7 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
     workdir = tmp_path / "work"
     run_dir = workdir / "results" / study["study"] / "stage_A" / "baseline" / "seed_1337"
     env = {"HF_HOME": str(mirrors["hf_home"]), **case.env(mirrors)}
-    run_snakemake(workdir, configfile, str(run_dir / "result.json"),
+    run_snakemake(workdir, configfile, str((run_dir / "result.json").relative_to(workdir)),
                   mirror=mirrors["shared"] if case.global_mirror else None, env=env)
 
     for rel in case.raw:
