@@ -3,7 +3,7 @@
 #   {data_dir}/raw/{source}/{filename}   <-   python -m workflow.download --source ... --file ...
 #
 # The mirror (config["mirror"] or config["datasets"][name]["mirror"]) is handed to the
-# download CLI through the environment variable STAGERUN_MIRROR, NOT through params:
+# download CLI through the environment variable STAGERUN_MIRRORS, NOT through params:
 # a file's identity is its public URL + sha256/size (the params below), so moving to
 # or from a mirror neither re-triggers downloads nor changes the between-workflow cache
 # key (`snakemake --cache`; the key hashes params and inputs only, for run: rules).
@@ -12,7 +12,7 @@
 
 import json as _json
 import os as _os
-import subprocess as _subprocess
+import shlex as _shlex
 import sys as _sys
 
 from workflow.datasets import SOURCES as _SOURCES, source_file as _source_file
@@ -37,20 +37,22 @@ def _raw_spec(wildcards):
     return _source_file(wildcards.source, wildcards.filename, _raw_options(wildcards))
 
 
-def _run_download(wildcards, output):
-    env = dict(_os.environ)
-    mirror = _source_mirror(wildcards.source, config)
-    if mirror:
-        env["STAGERUN_MIRROR"] = str(mirror)
-    else:
-        env.pop("STAGERUN_MIRROR", None)
-    env["PYTHONPATH"] = _os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
-    _subprocess.run(
-        [_sys.executable, "-m", "workflow.download", "--source", wildcards.source,
-         "--file", wildcards.filename, "--out", str(output[0]),
-         "--options-json", _json.dumps(_raw_options(wildcards))],
-        check=True, env=env,
-    )
+def _raw_checks(wildcards):
+    """--options-json of the download CLI: only this file's size / sha256 checks."""
+    spec = _raw_spec(wildcards)
+    return _json.dumps({"raw_files": {wildcards.filename: {"sha256": spec.sha256, "bytes": spec.bytes}}})
+
+
+# Jobs are `shell:` jobs (a `run:` job would be spawned as a whole new Snakemake process,
+# seconds per job). The mirror of every source goes to the download CLI through the
+# environment (STAGERUN_MIRRORS, a JSON map source -> mirror or null), set here at parse time,
+# so it is neither a param nor part of the command text; job subprocesses inherit it (and
+# remote executors re-parse this file).
+_os.environ["STAGERUN_MIRRORS"] = _json.dumps({name: _source_mirror(name, config) for name in _SOURCES})
+_os.environ["PYTHONPATH"] = _os.pathsep.join(
+    p for p in dict.fromkeys([_REPO_ROOT, *_os.environ.get("PYTHONPATH", "").split(_os.pathsep)]) if p)
+# the interpreter that runs Snakemake (the one with requests, numpy, ...), whatever PATH says
+_DOWNLOAD_PY = _shlex.quote(_sys.executable)
 
 
 rule download_checked:
@@ -64,10 +66,12 @@ rule download_checked:
         url=lambda wc: _raw_spec(wc).url,
         sha256=lambda wc: _raw_spec(wc).sha256,
         bytes=lambda wc: _raw_spec(wc).bytes,
+        checks=_raw_checks,
     cache: "omit-software"
     retries: 2
-    run:
-        _run_download(wildcards, output)
+    shell:
+        "{_DOWNLOAD_PY} -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
+        "--out {output[0]:q} --options-json {params.checks:q}"
 
 
 rule download_unchecked:
@@ -81,7 +85,9 @@ rule download_unchecked:
         url=lambda wc: _raw_spec(wc).url,
         sha256=lambda wc: _raw_spec(wc).sha256,
         bytes=lambda wc: _raw_spec(wc).bytes,
+        checks=_raw_checks,
     cache: "omit-software"
     retries: 2
-    run:
-        _run_download(wildcards, output)
+    shell:
+        "{_DOWNLOAD_PY} -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
+        "--out {output[0]:q} --options-json {params.checks:q}"

@@ -7,7 +7,7 @@
 
 import json as _tjson
 import os as _tos
-import subprocess as _tsubprocess
+import shlex as _tshlex
 import sys as _tsys
 
 from workflow.datasets import DATASETS as _DATASETS, dataset_raw_dir as _dataset_raw_dir
@@ -36,15 +36,12 @@ def _tokenize_options_json(wildcards):
     return _tjson.dumps(opts, sort_keys=True)
 
 
-def _run_tokenize(wildcards, output, threads, params):
-    env = dict(_tos.environ)
-    env["PYTHONPATH"] = _tos.pathsep.join(p for p in (_TREPO_ROOT, env.get("PYTHONPATH")) if p)
-    _tsubprocess.run(
-        [_tsys.executable, "-m", "workflow.tokenize", "--dataset", wildcards.dataset,
-         "--raw-dir", params.raw_dir, "--out-dir", _tos.path.dirname(output.meta),
-         "--options-json", params.options, "--workers", str(threads)],
-        check=True, env=env,
-    )
+# shell jobs (not run:, which Snakemake spawns as a whole new Snakemake process per job)
+_TOKENIZE_PY = _tshlex.quote(_tsys.executable)
+_tos.environ["PYTHONPATH"] = _tos.pathsep.join(
+    p for p in dict.fromkeys([_TREPO_ROOT, *_tos.environ.get("PYTHONPATH", "").split(_tos.pathsep)]) if p)
+_TOKENIZE_CMD = ("{_TOKENIZE_PY} -m workflow.tokenize --dataset {wildcards.dataset:q} --raw-dir {params.raw_dir:q} "
+                 "--out-dir {params.out_dir:q} --options-json {params.options:q} --workers {threads}")
 
 
 rule tokenize:
@@ -59,9 +56,10 @@ rule tokenize:
     params:
         raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
         options=_tokenize_options_json,
+        out_dir=lambda wc, output: _tos.path.dirname(output.meta),
     threads: lambda wc: workflow.cores if wc.dataset in _PARALLEL else 1
-    run:
-        _run_tokenize(wildcards, output, threads, params)
+    shell:
+        _TOKENIZE_CMD
 
 
 rule tokenize_with_test:
@@ -77,9 +75,10 @@ rule tokenize_with_test:
     params:
         raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
         options=_tokenize_options_json,
+        out_dir=lambda wc, output: _tos.path.dirname(output.meta),
     threads: 1
-    run:
-        _run_tokenize(wildcards, output, threads, params)
+    shell:
+        _TOKENIZE_CMD
 
 
 rule tokenize_shards:
@@ -92,6 +91,7 @@ rule tokenize_shards:
     params:
         raw_dir=lambda wc: _dataset_raw_dir(wc.dataset, _TDATA_DIR, _dataset_opts(wc)),
         options=_tokenize_options_json,
+        out_dir=lambda wc, output: _tos.path.dirname(output.meta),
     threads: 1
-    run:
-        _run_tokenize(wildcards, output, threads, params)
+    shell:
+        _TOKENIZE_CMD

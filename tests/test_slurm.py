@@ -188,7 +188,9 @@ def test_requeued_training_job_resumes_from_checkpoint(shared_data_server, tmp_p
             assert proc.poll() is None, f"snakemake ended before the requeue:\n{out[-3000:]}"
             ids = re.findall(r"SLURM run ID: (\S+)", out)
             for job in _sacct(ids[0]) if ids else []:
-                if _rule(job) == "train" and job["State"] == "RUNNING":
+                # The job comment reaches sacct only when the job ends: while it runs, the
+                # training job is the one in the gpu partition (data jobs go to cpu).
+                if job["Partition"] == "gpu" and job["State"] == "RUNNING":
                     return job["JobIDRaw"]
             return None
 

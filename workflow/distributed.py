@@ -169,7 +169,12 @@ class TrainingStrategy:
         self.ctx = ctx
         self.communication = {"all_reduce_calls": 0, "bytes": 0}
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """The module the forward pass runs through (``model`` itself by default).
+
+        ``find_unused_parameters``: some parameters may get no gradient in a step (DepthWarm's
+        inactive or dropped layers); strategies that reduce gradients must allow it.
+        """
         return model
 
     def micro_step_context(self, module: nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -194,13 +199,22 @@ class DDPStrategy(TrainingStrategy):
 
     name = "ddp"
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
+        """DDP around ``model`` when distributed (else ``model``).
+
+        ``find_unused_parameters=True`` (DepthWarm) makes DDP traverse the autograd graph after
+        each forward to mark parameters that get no gradient; gradients of parameters unused on
+        every rank stay None, as in a single process. Costs one graph traversal per step.
+        Source: torch.nn.parallel.DistributedDataParallel docs.
+        """
         if not self.ctx.distributed:
             return model
         device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
         self._numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self._elem = next(model.parameters()).element_size()
-        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+        )
 
     @contextlib.contextmanager
     def micro_step_context(self, module: nn.Module, last: bool) -> Iterator[None]:

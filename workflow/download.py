@@ -23,9 +23,11 @@ CLI::
     python -m workflow.download --source tinyshakespeare --file input.txt \\
         --out data/raw/tinyshakespeare/input.txt [--mirror M] [--options-json '{}']
 
-``--mirror`` defaults to the environment variable ``STAGERUN_MIRROR`` (the Snakemake
-rule passes the mirror that way so that the mirror never becomes part of a job's
-parameters or cache key). Exit status 1 with a one-line ``error: ...`` on failure.
+Without ``--mirror`` the mirror comes from the environment: ``STAGERUN_MIRRORS``, a JSON
+object ``{source: mirror or null}`` (rules/datasets.smk sets it at parse time from the
+study config, so that the mirror never becomes part of a job's parameters, command or
+cache key; a source listed with null means the public URL), else ``STAGERUN_MIRROR``.
+Exit status 1 with a one-line ``error: ...`` on failure.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ CHUNK_BYTES = 1 << 20
 STREAM_CHUNK_BYTES = 64 << 10
 USER_AGENT = "stagerun-download/0.1 (+https://github.com/; requests)"
 MIRROR_ENV = "STAGERUN_MIRROR"
+MIRRORS_ENV = "STAGERUN_MIRRORS"
 
 
 class DownloadError(RuntimeError):
@@ -365,6 +368,26 @@ def fetch_source_file(source: str, filename: str, dest: str | os.PathLike, *,
                     retries=retries, timeout=timeout, backoff=backoff, progress=progress)
 
 
+def env_mirror(source: str) -> str | None:
+    """Mirror of ``source`` from the environment: ``$STAGERUN_MIRRORS`` (JSON ``{source: mirror
+    or null}``; a listed source wins, null = public URL), else ``$STAGERUN_MIRROR``, else None.
+
+    Raises:
+        ValueError: ``STAGERUN_MIRRORS`` is not a JSON object (message names the variable).
+    """
+    raw = os.environ.get(MIRRORS_ENV)
+    if raw:
+        try:
+            mirrors = json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"${MIRRORS_ENV}: invalid JSON at column {err.colno}: {err.msg}") from None
+        if not isinstance(mirrors, dict):
+            raise ValueError(f"${MIRRORS_ENV}: expected a JSON object {{source: mirror}}, got {type(mirrors).__name__}")
+        if source in mirrors:
+            return mirrors[source] or None
+    return os.environ.get(MIRROR_ENV) or None
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; see the module docstring. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m workflow.download", description=__doc__.split("\n")[0])
@@ -374,8 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sha256", help="expected sha256 (with --url)")
     parser.add_argument("--bytes", type=int, help="expected size (with --url)")
     parser.add_argument("--out", required=True, help="destination path")
-    parser.add_argument("--mirror", default=os.environ.get(MIRROR_ENV) or None,
-                        help=f"mirror base (default: ${MIRROR_ENV})")
+    parser.add_argument("--mirror", default=None,
+                        help=f"mirror base (default: the source's entry in ${MIRRORS_ENV}, else ${MIRROR_ENV})")
     parser.add_argument("--options-json", default="{}", help="per-dataset options (size/hash overrides)")
     parser.add_argument("--retries", type=int, default=5)
     parser.add_argument("--timeout", type=float, default=30.0)
@@ -389,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
                      retries=args.retries, timeout=args.timeout, backoff=args.backoff,
                      progress=not args.no_progress)
         elif args.source and args.file:
-            fetch_source_file(args.source, args.file, args.out, mirror=args.mirror, options=options,
+            mirror = args.mirror if args.mirror is not None else env_mirror(args.source)
+            fetch_source_file(args.source, args.file, args.out, mirror=mirror, options=options,
                               retries=args.retries, timeout=args.timeout, backoff=args.backoff,
                               progress=not args.no_progress)
         else:

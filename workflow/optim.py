@@ -237,7 +237,9 @@ def _adamw(groups: list[dict], cfg: Mapping[str, Any], device_type: str) -> torc
         g["initial_lr"] = g["lr"]
     kwargs: dict[str, Any] = dict(betas=(float(_get(cfg, "beta1")), float(_get(cfg, "beta2"))),
                                   eps=float(_get(cfg, "eps")))
-    if device_type == "cuda":
+    if device_type in ("cuda", "cpu"):
+        # Fused kernel (one pass over all tensors): on CPU ~4x faster than the per-tensor loop
+        # for small models, deterministic and identical on every rank (bench/bench_train.py).
         kwargs["fused"] = True
     return torch.optim.AdamW(groups, **kwargs)
 

@@ -44,11 +44,54 @@ from workflow.config import config_hash, validate_section
 from workflow.data import TokenSplit, rank_slice, train_window_ids, val_window_ids
 from workflow.distributed import STRATEGIES, DistContext, all_reduce_sum, init_distributed, shutdown
 from workflow.io import atomic_write, write_json_atomic, write_text_atomic
-from workflow.model import GPT, build_model_config
-from workflow.optim import build_optimizers, set_lr
+from workflow.model import GPT, GPTConfig, build_model_config, depth_warm_state
+from workflow.optim import build_optimizers, curriculum_block_size, set_lr
+from workflow.tracking import Tracker
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CHECKPOINT_VERSION = 2
+
+# Peak dense bf16 tensor-core FLOP/s per GPU by device-name substring (first match wins, so
+# more specific names come first). Vendor datasheets: NVIDIA H100 / H200 / A100 / L40S / L4 / A10.
+PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
+    ("GH200", 989e12),
+    ("H200", 989e12),
+    ("H100 PCIe", 756e12),
+    ("H100 NVL", 835e12),
+    ("H100", 989e12),  # SXM5 (HBM3)
+    ("A100", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+
+def peak_flops(device_name: str | None) -> float | None:
+    """Peak dense bf16 FLOP/s of one GPU named ``device_name`` (torch.cuda.get_device_name),
+    or None for CPUs and GPUs not in :data:`PEAK_BF16_FLOPS`."""
+    if not device_name:
+        return None
+    for key, flops in PEAK_BF16_FLOPS:
+        if key.lower() in device_name.lower():
+            return flops
+    return None
+
+
+def flops_per_token(cfg: GPTConfig, seq_len: int, n_params_matmul: int) -> float:
+    """Training FLOPs per token (forward + backward) of a GPT: ``6 N + 12 L H Q T``.
+
+    N = parameters that take part in matmuls (blocks + lm_head; embeddings are lookups),
+    L = n_layer, H = n_head, Q = head dim, T = ``seq_len`` (tokens). The second term is the
+    attention score / value matmuls (full, not causal-halved, as in the source).
+    Source: PaLM (Chowdhery et al. 2022) appendix B; nanoGPT model.py ``estimate_mfu``.
+    """
+    return 6.0 * n_params_matmul + 12.0 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed derived from (seed, step, stream): pure, identical on every rank."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 def git_state(repo: Path = REPO_ROOT) -> dict:
