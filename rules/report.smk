@@ -104,3 +104,24 @@ for _stage in STAGES:
 rule report_assets:
     input:
         all_targets(),
+
+
+# Text samples: for the final stage, the base-seed run of each variant, sampled from the run's
+# checkpoint.pt (written next to result.json by workflow.train; not a declared output of `train`).
+rule sample_text:
+    input:
+        result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
+        meta=dataset_meta(),
+    output:
+        report(
+            f"{RESULTS}/samples/stage_{{stage}}/{{variant}}/seed_{{seed}}.txt",
+            caption="../report/sample.rst",
+            category="Samples",
+            subcategory="Stage {stage}",
+            labels={"variant": "{variant}", "seed": "{seed}"},
+        ),
+    params:
+        checkpoint=lambda w, input: os.path.join(os.path.dirname(input.result), "checkpoint.pt"),
+    shell:
+        "python -m workflow.sample --checkpoint {params.checkpoint} --meta {input.meta} --result {input.result} "
+        "--output {output} --max-new-tokens 300 --top-k 20 --seed {wildcards.seed}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -129,6 +130,22 @@ def test_cli_registry_download_via_env_mirror(shared_data_server, tmp_path, repo
                 env={"STAGERUN_MIRROR": shared_data_server, "PYTHONPATH": str(repo_root)})
     assert proc.returncode == 0, proc.stderr
     assert hashlib.sha256(out.read_bytes()).hexdigest() == SHAKESPEARE_SHA
+
+
+def test_cli_mirror_map_from_env_wins_per_source(shared_data_server, tmp_path, repo_root):
+    """STAGERUN_MIRRORS (set by rules/datasets.smk) names each source's mirror; a listed source
+    wins over STAGERUN_MIRROR, null means the public URL, an unlisted one falls back."""
+    out = tmp_path / "a" / "input.txt"
+    env = {"PYTHONPATH": str(repo_root), "STAGERUN_MIRROR": str(tmp_path / "nowhere"),
+           "STAGERUN_MIRRORS": json.dumps({"tinyshakespeare": shared_data_server, "gpt2": None})}
+    proc = _cli("--source", "tinyshakespeare", "--file", "input.txt", "--out", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == SHAKESPEARE_SHA
+    proc = _cli("--source", "multi30k", "--file", "val.en.gz", "--out", str(tmp_path / "b"), env=env)
+    assert proc.returncode == 1 and f"{tmp_path / 'nowhere'}/multi30k/val.en.gz: no such file" in proc.stderr
+    proc = _cli("--source", "tinyshakespeare", "--file", "input.txt", "--out", str(tmp_path / "c"),
+                env={**env, "STAGERUN_MIRRORS": "[1]"})
+    assert proc.returncode == 1 and "$STAGERUN_MIRRORS: expected a JSON object" in proc.stderr
 
 
 def test_cli_errors_are_one_line(tmp_path, repo_root):

@@ -31,6 +31,15 @@ def test_char_tokenizer_unknown_char_names_position():
         tok.encode("abzc")
     with pytest.raises(ValueError, match="sorted"):
         CharTokenizer(["b", "a"])
+    # the non-ASCII (UTF-32) path: characters beyond the table and holes inside it
+    wide = CharTokenizer(sorted(set("abé€")))
+    assert wide.encode("a€é").tolist() == [0, 3, 2]
+    with pytest.raises(TokenizeError, match=r"'😀' \(U\+1F600\) at position 1"):
+        wide.encode("a😀")
+    with pytest.raises(TokenizeError, match=r"'ü' \(U\+00FC\) at position 2"):
+        wide.encode("abü")
+    with pytest.raises(TokenizeError, match=r"'\\x00' \(U\+0000\) at position 0"):
+        tok.encode("\x00a")  # ASCII path: a byte below the smallest vocabulary character
 
 
 def test_token_dtype_edges():

@@ -25,7 +25,6 @@ import concurrent.futures
 import contextlib
 import gzip
 import json
-import multiprocessing
 import os
 import re
 import sys
@@ -43,7 +42,8 @@ from workflow.datasets import (
 )
 from workflow.io import atomic_write, sha256_file, write_json_atomic
 from workflow.tokenizers import (
-    ByteTokenizer, CharsetTokenizer, CharTokenizer, GPT2Tokenizer, TokenizeError, gpt2_encoding, token_dtype,
+    GPT2_EOT_ID, ByteTokenizer, CharsetTokenizer, CharTokenizer, GPT2Tokenizer, TokenizeError, gpt2_encoding,
+    token_dtype,
 )
 
 CHUNK_BYTES = 16 << 20
@@ -94,6 +94,10 @@ class SplitWriters:
             arr = arr.astype(self.dtype)
         self._files[split].write(arr.data if arr.flags.c_contiguous else arr.tobytes())
         self.tokens[split] += int(arr.size)
+
+    def tokens_total(self) -> int:
+        """Ids written so far, all splits."""
+        return sum(self.tokens.values())
 
     def splits_meta(self) -> dict:
         return {s: {"tokens": n, "files": [{"path": f"{s}.bin", "header_bytes": 0, "tokens": n}]}
@@ -167,19 +171,26 @@ def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     passes (vocabulary and length, then ids): memory is bounded for any file size.
     Source: nanoGPT data/shakespeare_char/prepare.py (1,003,854 / 111,540 tokens)."""
     path = raw_dir / "input.txt"
+    # sha256 of the raw file for meta.json in a thread (hashlib releases the GIL) while we tokenize
+    hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    source_future = hasher.submit(_source_meta, "tinyshakespeare", raw_dir, opts)
     seen = np.zeros(0x110000, dtype=bool)
     n_chars = 0
     for text in iter_text(path):
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        if text.isascii():  # bytes are code points: 4x less data than UTF-32
+            codes = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
         seen[np.flatnonzero(np.bincount(codes))] = True
         n_chars += len(text)
     tok = CharTokenizer([chr(c) for c in np.flatnonzero(seen)])
     cut = int(n_chars * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
-    with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
+    with hasher, SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
         for split, text in _split_by_chars(path, cut):
             w.write(split, tok.encode(text))
-    return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
+        source = source_future.result()
+    return {"source": source, "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
 
 
@@ -229,6 +240,44 @@ def bpe_safe_pieces(text: str, target_chars: int = 1 << 21) -> Iterator[str]:
         yield text[start:m.end()]
         start = m.end()
     yield text[start:]
+
+
+BYTE_CHUNK_BYTES = 1 << 20  # read -> write stays in the CPU caches (16 MB chunks: ~1.5x slower)
+
+
+def write_byte_splits(fin, w: "SplitWriters", bounds: list[tuple[str, int]], *,
+                      chunk_bytes: int = BYTE_CHUNK_BYTES, first_chunk=None, progress=None) -> int:
+    """Byte-level tokenization of a stream: its bytes are the ids (uint8), cut into splits.
+
+    Reads ``fin`` with ``readinto`` into one reused buffer (no allocation per chunk) and
+    writes views of it: byte ``i`` goes to the first split ``(name, end)`` of ``bounds``
+    with ``i < end`` (``end`` in bytes from the start, increasing); bytes past the last
+    ``end`` are not written. ``first_chunk(ids)`` sees the first chunk (e.g. a magic-number
+    check); ``progress(n)`` gets the size of every chunk.
+
+    Returns:
+        Bytes written (``<= bounds[-1][1]``; fewer when the stream ends early).
+    """
+    buf = bytearray(chunk_bytes)
+    view = np.frombuffer(buf, dtype=np.uint8)
+    limit = bounds[-1][1]
+    pos = 0
+    while pos < limit:
+        got = fin.readinto(buf)
+        if not got:
+            break
+        ids = view[:got]
+        if pos == 0 and first_chunk is not None:
+            first_chunk(ids)
+        start = pos
+        for split, end in bounds:
+            lo, hi = max(start, pos), min(start + got, end)
+            if hi > lo:
+                w.write(split, ids[lo - start:hi - start])
+                pos = hi
+        if progress is not None:
+            progress(got)
+    return pos
 
 
 def check_zip_members(zf: zipfile.ZipFile, zip_path: Path) -> None:
@@ -284,23 +333,14 @@ def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -
         bounds = [("train", n_train), ("val", n_train + n_val), ("test", n)]
         with SplitWriters(out_dir, ("train", "val", "test"), "uint8", 256) as w, zf.open(info) as fin, \
                 tqdm(total=n, unit="B", unit_scale=True, desc="enwik8", file=sys.stderr, mininterval=1) as bar:
-            pos, first = 0, True
+            def check_magic(head: np.ndarray) -> None:
+                if bytes(head[:len(magic)]) != magic:
+                    raise DataError(f"{zip_path}:{member}: byte 0 starts with {bytes(head[:len(magic)])!r}, "
+                                    f"expected {magic!r}")
             try:
-                while chunk := fin.read(CHUNK_BYTES):
-                    if first:
-                        if not chunk.startswith(magic):
-                            raise DataError(f"{zip_path}:{member}: byte 0 starts with {chunk[:len(magic)]!r}, "
-                                            f"expected {magic!r}")
-                        first = False
-                    ids, start = tok.encode(chunk), pos
-                    for split, end in bounds:
-                        lo, hi = max(start, pos), min(start + len(chunk), end)
-                        if hi > lo:
-                            w.write(split, ids[lo - start:hi - start])
-                            pos = hi
-                    bar.update(len(chunk))
+                pos = write_byte_splits(fin, w, bounds, first_chunk=check_magic, progress=bar.update)
             except zipfile.BadZipFile as err:
-                raise DataError(f"{zip_path}:{member}: corrupt archive near byte {pos}: {err}") from None
+                raise DataError(f"{zip_path}:{member}: corrupt archive near byte {w.tokens_total()}: {err}") from None
             if pos != n:
                 raise DataError(f"{zip_path}:{member}: member ended at byte {pos}, header says {n}")
         source = source_future.result()
@@ -493,47 +533,59 @@ _WORKER_RANKS: object = object()  # ranks file _WORKER_ENC was built from (senti
 
 
 def _worker_init(ranks_file: str | None) -> None:
-    """Build the GPT-2 encoding once per process; forked workers inherit the parent's."""
+    """Build the GPT-2 encoding once per process (and again only for another ranks file)."""
     global _WORKER_ENC, _WORKER_RANKS
     if _WORKER_ENC is None or _WORKER_RANKS != ranks_file:
         _WORKER_ENC, _WORKER_RANKS = gpt2_encoding(ranks_file), ranks_file
 
 
 def encode_docs_gpt2(texts: list[str]) -> np.ndarray:
-    """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each (worker side)."""
-    batch = _WORKER_ENC.encode_ordinary_batch(texts, num_threads=1)
-    total = sum(len(ids) for ids in batch) + len(batch)
-    out = np.empty(total, dtype=np.uint16)
+    """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each, in this thread."""
+    return _concat_eot(_WORKER_ENC.encode_ordinary_batch(list(texts), num_threads=1))
+
+
+def _concat_eot(batch: list[list[int]]) -> np.ndarray:
+    """uint16 array of the id lists of ``batch`` concatenated, 50256 after each list."""
+    out = np.empty(sum(len(ids) for ids in batch) + len(batch), dtype=np.uint16)
     pos = 0
     for ids in batch:
         out[pos:pos + len(ids)] = ids
         pos += len(ids)
-        out[pos] = 50256
+        out[pos] = GPT2_EOT_ID
         pos += 1
     return out
 
 
 def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, workers: int) -> Iterator[np.ndarray]:
-    """Encode document batches with GPT-2 BPE in ``workers`` processes, in order.
+    """GPT-2 BPE of document batches on ``workers`` threads, in order.
 
-    At most ``2 * workers`` batches are in flight, so memory stays bounded however long
-    ``batches`` is. Yields one uint16 array per batch (see :func:`encode_docs_gpt2`).
+    tiktoken's Rust encoder releases the GIL while it encodes a text, so threads run in
+    parallel without the start-up, fork and pickling costs of worker processes
+    (bench/bench_tokenize.py measures both against a single-thread loop). Documents of a
+    batch are spread over the threads one by one (uneven lengths balance out); one batch
+    encodes while the previous one is assembled, so at most two batches are in memory.
+
+    Args:
+        batches: lists of document texts.
+        ranks_file: GPT-2 BPE ranks (see :func:`workflow.tokenizers.gpt2_encoding`).
+        workers: threads (<= 1: encode in the calling thread).
+    Yields:
+        One uint16 array per batch: every document's ids followed by ``<|endoftext|>`` (50256).
     """
+    _worker_init(ranks_file)
+    enc = _WORKER_ENC
     if workers <= 1:
-        _worker_init(ranks_file)
         for texts in batches:
-            yield encode_docs_gpt2(texts)
+            yield _concat_eot(enc.encode_ordinary_batch(list(texts), num_threads=1))
         return
-    ctx = multiprocessing.get_context("spawn" if sys.platform == "darwin" else "fork")
-    _worker_init(ranks_file)  # load the BPE ranks once, before forking
-    with ctx.Pool(workers, initializer=_worker_init, initargs=(ranks_file,)) as pool:
+    with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpt2-bpe") as pool:
         pending: collections.deque = collections.deque()
         for texts in batches:
-            pending.append(pool.apply_async(encode_docs_gpt2, (texts,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
+            pending.append(pool.map(enc.encode_ordinary, texts))  # submits every document now
+            if len(pending) >= 2:
+                yield _concat_eot(list(pending.popleft()))
         while pending:
-            yield pending.popleft().get()
+            yield _concat_eot(list(pending.popleft()))
 
 
 def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
@@ -545,8 +597,8 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     datasets >= 4 no longer runs; the document count must equal ``expected_documents``,
     8,013,769, unless that is null) or, with ``data_files``, ``load_dataset(format,
     data_files=...)`` (no count check); ``train_test_split(test_size=val_fraction, seed=seed, shuffle=True)``;
-    every document encoded with encode_ordinary plus ``<|endoftext|>``, in parallel worker
-    processes, streamed to disk. Source: nanoGPT data/openwebtext/prepare.py.
+    every document encoded with encode_ordinary plus ``<|endoftext|>``, on ``workers``
+    threads (:func:`parallel_encode`), streamed to disk. Source: nanoGPT data/openwebtext/prepare.py.
     """
     import datasets
 

@@ -52,9 +52,16 @@ class CharTokenizer:
             raise ValueError("char vocab must be sorted and without duplicates")
         self.vocab = vocab
         codes = np.array([ord(c) for c in vocab], dtype=np.int64)
-        # code point -> id lookup table (-1: not in the vocabulary); at most 0x110000 entries
-        self._lut = np.full(int(codes.max()) + 1 if codes.size else 1, -1, dtype=np.int32)
-        self._lut[codes] = np.arange(codes.size, dtype=np.int32)
+        # code point -> id lookup table (-1: not in the vocabulary); at least 256 entries (any
+        # byte indexes it), at most 0x110000; int16 when the ids fit (half the memory traffic)
+        lut_dtype = np.int16 if len(vocab) < 1 << 15 else np.int32
+        self._lut = np.full(max(256, int(codes.max()) + 1 if codes.size else 1), -1, dtype=lut_dtype)
+        self._lut[codes] = np.arange(codes.size, dtype=lut_dtype)
+        # ASCII text with a vocabulary of < 255 ids: bytes.translate maps characters to ids in
+        # one C pass (255 marks characters outside the vocabulary)
+        self._ascii_table = None
+        if len(vocab) < 255:
+            self._ascii_table = bytes(int(i) if i >= 0 else 255 for i in self._lut[:256])
 
     @classmethod
     def from_text(cls, text: str, chunk_chars: int = 1 << 22) -> "CharTokenizer":
@@ -70,15 +77,27 @@ class CharTokenizer:
         return len(self.vocab)
 
     def encode(self, text: str) -> np.ndarray:
-        """Ids of the characters of ``text``: int32 array of shape (len(text),).
+        """Ids of the characters of ``text``: shape (len(text),); uint8 for ASCII text with a
+        vocabulary below 255 (``bytes.translate`` with a 256-entry table, one C pass), else
+        int16 (vocabularies below 32768) or int32 from a vectorized table lookup of the code
+        points (ASCII text viewed as bytes, other text as UTF-32 via ``np.frombuffer``).
 
         Raises:
             TokenizeError: a character outside the vocabulary (names position and character).
         """
-        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-        inside = codes < self._lut.size
-        ids = self._lut[np.where(inside, codes, 0)]
-        bad = np.flatnonzero((ids < 0) | ~inside)
+        if text.isascii() and self._ascii_table is not None:
+            mapped = text.encode("ascii").translate(self._ascii_table)
+            first_bad = mapped.find(255)
+            ids = np.frombuffer(mapped, dtype=np.uint8)
+            bad = np.array([first_bad] if first_bad >= 0 else [], dtype=np.int64)
+        elif text.isascii():
+            ids = self._lut[np.frombuffer(text.encode("ascii"), dtype=np.uint8)]
+            bad = np.flatnonzero(ids < 0)
+        else:
+            codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+            inside = codes < self._lut.size
+            ids = self._lut[np.where(inside, codes, 0)]
+            bad = np.flatnonzero((ids < 0) | ~inside)
         if bad.size:
             pos = int(bad[0])
             raise TokenizeError(f"character {_describe(text[pos])} at position {pos} is not in the vocabulary")

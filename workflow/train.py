@@ -27,6 +27,7 @@ schedule, periodic evaluation on a fixed validation set).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -128,6 +129,26 @@ class _PreemptionFlag:
 class Trainer:
     """One training run. Build it, then call :meth:`run`.
 
+    Variants the trainer carries (all from the run config):
+
+    - ``train.optimizer: muon`` (workflow.optim.build_optimizers: AdamW + Muon).
+    - Sequence-length curriculum (``train.curriculum_*``): every step samples the same
+      full ``block_size + 1`` windows (a pure function of (seed, step), independent of the
+      world size, workflow.data) and crops them to the first
+      ``curriculum_block_size(step, train, val_history)`` tokens. Evaluation always uses the
+      full block_size, so val_loss values stay comparable.
+    - DepthWarm (``model.depth_warm*``): before every step the model gets
+      ``depth_warm_state(step)``; the stochastic-depth draws use a CPU generator re-seeded
+      from (seed, step) before every micro-step, so all micro-steps and all ranks skip the same
+      layers (the result does not depend on world size or grad accumulation). DDP then needs
+      ``find_unused_parameters=True``. Evaluation runs the active layers of the current step.
+    - ``train.training_hours``: a wall-clock budget on training time (evaluations excluded,
+      summed over resumes); when it is spent the run stops after the current step with a
+      final evaluation (``result.json``: ``stopped_early: "training_hours"``, success).
+    - GPU fast path: bf16 autocast (``train.dtype``), ``torch.compile`` (``train.compile``),
+      TF32 matmuls, pinned host memory with non-blocking copies, the next step's batch read
+      while the GPU works; metrics get ``mfu`` (None on CPU).
+
     Args:
         run_cfg: resolved run config (see workflow.config.run_config); ``model`` and
             ``train`` are validated against the schema here, so the trainer also works
@@ -137,7 +158,8 @@ class Trainer:
         ctx: the process's :class:`DistContext`.
     Raises:
         workflow.config.ConfigError: invalid ``train`` keys (named).
-        ValueError: ``batch_size`` not divisible by ``world_size * device_batch_size``.
+        ValueError: ``batch_size`` not divisible by ``world_size * device_batch_size``; a
+            curriculum rung longer than ``model.block_size`` (names the keys).
     """
 
     def __init__(self, run_cfg: dict, out_dir: Path, meta_path: Path, ctx: DistContext):
@@ -152,6 +174,15 @@ class Trainer:
         self.val_split = TokenSplit(meta_path, "val")
         self.model_config = build_model_config(dict(run_cfg.get("model", {})), self.train_split.vocab_size)
         self.block_size = self.model_config.block_size
+        self.num_train_windows = self.train_split.num_windows(self.block_size)
+
+        ladder = tc.get("curriculum_block_sizes")
+        if ladder:
+            curriculum_block_size(0, tc, [])  # validates the ladder and the steps (names the key)
+            if max(ladder) > self.block_size:
+                raise ValueError(
+                    f"train.curriculum_block_sizes {ladder}: longest rung exceeds model.block_size {self.block_size}"
+                )
 
         per_step = tc["batch_size"]
         device_batch = tc["device_batch_size"] or per_step // ctx.world_size
@@ -165,29 +196,68 @@ class Trainer:
 
         torch.manual_seed(self.seed)
         self.model = GPT(self.model_config).to(ctx.device)
+        self.depth_generator = torch.Generator(device="cpu")
+        # Forward passes run through the compiled model when train.compile (same parameters).
+        self.fwd_model = torch.compile(self.model) if tc["compile"] else self.model
         self.strategy = STRATEGIES[tc["strategy"]](ctx)
-        self.module = self.strategy.wrap(self.model)
+        self.module = self.strategy.wrap(self.fwd_model, find_unused_parameters=self.model_config.depth_warm)
         self.optimizers = build_optimizers(self.model, tc)
         self.autocast = (
             torch.autocast(device_type="cuda", dtype=torch.bfloat16)
             if tc["dtype"] == "bfloat16" and ctx.device.type == "cuda"
-            else torch.autocast(device_type="cpu", enabled=False)
+            else torch.autocast(device_type=ctx.device.type, enabled=False)
         )
+        self.device_name = (
+            torch.cuda.get_device_name(ctx.device)
+            if ctx.device.type == "cuda"
+            else platform.processor() or platform.machine()
+        )
+        self.peak_flops = peak_flops(self.device_name) if ctx.device.type == "cuda" else None
+        self.matmul_params = self.model.num_parameters(exclude_embeddings=True) + self.model.lm_head.weight.numel()
 
         self.step = 0
         self.train_time_ms = 0.0
         self.tokens_seen = 0
+        self.val_history: list[tuple[int, float]] = []  # (step, val_loss) of every evaluation
+        self.window_losses: list[float] = []  # train losses since the last metrics row
+        self.last_train_loss = float("nan")
+        self.last_val_loss: float | None = None
+        self.lr_mult = 0.0
+        self.seq_len = self.block_size
+        self._window_flops = 0.0
+        self._window_time_ms = 0.0
+        self._prefetched: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.checkpoint_path = self.out_dir / "checkpoint.pt"
         self.partial_metrics = self.out_dir / "metrics.partial.jsonl"
 
     # ----- checkpoints -------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self, finished: bool = False) -> dict:
+        """Everything a resumed run needs to continue bit-identically on CPU.
+
+        Schedule state that is a pure function of the step (lr, DepthWarm, step-based
+        curriculum, data order) is recomputed; state that depends on history is stored:
+        ``val_history`` (plateau curriculum), the open log window's train losses, the
+        last losses, RNG states. ``finished`` marks the final checkpoint of a completed run
+        (not resumed from: re-running a finished job trains afresh).
+        """
+        active, drop = depth_warm_state(self.step, self.model_config)
         return {
+            "version": CHECKPOINT_VERSION,
             "config_hash": self.config_hash,
             "seed": self.seed,
             "step": self.step,
+            "finished": finished,
             "train_time_ms": self.train_time_ms,
             "tokens_seen": self.tokens_seen,
+            "val_history": list(self.val_history),
+            "window_losses": list(self.window_losses),
+            "last_train_loss": self.last_train_loss,
+            "last_val_loss": self.last_val_loss,
+            "lr_mult": self.lr_mult,
+            "seq_len": self.seq_len,
+            "depth_state": {"active_layers": active, "drop_prob": drop},
+            "model_config": dataclasses.asdict(self.model_config),
+            "dataset": self.cfg.get("dataset"),
             "model": self.model.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "strategy": self.strategy.state_dict(),
@@ -195,21 +265,28 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         }
 
-    def save_checkpoint(self) -> None:
-        """Rank 0 writes ``checkpoint.pt`` atomically (temp file + rename)."""
+    def save_checkpoint(self, finished: bool = False) -> None:
+        """Rank 0 writes ``checkpoint.pt`` atomically (temp file + rename); all ranks wait."""
         if self.ctx.is_main:
             with atomic_write(self.checkpoint_path, "wb") as handle:
-                torch.save(self.state_dict(), handle)
+                torch.save(self.state_dict(finished), handle)
         if self.ctx.distributed:
             torch.distributed.barrier()
 
     def try_resume(self) -> bool:
-        """Load ``checkpoint.pt`` if it belongs to this exact config and seed; True if resumed."""
+        """Load ``checkpoint.pt`` if it is an unfinished checkpoint of this exact config and
+        seed; True if resumed. Other checkpoints are ignored (and logged), never deleted."""
         if not self.checkpoint_path.exists():
             return False
         state = torch.load(self.checkpoint_path, map_location=self.ctx.device, weights_only=False)
         if state.get("config_hash") != self.config_hash or state.get("seed") != self.seed:
             self.log(f"ignoring {self.checkpoint_path}: it belongs to another config or seed")
+            return False
+        if state.get("version") != CHECKPOINT_VERSION:
+            self.log(f"ignoring {self.checkpoint_path}: checkpoint version {state.get('version')} != {CHECKPOINT_VERSION}")
+            return False
+        if state.get("finished"):
+            self.log(f"ignoring {self.checkpoint_path}: it is the final checkpoint of a finished run; training afresh")
             return False
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
@@ -219,6 +296,10 @@ class Trainer:
         if state["rng_cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.step, self.train_time_ms, self.tokens_seen = state["step"], state["train_time_ms"], state["tokens_seen"]
+        self.val_history = [(int(s), float(v)) for s, v in state["val_history"]]
+        self.window_losses = list(state["window_losses"])
+        self.last_train_loss, self.last_val_loss = state["last_train_loss"], state["last_val_loss"]
+        self.lr_mult, self.seq_len = state["lr_mult"], state["seq_len"]
         self._truncate_partial_metrics(self.step)
         self.log(f"resumed from {self.checkpoint_path} at step {self.step}")
         return True
@@ -240,26 +321,63 @@ class Trainer:
             with open(self.partial_metrics, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(row) + "\n")
 
+    # ----- data --------------------------------------------------------------------
+    def _load_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's full-length windows of ``step``: (x, y) int64 ``[B_local, block_size]``
+        on the device (pinned host memory and an asynchronous copy on CUDA)."""
+        window_ids = train_window_ids(self.seed, step, self.train_cfg["batch_size"], self.num_train_windows)
+        local_ids = rank_slice(window_ids, self.ctx.rank, self.ctx.world_size)
+        x, y = self.train_split.read(local_ids, self.block_size)
+        if self.ctx.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+            return x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+        return x, y
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._prefetched is not None and self._prefetched[0] == step:
+            _, x, y = self._prefetched
+            self._prefetched = None
+            return x, y
+        return self._load_batch(step)
+
+    def _apply_depth_state(self, step: int) -> tuple[int, float]:
+        active, drop = depth_warm_state(step, self.model_config)
+        self.model.set_depth_schedule_state(active, drop, self.depth_generator)
+        return active, drop
+
     # ----- steps -------------------------------------------------------------------
     def train_step(self) -> float:
-        """One optimizer step over the global batch; returns the global mean train loss."""
+        """One optimizer step over the global batch; returns the global mean train loss.
+
+        Also decides, in the same all-reduce as the loss, whether any rank got a
+        preemption signal (``self.preempt_requested``) or the time budget is spent
+        (``self.budget_spent``), so every rank stops at the same step.
+        """
         tc = self.train_cfg
+        step_start = time.perf_counter()
         lr_mult = set_lr(self.optimizers, self.step, tc)
-        window_ids = train_window_ids(
-            self.seed, self.step, tc["batch_size"], self.train_split.num_windows(self.block_size)
-        )
-        local_ids = rank_slice(window_ids, self.ctx.rank, self.ctx.world_size)
+        seq_len = curriculum_block_size(self.step, tc, self.val_history) or self.block_size
+        _, drop = self._apply_depth_state(self.step)
+        depth_seed = _step_seed(self.seed, self.step, 1) if drop > 0 else None
+        x_all, y_all = self._batch(self.step)
+        if seq_len < self.block_size:  # curriculum: crop the sampled windows
+            x_all, y_all = x_all[:, :seq_len], y_all[:, :seq_len]
         self.module.train()
         loss_sum = torch.zeros((), device=self.ctx.device)
         for micro in range(self.grad_accum_steps):
-            ids = local_ids[micro * self.device_batch_size : (micro + 1) * self.device_batch_size]
-            x, y = self.train_split.read(ids, self.block_size)
-            x, y = x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
-            with self.strategy.micro_step_context(self.module, last=micro == self.grad_accum_steps - 1):
+            rows = slice(micro * self.device_batch_size, (micro + 1) * self.device_batch_size)
+            x, y = x_all[rows], y_all[rows]
+            if depth_seed is not None:  # the same layers are dropped on every micro-step and rank
+                self.depth_generator.manual_seed(depth_seed)
+            last = micro == self.grad_accum_steps - 1
+            with self.strategy.micro_step_context(self.module, last=last):
                 with self.autocast:
                     _, loss = self.module(x, y)
                 (loss / self.grad_accum_steps).backward()
             loss_sum += loss.detach()
+        if self.ctx.device.type == "cuda" and self.step + 1 < tc["num_iterations"]:
+            # Read and copy the next batch while the GPU works through this step's kernels.
+            self._prefetched = (self.step + 1, *self._load_batch(self.step + 1))
         if tc["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc["grad_clip"])
         for opt in self.optimizers:
@@ -267,16 +385,25 @@ class Trainer:
             opt.zero_grad(set_to_none=True)
         self.strategy.after_optimizer_step(self.model, self.step)
         self.lr_mult = lr_mult
-        # Mean over micro-steps and ranks, plus the preemption flag, in one collective.
-        flag = 1.0 if self.preemption.signal is not None else 0.0
-        packed = all_reduce_sum(torch.stack([loss_sum / self.grad_accum_steps, torch.tensor(flag, device=loss_sum.device)]), self.ctx)
-        self.preempt_requested = bool(packed[1].item() > 0)
-        return float(packed[0].item()) / self.ctx.world_size
+        self.seq_len = seq_len
+        # Mean over micro-steps and ranks, the preemption flag and the time-budget flag: one collective.
+        flags = [1.0 if self.preemption.signal is not None else 0.0, 0.0]
+        if tc["training_hours"] is not None:
+            elapsed_ms = self.train_time_ms + (time.perf_counter() - step_start) * 1000.0
+            flags[1] = 1.0 if elapsed_ms >= tc["training_hours"] * 3.6e6 else 0.0
+        packed = torch.cat([(loss_sum / self.grad_accum_steps).reshape(1),
+                            torch.tensor(flags, dtype=loss_sum.dtype, device=loss_sum.device)])
+        packed = all_reduce_sum(packed, self.ctx).tolist()
+        self.preempt_requested = packed[1] > 0
+        self.budget_spent = packed[2] > 0
+        return packed[0] / self.ctx.world_size
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean cross-entropy (nats/token) over the fixed validation windows, all ranks combined."""
-        self.module.eval()
+        """Mean cross-entropy (nats/token) over the fixed validation windows (full block_size),
+        all ranks combined, with the DepthWarm layers active at the current step."""
+        self._apply_depth_state(self.step)
+        self.fwd_model.eval()
         window_ids = val_window_ids(
             self.val_split.num_windows(self.block_size), self.block_size, self.train_cfg["val_tokens"]
         )
@@ -285,40 +412,42 @@ class Trainer:
         for start in range(0, len(local_ids), self.device_batch_size):
             x, y = self.val_split.read(local_ids[start : start + self.device_batch_size], self.block_size)
             with self.autocast:
-                _, loss = self.model(x.to(self.ctx.device), y.to(self.ctx.device))
+                _, loss = self.fwd_model(x.to(self.ctx.device), y.to(self.ctx.device))
             totals[0] += loss.double() * y.numel()
             totals[1] += y.numel()
         totals = all_reduce_sum(totals, self.ctx)
-        return float(totals[0] / totals[1])
+        val_loss = float(totals[0] / totals[1])
+        self.val_history.append((self.step, val_loss))
+        return val_loss
 
     # ----- the loop ----------------------------------------------------------------
     def run(self) -> dict:
-        """Train to ``num_iterations``; returns the result dict (also written by rank 0)."""
+        """Train to ``num_iterations`` (or the time budget); returns the result dict (also
+        written by rank 0). Raises SystemExit(EXIT_PREEMPTED) after a preemption signal,
+        once the checkpoint is saved."""
         tc = self.train_cfg
         self.preemption = _PreemptionFlag()
         self.preempt_requested = False
-        self.lr_mult = 0.0
+        self.budget_spent = False
         wall_start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
         if not resumed and self.ctx.is_main and self.partial_metrics.exists():
             self.partial_metrics.unlink()
         num_params = self.model.num_parameters()
+        self.tracker = Tracker(self.cfg, self.out_dir, is_main=self.ctx.is_main)
         self.log(
             f"run {self.cfg.get('study')}/{self.cfg.get('stage')}/{self.cfg.get('variant')} seed {self.seed}: "
             f"{num_params:,} parameters, world_size {self.ctx.world_size} ({self.ctx.launcher}, {self.ctx.backend}), "
-            f"device {self.ctx.device}, batch {tc['batch_size']} x {self.block_size} tokens, "
-            f"grad_accum_steps {self.grad_accum_steps}"
+            f"device {self.ctx.device} ({self.device_name}), batch {tc['batch_size']} x {self.block_size} tokens, "
+            f"grad_accum_steps {self.grad_accum_steps}, optimizer {tc['optimizer']}, dtype {tc['dtype']}, "
+            f"compile {tc['compile']}"
         )
-        tokens_per_step = tc["batch_size"] * self.block_size
-        train_loss = float("nan")
-        window_losses: list[float] = []
-        val_loss: float | None = None
         reason: str | None = None
-        evaluate_at_start = tc["val_loss_every"] > 0 and self.step == 0
-        if evaluate_at_start:
-            val_loss = self.evaluate()
-            self._emit_row(train_loss=None, val_loss=val_loss)
+        stopped_early: str | None = None
+        if tc["val_loss_every"] > 0 and self.step == 0:
+            self.last_val_loss = self.evaluate()
+            self._emit_row(train_loss=None, val_loss=self.last_val_loss)
         while self.step < tc["num_iterations"]:
             if self.ctx.device.type == "cuda":
                 torch.cuda.synchronize()
@@ -326,36 +455,58 @@ class Trainer:
             train_loss = self.train_step()
             if self.ctx.device.type == "cuda":
                 torch.cuda.synchronize()
-            self.train_time_ms += (time.perf_counter() - t0) * 1000.0
+            step_ms = (time.perf_counter() - t0) * 1000.0
+            self.train_time_ms += step_ms
+            self._window_time_ms += step_ms
+            step_tokens = tc["batch_size"] * self.seq_len
+            self._window_flops += flops_per_token(self.model_config, self.seq_len, self.matmul_params) * step_tokens
             self.step += 1
-            self.tokens_seen += tokens_per_step
-            window_losses.append(train_loss)
+            self.tokens_seen += step_tokens
+            self.window_losses.append(train_loss)
+            self.last_train_loss = train_loss
             if not math.isfinite(train_loss):
                 reason = f"diverged: train_loss is {train_loss} at step {self.step}"
                 self._emit_row(train_loss=None, val_loss=None)
                 break
             last = self.step == tc["num_iterations"]
+            if self.budget_spent and not last:
+                stopped_early, last = "training_hours", True
+                self.log(f"training_hours budget ({tc['training_hours']} h) spent at step {self.step}")
             do_eval = last or (tc["val_loss_every"] > 0 and self.step % tc["val_loss_every"] == 0)
             if do_eval or self.step % tc["log_every"] == 0:
                 val_loss = self.evaluate() if do_eval else None
-                self._emit_row(train_loss=float(np.mean(window_losses)), val_loss=val_loss)
-                window_losses = []
+                if val_loss is not None:
+                    self.last_val_loss = val_loss
+                self._emit_row(train_loss=float(np.mean(self.window_losses)), val_loss=val_loss)
+                self.window_losses = []
                 if val_loss is not None and not math.isfinite(val_loss):
                     reason = f"diverged: val_loss is {val_loss} at step {self.step}"
                     break
+            if last:
+                break
             if self.preempt_requested:
                 self.save_checkpoint()
                 self.log(f"PREEMPTED by signal at step {self.step}: checkpoint saved to {self.checkpoint_path}")
+                self.tracker.finish(exit_code=EXIT_PREEMPTED)
                 raise SystemExit(EXIT_PREEMPTED)
-            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0 and not last:
+            if tc["checkpoint_every"] and self.step % tc["checkpoint_every"] == 0:
                 self.save_checkpoint()
         success = reason is None
         if success:
-            self.save_checkpoint()
-        return self._finish(success, reason, train_loss, val_loss, num_params, time.perf_counter() - wall_start)
+            self.save_checkpoint(finished=True)
+        result = self._finish(success, reason, stopped_early, num_params, time.perf_counter() - wall_start)
+        self.tracker.finish(
+            {k: result[k] for k in ("final_val_loss", "final_train_loss", "final_step", "success", "mfu")}
+        )
+        return result
 
     def _emit_row(self, train_loss: float | None, val_loss: float | None) -> None:
         seconds = self.train_time_ms / 1000.0
+        mfu = None
+        if self.peak_flops and self._window_time_ms > 0:
+            achieved = self._window_flops / (self._window_time_ms / 1000.0)
+            mfu = round(achieved / (self.peak_flops * self.ctx.world_size), 5)
+        self._window_flops = self._window_time_ms = 0.0
         row = {
             "step": self.step,
             "train_loss": train_loss,
@@ -365,8 +516,12 @@ class Trainer:
             "train_time_ms": round(self.train_time_ms, 3),
             "step_avg_ms": round(self.train_time_ms / self.step, 3) if self.step else None,
             "tokens_per_s": round(self.tokens_seen / seconds, 1) if seconds > 0 else None,
+            "seq_len": self.seq_len,
+            "active_layers": depth_warm_state(self.step, self.model_config)[0],
+            "mfu": mfu,
         }
         self.write_metrics_row(row)
+        self.tracker.log(row)
         parts = [f"step {self.step}/{self.train_cfg['num_iterations']}"]
         if train_loss is not None:
             parts.append(f"train_loss {train_loss:.4f}")
@@ -374,10 +529,19 @@ class Trainer:
             parts.append(f"val_loss {val_loss:.4f}")
         if row["step_avg_ms"] is not None:
             parts.append(f"step_avg {row['step_avg_ms']:.1f} ms")
+        if mfu is not None:
+            parts.append(f"mfu {100 * mfu:.1f}%")
         self.log(" ".join(parts))
 
-    def _finish(self, success, reason, train_loss, val_loss, num_params, wall_seconds) -> dict:
+    def _finish(self, success, reason, stopped_early, num_params, wall_seconds) -> dict:
         git = git_state()
+        train_loss = self.last_train_loss
+        seconds = self.train_time_ms / 1000.0
+        mfu = None
+        if self.peak_flops and seconds > 0:
+            # Average over the run at the final sequence length (exact without a curriculum).
+            fpt = flops_per_token(self.model_config, self.seq_len, self.matmul_params)
+            mfu = round(fpt * self.tokens_seen / seconds / (self.peak_flops * self.ctx.world_size), 5)
         result = {
             "study": self.cfg.get("study"),
             "stage": self.cfg.get("stage"),
@@ -387,21 +551,26 @@ class Trainer:
             "dataset": self.cfg.get("dataset"),
             "success": success,
             "reason": reason,
+            "stopped_early": stopped_early,
             "final_step": self.step,
-            "final_val_loss": val_loss if success else None,
+            "final_val_loss": self.last_val_loss if success else None,
             "final_train_loss": train_loss if math.isfinite(train_loss) else None,
             "time_seconds": round(wall_seconds, 3),
             "train_time_ms": round(self.train_time_ms, 3),
             "tokens_seen": self.tokens_seen,
+            "tokens_per_s": round(self.tokens_seen / seconds, 1) if seconds > 0 else None,
+            "mfu": mfu,
+            "peak_flops": self.peak_flops,
             "num_parameters": num_params,
             "world_size": self.ctx.world_size,
             "device": str(self.ctx.device),
-            "device_name": torch.cuda.get_device_name(self.ctx.device) if self.ctx.device.type == "cuda" else platform.processor() or platform.machine(),
+            "device_name": self.device_name,
             "torch_version": torch.__version__,
             "python_version": platform.python_version(),
             "communication": self.strategy.state_dict()["communication"],
             "config_hash": self.config_hash,
             "config": {"model": self.cfg.get("model"), "train": self.train_cfg},
+            "checkpoint": self.checkpoint_path.name if success else None,
             "git_commit": git["commit"],
             "git_dirty": git["dirty"],
         }
@@ -426,6 +595,23 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def configure_backends(ctx: DistContext) -> None:
+    """Numerics of this process.
+
+    CPU: deterministic algorithms (same config + seed -> same losses), but without
+    ``fill_uninitialized_memory`` (NaN-filling every ``torch.empty``: ~5 % of a small
+    model's step on CPU and not needed for determinism). CUDA: TF32 matmuls and cuDNN
+    convolutions (Ampere+; bf16 autocast covers the rest), no deterministic algorithms
+    (they would force slow kernels or fail without CUBLAS_WORKSPACE_CONFIG).
+    """
+    if ctx.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the process exit code."""
     args = _parse_args(argv)
@@ -438,8 +624,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = args.meta or Path(args.data_dir) / "tokens" / run_cfg["dataset"] / "meta.json"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)
     ctx = init_distributed(validate_section(run_cfg.get("train"), "train", "train")["device"])
+    configure_backends(ctx)
     try:
         Trainer(run_cfg, args.out_dir, meta, ctx).run()
     finally:

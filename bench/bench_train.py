@@ -1,0 +1,239 @@
+"""Trainer benchmarks (not tests). Ratios against a reference measured in the same run.
+
+    .venv/bin/python bench/bench_train.py cpu  [--iters 2000] [--json out.json]
+    .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
+    python bench/bench_train.py gpu [--steps 40] [--data synthetic|<meta.json>]
+
+``cpu``: steps/s of workflow.train.Trainer at nanoGPT's CPU "baby" config (README: block 64,
+batch 12, 4 layers, 4 heads, n_embd 128, dropout 0, 2000 iterations, lr 1e-3 -> 1e-4 cosine
+with 100 warmup steps, beta2 0.99) on character-level tiny Shakespeare, against a minimal
+plain-PyTorch loop of the same model (nanoGPT-style get_batch, AdamW, clip, cosine lr) timed
+in the same process. The plain loop runs half its steps before and half after the trainer
+(the machine's load hits both alike). Prints the ratio (target >= 1.0) and the trainer's
+val_loss (nanoGPT reports 1.88 for this config). Timings exclude evaluations.
+
+``fast``: training time (evaluations excluded) until val_loss <= ``--target`` for the baby
+config and for the best default found (see FAST_CONFIG), both run here; target ratio <= 0.5.
+
+``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU (bf16 autocast,
+torch.compile), on synthetic tokens (default) or a tokenized dataset's meta.json; the first
+10 steps (compilation) are left out. Prints one JSON line.
+
+All modes print one JSON line (and write it to ``--json``). Needs the shared data for
+``cpu``/``fast`` (``$STAGERUN_SHARED_DATA`` or ``../shared/data``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from workflow.distributed import DistContext, init_distributed  # noqa: E402
+from workflow.model import GPT, build_model_config  # noqa: E402
+from workflow.train import Trainer, configure_backends  # noqa: E402
+
+SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+BABY_MODEL = {"preset": "nanogpt-small", "block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128, "dropout": 0.0}
+BABY_TRAIN = {"batch_size": 12, "lr": 1e-3, "min_lr_ratio": 0.1, "schedule": "cosine", "warmup_iters": 100,
+              "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.1, "grad_clip": 1.0, "device": "cpu",
+              "val_tokens": 65536, "log_every": 100}
+# Best default found for `fast` (bench notes in the report): Muon on hidden matrices, a
+# trapezoidal schedule (constant, then linear warmdown) and higher AdamW lr on the embeddings.
+FAST_MODEL = dict(BABY_MODEL)
+FAST_TRAIN = {**BABY_TRAIN, "optimizer": "muon", "muon_lr": 0.03, "lr": 3e-3, "embed_lr": 3e-3,
+              "schedule": "trapezoidal", "warmup_iters": 20, "warmdown_iters": 400, "weight_decay": 0.0}
+
+
+def shakespeare_meta(tmp: Path) -> Path:
+    """Tokenize tiny Shakespeare (characters) from the shared data into ``tmp``; meta.json."""
+    out = tmp / "shakespeare_char"
+    subprocess.run([sys.executable, "-m", "workflow.tokenize", "--dataset", "shakespeare_char",
+                    "--raw-dir", str(SHARED / "tinyshakespeare"), "--out-dir", str(out)],
+                   check=True, capture_output=True, cwd=REPO)
+    return out / "meta.json"
+
+
+def run_trainer(model: dict, train: dict, meta: Path, out_dir: Path, ctx: DistContext | None = None) -> tuple[dict, list[dict]]:
+    cfg = {"study": "bench", "stage": "A", "variant": "bench", "seed": 1337, "run_id": 0,
+           "dataset": "bench", "model": model, "train": train}
+    result = Trainer(cfg, out_dir, meta, ctx or DistContext()).run()
+    rows = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+    return result, rows
+
+
+def plain_loop(meta: Path, iters: int, start: int, total: int, state: dict | None) -> tuple[float, float, dict]:
+    """Minimal nanoGPT-style loop of the baby model; returns (wall s, CPU s, state) for
+    ``iters`` steps starting at ``start`` of a ``total``-step cosine schedule."""
+    if state is None:
+        data = np.memmap(meta.parent / "train.bin", dtype=np.uint8, mode="r")
+        torch.manual_seed(1337)
+        model = GPT(build_model_config(BABY_MODEL, 65))
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                lr=1e-3, betas=(0.9, 0.99))
+        state = {"data": data, "model": model, "opt": opt, "gen": torch.Generator().manual_seed(1337)}
+    data, model, opt, gen = state["data"], state["model"], state["opt"], state["gen"]
+    block, batch = 64, 12
+
+    def get_lr(it: int) -> float:  # nanoGPT train.py
+        if it < 100:
+            return 1e-3 * (it + 1) / 101
+        ratio = (it - 100) / (total - 100)
+        return 1e-4 + 0.5 * (1.0 + math.cos(math.pi * min(ratio, 1.0))) * (1e-3 - 1e-4)
+
+    model.train()
+    wall, cpu = time.perf_counter(), time.process_time()
+    for it in range(start, start + iters):
+        for group in opt.param_groups:
+            group["lr"] = get_lr(it)
+        ix = torch.randint(len(data) - block, (batch,), generator=gen)
+        x = torch.stack([torch.from_numpy(data[i : i + block].astype(np.int64)) for i in ix])
+        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + block].astype(np.int64)) for i in ix])
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.item()
+    return time.perf_counter() - wall, time.process_time() - cpu, state
+
+
+def bench_cpu(args) -> dict:
+    torch.set_num_threads(args.threads)
+    configure_backends(DistContext())
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = args.meta or shakespeare_meta(Path(tmp))
+        half = args.iters // 2
+        w1, c1, state = plain_loop(meta, half, 0, args.iters, None)
+        cpu0 = time.process_time()
+        result, rows = run_trainer(BABY_MODEL, {**BABY_TRAIN, "num_iterations": args.iters, "val_loss_every": 0},
+                                   meta, Path(tmp) / "run")
+        trainer_cpu = time.process_time() - cpu0
+        w2, c2, _ = plain_loop(meta, args.iters - half, half, args.iters, state)
+    trainer_s = result["train_time_ms"] / 1000.0
+    plain_s = w1 + w2
+    return {
+        "bench": "cpu", "iters": args.iters, "threads": args.threads,
+        "trainer_steps_per_s": round(args.iters / trainer_s, 2),
+        "plain_steps_per_s": round(args.iters / plain_s, 2),
+        "ratio": round(plain_s / trainer_s, 3),
+        "trainer_val_loss": round(result["final_val_loss"], 4),
+        "nanogpt_reference_val_loss": 1.88,
+        "trainer_cpu_s_incl_eval": round(trainer_cpu, 2), "plain_cpu_s": round(c1 + c2, 2),
+        "load_avg": os.getloadavg()[0], "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+
+
+def time_to_target(rows: list[dict], target: float) -> tuple[float | None, int | None]:
+    for row in rows:
+        if row["val_loss"] is not None and row["val_loss"] <= target:
+            return row["train_time_ms"] / 1000.0, row["step"]
+    return None, None
+
+
+def bench_fast(args) -> dict:
+    torch.set_num_threads(args.threads)
+    configure_backends(DistContext())
+    out = {"bench": "fast", "target": args.target, "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = args.meta or shakespeare_meta(Path(tmp))
+        for name, model, train, iters in (("baby", BABY_MODEL, BABY_TRAIN, args.iters),
+                                          ("fast", FAST_MODEL, FAST_TRAIN, args.fast_iters)):
+            result, rows = run_trainer(model, {**train, "num_iterations": iters, "val_loss_every": args.eval_every},
+                                       meta, Path(tmp) / name)
+            seconds, step = time_to_target(rows, args.target)
+            out[name] = {"seconds_to_target": seconds and round(seconds, 2), "step": step,
+                         "final_val_loss": round(result["final_val_loss"], 4),
+                         "step_avg_ms": rows[-1]["step_avg_ms"]}
+    if out["baby"]["seconds_to_target"] and out["fast"]["seconds_to_target"]:
+        out["ratio"] = round(out["fast"]["seconds_to_target"] / out["baby"]["seconds_to_target"], 3)
+    out["load_avg"] = os.getloadavg()[0]
+    return out
+
+
+def synthetic_meta(folder: Path, tokens: int, vocab: int = 50257) -> Path:
+    """Random uint16 tokens in the meta.json layout (docs/architecture.md)."""
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split, n in (("train", tokens), ("val", max(tokens // 20, 1 << 20))):
+        rng.integers(0, vocab, size=n, dtype=np.uint16).tofile(folder / f"{split}.bin")
+        splits[split] = {"tokens": n, "files": [{"path": f"{split}.bin", "header_bytes": 0, "tokens": n}]}
+    meta = {"dataset": "synthetic", "tokenizer": {"kind": "gpt2", "vocab": None, "bos_id": None},
+            "vocab_size": vocab, "dtype": "uint16", "splits": splits}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder / "meta.json"
+
+
+def bench_gpu(args) -> dict:
+    if not torch.cuda.is_available():
+        return {"bench": "gpu", "skipped": "torch.cuda.is_available() is False"}
+    ctx = init_distributed("cuda")
+    configure_backends(ctx)
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = Path(args.data) if args.data != "synthetic" else synthetic_meta(Path(tmp), 1 << 25)
+        train = {"batch_size": args.batch_size, "device_batch_size": args.device_batch_size,
+                 "num_iterations": args.steps, "device": "cuda", "dtype": "bfloat16", "compile": not args.no_compile,
+                 "optimizer": args.optimizer, "lr": 6e-4, "schedule": "constant", "val_loss_every": 0,
+                 "val_tokens": 65536, "log_every": 10}
+        result, rows = run_trainer({"preset": "gpt2-124m"}, train, meta, Path(tmp) / "run", ctx)
+    steady = [r for r in rows if r["step"] > 10]
+    first, last = steady[0], steady[-1]
+    tokens = last["tokens_seen"] - first["tokens_seen"]
+    ms = last["train_time_ms"] - first["train_time_ms"]
+    mfus = [r["mfu"] for r in steady[1:] if r["mfu"] is not None]
+    return {
+        "bench": "gpu", "device": result["device_name"], "steps": args.steps, "compile": not args.no_compile,
+        "dtype": "bfloat16", "optimizer": args.optimizer,
+        "tokens_per_step": args.batch_size * 1024, "device_batch_size": args.device_batch_size,
+        "step_ms": round(ms / (last["step"] - first["step"]), 2),
+        "tokens_per_s": round(tokens / (ms / 1000.0), 1),
+        "mfu": round(float(np.mean(mfus)), 4) if mfus else None,
+        "peak_flops": result["peak_flops"], "final_train_loss": result["final_train_loss"],
+        "torch": torch.__version__,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=["cpu", "fast", "gpu"])
+    parser.add_argument("--iters", type=int, default=2000, help="cpu/fast: iterations of the baby config")
+    parser.add_argument("--fast-iters", type=int, default=1000, help="fast: iterations of the fast config")
+    parser.add_argument("--target", type=float, default=1.88)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--meta", type=Path, help="cpu/fast: meta.json of shakespeare_char (default: tokenize the shared data)")
+    parser.add_argument("--steps", type=int, default=40, help="gpu: training steps (the first 10 are warmup)")
+    parser.add_argument("--data", default="synthetic", help="gpu: 'synthetic' or a meta.json (e.g. shakespeare_gpt2)")
+    parser.add_argument("--batch-size", type=int, default=64, help="gpu: global sequences per step")
+    parser.add_argument("--device-batch-size", type=int, default=16, help="gpu: sequences per micro-step")
+    parser.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
+    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    out = {"cpu": bench_cpu, "fast": bench_fast, "gpu": bench_gpu}[args.mode](args)
+    line = json.dumps(out)
+    print(line, flush=True)
+    if args.json:
+        args.json.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
