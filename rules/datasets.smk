@@ -12,8 +12,6 @@
 
 import json as _json
 import os as _os
-import shlex as _shlex
-import sys as _sys
 
 from workflow.datasets import SOURCES as _SOURCES, source_file as _source_file
 from workflow.datasets import __file__ as _DATASETS_PY
@@ -43,7 +41,8 @@ def _raw_checks(wildcards):
     return _json.dumps({"raw_files": {wildcards.filename: {"sha256": spec.sha256, "bytes": spec.bytes}}})
 
 
-# Jobs are `shell:` jobs (a `run:` job would be spawned as a whole new Snakemake process,
+# Jobs are `shell:` jobs running `python` from PATH like every job of the workflow (a `run:`
+# job would be spawned as a whole new Snakemake process,
 # seconds per job). The mirror of every source goes to the download CLI through the
 # environment (STAGERUN_MIRRORS, a JSON map source -> mirror or null), set here at parse time,
 # so it is neither a param nor part of the command text; job subprocesses inherit it (and
@@ -51,14 +50,12 @@ def _raw_checks(wildcards):
 _os.environ["STAGERUN_MIRRORS"] = _json.dumps({name: _source_mirror(name, config) for name in _SOURCES})
 _os.environ["PYTHONPATH"] = _os.pathsep.join(
     p for p in dict.fromkeys([_REPO_ROOT, *_os.environ.get("PYTHONPATH", "").split(_os.pathsep)]) if p)
-# the interpreter that runs Snakemake (the one with requests, numpy, ...), whatever PATH says
-_DOWNLOAD_PY = _shlex.quote(_sys.executable)
 
 
 rule download_checked:
     """Raw file of a source whose registry entry has a sha256 (verified twice: CLI and ensure)."""
     output:
-        ensure(f"{_DATA_DIR}/raw/{{source}}/{{filename}}", sha256=lambda wc: _raw_spec(wc).sha256),
+        raw=ensure(f"{_DATA_DIR}/raw/{{source}}/{{filename}}", sha256=lambda wc: _raw_spec(wc).sha256),
     wildcard_constraints:
         source="|".join(_CHECKED),
         filename=r"[^/]+",
@@ -70,14 +67,14 @@ rule download_checked:
     cache: "omit-software"
     retries: 2
     shell:
-        "{_DOWNLOAD_PY} -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
-        "--out {output[0]:q} --options-json {params.checks:q}"
+        "python -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
+        "--out {output.raw:q} --options-json {params.checks:q}"
 
 
 rule download_unchecked:
     """Raw file of a source without a registry sha256 (size check where known; FineWeb via HF hub)."""
     output:
-        f"{_DATA_DIR}/raw/{{source}}/{{filename}}",
+        raw=f"{_DATA_DIR}/raw/{{source}}/{{filename}}",
     wildcard_constraints:
         source="|".join(_UNCHECKED),
         filename=r"[^/]+",
@@ -89,5 +86,5 @@ rule download_unchecked:
     cache: "omit-software"
     retries: 2
     shell:
-        "{_DOWNLOAD_PY} -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
-        "--out {output[0]:q} --options-json {params.checks:q}"
+        "python -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
+        "--out {output.raw:q} --options-json {params.checks:q}"

@@ -7,8 +7,6 @@
 
 import json as _tjson
 import os as _tos
-import shlex as _tshlex
-import sys as _tsys
 
 from workflow.datasets import DATASETS as _DATASETS, dataset_raw_dir as _dataset_raw_dir
 from workflow.datasets import dataset_raw_inputs as _dataset_raw_inputs
@@ -37,10 +35,9 @@ def _tokenize_options_json(wildcards):
 
 
 # shell jobs (not run:, which Snakemake spawns as a whole new Snakemake process per job)
-_TOKENIZE_PY = _tshlex.quote(_tsys.executable)
 _tos.environ["PYTHONPATH"] = _tos.pathsep.join(
     p for p in dict.fromkeys([_TREPO_ROOT, *_tos.environ.get("PYTHONPATH", "").split(_tos.pathsep)]) if p)
-_TOKENIZE_CMD = ("{_TOKENIZE_PY} -m workflow.tokenize --dataset {wildcards.dataset:q} --raw-dir {params.raw_dir:q} "
+_TOKENIZE_CMD = ("python -m workflow.tokenize --dataset {wildcards.dataset:q} --raw-dir {params.raw_dir:q} "
                  "--out-dir {params.out_dir:q} --options-json {params.options:q} --workers {threads}")
 
 

@@ -30,7 +30,9 @@ def _write_study(tmp_path: Path, repo_root: Path, mirror: str) -> None:
 
 
 def _snakemake(tmp_path: Path, repo_root: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(repo_root), "SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache")}
+    # jobs call `python`: this interpreter's environment first on PATH
+    env = {**os.environ, "PYTHONPATH": str(repo_root), "SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache"),
+           "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
         [str(SNAKEMAKE), "-s", str(tmp_path / "Snakefile"), "--configfile", str(tmp_path / "config.json"),
          "--directory", str(tmp_path), "--cores", "1", *args],

@@ -153,3 +153,20 @@ def test_bpe_safe_pieces_give_identical_ids(shared_data, gpt2_ranks):
     assert len(pieces) > 100 and "".join(pieces) == text
     assert [i for p in pieces for i in enc.encode_ordinary(p)] == enc.encode_ordinary(text)
     assert list(bpe_safe_pieces("no newline at all " * 10, target_chars=5)) == ["no newline at all " * 10]
+
+
+def test_parallel_encode_equals_encode_ordinary_loop(shared_data, gpt2_ranks):
+    """Threads (workers=2) and the calling thread (workers=1) give exactly the ids of a
+    per-document encode_ordinary loop plus <|endoftext|>, in document order, special-token
+    text included (encoded as plain text)."""
+    from workflow.tokenize import parallel_encode
+
+    text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
+    docs = [text[i:i + 5000] for i in range(0, 200_000, 5000)] + ["a <|endoftext|> b", "", "é\n"]
+    enc = GPT2Tokenizer(gpt2_ranks).enc
+    expected = [t for d in docs for t in [*enc.encode_ordinary(d), 50256]]
+    for workers in (1, 2):
+        batches = (docs[i:i + 7] for i in range(0, len(docs), 7))
+        arrays = list(parallel_encode(batches, str(gpt2_ranks), workers))
+        assert len(arrays) == 7 and all(a.dtype == np.uint16 for a in arrays)
+        assert np.concatenate(arrays).tolist() == expected

@@ -539,21 +539,29 @@ def _worker_init(ranks_file: str | None) -> None:
         _WORKER_ENC, _WORKER_RANKS = gpt2_encoding(ranks_file), ranks_file
 
 
+_EOT_U32 = np.array([GPT2_EOT_ID], dtype=np.uint32)
+
+
+def _encode_doc(text: str) -> np.ndarray:
+    """uint32 GPT-2 ids of one document, special-token text encoded as plain text (the ids of
+    ``encode_ordinary``), straight into a numpy buffer (no list of Python ints)."""
+    return _WORKER_ENC.encode_to_numpy(text, disallowed_special=())
+
+
+def _concat_eot(arrays: Iterable[np.ndarray]) -> np.ndarray:
+    """uint16 array of ``arrays`` concatenated, ``<|endoftext|>`` (50256) after each."""
+    parts = []
+    for ids in arrays:
+        parts += (ids, _EOT_U32)
+    if not parts:
+        return np.empty(0, dtype=np.uint16)
+    return np.concatenate(parts, dtype=np.uint16, casting="unsafe")  # GPT-2 ids < 50257 < 2**16
+
+
 def encode_docs_gpt2(texts: list[str]) -> np.ndarray:
-    """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each, in this thread."""
-    return _concat_eot(_WORKER_ENC.encode_ordinary_batch(list(texts), num_threads=1))
-
-
-def _concat_eot(batch: list[list[int]]) -> np.ndarray:
-    """uint16 array of the id lists of ``batch`` concatenated, 50256 after each list."""
-    out = np.empty(sum(len(ids) for ids in batch) + len(batch), dtype=np.uint16)
-    pos = 0
-    for ids in batch:
-        out[pos:pos + len(ids)] = ids
-        pos += len(ids)
-        out[pos] = GPT2_EOT_ID
-        pos += 1
-    return out
+    """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each, in this thread
+    (a process-pool worker function: :func:`_worker_init` must have run in the process)."""
+    return _concat_eot(map(_encode_doc, texts))
 
 
 def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, workers: int) -> Iterator[np.ndarray]:
@@ -562,8 +570,9 @@ def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, worker
     tiktoken's Rust encoder releases the GIL while it encodes a text, so threads run in
     parallel without the start-up, fork and pickling costs of worker processes
     (bench/bench_tokenize.py measures both against a single-thread loop). Documents of a
-    batch are spread over the threads one by one (uneven lengths balance out); one batch
-    encodes while the previous one is assembled, so at most two batches are in memory.
+    batch are spread over the threads one by one (uneven lengths balance out), each encoded
+    with ``Encoding.encode_to_numpy`` (ids of ``encode_ordinary``); one batch encodes while
+    the previous one is assembled, so at most two batches are in memory.
 
     Args:
         batches: lists of document texts.
@@ -573,19 +582,18 @@ def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, worker
         One uint16 array per batch: every document's ids followed by ``<|endoftext|>`` (50256).
     """
     _worker_init(ranks_file)
-    enc = _WORKER_ENC
     if workers <= 1:
         for texts in batches:
-            yield _concat_eot(enc.encode_ordinary_batch(list(texts), num_threads=1))
+            yield encode_docs_gpt2(texts)
         return
     with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="gpt2-bpe") as pool:
         pending: collections.deque = collections.deque()
         for texts in batches:
-            pending.append(pool.map(enc.encode_ordinary, texts))  # submits every document now
+            pending.append(pool.map(_encode_doc, texts))  # submits every document now
             if len(pending) >= 2:
-                yield _concat_eot(list(pending.popleft()))
+                yield _concat_eot(pending.popleft())
         while pending:
-            yield _concat_eot(list(pending.popleft()))
+            yield _concat_eot(pending.popleft())
 
 
 def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *,
