@@ -21,6 +21,7 @@ checkpoint gate:
         f"{RESULTS}/gates/gate_{{stage}}.json",
     params:
         gate=lambda w: json.dumps(config["stages"][w.stage]["gate"], sort_keys=True),
+        baseline=BASELINE,
     wildcard_constraints:
         stage="|".join(GATED_STAGES) if GATED_STAGES else "(?!)",
     log:
@@ -29,7 +30,7 @@ checkpoint gate:
         "../envs/analysis.yaml"
     shell:
         "python -m workflow.gates gate --stage {wildcards.stage} --gate-json {params.gate:q} "
-        "--baseline {BASELINE} --summaries {input} --output {output} > {log} 2>&1"
+        "--baseline {params.baseline} --summaries {input} --output {output} > {log} 2>&1"
 
 
 rule verdict:
@@ -43,6 +44,7 @@ rule verdict:
             category="Verdict",
         ),
     params:
+        baseline=BASELINE,
         alpha=config["verdict"]["alpha"],
         target=(
             f"--target-val-loss {config['verdict']['target_val_loss']}"
@@ -54,5 +56,5 @@ rule verdict:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.gates verdict --baseline {BASELINE} --alpha {params.alpha} {params.target} "
+        "python -m workflow.gates verdict --baseline {params.baseline} --alpha {params.alpha} {params.target} "
         "--summaries {input} --output {output.json} --markdown {output.markdown} > {log} 2>&1"
