@@ -32,8 +32,11 @@ report: install
 test: install
 	python -m pytest
 
+## bench: benchmarks (minutes; ratios against a reference measured in the same run)
 bench: install
-	python -m bench
+	python bench/bench_tokenize.py
+	python bench/bench_train.py cpu
+	python bench/bench_train.py fast
 
 lint: install
 	snakemake --lint

@@ -3,7 +3,25 @@ import json
 import os
 import sys
 
-from workflow.config import check_model_configs, check_study, run_config, stage_order, stage_resources, stage_seeds
+from workflow.config import (
+    check_model_configs,
+    check_study,
+    launch_command,
+    run_config,
+    slurm_resources,
+    stage_order,
+    stage_resources,
+    stage_seeds,
+)
+from workflow.datasets import (
+    DATASETS,
+    SOURCES,
+    dataset_raw_dir,
+    dataset_raw_inputs,
+    source_file,
+    source_mirror,
+    source_options,
+)
 from workflow.io import read_json
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
@@ -14,8 +32,10 @@ if workflow.is_main_process:
 
 # Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
 # (first on PATH, so a conda env activated for a rule still takes precedence).
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")]))
-os.environ["PATH"] = os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")]))
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
+    PATH=os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])),
+)
 
 # Light Python steps run in the Snakemake process's machine, not as cluster jobs.
 localrules:
@@ -39,6 +59,64 @@ wildcard_constraints:
     stage="|".join(STAGES),
     seed=r"\d+",
     variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
+# ---- data --------------------------------------------------------------------------------
+# Sources whose registry entry has a sha256 for every file are checked by ensure(sha256=).
+CHECKED_SOURCES = sorted(
+    n for n, s in SOURCES.items() if s.files and s.files_fn is None and all(f.sha256 for f in s.files)
+)
+UNCHECKED_SOURCES = sorted(n for n in SOURCES if n not in CHECKED_SOURCES)
+# Tokenize rules differ by their static split files (the same outputs for every dataset of a rule).
+TRAIN_VAL_DATASETS = sorted(n for n, d in DATASETS.items() if d.static_split_files and d.splits == ("train", "val"))
+TRAIN_VAL_TEST_DATASETS = sorted(
+    n for n, d in DATASETS.items() if d.static_split_files and d.splits == ("train", "val", "test")
+)
+SHARD_DATASETS = sorted(n for n, d in DATASETS.items() if not d.static_split_files)
+PARALLEL_TOKENIZE_DATASETS = {"openwebtext"}  # their tokenizer uses several processes
+
+# The mirror of every source reaches the download CLI through the environment (a JSON map
+# source -> mirror or null), never through params or the command text: a file's identity is its
+# public URL + sha256/size, so switching mirrors neither reruns downloads nor changes the
+# `snakemake --cache` key. Job subprocesses inherit it; remote executors re-parse this file.
+os.environ.update(STAGERUN_MIRRORS=json.dumps({name: source_mirror(name, config) for name in SOURCES}))
+
+
+def raw_file_options(wildcards):
+    """Options of a raw file's source (size/hash overrides, shard counts), without the mirror."""
+    options = dict(source_options(wildcards.source, config))
+    options.pop("mirror", None)
+    return options
+
+
+def raw_file_spec(wildcards):
+    """Registry entry (url, sha256, bytes) of ``{data_dir}/raw/{source}/{filename}``."""
+    return source_file(wildcards.source, wildcards.filename, raw_file_options(wildcards))
+
+
+def raw_file_checks(wildcards):
+    """``--options-json`` of the download CLI: only this file's size / sha256 checks."""
+    spec = raw_file_spec(wildcards)
+    return json.dumps({"raw_files": {wildcards.filename: {"sha256": spec.sha256, "bytes": spec.bytes}}})
+
+
+def study_dataset_options(wildcards):
+    """The study's options of ``wildcards.dataset`` (config ``datasets.<name>``)."""
+    return dict((config.get("datasets") or {}).get(wildcards.dataset) or {})
+
+
+def tokenize_inputs(wildcards):
+    return dataset_raw_inputs(wildcards.dataset, DATA, study_dataset_options(wildcards))
+
+
+def tokenize_raw_dir(wildcards):
+    return dataset_raw_dir(wildcards.dataset, DATA, study_dataset_options(wildcards))
+
+
+def tokenize_options_json(wildcards):
+    options = study_dataset_options(wildcards)
+    options.pop("mirror", None)
+    return json.dumps(options, sort_keys=True)
 
 
 def dataset_meta(dataset=None):
@@ -99,6 +177,16 @@ def gate_files(wildcards=None):
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``)."""
     return stage_resources(config, stage)
+
+
+def train_slurm_resource(key):
+    """Input function for one snakemake-executor-plugin-slurm resource of a training job."""
+    return lambda w: slurm_resources(train_resources(w.stage))[key]
+
+
+def stage_decision(stage):
+    """The gate decision of a gated stage, the verdict for the last stage."""
+    return f"{RESULTS}/gates/gate_{stage}.json" if stage in GATED_STAGES else f"{RESULTS}/verdict.json"
 
 
 def all_targets():

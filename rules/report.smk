@@ -3,12 +3,9 @@
 from workflow.tables import naive_plan
 
 
-def stage_decision(stage):
-    """The gate decision of a gated stage, the verdict for the last stage."""
-    return f"{RESULTS}/gates/gate_{stage}.json" if stage in GATED_STAGES else f"{RESULTS}/verdict.json"
-
-
 rule stage_table:
+    params:
+        baseline=BASELINE,
     input:
         summaries=lambda w: stage_summaries(w.stage),
         decision=lambda w: stage_decision(w.stage),
@@ -26,7 +23,7 @@ rule stage_table:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.tables stage --stage {wildcards.stage} --baseline {BASELINE} "
+        "python -m workflow.tables stage --stage {wildcards.stage} --baseline {params.baseline} "
         "--summaries {input.summaries} --decision {input.decision} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
@@ -122,6 +119,10 @@ rule sample_text:
         ),
     params:
         checkpoint=lambda w, input: os.path.join(os.path.dirname(input.result), "checkpoint.pt"),
+    log:
+        f"{RESULTS}/logs/sample_{{stage}}_{{variant}}_{{seed}}.log",
+    conda:
+        "../envs/train.yaml"
     shell:
         "python -m workflow.sample --checkpoint {params.checkpoint} --meta {input.meta} --result {input.result} "
-        "--output {output} --max-new-tokens 300 --top-k 20 --seed {wildcards.seed}"
+        "--output {output} --max-new-tokens 300 --top-k 20 --seed {wildcards.seed} > {log} 2>&1"

@@ -2,12 +2,6 @@
 # (several nodes: one `srun` task per GPU). The resolved config is a param, so changing a stage's
 # or a variant's settings reruns exactly the runs it affects (Snakemake's params rerun trigger).
 # SLURM resources come from the study (stages.<S>.resources) via workflow.config.slurm_resources.
-from workflow.config import launch_command, slurm_resources
-
-
-def _slurm(key):
-    return lambda w: slurm_resources(train_resources(w.stage))[key]
-
 
 rule train:
     input:
@@ -25,18 +19,18 @@ rule train:
     threads: lambda w: train_resources(w.stage)["nproc_per_node"] * train_resources(w.stage)["cpus_per_proc"]
     resources:
         nproc_per_node=lambda w: train_resources(w.stage)["nproc_per_node"],
-        gpu=_slurm("gpu"),
-        gpu_model=_slurm("gpu_model"),
-        nodes=_slurm("nodes"),
-        cpus_per_task=_slurm("cpus_per_task"),
-        mem_mb=_slurm("mem_mb"),
-        runtime=_slurm("runtime"),
-        slurm_partition=_slurm("slurm_partition"),
-        mpi=_slurm("mpi"),
-        tasks=_slurm("tasks"),
-        tasks_per_gpu=_slurm("tasks_per_gpu"),
-        tasks_per_node=_slurm("tasks_per_node"),
-        slurm_extra=_slurm("slurm_extra"),
+        gpu=train_slurm_resource("gpu"),
+        gpu_model=train_slurm_resource("gpu_model"),
+        nodes=train_slurm_resource("nodes"),
+        cpus_per_task=train_slurm_resource("cpus_per_task"),
+        mem_mb=train_slurm_resource("mem_mb"),
+        runtime=train_slurm_resource("runtime"),
+        slurm_partition=train_slurm_resource("slurm_partition"),
+        mpi=train_slurm_resource("mpi"),
+        tasks=train_slurm_resource("tasks"),
+        tasks_per_gpu=train_slurm_resource("tasks_per_gpu"),
+        tasks_per_node=train_slurm_resource("tasks_per_node"),
+        slurm_extra=train_slurm_resource("slurm_extra"),
     conda:
         "../envs/train.yaml"
     # The log is appended to: a run requeued after preemption keeps its first part.

@@ -18,6 +18,7 @@ What is checked, with ``sacct`` (the accounting database), not with Snakemake's 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import shutil
@@ -149,6 +150,14 @@ def test_tiny_study_runs_through_slurm(shared_data_server, tmp_path):
     assert all(j["State"] == "COMPLETED" for j in jobs), [j for j in jobs if j["State"] != "COMPLETED"]
     results = sorted((tmp_path / "results").glob("*/stage_*/*/seed_*/result.json"))
     assert len(results) == len(train), f"{len(results)} result.json files for {len(train)} training jobs"
+    # From a run's results folder to its SLURM job and log.
+    train_ids = {j["JobIDRaw"] for j in train}
+    for path in results:
+        result = json.loads(path.read_text())
+        assert result["slurm_job_id"] in train_ids, (path, result["slurm_job_id"], train_ids)
+        slurm_log = (tmp_path / "slurm_logs" / "rule_train" / f"{result['stage']}_{result['variant']}_{result['seed']}"
+                     / f"{result['slurm_job_id']}.log")
+        assert slurm_log.exists(), f"no SLURM log {slurm_log} for {path}"
     assert list((tmp_path / "results").glob("*/verdict.json")), "no verdict.json"
     print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
 

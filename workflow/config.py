@@ -41,8 +41,8 @@ def load_schema() -> dict:
 
 
 def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
-    """Draft-7 validator that also fills in ``default`` values (jsonschema's documented recipe)."""
-    base = jsonschema.Draft7Validator
+    """JSON Schema 2020-12 validator (as Snakemake uses) that also fills in ``default`` values (jsonschema's documented recipe)."""
+    base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]
 
     def set_defaults(validator, properties, instance, subschema):

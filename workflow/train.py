@@ -95,6 +95,15 @@ def _step_seed(seed: int, step: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+def slurm_job_id() -> str | None:
+    """The SLURM job id when running under SLURM (``SLURM_JOB_ID``), else None.
+
+    Recorded in result.json and train.log so a run's SLURM log
+    (``.snakemake/slurm_logs/rule_train/<stage>_<variant>_<seed>/<jobid>.log``) can be found
+    from its results folder."""
+    return os.environ.get("SLURM_JOB_ID") or os.environ.get("SLURM_JOBID")
+
+
 def git_state(repo: Path = REPO_ROOT) -> dict:
     """Commit of ``repo`` and, when the tree is dirty, the diff against HEAD.
 
@@ -443,6 +452,8 @@ class Trainer:
             f"grad_accum_steps {self.grad_accum_steps}, optimizer {tc['optimizer']}, dtype {tc['dtype']}, "
             f"compile {tc['compile']}"
         )
+        if slurm_job_id():
+            self.log(f"SLURM job {slurm_job_id()} on {platform.node()}")
         reason: str | None = None
         stopped_early: str | None = None
         if tc["val_loss_every"] > 0 and self.step == 0:
@@ -563,6 +574,8 @@ class Trainer:
             "peak_flops": self.peak_flops,
             "num_parameters": num_params,
             "world_size": self.ctx.world_size,
+            "slurm_job_id": slurm_job_id(),
+            "hostname": platform.node(),
             "device": str(self.ctx.device),
             "device_name": self.device_name,
             "torch_version": torch.__version__,
