@@ -52,9 +52,8 @@ TINY_TRAIN = {"batch_size": 4, "device_batch_size": None, "val_loss_every": 0, "
               "warmup_iters": 0, "warmdown_iters": 0, "compile": False, "dtype": "float32", "device": "cpu",
               "checkpoint_every": 0, "curriculum_block_sizes": None, "curriculum_steps": None}
 STEPS = 3
-#: the example studies of datasets (config/studies/ also holds other engineers' studies)
-DATASET_STUDIES = [STUDIES / name for name in ("enwik8.yaml", "multi30k.yaml", "openwebtext.yaml",
-                                               "shakespeare_gpt2.yaml")]
+#: every study shipped with the project: the default one and the examples in config/studies/
+SHIPPED_STUDIES = [REPO / "config" / "config.yaml", *sorted(STUDIES.glob("*.yaml"))]
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -275,9 +274,9 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
     assert math.isfinite(float(loss))
 
 
-@pytest.mark.parametrize("path", DATASET_STUDIES, ids=lambda p: p.name)
-def test_example_dataset_studies_are_valid(path):
-    """Every example dataset study, full size, validates (schema + defaults), passes the semantic
+@pytest.mark.parametrize("path", SHIPPED_STUDIES, ids=lambda p: p.name)
+def test_shipped_studies_are_valid(path):
+    """Every shipped study (default and examples), full size, validates (schema + defaults), passes the semantic
     checks, names a registered dataset with known options, and builds every variant's model for
     its vocabulary (the tiny runs above keep only the baseline and shrink the model)."""
     config = yaml.safe_load(path.read_text())
