@@ -1,7 +1,8 @@
 """rules/datasets.smk + rules/tokenize.smk through real Snakemake runs over a loopback mirror.
 
-A throw-away Snakefile in tmp_path includes the two rule files; the study config points
-``mirror`` at the loopback server of the shared data.
+The repository's Snakefile with the tiny study (tests/configs/tiny.yaml), its data folder in
+tmp_path and ``mirror`` pointing at the loopback server of the shared data; the target is
+the tokenized dataset only.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from workflow.datasets import (
     DATASETS, UnknownNameError, dataset_options, dataset_raw_inputs, dataset_source, source_file,
@@ -23,9 +25,8 @@ SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 
 def _write_study(tmp_path: Path, repo_root: Path, mirror: str) -> None:
-    (tmp_path / "Snakefile").write_text(
-        f'include: "{repo_root}/rules/datasets.smk"\ninclude: "{repo_root}/rules/tokenize.smk"\n')
-    config = {"data_dir": str(tmp_path / "data"), "mirror": mirror, "dataset": "shakespeare_char", "datasets": {}}
+    config = yaml.safe_load((repo_root / "tests" / "configs" / "tiny.yaml").read_text())
+    config.update(data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "results"), mirror=mirror)
     (tmp_path / "config.json").write_text(json.dumps(config))
 
 
@@ -34,7 +35,7 @@ def _snakemake(tmp_path: Path, repo_root: Path, *args: str) -> subprocess.Comple
     env = {**os.environ, "PYTHONPATH": str(repo_root), "SNAKEMAKE_OUTPUT_CACHE": str(tmp_path / "cache"),
            "PATH": f"{SNAKEMAKE.parent}{os.pathsep}{os.environ['PATH']}"}
     return subprocess.run(
-        [str(SNAKEMAKE), "-s", str(tmp_path / "Snakefile"), "--configfile", str(tmp_path / "config.json"),
+        [str(SNAKEMAKE), "-s", str(repo_root / "Snakefile"), "--configfile", str(tmp_path / "config.json"),
          "--directory", str(tmp_path), "--cores", "1", *args],
         capture_output=True, text=True, env=env, timeout=120)
 
