@@ -38,12 +38,15 @@ rule curves_plot:
             subcategory="Stage {stage}",
             labels={"stage": "{stage}", "figure": "training curves"},
         ),
+    params:
+        variants=list(config["variants"]),
     log:
         f"{RESULTS}/logs/curves_plot_{{stage}}.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.plots curves --stage {wildcards.stage} --metrics {input} --output {output} > {log} 2>&1"
+        "python -m workflow.plots curves --stage {wildcards.stage} --metrics {input} --output {output} "
+        "--variants {params.variants} > {log} 2>&1"
 
 
 rule val_loss_plot:
@@ -56,12 +59,14 @@ rule val_loss_plot:
             category="Overview",
             labels={"figure": "val_loss by stage"},
         ),
+    params:
+        variants=list(config["variants"]),
     log:
         f"{RESULTS}/logs/val_loss_plot.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.plots val-loss --summaries {input} --output {output} > {log} 2>&1"
+        "python -m workflow.plots val-loss --summaries {input} --output {output} --variants {params.variants} > {log} 2>&1"
 
 
 rule compute_table:

@@ -40,14 +40,21 @@ def load_metrics(paths: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["step", "variant", "seed"])
 
 
-def plot_curves(stage: str, metrics_paths: list[str], output: str) -> None:
+def variant_colours(variants: list[str]) -> dict[str, str]:
+    """A fixed colour per variant (matplotlib's cycle in the given order), the same in every figure."""
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {name: cycle[i % len(cycle)] for i, name in enumerate(variants)}
+
+
+def plot_curves(stage: str, metrics_paths: list[str], output: str, variants: list[str] | None = None) -> None:
     """Validation (solid) and training (faint) loss vs step for every run of a stage;
-    one colour per variant, one line per seed."""
+    one colour per variant (fixed by ``variants``, the study's order), one line per seed."""
     data = load_metrics(metrics_paths)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (variant, runs) in enumerate(sorted(data.groupby("variant"), key=lambda kv: kv[0])):
-        colour = colours[i % len(colours)]
+    present = sorted(set(data["variant"]))
+    colours = variant_colours(list(variants or []) + [v for v in present if v not in (variants or [])])
+    for variant, runs in sorted(data.groupby("variant"), key=lambda kv: list(colours).index(kv[0])):
+        colour = colours[variant]
         for j, (_, run) in enumerate(runs.groupby("seed")):
             run = run.sort_values("step")
             train = run.dropna(subset=["train_loss"]) if "train_loss" in run else run.iloc[0:0]
@@ -64,19 +71,22 @@ def plot_curves(stage: str, metrics_paths: list[str], output: str) -> None:
     _save(fig, output)
 
 
-def plot_val_loss_by_stage(summary_paths: list[str], output: str) -> None:
-    """Final val_loss of every successful run, per stage and variant, with the mean and its 95 % CI."""
+def plot_val_loss_by_stage(summary_paths: list[str], output: str, variants: list[str] | None = None) -> None:
+    """Final val_loss of every successful run, per stage and variant (in the order of
+    ``variants``), with the mean and its 95 % CI."""
     summaries = [read_json(p) for p in summary_paths]
     stages = sorted({s["stage"] for s in summaries}, key=lambda s: [x["stage"] for x in summaries].index(s))
-    variants = sorted({s["variant"] for s in summaries})
+    present = sorted({s["variant"] for s in summaries})
+    variants = list(variants or []) + [v for v in present if v not in (variants or [])]
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4 * max(1, len(stages)), 4), sharey=True, squeeze=False)
+    colours = variant_colours(variants)
     for ax, stage in zip(axes[0], stages):
         for x, variant in enumerate(variants):
             summ = next((s for s in summaries if s["stage"] == stage and s["variant"] == variant), None)
             if summ is None:
                 continue
             losses = [r["final_val_loss"] for r in summ["runs"] if r["success"]]
-            ax.scatter([x] * len(losses), losses, s=14, alpha=0.6)
+            ax.scatter([x] * len(losses), losses, s=14, alpha=0.6, color=colours[variant])
             vl = summ["val_loss"]
             if vl["mean"] is not None:
                 lo, hi = vl["ci_95"] or (vl["mean"], vl["mean"])
@@ -85,7 +95,7 @@ def plot_val_loss_by_stage(summary_paths: list[str], output: str) -> None:
         ax.set_title(f"Stage {stage}")
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("final val_loss (nats/token)")
-    fig.suptitle("Final val_loss per run; black: mean and 95% CI")
+    fig.suptitle("Final val_loss per run (variants without points did not advance); black: mean and 95% CI")
     _save(fig, output)
 
 
@@ -96,14 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--stage", required=True)
     c.add_argument("--metrics", nargs="*", default=[])
     c.add_argument("--output", required=True)
+    c.add_argument("--variants", nargs="*", default=None, help="all variants of the study, in order (fixes colours)")
     v = sub.add_parser("val-loss")
     v.add_argument("--summaries", nargs="*", default=[])
     v.add_argument("--output", required=True)
+    v.add_argument("--variants", nargs="*", default=None, help="all variants of the study, in order")
     args = parser.parse_args(argv)
     if args.command == "curves":
-        plot_curves(args.stage, args.metrics, args.output)
+        plot_curves(args.stage, args.metrics, args.output, args.variants)
     else:
-        plot_val_loss_by_stage(args.summaries, args.output)
+        plot_val_loss_by_stage(args.summaries, args.output, args.variants)
     return 0
 
 
