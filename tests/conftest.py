@@ -21,6 +21,8 @@ import http.server
 import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
@@ -180,9 +182,7 @@ def shared_data_server(shared_data):
     srv.stop()
 
 
-@pytest.fixture
-def file_server():
-    """Factory: ``file_server(folder, cut_after=None, ignore_range=False, hf_repo=None) -> FileServer``."""
+def _file_server_factory():
     servers: list[FileServer] = []
 
     def make(folder, **kwargs) -> FileServer:
@@ -193,21 +193,30 @@ def file_server():
     yield make
     for srv in servers:
         srv.stop()
+
+
+@pytest.fixture
+def file_server():
+    """Factory: ``file_server(folder, cut_after=None, ignore_range=False, hf_repo=None) -> FileServer``."""
+    yield from _file_server_factory()
 
 
 @pytest.fixture(scope="module")
 def module_file_server():
     """Like ``file_server`` but the servers live until the end of the test module (for module fixtures)."""
-    servers: list[FileServer] = []
+    yield from _file_server_factory()
 
-    def make(folder, **kwargs) -> FileServer:
-        srv = start_file_server(folder, **kwargs)
-        servers.append(srv)
-        return srv
 
-    yield make
-    for srv in servers:
-        srv.stop()
+@pytest.fixture(scope="session")
+def shakespeare_char_meta(tmp_path_factory, shared_data) -> Path:
+    """meta.json of tiny Shakespeare tokenized at character level by the real tokenize CLI."""
+    out = tmp_path_factory.mktemp("tok") / "shakespeare_char"
+    subprocess.run(
+        [sys.executable, "-m", "workflow.tokenize", "--dataset", "shakespeare_char",
+         "--raw-dir", str(shared_data / "tinyshakespeare"), "--out-dir", str(out)],
+        check=True, capture_output=True, cwd=REPO_ROOT, timeout=120,
+    )
+    return out / "meta.json"
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from workflow.model import GPT, GPTConfig, build_model_config
+from workflow.model import GPT, build_model_config
 from workflow.optim import (
     Muon,
     build_optimizers,

@@ -30,14 +30,9 @@ pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture(scope="module")
-def meta(tmp_path_factory, shared_data) -> Path:
-    out = tmp_path_factory.mktemp("tok") / "shakespeare_char"
-    subprocess.run(
-        [sys.executable, "-m", "workflow.tokenize", "--dataset", "shakespeare_char",
-         "--raw-dir", str(shared_data / "tinyshakespeare"), "--out-dir", str(out)],
-        check=True, capture_output=True, cwd=REPO, timeout=120,
-    )
-    return out / "meta.json"
+def meta(shakespeare_char_meta) -> Path:
+    """Tiny Shakespeare, character level (the session fixture of conftest.py)."""
+    return shakespeare_char_meta
 
 
 def resume_cfg(num_iterations: int = 100, **train) -> dict:

@@ -28,15 +28,9 @@ TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
 
 
 @pytest.fixture(scope="module")
-def meta(tmp_path_factory, shared_data) -> Path:
-    """meta.json of tiny Shakespeare tokenized at character level (from the shared data)."""
-    out = tmp_path_factory.mktemp("tok") / "shakespeare_char"
-    subprocess.run(
-        [sys.executable, "-m", "workflow.tokenize", "--dataset", "shakespeare_char",
-         "--raw-dir", str(shared_data / "tinyshakespeare"), "--out-dir", str(out)],
-        check=True, capture_output=True, cwd=REPO, timeout=120,
-    )
-    return out / "meta.json"
+def meta(shakespeare_char_meta) -> Path:
+    """Tiny Shakespeare, character level (the session fixture of conftest.py)."""
+    return shakespeare_char_meta
 
 
 def run_cfg(train: dict | None = None, model: dict | None = None, seed: int = 1337, **extra) -> dict:

@@ -17,7 +17,6 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import jsonschema
 import yaml
