@@ -161,19 +161,6 @@ def all_stage_summaries(wildcards=None):
     return [path for stage in STAGES for path in stage_summaries(stage)]
 
 
-def all_run_results(wildcards=None):
-    return [
-        path
-        for stage in STAGES
-        for variant in stage_variants(stage)
-        for path in stage_run_results(stage, variant)
-    ]
-
-
-def gate_files(wildcards=None):
-    return [f"{RESULTS}/gates/gate_{stage}.json" for stage in GATED_STAGES]
-
-
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``)."""
     return stage_resources(config, stage)
