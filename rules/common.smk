@@ -1,4 +1,5 @@
 # Helpers shared by the rules: study resolution, paths, input functions, resources.
+import functools
 import json
 import os
 import sys
@@ -161,8 +162,10 @@ def all_stage_summaries(wildcards=None):
     return [path for stage in STAGES for path in stage_summaries(stage)]
 
 
+@functools.cache
 def train_resources(stage):
-    """Resources of a training job of ``stage`` (config ``stages.<S>.resources``)."""
+    """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
+    once per stage, not once per job and resource."""
     return stage_resources(config, stage)
 
 

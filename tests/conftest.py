@@ -207,6 +207,18 @@ def module_file_server():
     yield from _file_server_factory()
 
 
+@pytest.fixture
+def one_thread():
+    """One intra-op torch thread for the test (tiny models run fastest so and do not stall on a
+    shared, oversubscribed 2-core machine); the previous setting is restored afterwards."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def shakespeare_char_meta(tmp_path_factory, shared_data) -> Path:
     """meta.json of tiny Shakespeare tokenized at character level by the real tokenize CLI."""

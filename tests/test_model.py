@@ -68,14 +68,8 @@ def repeated_batch(vocab: int, T: int, B: int = 4, period: int = 7):
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not stall on a shared,
-    oversubscribed 2-core machine); the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run fastest on one intra-op thread (conftest.py's one_thread fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ---------------------------------------------------------------- presets and counts
 

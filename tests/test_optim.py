@@ -30,14 +30,8 @@ from workflow.optim import (
 NS_BAND = (0.68 - 0.01, 1.21 + 0.01)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one intra-op thread (and do not stall on a shared,
-    oversubscribed 2-core machine); the previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# Tiny models run fastest on one intra-op thread (conftest.py's one_thread fixture).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scalar_ns(s: torch.Tensor, steps: int = 5) -> torch.Tensor:
