@@ -39,6 +39,16 @@ def load_schema() -> dict:
         return yaml.safe_load(handle)
 
 
+@lru_cache(maxsize=None)
+def _section_validator(definition: str) -> jsonschema.protocols.Validator:
+    """The validator of ``#/definitions/<definition>``, built once per process (building a
+    validator class costs milliseconds; a big study resolves thousands of run configs)."""
+    schema = load_schema()
+    sub = dict(schema["definitions"][definition])
+    sub["definitions"] = schema["definitions"]
+    return _validator_with_defaults(sub)
+
+
 def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
     """JSON Schema 2020-12 validator (as Snakemake uses) that also fills in ``default`` values (jsonschema's documented recipe)."""
     base = jsonschema.Draft202012Validator
@@ -67,11 +77,21 @@ def validate_section(values: dict | None, definition: str, where: str) -> dict:
     Raises:
         ConfigError: naming ``where`` plus the path of the offending key.
     """
-    schema = load_schema()
-    sub = dict(schema["definitions"][definition])
-    sub["definitions"] = schema["definitions"]
-    filled = copy.deepcopy(values) if values else {}
-    errors = sorted(_validator_with_defaults(sub).iter_errors(filled), key=lambda e: list(e.path))
+    try:  # every seed of a (stage, variant) resolves the same sections: validate each once
+        key = json.dumps(values or {}, sort_keys=True)
+    except TypeError:
+        return _validate_section(copy.deepcopy(values), definition, where)
+    return copy.deepcopy(_validate_section_cached(key, definition, where))
+
+
+@lru_cache(maxsize=4096)
+def _validate_section_cached(key: str, definition: str, where: str) -> dict:
+    return _validate_section(json.loads(key), definition, where)
+
+
+def _validate_section(filled: dict | None, definition: str, where: str) -> dict:
+    filled = filled or {}
+    errors = sorted(_section_validator(definition).iter_errors(filled), key=lambda e: list(e.path))
     if errors:
         lines = []
         for err in errors:
