@@ -18,10 +18,11 @@ For each size N (training runs in the first stage; ``--large`` adds 5,000):
    stage B) are written in topological order with increasing modification times, so Snakemake
    finds them complete (no metadata records: the params trigger has nothing to compare).
 
-Prints one line per size and measurement with the seconds and the ratio study / bare, the
-marginal cost per training run between sizes (linear growth: similar slopes), then one JSON
-line. Target (issue 12): ratio <= 1.5 at 1,000 runs. The load average is printed: the
-machine is shared, so compare ratios, not seconds.
+Prints one line per size and measurement with the wall and CPU seconds (user + system of the
+snakemake process) and the ratios study / bare, the marginal cost per training run between
+sizes (linear growth: similar slopes), then one JSON line. Target (issue 12): ratio <= 1.5 at
+1,000 runs. The load average is printed: on a shared machine compare ratios (the CPU ratio is
+the steadier one), not seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -74,16 +76,19 @@ def study_config(runs: int) -> dict:
 
 
 def snakemake(workdir: Path, snakefile: Path, *args: str) -> tuple[float, str]:
-    """Run snakemake in ``workdir``; (wall seconds, stdout + stderr). Raises on failure."""
+    """Run snakemake in ``workdir``; ((wall seconds, CPU seconds), stdout + stderr). Raises on failure."""
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir), *args]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-4000:]}")
-    return seconds, out
+    return (seconds, cpu), out
 
 
 def job_count(output: str) -> int:
@@ -165,8 +170,7 @@ def measure(runs: int, repeat: int, tmp: Path) -> dict:
         seconds, bare_out = snakemake(bare_dir, bare_snakefile, "-n", "--cores", "1", "--config", f"jobs={jobs - 1}")
         dry_bare.append(seconds)
         assert job_count(bare_out) == jobs, (job_count(bare_out), jobs)
-    result["dry_run"] = {"jobs": jobs, "study_s": round(min(dry_study), 3), "bare_s": round(min(dry_bare), 3),
-                         "ratio": round(min(dry_study) / min(dry_bare), 3)}
+    result["dry_run"] = summarize(jobs, dry_study, dry_bare)
 
     all_jobs = complete_study(study_dir, snakefile, configfile)
     complete_bare(bare_dir, all_jobs)
@@ -180,9 +184,17 @@ def measure(runs: int, repeat: int, tmp: Path) -> dict:
         if "Nothing to be done" not in out:
             raise RuntimeError(f"the bare rerun was not a no-op:\n{out[-3000:]}")
         noop_bare.append(seconds)
-    result["noop_rerun"] = {"jobs": all_jobs, "study_s": round(min(noop_study), 3), "bare_s": round(min(noop_bare), 3),
-                            "ratio": round(min(noop_study) / min(noop_bare), 3)}
+    result["noop_rerun"] = summarize(all_jobs, noop_study, noop_bare)
     return result
+
+
+def summarize(jobs: int, study: list[tuple[float, float]], bare: list[tuple[float, float]]) -> dict:
+    """Minimum wall and CPU seconds over the repeats, and the ratios study / bare."""
+    study_s, bare_s = min(w for w, _ in study), min(w for w, _ in bare)
+    study_cpu, bare_cpu = min(c for _, c in study), min(c for _, c in bare)
+    return {"jobs": jobs, "study_s": round(study_s, 3), "bare_s": round(bare_s, 3), "ratio": round(study_s / bare_s, 3),
+            "study_cpu_s": round(study_cpu, 3), "bare_cpu_s": round(bare_cpu, 3),
+            "cpu_ratio": round(study_cpu / bare_cpu, 3)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,20 +212,24 @@ def main(argv: list[str] | None = None) -> int:
             results.append(res)
             for kind in ("dry_run", "noop_rerun"):
                 r = res[kind]
-                print(f"{runs:>5} runs  {kind:<10} {r['jobs']:>5} jobs: stagerun {r['study_s']:6.2f} s, "
-                      f"bare snakemake {r['bare_s']:6.2f} s, ratio {r['ratio']:.2f}", flush=True)
+                print(f"{runs:>5} runs  {kind:<10} {r['jobs']:>5} jobs: stagerun {r['study_s']:6.2f} s "
+                      f"(CPU {r['study_cpu_s']:6.2f} s), bare snakemake {r['bare_s']:6.2f} s (CPU {r['bare_cpu_s']:6.2f} s), "
+                      f"ratio {r['ratio']:.2f} (CPU {r['cpu_ratio']:.2f})", flush=True)
     slopes = {}
     for kind in ("dry_run", "noop_rerun"):
         pairs = list(zip(results, results[1:]))
         slopes[kind] = [
             {"from": a["runs"], "to": b["runs"],
              "study_ms_per_run": round(1000 * (b[kind]["study_s"] - a[kind]["study_s"]) / (b["runs"] - a["runs"]), 3),
-             "bare_ms_per_run": round(1000 * (b[kind]["bare_s"] - a[kind]["bare_s"]) / (b["runs"] - a["runs"]), 3)}
+             "bare_ms_per_run": round(1000 * (b[kind]["bare_s"] - a[kind]["bare_s"]) / (b["runs"] - a["runs"]), 3),
+             "study_cpu_ms_per_run": round(1000 * (b[kind]["study_cpu_s"] - a[kind]["study_cpu_s"]) / (b["runs"] - a["runs"]), 3),
+             "bare_cpu_ms_per_run": round(1000 * (b[kind]["bare_cpu_s"] - a[kind]["bare_cpu_s"]) / (b["runs"] - a["runs"]), 3)}
             for a, b in pairs
         ]
         for s in slopes[kind]:
-            print(f"{kind:<10} marginal cost {s['from']}->{s['to']} runs: stagerun {s['study_ms_per_run']} ms/run, "
-                  f"bare {s['bare_ms_per_run']} ms/run", flush=True)
+            print(f"{kind:<10} marginal cost {s['from']}->{s['to']} runs: stagerun {s['study_ms_per_run']} ms/run "
+                  f"(CPU {s['study_cpu_ms_per_run']}), bare {s['bare_ms_per_run']} ms/run (CPU {s['bare_cpu_ms_per_run']})",
+                  flush=True)
     out = {"bench": "dag", "results": results, "marginal": slopes, "load_avg": os.getloadavg()[0]}
     line = json.dumps(out)
     print(line)

@@ -103,8 +103,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         jobs = []
         for cmd in commands:
-            wall = timed(cmd, work, shell=True)
             out_dir = work / re.search(r"--out-dir (\S+)", cmd).group(1)
+            out_dir.mkdir(parents=True, exist_ok=True)  # Snakemake creates the output folders
+            wall = timed(cmd, work, shell=True)
             result = json.loads((out_dir / "result.json").read_text())
             row = {
                 "run": f"{result.get('variant')}/seed_{result.get('seed')}",

@@ -1,6 +1,5 @@
 # Report assets: stage tables, training curves, val_loss per stage, compute accounting.
 # Everything wrapped in report() appears in `snakemake --report results/report.html`.
-from workflow.tables import naive_plan
 
 
 rule stage_table:
@@ -81,13 +80,14 @@ rule compute_table:
         ),
         markdown=f"{RESULTS}/compute.md",
     params:
-        plan=lambda w: json.dumps(naive_plan(config), sort_keys=True),
+        # the job derives the naive plan from the study (no model or pandas imports where Snakemake parses)
+        study=json.dumps(config, sort_keys=True),
     log:
         f"{RESULTS}/logs/compute_table.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.tables compute --plan-json {params.plan:q} --summaries {input} "
+        "python -m workflow.tables compute --config-json {params.study:q} --summaries {input} "
         "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 

@@ -81,12 +81,19 @@ def validate_section(values: dict | None, definition: str, where: str) -> dict:
         key = json.dumps(values or {}, sort_keys=True)
     except TypeError:
         return _validate_section(copy.deepcopy(values), definition, where)
-    return copy.deepcopy(_validate_section_cached(key, definition, where))
+    filled = _validate_section_cached(key, definition)
+    if filled is None:  # invalid: the error names this caller's location
+        return _validate_section(json.loads(key), definition, where)
+    return json.loads(filled)
 
 
 @lru_cache(maxsize=4096)
-def _validate_section_cached(key: str, definition: str, where: str) -> dict:
-    return _validate_section(json.loads(key), definition, where)
+def _validate_section_cached(key: str, definition: str) -> str | None:
+    """The filled section as JSON text (each caller gets its own copy with ``json.loads``), None if invalid."""
+    try:
+        return json.dumps(_validate_section(json.loads(key), definition, definition))
+    except ConfigError:
+        return None
 
 
 def _validate_section(filled: dict | None, definition: str, where: str) -> dict:
@@ -101,14 +108,26 @@ def _validate_section(filled: dict | None, definition: str, where: str) -> dict:
     return filled
 
 
+def _copy(value):
+    """A deep copy of config data; plain containers (dict, list) are copied without
+    ``copy.deepcopy``'s bookkeeping (a big study merges thousands of sections)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return copy.deepcopy(value)
+
+
 def deep_merge(base: dict, override: dict | None) -> dict:
     """Recursively merge ``override`` into a copy of ``base`` (dicts merge, other values replace)."""
-    merged = copy.deepcopy(base)
+    merged = _copy(base)
     for key, value in (override or {}).items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _copy(value)
     return merged
 
 
