@@ -28,12 +28,14 @@ from workflow.datasets import (
     source_options,
 )
 from workflow.io import read_json
+from workflow.sweep import format_plan
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
 # (in the main process only: job steps on a cluster node re-read this file).
 if workflow.is_main_process:
     check_study(config)
     check_model_configs(config)
+    print(format_plan(config), file=sys.stderr)  # the most each stage can run, once at the start
 
 # Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
 # (first on PATH, so a conda env activated for a rule still takes precedence).
@@ -185,7 +187,7 @@ def train_resources(stage):
     (local executor) while it has no GPU runs CPU processes (gloo): ``nproc_per_node`` is
     capped at the CPUs, with a warning."""
     res = stage_resources(config, stage)
-    if res["gpus"] and workflow.local_exec and no_gpu_here():
+    if res["gpus"] and workflow.is_main_process and workflow.local_exec and no_gpu_here():
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
