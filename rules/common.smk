@@ -46,6 +46,7 @@ os.environ.update(
 
 # Light Python steps run in the Snakemake process's machine, not as cluster jobs.
 localrules:
+    summary,
     summarize_variant,
     gate,
     verdict,
@@ -230,6 +231,7 @@ def stage_decision(stage):
 
 def all_targets():
     return [
+        f"{RESULTS}/summary.html",
         f"{RESULTS}/verdict.json",
         f"{RESULTS}/compute.csv",
         f"{RESULTS}/plots/val_loss_by_stage.png",

@@ -41,7 +41,7 @@ rule verdict:
         markdown=report(
             f"{RESULTS}/verdict.md",
             caption="../report/verdict.rst",
-            category="Verdict",
+            category="1 Summary",
         ),
     params:
         baseline=BASELINE,
