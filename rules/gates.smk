@@ -42,6 +42,7 @@ rule verdict:
             f"{RESULTS}/verdict.md",
             caption="../report/verdict.rst",
             category="1 Summary",
+            labels={"figure": "2. verdict"},
         ),
     params:
         baseline=BASELINE,

@@ -58,7 +58,7 @@ rule val_loss_plot:
             f"{RESULTS}/plots/val_loss_by_stage.png",
             caption="../report/val_loss_by_stage.rst",
             category="1 Summary",
-            labels={"figure": "val_loss by stage"},
+            labels={"figure": "3. val_loss by stage"},
         ),
     params:
         variants=list(config["variants"]),
@@ -78,7 +78,7 @@ rule compute_table:
             f"{RESULTS}/compute.csv",
             caption="../report/compute.rst",
             category="1 Summary",
-            labels={"figure": "compute per stage"},
+            labels={"figure": "4. compute staged vs naive"},
         ),
         markdown=f"{RESULTS}/compute.md",
     params:
@@ -106,7 +106,7 @@ rule summary:
             f"{RESULTS}/summary.html",
             caption="../report/summary.rst",
             category="1 Summary",
-            labels={"figure": "one-page summary"},
+            labels={"figure": "1. one-page summary"},
         ),
         landing=f"{RESULTS}/landing.rst",
     params:

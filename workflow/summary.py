@@ -61,12 +61,13 @@ def _fmt(value) -> str:
 def html_table(frame: pd.DataFrame, table_id: str, highlight: pd.Series | None = None, cls: str = "") -> str:
     """A DataFrame as an HTML table (values formatted, text columns left-aligned);
     ``highlight``: a boolean per row marking rows with class ``cls``."""
-    head = "".join(f'<th class="{"text" if frame[c].dtype == object else ""}">{html.escape(str(c))}</th>' for c in frame)
+    text = {c: not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]) for c in frame}
+    head = "".join(f'<th class="{"text" if text[c] else ""}">{html.escape(str(c))}</th>' for c in frame)
     rows = []
     for i, (_, row) in enumerate(frame.iterrows()):
         marked = highlight is not None and bool(highlight.iloc[i])
         cells = "".join(
-            f'<td class="{"text" if frame[c].dtype == object else ""}">{html.escape(_fmt(row[c]))}</td>' for c in frame
+            f'<td class="{"text" if text[c] else ""}">{html.escape(_fmt(row[c]))}</td>' for c in frame
         )
         rows.append(f'<tr class="{cls if marked else ""}">{cells}</tr>')
     return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
@@ -153,7 +154,7 @@ def landing_rst(verdict: dict) -> str:
     """Two lines of reStructuredText for the report's landing page: the answer, and where the
     summary is (``1 Summary`` is the report category of summary.html)."""
     return (f"**{winners_sentence(verdict)}**\n\n"
-            "The one-page summary (verdict with raw and adjusted p-values, gate decisions with their reasons, "
+            "The one-page summary (the verdict with its p-values, gate decisions with their reasons, "
             "val_loss by stage, compute staged vs naive) is the first result category, `1 Summary`_.\n")
 
 
