@@ -36,19 +36,24 @@ it), seeds, processes and GPUs per run, steps and tokens per run, and the totals
 Why runs rerun (:func:`explain_reruns`; ``snakemake --cores 1 why_rerun``): every finished
 run's recorded config (``result.json`` ``config``) against the config the study gives it
 now, with the keys that differ, grouped by change.
+
+CLI: ``python -m workflow.sweep report-path [STUDY.yaml]`` prints the study's report path,
+``{results_dir}/{study}/report.html`` (what ``make run STUDY=...`` passes to ``--report``).
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 
-from workflow.config import ConfigError, run_config, stage_order, stage_resources, stage_seeds
+from workflow.config import ConfigError, load_schema, run_config, stage_order, stage_resources, stage_seeds
 
 #: Variant names the schema accepts (config/schema.yaml, variants.propertyNames).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -361,3 +366,28 @@ def explain_reruns(config: dict, results_dir: str | Path) -> str:
                      f"{', '.join(gone[:6])}{', ...' if len(gone) > 6 else ''}")
     return "\n".join(lines)
 
+
+
+def report_path(study_file: str | Path) -> str:
+    """``{results_dir}/{study}/report.html`` of a study file (results_dir: the file's, else the
+    schema's default)."""
+    with open(study_file, encoding="utf-8") as handle:
+        study = yaml.safe_load(handle) or {}
+    if "study" not in study:
+        raise ConfigError(f"{study_file}: no 'study' key")
+    results_dir = study.get("results_dir") or load_schema()["properties"]["results_dir"]["default"]
+    return f"{results_dir}/{study['study']}/report.html"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflow.sweep")
+    sub = parser.add_subparsers(dest="command", required=True)
+    rp = sub.add_parser("report-path", help="the study's report path")
+    rp.add_argument("study", nargs="?", default="config/config.yaml")
+    args = parser.parse_args(argv)
+    print(report_path(args.study))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
