@@ -6,7 +6,10 @@ import json
 import os
 import sys
 
-from snakemake.common import overwrite_function_params
+try:  # Snakemake >= 8; without it input functions are just inspected on every call
+    from snakemake.common import overwrite_function_params
+except ImportError:
+    overwrite_function_params = lambda func, params: None
 
 from workflow.config import (
     check_model_configs,

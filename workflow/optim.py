@@ -147,9 +147,10 @@ class Muon(torch.optim.Optimizer):
 
     Batched as in modded-nanogpt: the parameters of a group that share a shape (a transformer's
     layers: n_layer matrices of each shape) are stepped together, momentum with ``torch._foreach``
-    ops and Newton-Schulz as one batched matmul over the stacked updates ([N, rows, cols]),
-    instead of one small matmul chain per matrix. Same math as the per-matrix loop; results
-    agree to float rounding (tests/test_optim.py).
+    ops; on CUDA Newton-Schulz runs as one batched matmul chain over the stacked updates
+    ([N, rows, cols]). On CPU, where batched BLAS of small matrices is no faster (bench/
+    bench_train.py muon), each matrix runs one chain with the scalings fused into ``addmm``.
+    Same math as the per-matrix loop; results agree to float rounding (tests/test_optim.py).
 
     Args:
         params: iterable of parameters or param groups.
@@ -205,13 +206,15 @@ class Muon(torch.optim.Optimizer):
                 torch._foreach_lerp_(bufs, grads, 1 - beta)
                 updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
                 rows = params[0].size(0)
-                stacked = torch.stack([u.reshape(rows, -1) for u in updates])  # [N, rows, cols]
-                ortho = zeropower_via_newtonschulz5(stacked, steps=group["ns_steps"])
-                scale = max(1.0, rows / stacked.size(-1)) ** 0.5
+                matrices = [u.reshape(rows, -1) for u in updates]
+                if params[0].is_cuda:  # one batched matmul chain: fewer, larger kernels
+                    ortho = zeropower_via_newtonschulz5(torch.stack(matrices), steps=group["ns_steps"]).unbind(0)
+                else:  # CPU BLAS gains nothing from batching small matrices: one fused chain each
+                    ortho = [zeropower_via_newtonschulz5(m, steps=group["ns_steps"]) for m in matrices]
+                scale = max(1.0, rows / matrices[0].size(1)) ** 0.5
                 if wd != 0:
                     torch._foreach_mul_(params, 1 - lr * wd)
-                torch._foreach_add_(params, [o.view_as(p).to(p.dtype) for o, p in zip(ortho.unbind(0), params)],
-                                    alpha=-lr * scale)
+                torch._foreach_add_(params, [o.view_as(p).to(p.dtype) for o, p in zip(ortho, params)], alpha=-lr * scale)
         return loss
 
 
