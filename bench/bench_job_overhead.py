@@ -19,7 +19,12 @@ set-up before the run and teardown after it: what is not the trainer's work) and
 ``non_training_s`` = job wall - train_time (also evaluations and checkpoints). Summary: the
 overhead's share of the screen's total job time, the mean overhead per job (target <= 2 s,
 issue 12), and references measured in the same run: a bare interpreter start and
-``import torch`` in a fresh interpreter. Prints one line per job and one JSON line.
+``import torch`` in a fresh interpreter.
+
+When the workflow launches single-process jobs through ``torchrun``, every job also runs,
+right after, as one plain process (``python -m workflow.train ...``, same arguments, its own
+output folder): the same numbers for that launch, measured in the same run (``single_process``
+in the JSON). Prints one line per job and one JSON line.
 """
 
 from __future__ import annotations
@@ -77,6 +82,42 @@ def timed(cmd: list[str] | str, cwd: Path, shell: bool = False) -> float:
     return time.perf_counter() - start
 
 
+def run_job(cmd: str, work: Path, label: str) -> dict:
+    """Run one training job's command as Snakemake does; its wall time against result.json."""
+    out_dir = work / re.search(r"--out-dir (\S+)", cmd).group(1)
+    out_dir.mkdir(parents=True, exist_ok=True)  # Snakemake creates the output folders
+    wall = timed(cmd, work, shell=True)
+    result = json.loads((out_dir / "result.json").read_text())
+    row = {
+        "run": f"{result.get('variant')}/seed_{result.get('seed')}",
+        "wall_s": round(wall, 3),
+        "trainer_time_s": result["time_seconds"],
+        "train_time_s": round(result["train_time_ms"] / 1000.0, 3),
+        "overhead_s": round(wall - result["time_seconds"], 3),
+        "non_training_s": round(wall - result["train_time_ms"] / 1000.0, 3),
+    }
+    print(f"{label:<17} {row['run']:<24} wall {row['wall_s']:6.2f} s  trainer {row['trainer_time_s']:6.2f} s  "
+          f"steps {row['train_time_s']:6.2f} s  overhead {row['overhead_s']:5.2f} s", flush=True)
+    return row
+
+
+def screen_summary(jobs: list[dict]) -> dict:
+    """Totals of a screen's jobs and the overhead's share of its job time."""
+    wall = sum(j["wall_s"] for j in jobs)
+    overhead = sum(j["overhead_s"] for j in jobs)
+    return {
+        "jobs": len(jobs),
+        "screen_wall_s": round(wall, 2),
+        "screen_trainer_s": round(sum(j["trainer_time_s"] for j in jobs), 2),
+        "screen_train_steps_s": round(sum(j["train_time_s"] for j in jobs), 2),
+        "overhead_per_job_mean_s": round(overhead / len(jobs), 3),
+        "overhead_per_job_median_s": round(statistics.median(j["overhead_s"] for j in jobs), 3),
+        "overhead_share_of_screen": round(overhead / wall, 4),
+        "non_training_share_of_screen": round(sum(j["non_training_s"] for j in jobs) / wall, 4),
+        "per_job": jobs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configfile", type=Path, default=REPO / "config" / "config.yaml")
@@ -101,49 +142,34 @@ def main(argv: list[str] | None = None) -> int:
             "python_start_s": min(timed([sys.executable, "-c", "pass"], work) for _ in range(3)),
             "import_torch_s": min(timed([sys.executable, "-c", "import torch"], work) for _ in range(2)),
         }
-        jobs = []
-        for cmd in commands:
-            out_dir = work / re.search(r"--out-dir (\S+)", cmd).group(1)
-            out_dir.mkdir(parents=True, exist_ok=True)  # Snakemake creates the output folders
-            wall = timed(cmd, work, shell=True)
-            result = json.loads((out_dir / "result.json").read_text())
-            row = {
-                "run": f"{result.get('variant')}/seed_{result.get('seed')}",
-                "wall_s": round(wall, 3),
-                "trainer_time_s": result["time_seconds"],
-                "train_time_s": round(result["train_time_ms"] / 1000.0, 3),
-                "overhead_s": round(wall - result["time_seconds"], 3),
-                "non_training_s": round(wall - result["train_time_ms"] / 1000.0, 3),
-            }
-            jobs.append(row)
-            print(f"{row['run']:<24} wall {row['wall_s']:6.2f} s  trainer {row['trainer_time_s']:6.2f} s  "
-                  f"steps {row['train_time_s']:6.2f} s  overhead {row['overhead_s']:5.2f} s", flush=True)
         launcher = re.match(r"(.*?)\s-m workflow\.", commands[0]).group(1)
+        single = "torch.distributed.run" in launcher and "--nproc_per_node 1" in launcher
+        jobs, single_jobs = [], []
+        for cmd in commands:
+            jobs.append(run_job(cmd, work, "workflow"))
+            if single:  # the same job as one plain process, right after (the same load)
+                out_dir = re.search(r"--out-dir (\S+)", cmd).group(1)
+                plain = cmd.replace(launcher, "python", 1).replace(out_dir, out_dir + "_single")
+                single_jobs.append(run_job(plain, work, "single process"))
 
-    wall = sum(j["wall_s"] for j in jobs)
-    overhead = sum(j["overhead_s"] for j in jobs)
     out = {
         "bench": "job_overhead",
         "study": str(args.configfile),
         "stage": args.stage,
-        "jobs": len(jobs),
         "launcher": launcher,
-        "screen_wall_s": round(wall, 2),
-        "screen_trainer_s": round(sum(j["trainer_time_s"] for j in jobs), 2),
-        "screen_train_steps_s": round(sum(j["train_time_s"] for j in jobs), 2),
-        "overhead_per_job_mean_s": round(overhead / len(jobs), 3),
-        "overhead_per_job_median_s": round(statistics.median(j["overhead_s"] for j in jobs), 3),
-        "overhead_share_of_screen": round(overhead / wall, 4),
-        "non_training_share_of_screen": round(sum(j["non_training_s"] for j in jobs) / wall, 4),
+        **screen_summary(jobs),
         "target_overhead_per_job_s": 2.0,
         **{k: round(v, 3) for k, v in references.items()},
         "load_avg": os.getloadavg()[0],
-        "per_job": jobs,
     }
-    print(f"screen of {len(jobs)} jobs: {wall:.1f} s of job wall time, {overhead:.1f} s overhead "
-          f"({100 * out['overhead_share_of_screen']:.1f} %), {out['overhead_per_job_mean_s']:.2f} s per job "
-          f"(target <= 2 s); python start {out['python_start_s']:.2f} s, import torch {out['import_torch_s']:.2f} s",
-          flush=True)
+    if single_jobs:
+        out["single_process"] = {"launcher": "python", **screen_summary(single_jobs)}
+    for name, summary in (("workflow launcher", out), ("single process", out.get("single_process"))):
+        if summary:
+            print(f"{name}: screen of {summary['jobs']} jobs, {summary['screen_wall_s']:.1f} s of job wall time, "
+                  f"{100 * summary['overhead_share_of_screen']:.1f} % overhead, "
+                  f"{summary['overhead_per_job_mean_s']:.2f} s per job (target <= 2 s)", flush=True)
+    print(f"references: python start {out['python_start_s']:.2f} s, import torch {out['import_torch_s']:.2f} s", flush=True)
     line = json.dumps(out)
     print(line)
     if args.json:
