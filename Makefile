@@ -44,6 +44,9 @@ bench: install
 	python bench/bench_tokenize.py
 	python bench/bench_train.py cpu
 	python bench/bench_train.py fast
+	python bench/bench_train.py muon
+	python bench/bench_dag.py
+	python bench/bench_job_overhead.py
 
 lint: install
 	snakemake --lint

@@ -4,7 +4,7 @@
 #   snakemake --cores all --configfile S.yaml -- stage_A      another study (targets after `--`)
 #   snakemake --cores all --config set='stages.C.train.num_iterations=350'   a one-off override
 #   snakemake --cores 1 why_rerun           which config keys changed for finished runs
-#   snakemake --report results/<study>/report.html --report-stylesheet report/style.css   the HTML report
+#   snakemake --report results/<study>/report.html [--configfile S.yaml]   the study's HTML report
 from snakemake.utils import min_version, validate
 
 from workflow.sweep import explain_reruns, prepare_study
