@@ -51,7 +51,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def configure_backends(ctx: DistContext, compile: bool = False) -> None:
+def configure_backends(ctx: DistContext) -> None:
     """Numerics of this process.
 
     CPU: deterministic algorithms (same config + seed -> same losses), but without
@@ -59,20 +59,12 @@ def configure_backends(ctx: DistContext, compile: bool = False) -> None:
     model's step on CPU and not needed for determinism). CUDA: TF32 matmuls and cuDNN
     convolutions (Ampere+; bf16 autocast covers the rest), no deterministic algorithms
     (they would force slow kernels or fail without CUBLAS_WORKSPACE_CONFIG).
-
-    ``torch.use_deterministic_algorithms`` also sets the flag of torch.compile's inductor,
-    which imports the whole compiler stack (inductor, dynamo, sympy: ~2 s of every job's
-    start-up on CPU); without ``compile`` only the eager (ATen) flag is set, which is all an
-    eager run reads.
     """
     if ctx.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        if compile:
-            torch.use_deterministic_algorithms(True, warn_only=True)
-        else:
-            torch._C._set_deterministic_algorithms(True, warn_only=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
         torch.utils.deterministic.fill_uninitialized_memory = False
 
 
@@ -88,9 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     meta = args.meta or Path(args.data_dir) / "tokens" / run_cfg["dataset"] / "meta.json"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    train = validate_section(run_cfg.get("train"), "train", "train")
-    ctx = init_distributed(train["device"])
-    configure_backends(ctx, compile=train["compile"])
+    ctx = init_distributed(validate_section(run_cfg.get("train"), "train", "train")["device"])
+    configure_backends(ctx)
     try:
         Trainer(run_cfg, args.out_dir, meta, ctx).run()
     finally:
