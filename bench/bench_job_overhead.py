@@ -18,8 +18,9 @@ Per job: ``overhead_s`` = job wall - time_seconds (interpreter and launcher star
 set-up before the run and teardown after it: what is not the trainer's work) and
 ``non_training_s`` = job wall - train_time (also evaluations and checkpoints). Summary: the
 overhead's share of the screen's total job time, the mean overhead per job (target <= 2 s,
-issue 12), and references measured in the same run: a bare interpreter start and
-``import torch`` in a fresh interpreter.
+issue 12), and references measured in the same run: a bare interpreter start, ``import torch``
+in a fresh interpreter, and ``import torch`` plus the first ``torch.optim`` optimizer (which
+imports ``torch._dynamo`` in torch 2.13): the floor of any training process.
 
 When the workflow launches single-process jobs through ``torchrun``, every job also runs,
 right after, as one plain process (``python -m workflow.train ...``, same arguments, its own
@@ -43,6 +44,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
+TORCH_AND_OPTIMIZER = "import torch; torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])"
 
 
 def job_env() -> dict:
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         references = {
             "python_start_s": min(timed([sys.executable, "-c", "pass"], work) for _ in range(3)),
             "import_torch_s": min(timed([sys.executable, "-c", "import torch"], work) for _ in range(2)),
+            # torch.optim's Optimizer.add_param_group is wrapped by torch._disable_dynamo: the first
+            # optimizer imports torch._dynamo (torch 2.13), a floor of every training process
+            "import_torch_and_first_optimizer_s": min(timed([sys.executable, "-c", TORCH_AND_OPTIMIZER], work)
+                                                      for _ in range(2)),
         }
         launcher = re.match(r"(.*?)\s-m workflow\.", commands[0]).group(1)
         single = "torch.distributed.run" in launcher and "--nproc_per_node 1" in launcher
@@ -169,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: screen of {summary['jobs']} jobs, {summary['screen_wall_s']:.1f} s of job wall time, "
                   f"{100 * summary['overhead_share_of_screen']:.1f} % overhead, "
                   f"{summary['overhead_per_job_mean_s']:.2f} s per job (target <= 2 s)", flush=True)
-    print(f"references: python start {out['python_start_s']:.2f} s, import torch {out['import_torch_s']:.2f} s", flush=True)
+    print(f"references: python start {out['python_start_s']:.2f} s, import torch {out['import_torch_s']:.2f} s, "
+          f"import torch + first optimizer {out['import_torch_and_first_optimizer_s']:.2f} s", flush=True)
     line = json.dumps(out)
     print(line)
     if args.json:
