@@ -40,10 +40,12 @@ pytestmark = [
 
 
 @pytest.fixture
-def browser(tmp_path):
+def browser(tmp_path, monkeypatch):
     """Headless chromium through chromedriver (no Selenium Manager download), fresh profile,
     console messages recorded."""
     from selenium import webdriver
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not reach the network
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
