@@ -59,6 +59,7 @@ collectives independently of the counters (tests check they agree).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +85,8 @@ __all__ = [
     "tp_reduce_grads",
     "tp_sharded_params",
     "unshard_state_dicts",
+    "qkv_to_shard_major",
+    "qkv_from_shard_major",
 ]
 
 PHASES = ("forward", "backward", "grad")
@@ -549,6 +552,20 @@ def parallelize_gpt(model: nn.Module, tp_mesh) -> nn.Module:
     return model
 
 
+def qkv_to_shard_major(weight: torch.Tensor, tp_size: int) -> torch.Tensor:
+    """GPT-2's c_attn weight [3C, C] (rows q; k; v, heads in order) -> the shard-major layout of
+    the tensor-parallel blocks (rows of shard p: its heads' q; k; v). Inverse:
+    :func:`qkv_from_shard_major`. Use it to load a ``sequential`` checkpoint into tp blocks."""
+    C3, C = weight.shape
+    return weight.view(3, tp_size, C3 // (3 * tp_size), C).transpose(0, 1).reshape(C3, C)
+
+
+def qkv_from_shard_major(weight: torch.Tensor, tp_size: int) -> torch.Tensor:
+    """Inverse of :func:`qkv_to_shard_major`: shard-major [3C, C] -> GPT-2's q; k; v rows."""
+    C3, C = weight.shape
+    return weight.view(tp_size, 3, C3 // (3 * tp_size), C).transpose(0, 1).reshape(C3, C)
+
+
 def unshard_state_dicts(shard_states: list[dict], config: GPTConfig) -> dict:
     """The full (simulated-layout) model state dict from the tp_size real-mode shards' state
     dicts, in tensor-parallel rank order (for sampling or converting a real-mode checkpoint).
@@ -655,7 +672,16 @@ def _tp_comm_mode_class():
         def __enter__(self):
             self.calls = {"forward": 0, "backward": 0}
             self.bytes = {"forward": 0, "backward": 0}
+            # CommDebugMode's module tracker warns about blocks returning a ShardedStream.
+            self._warnings = warnings.catch_warnings()
+            self._warnings.__enter__()
+            warnings.filterwarnings("ignore", message="For backward hooks to be called")
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
             return super().__enter__()
+
+        def __exit__(self, *args):
+            super().__exit__(*args)
+            self._warnings.__exit__(*args)
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = super().__torch_dispatch__(func, types, args, kwargs)
