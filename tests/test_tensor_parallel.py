@@ -242,3 +242,121 @@ def test_comm_mode_counts_a_dtensor_mlp_and_misses_nothing_hand_written():
         model(x, x)[1].backward()
     assert mode.calls == {"forward": 0, "backward": 0}
     assert tp_comm_counts(model)["forward"]["calls"] == 2
+
+
+# ---------------------------------------------------------------- real tensor parallelism in the trainer
+
+
+def tp_run_cfg(mode: str) -> dict:
+    """4 layers mixing all three block types, tp_size 2; batch 8 (device batch 4)."""
+    return {
+        "study": "tp", "stage": "A", "variant": "mixed", "seed": 1337, "run_id": 0, "dataset": "shakespeare_char",
+        "model": {"preset": "nanogpt-small", "n_layer": 4, "block_pattern": ["tp", "spd", "parallel", "spd"],
+                  "tp_size": 2, "tp_mode": mode},
+        "train": {"batch_size": 8, "device_batch_size": 4, "num_iterations": 20, "lr": 3e-3, "warmup_iters": 3,
+                  "val_loss_every": 10, "log_every": 1, "val_tokens": 1024, "device": "cpu", "grad_clip": 0.5,
+                  "checkpoint_every": 10},
+    }
+
+
+def run_torchrun(cfg: dict, out_dir: Path, meta: Path, nproc: int = 4, popen: bool = False):
+    from test_resume import env, torchrun_cmd
+
+    cmd = torchrun_cmd(cfg, out_dir, meta, nproc)
+    if popen:
+        log = open(out_dir.parent / f"{out_dir.name}.log", "w")
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env(), cwd=out_dir.parent), log
+    return subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=out_dir.parent, timeout=280)
+
+
+@pytest.fixture(scope="module")
+def real_tp_reference(tmp_path_factory, shakespeare_char_meta) -> Path:
+    """An uninterrupted real-TP run: 4 gloo processes = 2 data-parallel x 2 tensor-parallel."""
+    out = tmp_path_factory.mktemp("tp_train") / "reference"
+    proc = run_torchrun(tp_run_cfg("real"), out, shakespeare_char_meta)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_real_tp_training_on_a_dp_x_tp_mesh_equals_simulated(real_tp_reference, shakespeare_char_meta, tmp_path):
+    """dp 2 x tp 2 (DDP over the dp dimension only, data sampled by dp rank) follows the same
+    loss curve as one simulated process with 2 micro-steps; counts and the saved model agree."""
+    from test_resume import rows_without_timings
+
+    from workflow.distributed import DistContext
+    from workflow.sample import load_model
+    from workflow.train import Trainer, configure_backends
+
+    ctx = DistContext()
+    configure_backends(ctx)
+    sim = Trainer(tp_run_cfg("simulated"), tmp_path / "sim", shakespeare_char_meta, ctx)
+    assert sim.grad_accum_steps == 2
+    sim_result = sim.run()
+    real_result = json.loads((real_tp_reference / "result.json").read_text())
+    real_rows = rows_without_timings(real_tp_reference / "metrics.jsonl")
+    sim_rows = rows_without_timings(tmp_path / "sim" / "metrics.jsonl")
+    assert [r["step"] for r in real_rows] == [r["step"] for r in sim_rows]
+    for a, b in zip(real_rows, sim_rows):
+        for key in ("train_loss", "val_loss"):
+            assert (a[key] is None) == (b[key] is None)
+            if a[key] is not None:  # float reduction order differs; AdamW steps amplify it slowly
+                assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key)
+        expected = 4.0 if a["step"] > 0 else None  # [tp, spd, parallel, spd]: 2 + 1 + 0 + 1 per pass
+        assert a["tp_syncs_forward"] == b["tp_syncs_forward"] == expected
+        assert a["tp_syncs_backward"] == b["tp_syncs_backward"] == expected
+    tp_real, tp_sim = real_result["tensor_parallel"], sim_result["tensor_parallel"]
+    assert tp_real["tp_mode"] == "real" and tp_sim["tp_mode"] == "simulated"
+    for key in ("syncs_nominal", "syncs_analytic", "syncs_measured", "syncs_measured_backward", "num_parameters"):
+        assert tp_real[key] == tp_sim[key], key
+    assert (tp_real["syncs_nominal"], tp_real["syncs_analytic"]) == (6, 4)
+    per_worker = real_result["communication"]["per_worker"]
+    assert real_result["world_size"] == len(per_worker) == 4
+    for worker in per_worker:  # every rank: 20 steps x 1 micro-step x 4 all-reduces each way
+        assert worker["calls"]["tp_forward"] == worker["calls"]["tp_backward"] == 80
+        assert worker["calls"]["tp_grad"] == 20 and worker["calls"]["grad_all_reduce"] >= 20
+    # simulated: 2 micro-steps per step on one process, the same per-pass collectives
+    assert sim_result["communication"]["calls_by_kind"]["tp_forward"] == 160
+    # the final model is whole (gathered shards) and equals the simulated one's parameters closely
+    real_model, sim_model = load_model(real_tp_reference / "model.pt"), load_model(tmp_path / "sim" / "model.pt")
+    assert real_model.num_parameters() == sim_model.num_parameters() == real_result["num_parameters"]
+    for (name, a), b in zip(real_model.state_dict().items(), sim_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=name)
+
+
+@pytest.mark.timeout(300)
+def test_real_tp_kill_and_rerun_resumes_with_identical_losses(real_tp_reference, shakespeare_char_meta, tmp_path):
+    """SIGTERM to the torchrun agent of a dp 2 x tp 2 run, then the same command: every rank's
+    shards come back from its own checkpoint file and the losses equal the uninterrupted run's."""
+    import signal
+    import time
+
+    from test_resume import last_step, newest_step, rows_without_timings
+
+    from workflow.training import checkpoint
+
+    run_dir = tmp_path / "preempted"
+    proc, log = run_torchrun(tp_run_cfg("real"), run_dir, shakespeare_char_meta, popen=True)
+    deadline = time.monotonic() + 200
+    while last_step(run_dir / "metrics.partial.jsonl") < 12 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be preempted"
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=120)
+    log.close()
+    text = (tmp_path / "preempted.log").read_text()
+    assert code != 0 and "PREEMPTED by signal at step" in text, text[-3000:]
+    step = newest_step(run_dir)
+    assert 12 <= step < 20
+    slot = checkpoint.slots_newest_first(run_dir)[0][0]
+    shapes = {r: torch.load(slot / f"rank-{r}.pt", weights_only=True)["model"]["transformer.h.1.mlp.c_fc.weight"]
+              for r in range(4)}
+    assert all(s.shape == (128, 64) for s in shapes.values())  # F/2 rows of shard tp_rank
+    assert torch.equal(shapes[0], shapes[2]) and not torch.equal(shapes[0], shapes[1])  # dp replicas agree
+    again = run_torchrun(tp_run_cfg("real"), run_dir, shakespeare_char_meta)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert f"at step {step}" in again.stdout
+    ref = json.loads((real_tp_reference / "result.json").read_text())
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["final_val_loss"] == ref["final_val_loss"]
+    assert rows_without_timings(run_dir / "metrics.jsonl") == rows_without_timings(real_tp_reference / "metrics.jsonl")

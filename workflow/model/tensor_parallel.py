@@ -85,6 +85,7 @@ __all__ = [
     "tp_reduce_grads",
     "tp_sharded_params",
     "unshard_state_dicts",
+    "full_state_dict",
     "qkv_to_shard_major",
     "qkv_from_shard_major",
 ]
@@ -580,6 +581,30 @@ def unshard_state_dicts(shard_states: list[dict], config: GPTConfig) -> dict:
     for name, dim in sharded.items():
         full[name] = torch.cat([s[name] for s in shard_states], dim=dim)
     return full
+
+
+def full_state_dict(model: nn.Module, record=None) -> dict:
+    """The whole model's state dict in the simulated (unsharded) layout, on every rank.
+
+    Real mode: each sharded weight is all-gathered over the tensor-parallel group (one
+    ``all_gather`` per weight, collective: every rank must call it; ``record(calls, nbytes)``
+    is called with the payload sent, for the run's communication counter). Simulated or
+    unsharded: ``model.state_dict()``.
+    """
+    state = model.state_dict()
+    rt = getattr(model, "tp", None)
+    if rt is None or rt.mode != "real":
+        return state
+    calls = nbytes = 0
+    for name, dim in tp_sharded_params(model.config).items():
+        local = state[name].contiguous()
+        parts = [torch.empty_like(local) for _ in range(rt.tp_size)]
+        dist.all_gather(parts, local, group=rt.group)
+        state[name] = torch.cat(parts, dim=dim)
+        calls, nbytes = calls + 1, nbytes + local.numel() * local.element_size()
+    if record is not None:
+        record(calls, nbytes)
+    return state
 
 
 # --------------------------------------------------------------------------------------
