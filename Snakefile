@@ -25,6 +25,7 @@ include: "rules/datasets.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
 include: "rules/gates.smk"
+include: "rules/comm.smk"
 include: "rules/report.smk"
 
 

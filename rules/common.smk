@@ -187,4 +187,5 @@ def all_targets():
         *[f"{RESULTS}/stage_{stage}/table.csv" for stage in STAGES],
         *[f"{RESULTS}/plots/curves_stage_{stage}.png" for stage in STAGES],
         lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{config['base_seed']}.txt" for v in stage_variants(FINAL_STAGE)],
+        *comm_targets(),  # rules/comm.smk
     ]

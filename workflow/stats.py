@@ -104,6 +104,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
     Returns:
         ``{"stage", "variant", "n_runs", "successful_runs", "failed_runs": [{seed, reason}],
         "val_loss": describe(...), "time_seconds": describe(...) + {"total"}, "tokens_seen_total",
+        "tokens_per_s" and "bytes_per_token" (describe over successful runs; n 0 when not recorded),
+        "tensor_parallel" (result.json's record of the first successful run, or None),
         "process_seconds_total", "runs": [{seed, success, reason, final_val_loss, time_seconds}]}``.
         A run counts as successful only if ``success`` is true and its final_val_loss is finite.
     Raises:
@@ -127,6 +129,11 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "val_loss": describe([r["final_val_loss"] for r in ok]),
         "time_seconds": time_summary,
         "tokens_seen_total": int(sum(r.get("tokens_seen", 0) for r in results)),
+        # communication and tensor parallelism (read defensively: older results lack them)
+        "tokens_per_s": describe([r["tokens_per_s"] for r in ok if r.get("tokens_per_s") is not None]),
+        "bytes_per_token": describe([b for r in ok if (b := (r.get("communication") or {}).get("bytes_per_token"))
+                                     is not None]),
+        "tensor_parallel": next((r["tensor_parallel"] for r in ok if r.get("tensor_parallel")), None),
         "process_seconds_total": float(sum(r["time_seconds"] * r.get("world_size", 1) for r in results)),
         "runs": [
             {
