@@ -4,7 +4,7 @@
 #   a study whose variants carry tensor-parallel sync counts (some layer is tp / spd / parallel):
 #                  comm/comm.csv + comm.md, plots/comm_vs_loss.png, plots/tokens_per_s_vs_comm.png,
 #                  reachable as one target: `snakemake --cores all comm_study`
-from workflow.config import deep_merge
+from workflow.config import ConfigError, deep_merge
 from workflow.model.config import build_model_config  # torch-free
 
 
@@ -14,6 +14,18 @@ def _variant_model_config(variant):
 
 
 COMM_VARIANTS = [v for v in config["variants"] if _variant_model_config(v).tensor_parallel]
+# Real tensor parallelism needs tp_size processes per model replica: check every stage before any job runs.
+if workflow.is_main_process:
+    for _variant in COMM_VARIANTS:
+        _model = _variant_model_config(_variant)
+        for _stage in STAGES:
+            _res = train_resources(_stage)
+            if _model.tp_mode == "real" and (_res["nproc_per_node"] * _res["nodes"]) % _model.tp_size:
+                raise ConfigError(
+                    f"variants.{_variant}.model: tp_mode real with tp_size {_model.tp_size} needs a multiple of "
+                    f"{_model.tp_size} processes per run, but stages.{_stage}.resources give "
+                    f"{_res['nproc_per_node'] * _res['nodes']} (set nproc_per_node or gpus)"
+                )
 # The seed's success thresholds (all-TP baseline 3.28; < 3.35 and < 3.40 goals) mean something
 # only for GPT-2 124M on GPT-2-tokenized web text: drawn only there.
 GPT2_SCALE = config["dataset"] in ("openwebtext", "fineweb10B") and all(

@@ -125,3 +125,13 @@ def test_fit_trend_and_pattern_text_agree_with_scipy():
     assert fit_trend(summaries[:1]) is None
     assert _pattern_text(["tp", "spd"] * 6) == "[tp, spd] x 6"
     assert _pattern_text(["spd"] * 6 + ["tp"] * 6) == ", ".join(["spd"] * 6 + ["tp"] * 6)
+
+
+def test_real_tp_study_with_too_few_processes_stops_before_any_job(tmp_path):
+    study = (STUDIES / "comm_study_cpu.yaml").read_text().replace("tp_mode: simulated", "tp_mode: real")
+    (tmp_path / "real.yaml").write_text(study)
+    proc = snakemake(tmp_path, "-n", "--cores", "2", configfiles=(tmp_path / "real.yaml",), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "variants.24comm.model: tp_mode real with tp_size 2 needs a multiple of 2 processes" in out, out[-2000:]
+    assert "stages.A.resources give 1" in out
