@@ -25,7 +25,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
 #: they are left out of :func:`config_hash` so all seeds of one setting share a hash.
-_IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir")
+_IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir", "stage_seed_offset")
 
 
 class ConfigError(ValueError):
@@ -97,9 +97,33 @@ def stage_order(config: dict) -> list[str]:
     return list(config["stages"])
 
 
+def stage_seed_offset(config: dict, stage: str) -> int:
+    """Offset of ``stage``'s seed range: ``seed_stride`` x the stage's 0-based position.
+
+    Each stage gets its own, disjoint seed range, so a later stage never re-tests the
+    initialisations and batch orders that selected a variant in an earlier stage (a
+    selected variant's lucky seeds would otherwise carry over into its confirmation).
+
+    Raises:
+        ConfigError: unknown stage.
+    """
+    stages = stage_order(config)
+    if stage not in stages:
+        raise ConfigError(f"stages.{stage}: no such stage (stages: {', '.join(stages)})")
+    return stages.index(stage) * int(config["seed_stride"])
+
+
 def stage_seeds(config: dict, stage: str) -> list[int]:
-    """Seeds of a stage's repeats: ``base_seed + run_id`` for ``run_id`` in ``range(seeds)``."""
-    return [config["base_seed"] + run_id for run_id in range(config["stages"][stage]["seeds"])]
+    """Seeds of a stage's repeats: ``base_seed + stage_seed_offset(stage) + run_id`` for
+    ``run_id`` in ``range(stages.<stage>.seeds)``.
+
+    Example: base_seed 1337, seed_stride 1000, seeds A 2 / B 3 / C 5 give A = 1337, 1338;
+    B = 2337..2339; C = 3337..3341. Within a stage every variant runs the same seeds (so
+    runs can be paired by seed); across stages the ranges are disjoint (checked by
+    :func:`check_study`: ``seeds <= seed_stride``).
+    """
+    first = config["base_seed"] + stage_seed_offset(config, stage)
+    return [first + run_id for run_id in range(config["stages"][stage]["seeds"])]
 
 
 def stage_resources(config: dict, stage: str) -> dict:
@@ -186,10 +210,11 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
         config: the validated study config.
         stage: stage name (key of ``config["stages"]``).
         variant: variant name (key of ``config["variants"]``).
-        seed: the run's seed, ``base_seed + run_id``.
+        seed: the run's seed, one of :func:`stage_seeds` of ``stage``.
     Returns:
-        ``{"study", "stage", "variant", "seed", "run_id", "dataset", "model", "train", "wandb"}``
-        with ``model``/``train`` merged and defaults filled.
+        ``{"study", "stage", "variant", "seed", "run_id", "stage_seed_offset", "dataset",
+        "model", "train", "wandb"}`` with ``model``/``train`` merged and defaults filled;
+        ``run_id = seed - base_seed - stage_seed_offset``.
     Raises:
         ConfigError: unknown stage/variant, or a merged section fails the schema.
     """
@@ -201,12 +226,14 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     stage_cfg = config["stages"][stage]
     train = deep_merge(deep_merge(config.get("train", {}), stage_cfg.get("train", {})), overrides.get("train"))
     model = deep_merge(config.get("model", {}), overrides.get("model"))
+    offset = stage_seed_offset(config, stage)
     return {
         "study": config["study"],
         "stage": stage,
         "variant": variant,
         "seed": int(seed),
-        "run_id": int(seed) - config["base_seed"],
+        "run_id": int(seed) - config["base_seed"] - offset,
+        "stage_seed_offset": offset,
         "dataset": config["dataset"],
         "model": validate_section(model, "model", f"variants.{variant}.model"),
         "train": validate_section(train, "train", f"stages.{stage}.train + variants.{variant}.train"),
@@ -242,9 +269,14 @@ def check_study(config: dict) -> None:
     if "gate" in config["stages"][stages[-1]]:
         raise ConfigError(f"stages.{stages[-1]}.gate: the last stage ends in the verdict and has no gate")
     for stage in stages:
+        if config["stages"][stage]["seeds"] > config["seed_stride"]:
+            raise ConfigError(
+                f"stages.{stage}.seeds: {config['stages'][stage]['seeds']} seeds exceed seed_stride "
+                f"({config['seed_stride']}): the stages' seed ranges would overlap"
+            )
         stage_resources(config, stage)
         for variant in config["variants"]:
-            run_config(config, stage, variant, config["base_seed"])
+            run_config(config, stage, variant, stage_seeds(config, stage)[0])
 
 
 def check_model_configs(config: dict, vocab_size: int = 256) -> None:
