@@ -280,16 +280,28 @@ def check_study(config: dict) -> None:
 
 
 def check_model_configs(config: dict, vocab_size: int = 256) -> None:
-    """Build every variant's model config once so unknown model keys fail before any job runs.
+    """Build every variant's model config once so unknown model keys fail before any job runs,
+    and check every (stage, variant)'s schedules against its model: a curriculum's last rung
+    equals block_size and starts before the end of the run; DepthWarm fractions are valid.
 
     Raises:
-        ConfigError: naming the variant and the model key at fault.
+        ConfigError: naming the variant (and stage) and the key at fault.
     """
     from workflow.model import build_model_config
+    from workflow.optim import check_curriculum, resolve_depth_warm, steps_for_tokens
 
     for variant, overrides in config["variants"].items():
         model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))
         try:
-            build_model_config(model, vocab_size)
+            block_size = build_model_config(resolve_depth_warm(model, 1), vocab_size).block_size
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"variants.{variant}.model: {err}") from err
+        for stage in stage_order(config):
+            train = run_config(config, stage, variant, stage_seeds(config, stage)[0])["train"]
+            try:
+                if train.get("num_epochs") is None:  # epochs need the data's token count: checked by the trainer
+                    if train.get("num_tokens") is not None:
+                        train["num_iterations"] = steps_for_tokens(train, block_size, train["num_tokens"])
+                    check_curriculum(train, block_size)
+            except ValueError as err:
+                raise ConfigError(f"stages.{stage}.train + variants.{variant}.train: {err}") from err
