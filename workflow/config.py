@@ -81,6 +81,21 @@ def validate_section(values: dict | None, definition: str, where: str) -> dict:
     return filled
 
 
+def validate_study(config: dict, where: str = "config") -> dict:
+    """A study config validated against the whole schema with its defaults filled (what
+    Snakemake's ``validate`` does), for tools that read a study outside Snakemake.
+
+    Raises:
+        ConfigError: naming ``where`` and the key at fault.
+    """
+    filled = copy.deepcopy(config)
+    errors = sorted(_validator_with_defaults(load_schema()).iter_errors(filled), key=lambda e: list(e.path))
+    if errors:
+        lines = [f"{'.'.join([where, *map(str, err.path)])}: {err.message}" for err in errors]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))
+    return filled
+
+
 def deep_merge(base: dict, override: dict | None) -> dict:
     """Recursively merge ``override`` into a copy of ``base`` (dicts merge, other values replace)."""
     merged = copy.deepcopy(base)
