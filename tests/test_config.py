@@ -21,18 +21,19 @@ def study():
     # what Snakemake's validate() fills in
     cfg.setdefault("base_seed", 1337)
     cfg.setdefault("baseline", "baseline")
+    cfg.setdefault("seed_stride", 1000)
     return cfg
 
 
 def test_merge_order_and_seeds(study):
     study["stages"]["B"]["train"]["lr"] = 1.0e-3
-    cfg = run_config(study, "B", "lr-6e-3", 1338)
+    cfg = run_config(study, "B", "lr-6e-3", 2338)
     assert cfg["train"]["num_iterations"] == 12           # from the stage
     assert cfg["train"]["lr"] == 6.0e-3                   # the variant beats the stage
-    assert run_config(study, "B", "baseline", 1338)["train"]["lr"] == 1.0e-3  # the stage beats the study
+    assert run_config(study, "B", "baseline", 2338)["train"]["lr"] == 1.0e-3  # the stage beats the study
     assert cfg["train"]["beta2"] == 0.99                  # schema default
-    assert cfg["run_id"] == 1
-    assert stage_seeds(study, "C") == [1337, 1338, 1339]
+    assert cfg["run_id"] == 1 and cfg["stage_seed_offset"] == 1000
+    assert stage_seeds(study, "C") == [3337, 3338, 3339]   # disjoint from A's and B's (tests/test_seeds.py)
 
 
 def test_config_hash_ignores_seed_but_not_settings(study):

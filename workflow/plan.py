@@ -371,12 +371,14 @@ def load_study(configfiles: list[str], overrides: list[str] | None = None) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflow.plan", description="The compute plan of a study.")
-    parser.add_argument("--configfile", nargs="+", required=True, help="study YAML file(s), as snakemake --configfile")
+    parser.add_argument("--configfile", nargs="+", default=[], help="study YAML file(s), as snakemake --configfile")
     parser.add_argument("--config", nargs="*", default=[], help="key=value overrides, as snakemake --config")
     parser.add_argument("--config-json", help="the resolved study as JSON (what the Snakemake rule passes)")
     parser.add_argument("--json", help="write the plan as JSON here")
     parser.add_argument("--markdown", help="write the plan as Markdown here (default: print it)")
     args = parser.parse_args(argv)
+    if not args.configfile and not args.config_json:
+        parser.error("give --configfile (study YAML files) or --config-json")
     config = validate_study(json.loads(args.config_json)) if args.config_json else load_study(args.configfile, args.config)
     vocab, source = planning_vocab_size(config)
     plan = compute_plan(config, vocab, source)

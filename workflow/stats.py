@@ -184,6 +184,15 @@ def run_gpus(result: dict) -> int:
     return int(result.get("world_size") or 1) if str(result.get("device", "")).startswith("cuda") else 0
 
 
+def _bytes_per_token(result: dict) -> float | None:
+    """A run's communication bytes per training token (result ``bytes_per_token``, or
+    ``communication.bytes_per_token``), None when the trainer did not report it."""
+    if result.get("bytes_per_token") is not None:
+        return result["bytes_per_token"]
+    comm = result.get("communication")
+    return comm.get("bytes_per_token") if isinstance(comm, dict) else None
+
+
 def comparable_reason(result: dict) -> str | None:
     """Why a successful run cannot be compared with the others, or None.
 
@@ -241,11 +250,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
     time_summary = describe(times)
     time_summary["total"] = float(sum(times))
     val_loss = describe([r["final_val_loss"] for r in ok])
-    bpt = [
-        float(r["communication"]["bytes_per_token"])
-        for r in results
-        if isinstance(r.get("communication"), dict) and r["communication"].get("bytes_per_token") is not None
-    ]
+    bpt = [float(b) for r in results if (b := _bytes_per_token(r)) is not None]
     study = _unique([r.get("study") for r in results])
     end_times = [r["end_time"] for r in results if r.get("end_time")]
     order = sorted(range(len(results)), key=lambda i: results[i].get("seed", 0))
