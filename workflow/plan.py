@@ -26,6 +26,7 @@ exists, else estimates it from the tokenizer)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -55,6 +56,24 @@ def planning_vocab_size(config: dict) -> tuple[int, str]:
     return TOKENIZER_VOCAB[dataset.tokenizer], f"estimate ({dataset.tokenizer} tokenizer)"
 
 
+_MATMUL_PARAMS: dict[str, int] = {}
+
+
+def _matmul_params(model_cfg) -> int:
+    """Parameters that take part in matmuls (blocks + lm_head), as the trainer counts them for
+    ``flops_per_token``; the model is built on the meta device (no memory), once per config."""
+    import torch
+
+    from workflow.model import GPT
+
+    key = json.dumps(dataclasses.asdict(model_cfg), sort_keys=True)
+    if key not in _MATMUL_PARAMS:
+        with torch.device("meta"):
+            model = GPT(model_cfg)
+        _MATMUL_PARAMS[key] = model.num_parameters(exclude_embeddings=True) + model.lm_head.weight.numel()
+    return _MATMUL_PARAMS[key]
+
+
 def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dict:
     """Tokens and FLOPs of one run of ``variant`` in ``stage``.
 
@@ -65,9 +84,7 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
     Raises:
         ValueError: a plateau curriculum (its sequence lengths are not known ahead).
     """
-    import torch
-
-    from workflow.model import GPT, build_model_config
+    from workflow.model import build_model_config
     from workflow.optim import curriculum_marks, resolve_depth_warm, steps_for_tokens
     from workflow.training.provenance import flops_per_token
 
@@ -78,9 +95,7 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
         return {"num_iterations": None, "tokens": None, "flops": None, "flops_per_token": None}
     n = steps_for_tokens(train, model_cfg.block_size, train["num_tokens"]) if train.get("num_tokens") else train["num_iterations"]
     train = {**train, "num_iterations": n}
-    with torch.device("meta"):
-        model = GPT(model_cfg)
-    matmul = model.num_parameters(exclude_embeddings=True) + model.lm_head.weight.numel()
+    matmul = _matmul_params(model_cfg)
     ladder = train.get("curriculum_block_sizes")
     if ladder and train["curriculum_advance"] != "steps":
         raise ValueError(f"variants.{variant}: a plateau curriculum's tokens are not known ahead")

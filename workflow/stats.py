@@ -122,7 +122,8 @@ def paired_ttest(sample: Mapping[int, float], reference: Mapping[int, float], al
     b = np.asarray([reference[s] for s in seeds], float)
     out = {"statistic": None, "p_value": None, "df": None, "alternative": alternative, "n_pairs": len(seeds),
            "mean_difference": float((a - b).mean()) if seeds else None}
-    if len(seeds) < 2 or np.std(a - b) == 0:
+    d = a - b
+    if len(seeds) < 2 or np.ptp(d) <= 1e-12 * max(1.0, float(np.abs(d).max())):  # constant differences: no variance
         return out
     res = stats.ttest_rel(a, b, alternative=alternative)
     out.update(statistic=float(res.statistic), p_value=float(res.pvalue), df=float(res.df))
