@@ -88,8 +88,9 @@ def test_runs_record_metrics_and_results(study):
     assert {"step", "train_loss", "val_loss", "lr", "tokens_seen", "train_time_ms", "step_avg_ms", "tokens_per_s"} <= set(rows[-1])
     assert rows[-1]["step"] == 8 and rows[-1]["val_loss"] == result["final_val_loss"]
     assert rows[-1]["tokens_seen"] == 8 * 8 * 32
-    # seed = base_seed + run_id
-    assert load(results / "stage_A" / "baseline" / "seed_1338" / "result.json")["run_id"] == 1
+    # seed = base_seed + stage_seed_offset + run_id (stage A: offset 0)
+    second = load(results / "stage_A" / "baseline" / "seed_1338" / "result.json")
+    assert second["run_id"] == 1 and second["stage_seed_offset"] == 0
     assert "run tiny/A/baseline seed 1337" in (run / "train.log").read_text()
 
 
@@ -119,7 +120,9 @@ def test_gate_a_agrees_with_summaries_and_stage_b_runs_only_advanced(study):
     stage_b = sorted(p.name for p in (results / "stage_B").iterdir() if p.is_dir())
     assert stage_b == sorted(["baseline", *gate["advanced"]])
     for variant in stage_b:
-        assert sorted(p.name for p in (results / "stage_B" / variant).glob("seed_*")) == ["seed_1337", "seed_1338"]
+        # stage B's own seeds, disjoint from stage A's
+        assert sorted(p.name for p in (results / "stage_B" / variant).glob("seed_*")) == ["seed_2337", "seed_2338"]
+        assert load(results / "stage_B" / variant / "seed_2338" / "result.json")["stage_seed_offset"] == 1000
 
 
 def test_gate_b_and_stage_c_and_verdict(study):
@@ -134,13 +137,19 @@ def test_gate_b_and_stage_c_and_verdict(study):
         stage_c = sorted(p.name for p in (results / "stage_C").iterdir() if p.is_dir())
         assert stage_c == sorted(["baseline", *gate_b["advanced"]])
         variant = gate_b["advanced"][0]
-        losses = lambda v: [load(results / "stage_C" / v / f"seed_{s}" / "result.json")["final_val_loss"] for s in (1337, 1338, 1339)]  # noqa: E731
+        losses = lambda v: [load(results / "stage_C" / v / f"seed_{s}" / "result.json")["final_val_loss"] for s in (3337, 3338, 3339)]  # noqa: E731
         entry = next(e for e in verdict["results"] if e["variant"] == variant)
-        ref = sps.ttest_ind(losses(variant), losses("baseline"), equal_var=False, alternative="less")
+        # default test: paired on the seed-matched runs; Holm over the variants tested
+        ref = sps.ttest_rel(losses(variant), losses("baseline"), alternative="less")
         assert entry["vs_baseline"]["p_value"] == pytest.approx(ref.pvalue)
+        tested = [e for e in verdict["results"] if e["vs_baseline"]]
+        assert entry["vs_baseline"]["p_value_adjusted"] >= entry["vs_baseline"]["p_value"]
+        if len(tested) == 1:
+            assert entry["vs_baseline"]["p_value_adjusted"] == pytest.approx(ref.pvalue)
         ref1 = sps.ttest_1samp(losses(variant), 4.0, alternative="less")
         assert entry["vs_target"]["p_value"] == pytest.approx(ref1.pvalue)
-        assert entry["beats_baseline"] == (ref.pvalue < 0.01)
+        assert entry["beats_baseline"] == (entry["vs_baseline"]["p_value_adjusted"] < 0.01)
+        assert "adjusted p vs baseline" in (results / "verdict.md").read_text()
     else:
         assert not (results / "stage_C").exists() or not any((results / "stage_C").glob("*/seed_*"))
         assert verdict["winners"] == []
@@ -149,13 +158,19 @@ def test_gate_b_and_stage_c_and_verdict(study):
 def test_tables_plots_and_compute(study):
     _, results, _ = study
     table = (results / "stage_A" / "table.csv").read_text().splitlines()
-    assert table[0].startswith("stage,variant,runs,successful_runs,val_loss_mean,val_loss_std,ci95_low,ci95_high")
+    assert table[0].startswith("stage,variant,runs,successful_runs,failed_runs,excluded_runs,val_loss_mean,val_loss_std,ci95_low,ci95_high")
+    assert "p_vs_baseline (paired)" in table[0] and "tokens_per_run" in table[0] and "flops_per_run" in table[0]
     assert len(table) == 1 + 4
     for stage in "ABC":
         png = results / "plots" / f"curves_stage_{stage}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compute = (results / "compute.csv").read_text()
-    assert "staged total" in compute and "naive" in compute
+    assert "staged total" in compute and "naive" in compute and "saving" in compute
+    assert compute.splitlines()[0].startswith("stage,variants,runs,tokens,flops,gpu_hours,process_hours,usd")
+    summary = load(results / "stage_A" / "baseline" / "summary.json")
+    assert summary["statistics"]["val_loss"]["mean"] == summary["val_loss"]["mean"]    # seed 001's jq path
+    assert summary["flops_total"] > 0 and summary["experiment_name"] == "tiny_baseline_stage_A"
+    assert "Compute plan: tiny" in (results / "plan.md").read_text()
 
 
 def test_report_embeds_plots_and_tables(study):
@@ -188,7 +203,7 @@ def test_rerun_does_nothing_and_stage_c_change_reruns_only_stage_c(study, tmp_pa
     after = {p: p.stat().st_mtime_ns for p in results.glob("stage_[AB]/*/seed_*/result.json")}
     assert after == before  # stages A and B untouched
     if gate_b["advanced"]:
-        assert load(results / "stage_C" / "baseline" / "seed_1337" / "result.json")["final_step"] == 20
+        assert load(results / "stage_C" / "baseline" / "seed_3337" / "result.json")["final_step"] == 20
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, shared_data_server):

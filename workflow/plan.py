@@ -342,9 +342,10 @@ def plan_frame(plan: dict) -> pd.DataFrame:
 
     totals("staged + reserve: every run, baseline in every stage", plan["staged"], plan["naive"], plan["savings"])
     seed = plan["seed001"]
-    totals("seed 001's accounting: " + " + ".join(
-        f"{x['stage']} {_num(x['usd'], '.0f')}" for x in seed["stages"]) + f" + reserve {reserve:.0f} "
-        "(every run at the baseline's cost, no baseline after the first stage)", seed, seed["naive"], seed["savings"])
+    costs = (" + ".join(f"{x['stage']} {x['usd']:.0f}" for x in seed["stages"]) + f" + reserve {reserve:.0f} "
+             if seed["usd"] is not None else "")
+    totals(f"seed 001's accounting: {costs}(every run at the baseline's cost, no baseline after the first stage)",
+           seed, seed["naive"], seed["savings"])
     if plan["budget_usd"] is not None:
         rows.append({**blank, "row": "budget", "$ total": f"{plan['budget_usd']:.2f}"})
     return pd.DataFrame(rows)
