@@ -22,6 +22,7 @@ from scipy import stats as sps
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+PIVOT = REPO / "tests" / "configs" / "tiny_pivot.yaml"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 pytestmark = pytest.mark.timeout(900)
@@ -204,6 +205,29 @@ def test_rerun_does_nothing_and_stage_c_change_reruns_only_stage_c(study, tmp_pa
     assert after == before  # stages A and B untouched
     if gate_b["advanced"]:
         assert load(results / "stage_C" / "baseline" / "seed_3337" / "result.json")["final_step"] == 20
+
+
+def test_gate_pivots_to_the_next_best_variant(study):
+    """Issue 11 item 9 through the DAG: gate B fails, pivots to stage A's next-best variant (a
+    checkpoint adds its stage B runs) and gates it against the baseline once. Runs in the tiny
+    study's folder, so the tokenized data is reused."""
+    workdir, _, mirror = study
+    snakemake(workdir, "--cores", "2", configfiles=(PIVOT,), mirror=mirror)
+    results = workdir / "results" / "tiny-pivot"
+    assert load(results / "gates" / "gate_A.json")["advanced"] == ["twin"]
+    gate_b = load(results / "gates" / "gate_B.json")
+    assert gate_b["advanced"] == []
+    assert "is not below the baseline's" in next(r for r in gate_b["ranking"] if r["variant"] == "twin")["reason"]
+    assert gate_b["pivot"]["variant"] == "slow" and gate_b["pivot"]["run"] is True
+    # the pivot variant ran stage B with stage B's seeds and was gated once
+    assert sorted(p.name for p in (results / "stage_B" / "slow").glob("seed_*")) == ["seed_2337", "seed_2338"]
+    pivot = load(results / "gates" / "gate_B_pivot.json")
+    assert pivot["pivot_of"]["variant"] == "slow" and pivot["advanced"] == []
+    assert [r["variant"] for r in pivot["ranking"]] == ["baseline", "slow"]
+    table = (results / "stage_B" / "table.md").read_text()
+    assert "slow" in table and "Pivot: no variant passed gate B" in table
+    assert not list(results.glob("stage_C/*/seed_*"))   # nothing reached stage C
+    assert load(results / "verdict.json")["winners"] == []
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, shared_data_server):
