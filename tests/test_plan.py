@@ -144,3 +144,23 @@ def test_compute_table_in_flops_gpu_hours_and_dollars_against_naive():
     total = rows["staged total"]
     assert saving["usd"] == pytest.approx(1 - total["usd"] / naive["usd"])
     assert any("MORE" in w for w in warnings) == (total["usd"] > naive["usd"] or total["gpu_hours"] > naive["gpu_hours"])
+
+
+def test_speedrun_study_follows_seed_001():
+    config = load_study([str(SPEEDRUN)])
+    stages = config["stages"]
+    assert list(stages) == ["A", "B", "C"]
+    assert stages["A"]["seeds"] == 2 and stages["B"]["seeds"] == 3 and stages["C"]["seeds"] == 5
+    assert stages["A"]["train"] == {"num_iterations": 1000, "warmdown_iters": 284, "batch_size": 128,
+                                    "device_batch_size": 16, "val_loss_every": 25}
+    assert stages["B"]["train"]["num_iterations"] == 3000 and stages["C"]["train"]["num_iterations"] == 5100
+    hardware = [(s["resources"]["gpus"], s["resources"]["gpu_model"], s["resources"]["slurm_partition"]) for s in stages.values()]
+    assert hardware == [(1, "l40", "l40"), (4, "a100", "a100"), (8, "h100", "h100")]
+    assert stages["B"]["gate"]["rule"] == "beats_baseline_ci" and stages["B"]["gate"]["pivot"] is True
+    assert config["verdict"]["target_val_loss"] == 3.28 and config["verdict"]["alpha"] == 0.01
+    assert config["cost"]["budget_usd"] == 96 and config["cost"]["reserve_usd"] == 7
+    assert list(config["variants"]) == ["baseline", "palm", "curriculum", "depth_warm"]
+    # schedules in fractions of the run: the same treatment at 1,000 and 5,100 iterations
+    assert config["variants"]["curriculum"]["train"]["curriculum_fractions"] == [0.2, 0.4, 0.6]
+    assert "depth_warm_fraction" in config["variants"]["depth_warm"]["model"]
+    assert "stage overrides" not in SPEEDRUN.read_text()

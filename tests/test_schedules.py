@@ -169,3 +169,17 @@ def test_trainer_refuses_a_curriculum_that_never_reaches_block_size(tmp_path, sh
     cfg = run_cfg({"curriculum_block_sizes": [8, 16], "curriculum_steps": [5]})
     with pytest.raises(ValueError, match="last rung must equal model.block_size 32"):
         Trainer(cfg, tmp_path, shakespeare_char_meta, DistContext())
+
+
+def test_study_check_names_the_stage_whose_curriculum_never_reaches_full_length():
+    """Absolute curriculum steps right for a long stage are checked for every stage before any job runs."""
+    import yaml
+
+    from workflow.config import ConfigError, check_model_configs, validate_study
+
+    study = validate_study(yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text()))
+    study["variants"]["cur"] = {"train": {"curriculum_block_sizes": [8, 16, 32], "curriculum_steps": [4, 10]}}
+    with pytest.raises(ConfigError, match=r"stages\.A\.train \+ variants\.cur\.train: .*starts at step 10, not before the end"):
+        check_model_configs(study, 65)
+    study["variants"]["cur"] = {"train": {"curriculum_block_sizes": [8, 16, 32], "curriculum_fractions": [0.25, 0.5]}}
+    check_model_configs(study, 65)
