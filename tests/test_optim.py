@@ -168,6 +168,17 @@ def test_schedules_at_boundaries():
         lr_multiplier(-1, cos)
 
 
+def test_inv_sqrt_schedule():
+    cfg = dict(schedule="inv_sqrt", num_iterations=100, warmup_iters=0, min_lr_ratio=0.5)
+    assert lr_multiplier(0, cfg) == 1.0                      # t = 1
+    assert lr_multiplier(3, cfg) == pytest.approx(0.5)       # 1 / sqrt(4)
+    assert lr_multiplier(99, cfg) == pytest.approx(0.1)      # 1 / sqrt(100); min_lr_ratio unused
+    assert lr_multiplier(500, cfg) == lr_multiplier(100, cfg)
+    warm = dict(cfg, warmup_iters=4)
+    assert lr_multiplier(3, warm) == 1.0 and lr_multiplier(4, warm) == 1.0
+    assert lr_multiplier(7, warm) == pytest.approx(0.5)
+
+
 def test_set_lr_scales_initial_lr():
     model = _model()
     opts = build_optimizers(model, {"optimizer": "muon", "lr": 1e-3, "muon_lr": 0.02})

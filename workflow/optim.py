@@ -60,7 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "curriculum_min_delta": 0.0,
 }
 
-SCHEDULES = ("cosine", "linear", "constant", "trapezoidal")
+SCHEDULES = ("cosine", "linear", "constant", "trapezoidal", "inv_sqrt")
 
 
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
@@ -317,6 +317,9 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any]) -> float:
           cosine:      r + (1 - r) * 0.5 * (1 + cos(pi * p))     (nanoGPT; r at step >= N)
           linear:      1 - (1 - r) * p
           constant:    1
+          inv_sqrt:    1 / sqrt(min(step, N) - W + 1)   (1 at the first post-warmup step; the
+                       1/sqrt(t) of decentralized SGD / DeMuon, t = 1-based step; min_lr_ratio
+                       is not applied)
           trapezoidal: min(1, (N - step) / D) when D > 0, else 1; floored at 0
                        (modded-nanogpt's constant-then-linear-warmdown: 1/D at the last step
                        N - 1, 0 at N; min_lr_ratio is not applied).
@@ -326,7 +329,8 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any]) -> float:
         ValueError: unknown schedule (names the key and valid values), negative step.
     Source: nanoGPT train.py get_lr; https://github.com/KellerJordan/modded-nanogpt get_lr;
     Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-    Durations") for the trapezoidal / warmup-stable-decay shape.
+    Durations") for the trapezoidal / warmup-stable-decay shape; He et al. 2025 (DeMuon,
+    arXiv 2510.01377) for inv_sqrt.
     """
     if step < 0:
         raise ValueError(f"lr_multiplier: step must be >= 0, got {step}")
@@ -341,6 +345,8 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any]) -> float:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "inv_sqrt":
+        return 1.0 / math.sqrt(min(step, n) - warmup + 1)
     if schedule == "trapezoidal":
         warmdown = int(_get(train_cfg, "warmdown_iters"))
         if warmdown <= 0:
