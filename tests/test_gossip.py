@@ -8,15 +8,24 @@ collectives it called, its counter) to ``rank{r}.pt``; the tests below read thos
 from __future__ import annotations
 
 import io
+import json
 import math
+import os
 import socket
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from workflow.comm import CommCounter
+from workflow.config import validate_section
+from workflow.distributed import DistContext
+from workflow.strategies import STRATEGIES, build_strategy
 from workflow.strategies.gossip import (
     TOPOLOGIES,
     GossipOptimizer,
@@ -35,21 +44,10 @@ OPT_STEPS = 5       # optimizer steps of the update-rule check
 LR, MOMENTUM = 0.05, 0.8
 
 
-class ListCounter:
-    """The counter interface gossip reports to; keeps every record."""
-
-    def __init__(self):
-        self.records: list[tuple[str, int, int]] = []
-
-    def record(self, kind: str, calls: int, nbytes: int) -> None:
-        self.records.append((kind, calls, nbytes))
-
-    def totals(self) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for kind, calls, nbytes in self.records:
-            c, b = out.setdefault(kind, [0, 0])
-            out[kind] = [c + calls, b + nbytes]
-        return out
+def _totals(counter: CommCounter) -> dict[str, list[int]]:
+    """{kind: [calls, bytes]} of a counter."""
+    snap = counter.snapshot()
+    return {kind: [snap["calls"][kind], snap["bytes"][kind]] for kind in snap["calls"]}
 
 
 def _vectors(seed: int = 0) -> torch.Tensor:
@@ -130,7 +128,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 
     # 1) one gossip call per topology, then two more on ring and exp (message counts per pair)
     for topology in ("ring", "exp"):
-        counter = ListCounter()
+        counter = CommCounter(enabled=True)
         start = len(p2p_log), len(other_log)
         W = mixing_matrix(topology, WORLD)
         res[f"mixed_{topology}"] = gossip(x, W, counter)
@@ -138,18 +136,18 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             gossip(x, W, counter)
         res[f"p2p_{topology}"] = p2p_log[start[0]:]
         res[f"collectives_{topology}"] = other_log[start[1]:]
-        res[f"counter_{topology}"] = counter.totals()
+        res[f"counter_{topology}"] = _totals(counter)
 
     # 2) complete graph: point-to-point W x versus the all-reduce average
     Wc = mixing_matrix("complete", WORLD)
-    counter = ListCounter()
+    counter = CommCounter(enabled=True)
     res["complete_p2p"] = gossip(x, Wc, counter, all_reduce_if_complete=False)
-    res["counter_complete_p2p"] = counter.totals()
-    counter = ListCounter()
+    res["counter_complete_p2p"] = _totals(counter)
+    counter = CommCounter(enabled=True)
     start = len(other_log)
     res["complete_all_reduce"] = gossip(x, Wc, counter)
     res["collectives_complete"] = other_log[start:]
-    res["counter_complete"] = counter.totals()
+    res["counter_complete"] = _totals(counter)
     direct = x.clone()
     dist.all_reduce(direct)
     res["all_reduce_mean"] = direct / WORLD
@@ -167,12 +165,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     # 4) update rules on ring / exp; DeMuon resumed from a torch.save'd state mid-run
     for algorithm, mode, topology in (("dsgdm", 0, "ring"), ("demuon", 2, "ring"),
                                       ("demuon", 1, "exp"), ("demuon", 0, "exp")):
-        counter = ListCounter()
+        counter = CommCounter(enabled=True)
         W = mixing_matrix(topology, WORLD)
         params, state = _run_optimizer(algorithm, mode, W, rank, counter, OPT_STEPS)
         key = f"{algorithm}_{mode}_{topology}"
         res[f"opt_{key}"] = params
-        res[f"opt_counter_{key}"] = counter.totals()
+        res[f"opt_counter_{key}"] = _totals(counter)
         if algorithm == "demuon":
             mid, state = _run_optimizer(algorithm, mode, W, rank, None, 2)
             buffer = io.BytesIO()
@@ -182,6 +180,23 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             resumed, _ = _run_optimizer(algorithm, mode, W, rank, None, OPT_STEPS - 2,
                                         state=saved["optimizer"], params=saved["params"])
             res[f"opt_resumed_{key}"] = resumed
+
+    # 5) the strategy built from its validated config section: optimizer wiring, scored model
+    train_cfg = validate_section({"lr": LR, "strategy": {"name": "gossip", "topology": "exp"}}, "train", "train")
+    ctx = DistContext(rank=rank, world_size=WORLD, backend="gloo", launcher="spawn")
+    counter = CommCounter(enabled=True)
+    strategy = build_strategy(train_cfg, ctx, counter)
+    model = torch.nn.Linear(3, 2, bias=True)
+    with torch.no_grad():
+        model.weight.fill_(float(rank))
+        model.bias.fill_(-float(rank))
+    (opt,) = strategy.build_optimizers(model)
+    res["strategy_optimizer"] = (type(opt).__name__, opt.param_groups[0]["algorithm"], opt.param_groups[0]["msgn"],
+                                 opt.param_groups[0]["momentum"], torch.equal(opt.mixing_matrix, mixing_matrix("exp", WORLD)))
+    with strategy.scored_model(model) as name:
+        res["scored"] = (name, model.weight.detach().clone(), model.bias.detach().clone())
+    res["after_scored"] = (model.weight.detach().clone(), model.bias.detach().clone())
+    res["scored_counter"] = _totals(counter)
     dist.barrier()
     dist.destroy_process_group()
     torch.save(res, f"{out_dir}/rank{rank}.pt")
@@ -360,8 +375,8 @@ def test_real_gossip_messages_go_to_neighbours_only(real_run, topology):
             pairs[(rank, peer) if kind == "send" else (peer, rank), kind] += 1
         nbytes = DIM * 8
         assert res[f"counter_{topology}"] == {
-            "isend": [calls * len(peers.send_to), calls * len(peers.send_to) * nbytes],
-            "irecv": [calls * len(peers.recv_from), calls * len(peers.recv_from) * nbytes]}
+            "gossip": [calls * len(peers.send_to), calls * len(peers.send_to) * nbytes],
+            "gossip_recv": [calls * len(peers.recv_from), calls * len(peers.recv_from) * nbytes]}
     # every message sent from i to k was received by k from i, and only on graph edges
     edges = {(j, i) for i in range(WORLD) for j in range(WORLD) if i != j and W[i, j] > 0}
     assert {pair for pair, _ in pairs} == edges
@@ -378,8 +393,8 @@ def test_real_complete_graph_equals_all_reduce_average(real_run):
         torch.testing.assert_close(res["complete_p2p"], res["all_reduce_mean"], rtol=0, atol=1e-12)
         torch.testing.assert_close(res["complete_all_reduce"], res["all_reduce_mean"], rtol=0, atol=0)
         assert res["collectives_complete"] == ["all_reduce"]
-        assert res["counter_complete"] == {"all_reduce": [1, DIM * 8]}
-        assert res["counter_complete_p2p"]["isend"] == [WORLD - 1, (WORLD - 1) * DIM * 8]
+        assert res["counter_complete"] == {"gossip": [1, DIM * 8]}
+        assert res["counter_complete_p2p"]["gossip"] == [WORLD - 1, (WORLD - 1) * DIM * 8]
     # point-to-point on the complete graph: every rank computes the bitwise same average
     assert all(torch.equal(real_run[0]["complete_p2p"], res["complete_p2p"]) for res in real_run)
 
@@ -428,18 +443,77 @@ def test_real_update_rules_match_the_stacked_simulation(real_run, algorithm, mod
     W = mixing_matrix(topology, WORLD)
     expected = _simulate(algorithm, mode, W)
     key = f"{algorithm}_{mode}_{topology}"
-    exchanges = 1 if algorithm == "dsgdm" else 2
+    kinds = ["gossip"] if algorithm == "dsgdm" else ["gossip", "gossip_tracker"]
     numel = 3 * 5 + 5
     for rank, res in enumerate(real_run):
         for name in ("weight", "bias"):
             tol = 1e-5 if mode == 1 else 1e-10          # NS runs in float32
             torch.testing.assert_close(res[f"opt_{key}"][name], expected[name][rank], rtol=0, atol=tol)
-        sends = len(neighbours(topology, WORLD, rank).send_to)
-        assert res[f"opt_counter_{key}"]["isend"] == [OPT_STEPS * exchanges * sends,
-                                                      OPT_STEPS * exchanges * sends * numel * 8]
+        peers = neighbours(topology, WORLD, rank)
+        expected_counts = {}
+        for kind in kinds:
+            expected_counts[kind] = [OPT_STEPS * len(peers.send_to), OPT_STEPS * len(peers.send_to) * numel * 8]
+            expected_counts[kind + "_recv"] = [OPT_STEPS * len(peers.recv_from),
+                                               OPT_STEPS * len(peers.recv_from) * numel * 8]
+        assert res[f"opt_counter_{key}"] == expected_counts
         if algorithm == "demuon":   # a save / load(weights_only=True) after 2 steps changes nothing
             for name in ("weight", "bias"):
                 assert torch.equal(res[f"opt_resumed_{key}"][name], res[f"opt_{key}"][name])
     # the workers still differ: no hidden global averaging
     finals = torch.stack([res[f"opt_{key}"]["weight"] for res in real_run])
     assert consensus_distance(finals) > 0
+
+
+def test_real_strategy_scores_the_average_and_keeps_each_worker_model(real_run):
+    assert STRATEGIES["gossip"].models_differ
+    mean = sum(range(WORLD)) / WORLD
+    for rank, res in enumerate(real_run):
+        # schema defaults: demuon, msgn 1, momentum 0.8
+        assert res["strategy_optimizer"] == ("GossipOptimizer", "demuon", 1, 0.8, True)
+        name, weight, bias = res["scored"]
+        assert name == "average"
+        assert torch.allclose(weight, torch.full((2, 3), mean)) and torch.allclose(bias, torch.full((2,), -mean))
+        assert torch.equal(res["after_scored"][0], torch.full((2, 3), float(rank)))   # restored
+        assert res["scored_counter"] == {"eval": [1, (6 + 2) * 4]}
+
+
+# --------------------------------------------------------------------------------------
+# The trainer with the gossip strategy (torchrun, 4 gloo workers)
+# --------------------------------------------------------------------------------------
+
+
+def test_trainer_with_gossip_on_exp_graph(tmp_path, shakespeare_char_meta):
+    """End to end: 4 workers of the real trainer on the exponential graph, DeMuon with exact
+    msgn. Workers differ (consensus_distance > 0), evaluation reports the averaged model and the
+    workers' own val_loss, and the only training messages are point-to-point gossip: per step and
+    worker 2 sends (hops 1 and 2) of the parameters and 2 of the trackers."""
+    steps = 8
+    cfg = {"study": "g", "stage": "A", "variant": "v", "seed": 5, "run_id": 0, "dataset": "shakespeare_char",
+           "model": {"preset": "nanogpt-small", "n_layer": 1},
+           "train": {"batch_size": 8, "num_iterations": steps, "lr": 0.02, "schedule": "inv_sqrt", "grad_clip": 0,
+                     "val_loss_every": 4, "log_every": 4, "val_tokens": 256, "device": "cpu",
+                     "strategy": {"name": "gossip", "topology": "exp", "algorithm": "demuon", "msgn": 2}}}
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nnodes", "1", "--nproc_per_node",
+           str(WORLD), "-m", "workflow.train", "--run-config", json.dumps(cfg), "--out-dir", str(tmp_path / "run"),
+           "--meta", str(shakespeare_char_meta), "--threads", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=240,
+                          env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["val_loss"] is not None]
+    assert [r["step"] for r in evals] == [0, 4, 8]
+    assert evals[0]["consensus_distance"] == 0.0                    # same initial model everywhere
+    assert all(r["consensus_distance"] > 0 for r in evals[1:])      # then the workers differ
+    assert all(r["val_loss_workers"] is not None and r["val_loss_workers"] != r["val_loss"] for r in evals[1:])
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    assert rows[-1]["lr"] == pytest.approx(0.02 / math.sqrt(steps))  # inv_sqrt at the last step (t = 8)
+    assert torch.load(tmp_path / "run" / "model.pt", weights_only=True)["scored_model"] == "average"
+    comm = result["communication"]
+    param_bytes = result["num_parameters"] * 4
+    assert set(comm["bytes_by_kind"]) == {"gossip", "gossip_recv", "gossip_tracker", "gossip_tracker_recv",
+                                          "eval", "metrics"}
+    for kind in ("gossip", "gossip_tracker"):
+        assert comm["calls_by_kind"][kind] == steps * WORLD * 2
+        assert comm["bytes_by_kind"][kind] == steps * WORLD * 2 * param_bytes

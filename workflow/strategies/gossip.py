@@ -23,8 +23,9 @@ Communication (:func:`gossip`): one ``torch.distributed`` point-to-point message
 irecv, batched with :func:`torch.distributed.batch_isend_irecv`) per graph edge and call,
 never a collective; on ``complete`` (W = 1/n everywhere) the same average is one all-reduce,
 which :func:`gossip` uses unless ``all_reduce_if_complete=False``. Each message is reported
-to a counter with ``counter.record(kind, calls, nbytes)`` (kinds ``"isend"``, ``"irecv"``,
-``"all_reduce"``; nbytes = payload bytes of the message).
+to a counter (workflow.comm.CommCounter) with ``counter.record(kind, calls, nbytes)``: a send
+under ``kind`` (``"gossip"`` for parameters, ``"gossip_tracker"`` for DeMuon's trackers), a
+receive under ``kind + "_recv"``, the all-reduce shortcut under ``kind``; nbytes = payload.
 
 Update rules (:class:`GossipOptimizer`, one instance per worker, local gradients, no DDP):
 
@@ -44,13 +45,16 @@ Nothing is printed on import or anywhere else in this module.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Iterable, NamedTuple, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from workflow.optim import zeropower_via_newtonschulz5
+from workflow.strategies.base import Strategy, flat_parameters, load_flat_parameters
 
 __all__ = [
     "TOPOLOGIES",
@@ -66,6 +70,7 @@ __all__ = [
     "consensus_distance",
     "distributed_consensus_distance",
     "GossipOptimizer",
+    "GossipStrategy",
 ]
 
 TOPOLOGIES = ("ring", "exp", "complete")
@@ -225,31 +230,38 @@ def _is_uniform(W: torch.Tensor) -> bool:
     return bool(torch.all(W == W[0, 0])) and math.isclose(float(W[0, 0]), 1.0 / n)
 
 
-def all_reduce_mean(x: torch.Tensor, counter: CommRecorder | None = None) -> torch.Tensor:
-    """The average of ``x`` over all ranks, by one all-reduce (SUM, then / world_size).
+def _group_size(group) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_mean(x: torch.Tensor, counter: CommRecorder | None = None, kind: str = "gossip",
+                    group=None) -> torch.Tensor:
+    """The average of ``x`` over the ranks of ``group``, by one all-reduce (SUM, then / size).
 
     Args:
         x: tensor of any shape, same shape and dtype on every rank (not modified).
-        counter: receives ``record("all_reduce", 1, nbytes)``; None = not counted.
+        counter: receives ``record(kind, 1, nbytes)``; None = not counted.
+        group: process group (None = the default group, all ranks).
     Returns:
-        new tensor, the mean over ranks (``x`` itself copied when no process group exists).
+        new tensor, the mean over ranks (a copy of ``x`` when there is one rank).
     """
     out = x.detach().clone()
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    n = _group_size(group)
+    if n == 1:
         return out
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
     if counter is not None:
-        counter.record("all_reduce", 1, _nbytes(out))
-    return out.div_(dist.get_world_size())
+        counter.record(kind, 1, _nbytes(out))
+    return out.div_(n)
 
 
 def gossip(x: torch.Tensor, W: torch.Tensor, counter: CommRecorder | None = None, *,
-           all_reduce_if_complete: bool = True) -> torch.Tensor:
+           kind: str = "gossip", group=None, all_reduce_if_complete: bool = True) -> torch.Tensor:
     """One gossip step: worker i returns ``sum_j W[i, j] x_j`` using its neighbours' ``x_j``.
 
     Sends ``x`` to every rank k with W[k, i] > 0 and receives ``x_j`` from every rank j with
-    W[i, j] > 0 (k, j != i), all as non-blocking point-to-point messages of the default process
-    group posted together (``batch_isend_irecv``) and awaited; no collective is used. The sum
+    W[i, j] > 0 (k, j != i; ranks of ``group``), all as non-blocking point-to-point messages
+    posted together (``batch_isend_irecv``) and awaited; no collective is used. The sum
     runs over j = 0..n-1 in order (x_i at j = i), so ranks with identical rows compute
     bitwise-identical results. On a uniform W (complete graph, 1/n everywhere) and with
     ``all_reduce_if_complete`` the result is computed by :func:`all_reduce_mean` instead (the
@@ -258,40 +270,42 @@ def gossip(x: torch.Tensor, W: torch.Tensor, counter: CommRecorder | None = None
     Args:
         x: tensor of any shape (usually the flat parameter vector), same shape and dtype on
             every rank; not modified.
-        W: [n, n] doubly stochastic mixing matrix, n = world_size (:func:`mixing_matrix`).
-        counter: receives ``record("isend", 1, nbytes)`` per message sent, ``record("irecv",
-            1, nbytes)`` per message received (or ``record("all_reduce", 1, nbytes)``).
+        W: [n, n] doubly stochastic mixing matrix, n = size of ``group`` (:func:`mixing_matrix`).
+        counter: receives ``record(kind, 1, nbytes)`` per message sent and
+            ``record(kind + "_recv", 1, nbytes)`` per message received (the all-reduce
+            shortcut: ``record(kind, 1, nbytes)``).
+        kind: what the message is for (``"gossip"``, ``"gossip_tracker"``).
+        group: process group of the workers (None = the default group).
         all_reduce_if_complete: allow the all-reduce shortcut on a uniform W.
 
     Returns:
         new tensor of ``x``'s shape and dtype.
 
     Raises:
-        ValueError: W is not [world_size, world_size].
+        ValueError: W is not [n, n] for the group's size n.
     """
-    initialized = dist.is_available() and dist.is_initialized()
-    n = dist.get_world_size() if initialized else 1
+    n = _group_size(group)
     if tuple(W.shape) != (n, n):
         raise ValueError(f"gossip: mixing_matrix has shape {tuple(W.shape)}, expected ({n}, {n}) "
-                         "for this world_size")
+                         "for the number of workers")
     if n == 1:
         return x.detach().clone()
     if all_reduce_if_complete and _is_uniform(W):
-        return all_reduce_mean(x, counter)
-    rank = dist.get_rank()
+        return all_reduce_mean(x, counter, kind, group)
+    rank = dist.get_rank(group)
     x = x.detach().contiguous()
     peers = _neighbours_of(W, rank)
     received = {j: torch.empty_like(x) for j in peers.recv_from}
-    ops = [dist.P2POp(dist.isend, x, k) for k in peers.send_to]
-    ops += [dist.P2POp(dist.irecv, received[j], j) for j in peers.recv_from]
+    ops = [dist.P2POp(dist.isend, x, group=group, group_peer=k) for k in peers.send_to]
+    ops += [dist.P2POp(dist.irecv, received[j], group=group, group_peer=j) for j in peers.recv_from]
     if ops:
         for work in dist.batch_isend_irecv(ops):
             work.wait()
     if counter is not None:
         for _ in peers.send_to:
-            counter.record("isend", 1, _nbytes(x))
+            counter.record(kind, 1, _nbytes(x))
         for j in peers.recv_from:
-            counter.record("irecv", 1, _nbytes(received[j]))
+            counter.record(kind + "_recv", 1, _nbytes(received[j]))
     row = W[rank].tolist()
     out = torch.zeros_like(x)
     for j in range(n):
@@ -315,20 +329,17 @@ def consensus_distance(stacked: torch.Tensor) -> float:
 
 
 def distributed_consensus_distance(x: torch.Tensor, counter: CommRecorder | None = None,
-                                   mean: torch.Tensor | None = None) -> float:
-    """:func:`consensus_distance` over the ranks of the default process group.
+                                   kind: str = "eval", group=None) -> float:
+    """:func:`consensus_distance` over the ranks of ``group`` (two all-reduces, under ``kind``).
 
     Args:
         x: this rank's flat parameters [d] (same d on every rank).
-        counter: receives the all-reduces (``"all_reduce"``).
-        mean: the workers' average of x if already known (saves one all-reduce).
     Returns:
         the same float on every rank.
     """
-    if mean is None:
-        mean = all_reduce_mean(x, counter)
-    local = ((x.detach().double() - mean.double()) ** 2).sum().reshape(1)
-    return float(all_reduce_mean(local, counter))
+    mean = all_reduce_mean(x.double(), counter, kind, group)
+    local = ((x.detach().double() - mean) ** 2).sum().reshape(1)
+    return float(all_reduce_mean(local, counter, kind, group))
 
 
 # --------------------------------------------------------------------------------------
@@ -360,7 +371,10 @@ class GossipOptimizer(torch.optim.Optimizer):
         momentum: beta in [0, 1) (DeMuon's theta = 1 - beta); the seed uses 0.8.
         msgn: 0, 1 or 2 (:func:`msgn`; demuon only).
         ns_steps: Newton-Schulz iterations of msgn mode 1.
-        counter: receives every message (:func:`gossip`); None = not counted.
+        counter: receives every message (:func:`gossip`; kinds ``gossip`` for the parameters,
+            ``gossip_tracker`` for V); None = not counted.
+        group: process group of the workers (None = the default group).
+        all_reduce_if_complete: mix by one all-reduce when W is uniform (:func:`gossip`).
 
     Raises:
         ValueError: unknown algorithm, msgn mode, lr <= 0 or momentum outside [0, 1).
@@ -370,7 +384,7 @@ class GossipOptimizer(torch.optim.Optimizer):
 
     def __init__(self, params: Iterable, mixing_matrix: torch.Tensor, *, algorithm: str,
                  lr: float, momentum: float, msgn: int = 1, ns_steps: int = 5,
-                 counter: CommRecorder | None = None):
+                 counter: CommRecorder | None = None, group=None, all_reduce_if_complete: bool = True):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"train.strategy key 'algorithm': unknown algorithm {algorithm!r}; "
                              f"valid: {list(ALGORITHMS)}")
@@ -387,6 +401,8 @@ class GossipOptimizer(torch.optim.Optimizer):
             raise ValueError("GossipOptimizer: expected one param group")
         self.mixing_matrix = mixing_matrix
         self.counter = counter
+        self.group = group
+        self.all_reduce_if_complete = all_reduce_if_complete
 
     def _buffers(self, key: str) -> list[torch.Tensor]:
         out = []
@@ -397,10 +413,11 @@ class GossipOptimizer(torch.optim.Optimizer):
             out.append(state[key])
         return out
 
-    def _mix(self, tensors: Sequence[torch.Tensor]) -> None:
+    def _mix(self, tensors: Sequence[torch.Tensor], kind: str) -> None:
         """tensors <- W-mixture of tensors (flattened into one message), in place."""
         flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-        mixed = gossip(flat, self.mixing_matrix, self.counter)
+        mixed = gossip(flat, self.mixing_matrix, self.counter, kind=kind, group=self.group,
+                       all_reduce_if_complete=self.all_reduce_if_complete)
         offset = 0
         for t in tensors:
             t.copy_(mixed[offset:offset + t.numel()].view_as(t))
@@ -428,8 +445,74 @@ class GossipOptimizer(torch.optim.Optimizer):
                 new_m = m.lerp(g, 1 - beta)
                 v.add_(new_m).sub_(m)                      # V + M^k - M^{k-1}, mixed below
                 m.copy_(new_m)
-            self._mix(trackers)
+            self._mix(trackers, "gossip_tracker")
             for p, v in zip(params, trackers):
                 p.add_(msgn(v, group["msgn"], group["ns_steps"]), alpha=-lr)
-        self._mix(params)
+        self._mix(params, "gossip")
         return loss
+
+
+# --------------------------------------------------------------------------------------
+# The strategy
+# --------------------------------------------------------------------------------------
+
+
+class GossipStrategy(Strategy):
+    """Decentralized training: each worker updates its own model with local gradients and
+    mixes with its graph neighbours (:class:`GossipOptimizer`); no gradient all-reduce.
+
+    Every worker is one node of ``topology`` over the data-parallel workers (``ctx.dp_group``;
+    point-to-point messages, except one all-reduce per exchange on ``complete``; a ring of 2
+    workers, whose W is also uniform, still sends point-to-point) and trains on its own slice of every global batch (``train.batch_size`` / dp_size sequences
+    per worker). ``train.optimizer`` is not used: the update rule is ``algorithm`` with
+    ``train.lr`` (scaled by ``train.schedule``, e.g. ``inv_sqrt``) and ``momentum``; gradients
+    are clipped per worker by ``train.grad_clip`` (0 = off, as in the DeMuon reference code).
+
+    Evaluation scores the average of the workers' models (one all-reduce, kind ``eval``); the
+    trainer also reports the mean of the workers' own val_loss and the consensus_distance
+    (``models_differ``). The final model.pt is that average.
+
+    State (per worker): the optimizer's momentum M_i and tracker V_i (in the optimizer's state
+    dict, which the trainer checkpoints per rank); the model itself is this worker's x_i.
+
+    Config (``train.strategy``, schema ``definitions/strategy_gossip``): ``topology`` (ring,
+    exp, complete), ``algorithm`` (dsgdm, demuon), ``msgn`` (0, 1, 2), ``momentum``,
+    ``ns_steps``.
+    Source: He, Ren, Mao, Larsson 2025 (DeMuon), arXiv 2510.01377.
+    """
+
+    name = "gossip"
+    models_differ = True
+
+    def __init__(self, cfg: Mapping[str, Any], train_cfg: Mapping[str, Any], ctx, comm):
+        super().__init__(cfg, train_cfg, ctx, comm)
+        self.mixing_matrix = mixing_matrix(self.cfg["topology"], ctx.dp_size)
+
+    def _group(self):
+        return self.ctx.dp_group if self.ctx.distributed else None
+
+    def build_optimizers(self, model: nn.Module) -> list[torch.optim.Optimizer]:
+        return [GossipOptimizer(
+            [p for p in model.parameters() if p.requires_grad], self.mixing_matrix,
+            algorithm=self.cfg["algorithm"], lr=float(self.train_cfg["lr"]), momentum=float(self.cfg["momentum"]),
+            msgn=int(self.cfg["msgn"]), ns_steps=int(self.cfg["ns_steps"]), counter=self.comm, group=self._group(),
+            all_reduce_if_complete=self.cfg["topology"] == "complete",
+        )]
+
+    @contextlib.contextmanager
+    def scored_model(self, model: nn.Module) -> Iterator[str]:
+        local = flat_parameters(model)
+        average = local.clone()
+        if self.ctx.distributed and self.ctx.dp_size > 1:
+            self.comm.all_reduce(average, "eval", group=self.ctx.dp_group)
+            average /= self.ctx.dp_size
+        load_flat_parameters(model, average)
+        try:
+            yield "average"
+        finally:
+            load_flat_parameters(model, local)
+
+    def describe(self) -> str:
+        peers = neighbours(self.cfg["topology"], self.ctx.dp_size, self.ctx.dp_rank)
+        return (super().describe() + f"; worker {self.ctx.dp_rank} of {self.ctx.dp_size} receives from "
+                f"{peers.recv_from}, sends to {peers.send_to}")
