@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from workflow.config import load_schema
+
 __all__ = [
     "TRAIN_DEFAULTS",
     "Muon",
@@ -30,34 +32,9 @@ __all__ = [
     "curriculum_block_size",
 ]
 
-# Defaults of the keys this module reads; they mirror config/schema.yaml definitions/train.
+# Defaults of the keys this module reads: config/schema.yaml definitions/train, the one source.
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 1.0e-3,
-    "min_lr_ratio": 0.1,
-    "weight_decay": 0.1,
-    "beta1": 0.9,
-    "beta2": 0.99,
-    "eps": 1.0e-8,
-    "schedule": "cosine",
-    "warmup_iters": 0,
-    "warmdown_iters": 0,
-    "num_iterations": 100,
-    # Muon (optimizer: muon)
-    "muon_lr": 0.02,
-    "muon_momentum": 0.95,
-    "muon_nesterov": True,
-    "muon_ns_steps": 5,
-    "muon_weight_decay": 0.0,
-    "embed_lr": None,   # AdamW lr of token/position embeddings (and a tied head); None = lr
-    "head_lr": None,    # AdamW lr of an untied lm_head; None = embed_lr
-    "adam_lr": None,    # AdamW lr of norms, biases and other < 2-D params; None = lr
-    # sequence-length curriculum
-    "curriculum_block_sizes": None,
-    "curriculum_advance": "steps",
-    "curriculum_steps": None,
-    "curriculum_patience": 2,
-    "curriculum_min_delta": 0.0,
+    name: prop.get("default") for name, prop in load_schema()["definitions"]["train"]["properties"].items()
 }
 
 SCHEDULES = ("cosine", "linear", "constant", "trapezoidal", "inv_sqrt")
