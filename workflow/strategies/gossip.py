@@ -147,9 +147,9 @@ def mixing_matrix(topology: str, n: int) -> torch.Tensor:
 
 
 def _neighbours_of(W: torch.Tensor, rank: int) -> Neighbours:
-    n = W.size(0)
-    recv_from = [j for j in range(n) if j != rank and W[rank, j] != 0]
-    send_to = [k for k in range(n) if k != rank and W[k, rank] != 0]
+    w = W.tolist()
+    recv_from = [j for j in range(len(w)) if j != rank and w[rank][j] != 0]
+    send_to = [k for k in range(len(w)) if k != rank and w[k][rank] != 0]
     return Neighbours(recv_from, send_to)
 
 
@@ -201,9 +201,8 @@ def msgn(x: torch.Tensor, mode: int, ns_steps: int = 5) -> torch.Tensor:
         raise ValueError(f"train.strategy key 'msgn': must be one of {list(MSGN_MODES)}, got {mode!r}")
     if mode == 0:
         return x
-    if x.ndim < 2:
-        norm = x.norm()
-        return x / norm if norm > 0 else torch.zeros_like(x)
+    if x.ndim < 2:  # x / ||x|| (0 for x = 0), without a host sync on the norm
+        return x / x.norm().clamp_min(torch.finfo(x.dtype).tiny)
     X = x.reshape(x.size(0), -1)
     if mode == 1:
         out = zeropower_via_newtonschulz5(X, steps=ns_steps)
