@@ -290,7 +290,7 @@ def test_readme_configfile_then_target_form_works(tmp_path):
     assert documented, "README documents `snakemake ... --configfile X.yaml -- <target>`"
     target = documented.group(2)
     proc = snakemake(tmp_path, "-n", "--configfile", str(TINY), "--", target)
-    assert re.search(r"^train\s+4$", proc.stdout, re.M), proc.stdout[-2000:]  # stage A: 4 variants x 2 seeds / ...
+    assert re.search(r"^train\s+8$", proc.stdout, re.M), proc.stdout[-2000:]  # stage A: 4 variants x 2 seeds
     assert "download_checked" in proc.stdout
     # What a user types without the `--`: Snakemake reads the target as a second config file.
     proc = snakemake(tmp_path, "-n", "--configfile", str(TINY), target, check=False)
@@ -359,12 +359,12 @@ def test_one_process_job_gives_the_losses_of_torchrun_with_one_process(shakespea
 def test_snakemake_rerun_after_preemption_keeps_every_attempts_log(shared_data_server, tmp_path):
     def edit(cfg):
         cfg["variants"] = {"baseline": {}, "lr-6e-3": cfg["variants"]["lr-6e-3"]}
-        cfg["stages"]["A"]["train"] = {"num_iterations": 300, "val_loss_every": 0}
+        cfg["stages"]["A"]["train"] = {"num_iterations": 150, "val_loss_every": 0}
         cfg.update(mirror=shared_data_server)
 
     study = _write_study(tmp_path, "study.yaml", edit)
     run = tmp_path / "results" / "tiny" / "stage_A" / "baseline" / "seed_1337"
-    target = str(run / "result.json")
+    target = str((run / "result.json").relative_to(tmp_path))  # targets are relative to --directory
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
            "--cores", "1", "--configfile", str(study), "--", target]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
@@ -389,4 +389,4 @@ def test_snakemake_rerun_after_preemption_keeps_every_attempts_log(shared_data_s
     assert "resumed from" in attempt2 and "PREEMPTED" not in attempt2
     assert (run / "train.attempt-1.log").read_text() == attempt1  # the first attempt's log survived the rerun
     assert os.path.samefile(run / "train.log", run / "train.attempt-2.log")
-    assert json.loads((run / "result.json").read_text())["final_step"] == 300
+    assert json.loads((run / "result.json").read_text())["final_step"] == 150

@@ -32,9 +32,14 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    is gone, also after SIGKILL), then: **75 if every rank exited 75**, 0 if torchrun exited 0,
    otherwise torchrun's status (128 + signal when it was killed).
 
-   SIGTERM, SIGUSR1 or SIGINT to the launcher is forwarded once, as SIGTERM, to torchrun / srun, which
-   passes it to the workers; a signal that also reaches the workers directly (SLURM signals every
-   process of the job) is harmless: they checkpoint once and exit 75.
+   SIGTERM, SIGUSR1 or SIGINT to the launcher is forwarded once, as SIGTERM, to torchrun / srun,
+   which passes it to the workers; a signal that also reaches the workers directly (SLURM signals
+   every process of the job) is harmless: they checkpoint once and exit 75.
+
+   A preemption signal while the job starts (:class:`EarlySignals`) is only recorded, never raised
+   inside an import: before the trainer starts the job ends with 75 at once (nothing to save);
+   once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
+   installed (it checkpoints and exits 75).
 
 Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
 """
