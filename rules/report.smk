@@ -109,7 +109,7 @@ rule report_assets:
 
 
 # Text samples: for the final stage, the base-seed run of each variant, sampled from the run's
-# checkpoint.pt (written next to result.json by workflow.train; not a declared output of `train`).
+# model.pt (written next to result.json by workflow.train; not a declared output of `train`).
 rule sample_text:
     input:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
@@ -123,11 +123,11 @@ rule sample_text:
             labels={"variant": "{variant}", "seed": "{seed}"},
         ),
     params:
-        checkpoint=lambda w, input: os.path.join(os.path.dirname(input.result), "checkpoint.pt"),
+        model=lambda w, input: os.path.join(os.path.dirname(input.result), "model.pt"),
     log:
         f"{RESULTS}/logs/sample_{{stage}}_{{variant}}_{{seed}}.log",
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow.sample --checkpoint {params.checkpoint} --meta {input.meta} --result {input.result} "
+        "python -m workflow.sample --model {params.model} --meta {input.meta} --result {input.result} "
         "--output {output} --max-new-tokens 300 --top-k 20 --seed {wildcards.seed} > {log} 2>&1"

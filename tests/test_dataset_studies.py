@@ -259,7 +259,7 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
     # The trained weights belong to a model of meta.json's vocabulary.
     config = build_model_config(result["config"]["model"], meta["vocab_size"])
     model = GPT(config)
-    state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"], strict=True)
     assert state["model"]["transformer.wte.weight"].shape[0] == config.padded_vocab_size >= meta["vocab_size"]
     assert result["num_parameters"] == model.num_parameters()

@@ -81,4 +81,12 @@ def test_two_gloo_processes_match_one_process(case, tmp_path, meta):
     assert val2 == pytest.approx(val1, rel=1e-5, abs=0)
     assert train1[-1] < train1[0] - 0.3  # it did learn (a curve, not a constant)
     two = json.loads((tmp_path / "two" / "result.json").read_text())
-    assert two["world_size"] == 2 and two["communication"]["all_reduce_calls"] == 30
+    assert two["world_size"] == 2
+    comm = two["communication"]
+    # measured: one gradient bucket all-reduced per step and worker, one loss reduction per step
+    assert comm["calls_by_kind"]["grad_all_reduce"] == 2 * 30 and comm["calls_by_kind"]["metrics"] >= 2 * 30
+    n_params = two["num_parameters"]
+    assert comm["bytes_by_kind"]["grad_all_reduce"] == 2 * 30 * n_params * 4
+    assert comm["bytes_per_token_all"] == pytest.approx(comm["total_bytes"] / two["tokens_seen"])
+    eval_bytes = comm["bytes_by_kind"]["eval"]
+    assert comm["bytes_per_token"] == pytest.approx((comm["total_bytes"] - eval_bytes) / two["tokens_seen"])

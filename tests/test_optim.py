@@ -134,8 +134,8 @@ def test_muon_grouping(tie):
 
 
 def test_unknown_optimizer_and_schedule():
-    with pytest.raises(ValueError, match=r"'optimizer'.*'sgd'.*adamw"):
-        build_optimizers(_model(), {"optimizer": "sgd"})
+    with pytest.raises(ValueError, match=r"'optimizer'.*'lamb'.*adamw"):
+        build_optimizers(_model(), {"optimizer": "lamb"})
     with pytest.raises(ValueError, match=r"'schedule'.*'step'.*cosine"):
         lr_multiplier(0, {"schedule": "step"})
 

@@ -21,7 +21,8 @@ from workflow.distributed import DistContext
 from workflow.model import GPT, GPTConfig
 from workflow.optim import Muon
 from workflow.sample import main as sample_main
-from workflow.train import Trainer, configure_backends, flops_per_token, peak_flops
+from workflow.train import Trainer, configure_backends
+from workflow.training.provenance import flops_per_token, peak_flops
 
 REPO = Path(__file__).resolve().parents[1]
 TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
@@ -170,7 +171,7 @@ def test_wandb_offline_never_writes_the_api_key(tmp_path, meta):
 
 def test_sample_cli_decodes_a_deterministic_sample(tmp_path, meta, capsys):
     train_in_process(run_cfg({"num_iterations": 10}), tmp_path / "run", meta)
-    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt = tmp_path / "run" / "model.pt"
     vocab = json.loads(meta.read_text())["tokenizer"]["vocab"]
     def sample(name: str, seed: int = 1337, result: Path = tmp_path / "run" / "result.json") -> str:
         cmd = [sys.executable, "-m", "workflow.sample", "--checkpoint", str(ckpt), "--meta", str(meta),

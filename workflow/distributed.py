@@ -5,26 +5,21 @@
 GPU started by ``srun``, SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
 master = first host of ``SLURM_JOB_NODELIST``). Backend: NCCL on CUDA, gloo on CPU.
 
-A :class:`TrainingStrategy` owns everything the step does to keep workers consistent.
-:class:`DDPStrategy` all-reduces gradients every step (PyTorch DDP). Low-communication
-methods (DiLoCo's outer Nesterov step on pseudo-gradients every ``tau`` inner steps,
-gossip averaging with a ``mixing_matrix``) subclass it and override ``wrap`` /
-``after_optimizer_step`` without touching the trainer's loop.
+How workers communicate during training (DDP, DiLoCo, gossip) is a strategy:
+see ``workflow/strategies/``. Every message they send is counted by ``workflow.comm``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import re
 import subprocess
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 
 
 @dataclass
@@ -38,6 +33,12 @@ class DistContext:
         device: ``torch.device`` this process computes on.
         backend: ``"nccl"``, ``"gloo"`` or ``"none"`` (single process, no process group).
         launcher: ``"torchrun"``, ``"srun"`` or ``"single"``.
+        dp_rank, dp_size, dp_group: this process's coordinates in the data-parallel
+            dimension (the workers that see different data). Without tensor parallelism
+            they equal rank, world_size and the world group (None).
+        tp_rank, tp_size, tp_group, mesh: the tensor-parallel dimension and the 2-D
+            ``DeviceMesh`` (dp x tp) when a model is sharded (workflow.model.tensor_parallel);
+            tp_size 1 and mesh None otherwise.
     """
 
     rank: int = 0
@@ -46,6 +47,19 @@ class DistContext:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str = "none"
     launcher: str = "single"
+    dp_rank: int | None = None
+    dp_size: int | None = None
+    dp_group: Any = None
+    tp_rank: int = 0
+    tp_size: int = 1
+    tp_group: Any = None
+    mesh: Any = None
+
+    def __post_init__(self) -> None:
+        if self.dp_rank is None:
+            self.dp_rank = self.rank
+        if self.dp_size is None:
+            self.dp_size = self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -134,99 +148,3 @@ def shutdown(ctx: DistContext) -> None:
     """Destroy the process group if one was created."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Mean of ``value`` over all processes (returns ``value`` itself in a single process)."""
-    if ctx.distributed:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-        value /= ctx.world_size
-    return value
-
-
-def all_reduce_sum(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
-    """Sum of ``value`` over all processes."""
-    if ctx.distributed:
-        value = value.clone()
-        dist.all_reduce(value, op=dist.ReduceOp.SUM)
-    return value
-
-
-class TrainingStrategy:
-    """How workers stay consistent during training. Subclass hooks, called by the trainer:
-
-    - :meth:`wrap` once, to get the module the forward pass runs through;
-    - :meth:`micro_step_context` around each micro-batch's forward/backward
-      (``last`` is True on the micro-step after which gradients must be final);
-    - :meth:`after_optimizer_step` after every optimizer step (outer loops live here);
-    - :attr:`communication` counts collective operations, for communication-vs-loss studies.
-    """
-
-    name = "base"
-
-    def __init__(self, ctx: DistContext):
-        self.ctx = ctx
-        self.communication = {"all_reduce_calls": 0, "bytes": 0}
-
-    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
-        """The module the forward pass runs through (``model`` itself by default).
-
-        ``find_unused_parameters``: some parameters may get no gradient in a step (DepthWarm's
-        inactive or dropped layers); strategies that reduce gradients must allow it.
-        """
-        return model
-
-    def micro_step_context(self, module: nn.Module, last: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
-
-    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
-        return None
-
-    def state_dict(self) -> dict:
-        return {"communication": dict(self.communication)}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.communication.update(state.get("communication", {}))
-
-
-class DDPStrategy(TrainingStrategy):
-    """Synchronous data parallelism: gradients all-reduced on the last micro-step (PyTorch DDP).
-
-    With ``world_size == 1`` the model is used as is, so 1-process and N-process runs of
-    the same global batch follow the same arithmetic up to floating-point reduction order.
-    """
-
-    name = "ddp"
-
-    def wrap(self, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
-        """DDP around ``model`` when distributed (else ``model``).
-
-        ``find_unused_parameters=True`` (DepthWarm) makes DDP traverse the autograd graph after
-        each forward to mark parameters that get no gradient; gradients of parameters unused on
-        every rank stay None, as in a single process. Costs one graph traversal per step.
-        Source: torch.nn.parallel.DistributedDataParallel docs.
-        """
-        if not self.ctx.distributed:
-            return model
-        device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-        self._numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        self._elem = next(model.parameters()).element_size()
-        return nn.parallel.DistributedDataParallel(
-            model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
-        )
-
-    @contextlib.contextmanager
-    def micro_step_context(self, module: nn.Module, last: bool) -> Iterator[None]:
-        if not self.ctx.distributed:
-            yield
-        elif last:
-            yield
-            self.communication["all_reduce_calls"] += 1
-            self.communication["bytes"] += self._numel * self._elem
-        else:
-            with module.no_sync():
-                yield
-
-
-STRATEGIES: dict[str, type[TrainingStrategy]] = {"ddp": DDPStrategy}

@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from workflow.config import load_schema
+
 __all__ = [
     "TRAIN_DEFAULTS",
     "Muon",
@@ -30,34 +32,9 @@ __all__ = [
     "curriculum_block_size",
 ]
 
-# Defaults of the keys this module reads; they mirror config/schema.yaml definitions/train.
+# Defaults of the keys this module reads: config/schema.yaml definitions/train, the one source.
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 1.0e-3,
-    "min_lr_ratio": 0.1,
-    "weight_decay": 0.1,
-    "beta1": 0.9,
-    "beta2": 0.99,
-    "eps": 1.0e-8,
-    "schedule": "cosine",
-    "warmup_iters": 0,
-    "warmdown_iters": 0,
-    "num_iterations": 100,
-    # Muon (optimizer: muon)
-    "muon_lr": 0.02,
-    "muon_momentum": 0.95,
-    "muon_nesterov": True,
-    "muon_ns_steps": 5,
-    "muon_weight_decay": 0.0,
-    "embed_lr": None,   # AdamW lr of token/position embeddings (and a tied head); None = lr
-    "head_lr": None,    # AdamW lr of an untied lm_head; None = embed_lr
-    "adam_lr": None,    # AdamW lr of norms, biases and other < 2-D params; None = lr
-    # sequence-length curriculum
-    "curriculum_block_sizes": None,
-    "curriculum_advance": "steps",
-    "curriculum_steps": None,
-    "curriculum_patience": 2,
-    "curriculum_min_delta": 0.0,
+    name: prop.get("default") for name, prop in load_schema()["definitions"]["train"]["properties"].items()
 }
 
 SCHEDULES = ("cosine", "linear", "constant", "trapezoidal")
@@ -250,6 +227,8 @@ def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[tor
     optimizer "adamw" -> [AdamW] with two param groups (nanoGPT's configure_optimizers):
         >= 2-D tensors (matmul weights, embeddings) with ``weight_decay``, < 2-D tensors
         (biases, norm gains) with weight decay 0; both with lr ``lr``; betas (beta1, beta2).
+    optimizer "sgd" -> [SGD] with the same two groups, momentum ``sgd_momentum`` (a linear
+        update: DiLoCo with tau 1 and outer_lr 1 then equals DDP exactly).
     optimizer "muon" -> [AdamW, Muon] (modded-nanogpt's split):
         Muon(hidden >= 2-D weights, lr=muon_lr, momentum=muon_momentum, nesterov=muon_nesterov,
              ns_steps=muon_ns_steps, weight_decay=muon_weight_decay);
@@ -279,6 +258,16 @@ def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[tor
         return [_adamw([dict(params=decay, lr=lr, weight_decay=wd),
                         dict(params=no_decay, lr=lr, weight_decay=0.0)],
                        train_cfg, device_type)]
+    if name == "sgd":
+        params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        momentum = float(train_cfg.get("sgd_momentum") or 0.0)
+        sgd = torch.optim.SGD([dict(params=decay, lr=lr, weight_decay=wd),
+                               dict(params=no_decay, lr=lr, weight_decay=0.0)], lr=lr, momentum=momentum)
+        for g in sgd.param_groups:
+            g["initial_lr"] = g["lr"]
+        return [sgd]
     if name == "muon":
         parts = split_muon_params(model)
         embed_lr = float(train_cfg["embed_lr"]) if train_cfg.get("embed_lr") is not None else lr
@@ -300,7 +289,7 @@ def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[tor
                 g["initial_lr"] = g["lr"]
             optimizers.append(muon)
         return optimizers
-    raise ValueError(f"train key 'optimizer': unknown optimizer {name!r}; valid: ['adamw', 'muon']")
+    raise ValueError(f"train key 'optimizer': unknown optimizer {name!r}; valid: ['adamw', 'muon', 'sgd']")
 
 
 # --------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Text samples from a trained checkpoint, decoded with the dataset's tokenizer.
 
-    python -m workflow.sample --checkpoint results/<study>/stage_C/<variant>/seed_1337/checkpoint.pt \
+    python -m workflow.sample --model results/<study>/stage_C/<variant>/seed_1337/model.pt \
         --meta data/tokens/<dataset>/meta.json --output sample.txt \
         --max-new-tokens 300 --top-k 20 --seed 1337
 
@@ -66,21 +66,27 @@ def decoder_from_meta(meta: dict, meta_path: Path | None = None,
 
 
 def load_model(checkpoint: Path, device: str = "cpu") -> GPT:
-    """The GPT of a workflow.train checkpoint, in eval mode with its DepthWarm layers.
+    """The GPT of a finished run's ``model.pt`` (written by workflow.train), in eval mode with
+    its DepthWarm layers.
+
+    The file is read with ``torch.load(weights_only=True)``: tensors, plain containers,
+    numbers and strings only, so a planted pickle cannot run code.
 
     Raises:
-        FileNotFoundError: no checkpoint file. KeyError: a checkpoint without ``model_config``
-        (written by an older trainer; names the file).
+        FileNotFoundError: no such file. KeyError: a file without ``model_config`` (names the
+        file). ValueError: a file that is not a weights-only model file (names the file).
     """
     if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
+        raise FileNotFoundError(f"{checkpoint}: no such model file")
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 (the unpickler raises several types)
+        raise ValueError(f"{checkpoint}: not a weights-only model file ({type(err).__name__})") from err
     if "model_config" not in state:
-        raise KeyError(f"{checkpoint}: no 'model_config' (checkpoint of an older trainer)")
+        raise KeyError(f"{checkpoint}: no 'model_config' (model file of an older trainer)")
     model = GPT(GPTConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    depth = state.get("depth_state") or {}
-    model.set_depth_schedule_state(int(depth.get("active_layers", model.config.n_layer)), 0.0)
+    model.set_depth_schedule_state(int(state.get("active_layers") or model.config.n_layer), 0.0)
     return model.to(device).eval()
 
 
@@ -102,7 +108,8 @@ def sample_text(model: GPT, decode: Callable[[Sequence[int]], str], start_id: in
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m workflow.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--model", "--checkpoint", dest="checkpoint", required=True, type=Path,
+                        help="the run's model.pt")
     parser.add_argument("--meta", required=True, type=Path, help="the dataset's meta.json")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--max-new-tokens", type=int, default=300)

@@ -1,0 +1,13 @@
+"""The trainer, in parts a reader can hold in their head.
+
+| module          | what it holds                                                           |
+|-----------------|-------------------------------------------------------------------------|
+| trainer.py      | ``Trainer``: builds the run, the step, the loop (nanoGPT train.py shape) |
+| evaluation.py   | which model is scored, val_loss, workers' val_loss, consensus_distance  |
+| checkpoint.py   | per-rank checkpoints in two slots, loaded with ``weights_only=True``      |
+| metrics.py      | metrics.jsonl rows and the log line                                      |
+| length.py       | run length: num_iterations, num_epochs, DiLoCo outer_steps               |
+| provenance.py   | git state, SLURM job id, peak FLOP/s, FLOPs per token                   |
+
+The command-line entry point is ``python -m workflow.train`` (workflow/train.py).
+"""

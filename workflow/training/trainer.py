@@ -1,0 +1,475 @@
+"""The trainer: one seeded run of one variant in one stage (what ``python -m workflow.train`` runs).
+
+Reading order: :class:`Trainer.__init__` builds data, model, strategy and optimizers;
+:meth:`Trainer.train_step` is one optimizer step (nanoGPT's micro-step loop);
+:meth:`Trainer.run` is the outer loop (evaluate, log, checkpoint, stop). Everything a resumed
+run needs lives in :class:`RunState` plus the model, optimizers, strategy and RNG.
+
+Variants the trainer carries (all from the run config):
+
+- strategies (``train.strategy``, workflow/strategies/): DDP, DiLoCo, gossip;
+- ``train.optimizer``: adamw, muon (AdamW + Muon), sgd (workflow.optim);
+- a sequence-length curriculum (``train.curriculum_*``): every step samples the same full
+  ``block_size + 1`` windows (a pure function of (seed, step), independent of the world size)
+  and crops them; evaluation always uses the full block_size;
+- DepthWarm (``model.depth_warm*``): the stochastic-depth draws use a CPU generator re-seeded
+  from (seed, step) before every micro-step, so all micro-steps and ranks skip the same layers;
+- ``train.training_hours``: a wall-clock budget on training time (evaluations excluded, summed
+  over resumes); when spent the run stops with a final evaluation;
+- the GPU path: bf16 autocast, ``torch.compile``, TF32, pinned memory with the next step's batch
+  copied while the GPU works, MFU in the metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import platform
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from workflow.comm import CommCounter, summarize
+from workflow.config import config_hash, validate_section
+from workflow.data import TokenSplit, rank_slice, train_window_ids
+from workflow.distributed import DistContext
+from workflow.io import write_json_atomic, write_text_atomic
+from workflow.model import GPT, build_model_config, depth_warm_state
+from workflow.optim import curriculum_block_size, set_lr
+from workflow.strategies import build_strategy
+from workflow.tracking import Tracker
+from workflow.training import checkpoint
+from workflow.training.evaluation import Evaluator
+from workflow.training.length import resolve_num_iterations
+from workflow.training.metrics import MetricsLog, log_line
+from workflow.training.provenance import flops_per_token, git_state, peak_flops, slurm_job_id
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
+
+
+def _step_seed(seed: int, step: int, stream: int) -> int:
+    """A 63-bit seed derived from (seed, step, stream): pure, identical on every rank."""
+    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _PreemptionFlag:
+    """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        self.signal = signum
+
+
+@dataclass
+class RunState:
+    """The counters and history of a run that are not a pure function of the step."""
+
+    step: int = 0
+    train_time_ms: float = 0.0
+    tokens_seen: int = 0
+    flops: float = 0.0
+    val_history: list = field(default_factory=list)  # (step, val_loss) of every evaluation
+    window_losses: list = field(default_factory=list)  # train losses since the last metrics row
+    last_train_loss: float = float("nan")
+    last_val_loss: float | None = None
+    lr_mult: float = 0.0
+    seq_len: int = 0
+
+
+class Trainer:
+    """One training run. Build it, then call :meth:`run`.
+
+    Args:
+        run_cfg: resolved run config (workflow.config.run_config); ``train`` is validated
+            against the schema here, so the trainer also works standalone.
+        out_dir: folder of the run's outputs.
+        meta_path: the dataset's meta.json.
+        ctx: the process's :class:`DistContext`.
+    Raises:
+        workflow.config.ConfigError: invalid ``train`` keys (named).
+        ValueError: ``batch_size`` not divisible by ``dp_size * device_batch_size``; a
+            curriculum rung longer than ``model.block_size`` (names the keys).
+    """
+
+    def __init__(self, run_cfg: dict, out_dir: Path, meta_path: Path, ctx: DistContext):
+        self.cfg = run_cfg
+        self.train_cfg = tc = validate_section(run_cfg.get("train"), "train", "train")
+        self.out_dir = Path(out_dir)
+        self.ctx = ctx
+        self.seed = int(run_cfg["seed"])
+        self.config_hash = config_hash(run_cfg)
+
+        self.train_split = TokenSplit(meta_path, "train")
+        self.val_split = TokenSplit(meta_path, "val")
+        self.model_config = build_model_config(dict(run_cfg.get("model", {})), self.train_split.vocab_size)
+        self.block_size = self.model_config.block_size
+        self.num_train_windows = self.train_split.num_windows(self.block_size)
+        tc["num_iterations"] = resolve_num_iterations(tc, self.train_split.num_tokens, self.block_size)
+
+        ladder = tc.get("curriculum_block_sizes")
+        if ladder:
+            curriculum_block_size(0, tc, [])  # validates the ladder and the steps (names the key)
+            if max(ladder) > self.block_size:
+                raise ValueError(
+                    f"train.curriculum_block_sizes {ladder}: longest rung exceeds model.block_size {self.block_size}"
+                )
+
+        per_step = tc["batch_size"]
+        device_batch = tc["device_batch_size"] or per_step // ctx.dp_size
+        if device_batch < 1 or per_step % (ctx.dp_size * device_batch):
+            raise ValueError(
+                f"train.batch_size={per_step} must be a multiple of the data-parallel workers ({ctx.dp_size}) x "
+                f"train.device_batch_size ({device_batch})"
+            )
+        self.device_batch_size = device_batch
+        self.grad_accum_steps = per_step // (ctx.dp_size * device_batch)
+
+        torch.manual_seed(self.seed)
+        self.model = GPT(self.model_config).to(ctx.device)
+        self.depth_generator = torch.Generator(device="cpu")
+        # Forward passes run through the compiled model when train.compile (same parameters).
+        self.fwd_model = torch.compile(self.model) if tc["compile"] else self.model
+        self.comm = CommCounter(enabled=ctx.distributed)
+        self.strategy = build_strategy(tc, ctx, self.comm)
+        self.module = self.strategy.wrap(self.fwd_model, find_unused_parameters=self.model_config.depth_warm)
+        self.optimizers = self.strategy.build_optimizers(self.model)
+        self.strategy.setup(self.model)
+
+        use_bf16 = tc["dtype"] == "bfloat16" and ctx.device.type == "cuda"
+        self.autocast = lambda: torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+        self.device_name = (
+            torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda"
+            else platform.processor() or platform.machine()
+        )
+        self.peak_flops = peak_flops(self.device_name) if ctx.device.type == "cuda" else None
+        self.matmul_params = self.model.num_parameters(exclude_embeddings=True) + self.model.lm_head.weight.numel()
+        self.evaluator = Evaluator(self.val_split, self.block_size, tc["val_tokens"], device_batch, ctx, self.comm,
+                                   self.autocast)
+        self.state = RunState(seq_len=self.block_size)
+        self.metrics = MetricsLog(self.out_dir, ctx.is_main)
+        self.log = self.metrics.log
+        self._window_flops = 0.0
+        self._window_time_ms = 0.0
+        self._prefetched: tuple[int, torch.Tensor, torch.Tensor] | None = None
+        self.final_model_path = self.out_dir / "model.pt"
+
+    # ----- checkpoints -------------------------------------------------------------
+    def _identity(self) -> dict:
+        return {"config_hash": self.config_hash, "seed": self.seed, "step": self.state.step}
+
+    def state_dict(self) -> dict:
+        """This rank's state: everything a resumed run needs to continue bit-identically on CPU
+        (tensors, plain containers, numbers and strings only: loadable with weights_only=True).
+        Schedule state that is a pure function of the step (lr, DepthWarm, step-based
+        curriculum, data order) is recomputed, not stored."""
+        return {
+            "run": dataclasses.asdict(self.state),
+            "model": self.model.state_dict(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "strategy": self.strategy.state_dict(),
+            "comm": self.comm.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        }
+
+    def save_checkpoint(self) -> None:
+        """Every rank writes its state into the next checkpoint slot (workflow.training.checkpoint)."""
+        checkpoint.save(self.out_dir, self.ctx.rank, self.ctx.world_size, self.state_dict(), self._identity(),
+                        barrier=lambda: self.comm.barrier("checkpoint"))
+
+    def _all_ranks_ok(self, ok: bool) -> bool:
+        flag = torch.tensor([1.0 if ok else 0.0], device=self.ctx.device)
+        self.comm.all_reduce(flag, "checkpoint", op=dist.ReduceOp.MIN)
+        return bool(flag.item() > 0)
+
+    def try_resume(self) -> bool:
+        """Load the newest checkpoint every rank can read (this config and seed); True if resumed."""
+        state = checkpoint.load(self.out_dir, self.ctx.rank, self.ctx.world_size, self._identity(), self.ctx.device,
+                                all_ok=self._all_ranks_ok, log=self.log)
+        if state is None:
+            return False
+        self.model.load_state_dict(state["model"])
+        for opt, opt_state in zip(self.optimizers, state["optimizers"]):
+            opt.load_state_dict(opt_state)
+        self.strategy.load_state_dict(state["strategy"])
+        self.comm.load_state_dict(state["comm"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        run = dict(state["run"])
+        run["val_history"] = [(int(s), float(v)) for s, v in run["val_history"]]
+        self.state = RunState(**run)
+        self.log(f"resumed from {checkpoint.checkpoint_dir(self.out_dir)} at step {self.state.step}")
+        return True
+
+    # ----- data --------------------------------------------------------------------
+    def _load_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This worker's full-length windows of ``step``: (x, y) int64 ``[B_local, block_size]``
+        on the device (pinned host memory and an asynchronous copy on CUDA). The global batch is
+        a pure function of (seed, step); data-parallel worker k takes its k-th slice."""
+        window_ids = train_window_ids(self.seed, step, self.train_cfg["batch_size"], self.num_train_windows)
+        local_ids = rank_slice(window_ids, self.ctx.dp_rank, self.ctx.dp_size)
+        x, y = self.train_split.read(local_ids, self.block_size)
+        if self.ctx.device.type == "cuda":
+            x, y = x.pin_memory(), y.pin_memory()
+            return x.to(self.ctx.device, non_blocking=True), y.to(self.ctx.device, non_blocking=True)
+        return x, y
+
+    def _batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._prefetched is not None and self._prefetched[0] == step:
+            _, x, y = self._prefetched
+            self._prefetched = None
+            return x, y
+        return self._load_batch(step)
+
+    def _apply_depth_state(self, step: int) -> tuple[int, float]:
+        active, drop = depth_warm_state(step, self.model_config)
+        self.model.set_depth_schedule_state(active, drop, self.depth_generator)
+        return active, drop
+
+    # ----- the step -----------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimizer step over the global batch; returns the mean train loss over workers.
+
+        Also decides, in the same all-reduce as the loss (kind ``metrics``), whether any rank
+        got a preemption signal (``self.preempt_requested``) or the time budget is spent
+        (``self.budget_spent``), so every rank stops at the same step.
+        """
+        tc, st = self.train_cfg, self.state
+        step_start = time.perf_counter()
+        lr_mult = set_lr(self.optimizers, st.step, tc)
+        seq_len = curriculum_block_size(st.step, tc, st.val_history) or self.block_size
+        _, drop = self._apply_depth_state(st.step)
+        depth_seed = _step_seed(self.seed, st.step, 1) if drop > 0 else None
+        x_all, y_all = self._batch(st.step)
+        if seq_len < self.block_size:  # curriculum: crop the sampled windows
+            x_all, y_all = x_all[:, :seq_len], y_all[:, :seq_len]
+        self.module.train()
+        loss_sum = torch.zeros((), device=self.ctx.device)
+        for micro in range(self.grad_accum_steps):
+            rows = slice(micro * self.device_batch_size, (micro + 1) * self.device_batch_size)
+            if depth_seed is not None:  # the same layers are dropped on every micro-step and rank
+                self.depth_generator.manual_seed(depth_seed)
+            with self.strategy.micro_step_context(self.module, last=micro == self.grad_accum_steps - 1):
+                with self.autocast():
+                    _, loss = self.module(x_all[rows], y_all[rows])
+                (loss / self.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        if self.ctx.device.type == "cuda" and st.step + 1 < tc["num_iterations"]:
+            self._prefetched = (st.step + 1, *self._load_batch(st.step + 1))
+        self.strategy.optimizer_step(self.model, self.optimizers, st.step)
+        st.lr_mult, st.seq_len = lr_mult, seq_len
+        flags = [1.0 if self.preemption.signal is not None else 0.0, 0.0]
+        if tc["training_hours"] is not None:
+            elapsed_ms = st.train_time_ms + (time.perf_counter() - step_start) * 1000.0
+            flags[1] = 1.0 if elapsed_ms >= tc["training_hours"] * 3.6e6 else 0.0
+        packed = torch.cat([(loss_sum / self.grad_accum_steps).reshape(1),
+                            torch.tensor(flags, dtype=loss_sum.dtype, device=loss_sum.device)])
+        packed = self.comm.all_reduce(packed, "metrics").tolist()
+        self.preempt_requested = packed[1] > 0
+        self.budget_spent = packed[2] > 0
+        return packed[0] / self.ctx.world_size
+
+    def evaluate(self) -> dict:
+        """val_loss of the scored model (and the workers' own, and their consensus distance)
+        with the DepthWarm layers active at the current step."""
+        self._apply_depth_state(self.state.step)
+        out = self.evaluator.evaluate(self.fwd_model, self.model, self.strategy)
+        self.state.val_history.append((self.state.step, out["val_loss"]))
+        return out
+
+    # ----- the loop -------------------------------------------------------------------
+    def run(self) -> dict:
+        """Train to ``num_iterations`` (or the time budget); returns the result dict (also
+        written by rank 0). Raises SystemExit(EXIT_PREEMPTED) after a preemption signal,
+        once the checkpoint is saved."""
+        tc, st = self.train_cfg, self.state
+        self.preemption = _PreemptionFlag()
+        self.preempt_requested = self.budget_spent = False
+        wall_start = time.perf_counter()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        resumed = self.try_resume()
+        st = self.state
+        self.metrics.start(st.step if resumed else None)
+        self.tracker = Tracker(self.cfg, self.out_dir, is_main=self.ctx.is_main)
+        self.log(
+            f"run {self.cfg.get('study')}/{self.cfg.get('stage')}/{self.cfg.get('variant')} seed {self.seed}: "
+            f"{self.model.num_parameters():,} parameters, world_size {self.ctx.world_size} "
+            f"({self.ctx.launcher}, {self.ctx.backend}), device {self.ctx.device} ({self.device_name}), "
+            f"batch {tc['batch_size']} x {self.block_size} tokens, grad_accum_steps {self.grad_accum_steps}, "
+            f"num_iterations {tc['num_iterations']}, optimizer {tc['optimizer']}, {self.strategy.describe()}, "
+            f"dtype {tc['dtype']}, compile {tc['compile']}"
+        )
+        if slurm_job_id():
+            self.log(f"SLURM job {slurm_job_id()} on {platform.node()}")
+        reason = stopped_early = None
+        if tc["val_loss_every"] > 0 and st.step == 0:
+            self._emit_row(train_loss=None, evaluation=self._evaluate_and_track())
+        while st.step < tc["num_iterations"]:
+            if self.ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            train_loss = self.train_step()
+            if self.ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            step_ms = (time.perf_counter() - t0) * 1000.0
+            step_tokens = tc["batch_size"] * st.seq_len
+            step_flops = flops_per_token(self.model_config, st.seq_len, self.matmul_params) * step_tokens
+            st.train_time_ms += step_ms
+            st.flops += step_flops
+            self._window_time_ms += step_ms
+            self._window_flops += step_flops
+            st.step += 1
+            st.tokens_seen += step_tokens
+            st.window_losses.append(train_loss)
+            st.last_train_loss = train_loss
+            if not math.isfinite(train_loss):
+                reason = f"diverged: train_loss is {train_loss} at step {st.step}"
+                self._emit_row(train_loss=None, evaluation=None)
+                break
+            last = st.step == tc["num_iterations"]
+            if self.budget_spent and not last:
+                stopped_early, last = "training_hours", True
+                self.log(f"training_hours budget ({tc['training_hours']} h) spent at step {st.step}")
+            do_eval = last or (tc["val_loss_every"] > 0 and st.step % tc["val_loss_every"] == 0)
+            if do_eval or st.step % tc["log_every"] == 0:
+                evaluation = self._evaluate_and_track() if do_eval else None
+                self._emit_row(train_loss=float(np.mean(st.window_losses)), evaluation=evaluation)
+                st.window_losses = []
+                if evaluation is not None and not math.isfinite(evaluation["val_loss"]):
+                    reason = f"diverged: val_loss is {evaluation['val_loss']} at step {st.step}"
+                    break
+            if last:
+                break
+            if self.preempt_requested:
+                self.save_checkpoint()
+                self.log(f"PREEMPTED by signal at step {st.step}: checkpoint saved to "
+                         f"{checkpoint.checkpoint_dir(self.out_dir)}")
+                self.tracker.finish(exit_code=EXIT_PREEMPTED)
+                raise SystemExit(EXIT_PREEMPTED)
+            if tc["checkpoint_every"] and st.step % tc["checkpoint_every"] == 0:
+                self.save_checkpoint()
+        result = self._finish(reason, stopped_early, time.perf_counter() - wall_start)
+        self.tracker.finish({k: result[k] for k in ("final_val_loss", "final_train_loss", "final_step", "success", "mfu")})
+        return result
+
+    def _evaluate_and_track(self) -> dict:
+        evaluation = self.evaluate()
+        self.state.last_val_loss = evaluation["val_loss"]
+        return evaluation
+
+    def _emit_row(self, train_loss: float | None, evaluation: dict | None) -> None:
+        st = self.state
+        seconds = st.train_time_ms / 1000.0
+        mfu = None
+        if self.peak_flops and self._window_time_ms > 0:
+            achieved = self._window_flops / (self._window_time_ms / 1000.0)
+            mfu = round(achieved / (self.peak_flops * self.ctx.world_size), 5)
+        self._window_flops = self._window_time_ms = 0.0
+        evaluation = evaluation or {}
+        comm_calls, comm_bytes = self.comm.sent()
+        row = {
+            "step": st.step,
+            "train_loss": train_loss,
+            "val_loss": evaluation.get("val_loss"),
+            "val_loss_workers": evaluation.get("val_loss_workers"),
+            "consensus_distance": evaluation.get("consensus_distance"),
+            "lr": st.lr_mult * self.train_cfg["lr"],
+            "tokens_seen": st.tokens_seen,
+            "flops": st.flops,
+            "train_time_ms": round(st.train_time_ms, 3),
+            "step_avg_ms": round(st.train_time_ms / st.step, 3) if st.step else None,
+            "tokens_per_s": round(st.tokens_seen / seconds, 1) if seconds > 0 else None,
+            "seq_len": st.seq_len,
+            "active_layers": depth_warm_state(st.step, self.model_config)[0],
+            "mfu": mfu,
+            "comm_calls": comm_calls,  # sent so far by this worker (rank 0), checkpoints excluded
+            "comm_bytes": comm_bytes,
+        }
+        self.metrics.write(row)
+        self.tracker.log(row)
+        self.log(log_line(row, self.train_cfg["num_iterations"]))
+
+    def _gather_comm(self) -> list[dict]:
+        """Every worker's communication snapshot (rank order). The gather itself is the last
+        counted message (kind ``metrics``)."""
+        if not self.ctx.distributed:
+            return [self.comm.snapshot()]
+        self.comm.record("metrics", 1, 0)
+        gathered: list = [None] * self.ctx.world_size
+        dist.all_gather_object(gathered, self.comm.snapshot())
+        return gathered
+
+    def _finish(self, reason: str | None, stopped_early: str | None, wall_seconds: float) -> dict:
+        st = self.state
+        success = reason is None
+        communication = summarize(self._gather_comm(), st.tokens_seen)
+        if success:
+            with self.strategy.scored_model(self.model) as scored:
+                if self.ctx.is_main:
+                    checkpoint.save_final_model(
+                        self.final_model_path, self.model.state_dict(), dataclasses.asdict(self.model_config),
+                        {"scored_model": scored, "step": st.step, "seed": self.seed, "config_hash": self.config_hash,
+                         "active_layers": depth_warm_state(st.step, self.model_config)[0]},
+                    )
+        git = git_state()
+        seconds = st.train_time_ms / 1000.0
+        mfu = None
+        if self.peak_flops and seconds > 0:
+            mfu = round(st.flops / seconds / (self.peak_flops * self.ctx.world_size), 5)
+        result = {
+            "study": self.cfg.get("study"),
+            "stage": self.cfg.get("stage"),
+            "variant": self.cfg.get("variant"),
+            "seed": self.seed,
+            "run_id": self.cfg.get("run_id"),
+            "dataset": self.cfg.get("dataset"),
+            "success": success,
+            "reason": reason,
+            "stopped_early": stopped_early,
+            "final_step": st.step,
+            "num_iterations": self.train_cfg["num_iterations"],
+            "final_val_loss": st.last_val_loss if success else None,
+            "final_train_loss": st.last_train_loss if math.isfinite(st.last_train_loss) else None,
+            "time_seconds": round(wall_seconds, 3),
+            "train_time_ms": round(st.train_time_ms, 3),
+            "tokens_seen": st.tokens_seen,
+            "flops": st.flops,
+            "tokens_per_s": round(st.tokens_seen / seconds, 1) if seconds > 0 else None,
+            "mfu": mfu,
+            "peak_flops": self.peak_flops,
+            "num_parameters": self.model.num_parameters(),
+            "world_size": self.ctx.world_size,
+            "strategy": self.train_cfg["strategy"]["name"],
+            "communication": communication,
+            "bytes_per_token": communication["bytes_per_token"],
+            "slurm_job_id": slurm_job_id(),
+            "hostname": platform.node(),
+            "device": str(self.ctx.device),
+            "device_name": self.device_name,
+            "torch_version": torch.__version__,
+            "python_version": platform.python_version(),
+            "config_hash": self.config_hash,
+            "config": {"model": self.cfg.get("model"), "train": self.train_cfg},
+            "model_file": self.final_model_path.name if success else None,
+            "git_commit": git["commit"],
+            "git_dirty": git["dirty"],
+        }
+        if self.ctx.is_main:  # (the gather above means every rank is past its last checkpoint)
+            if git["diff"]:
+                write_text_atomic(self.out_dir / "git_diff.patch", git["diff"])
+            self.metrics.finish()
+            write_json_atomic(self.out_dir / "result.json", result)
+            checkpoint.remove(self.out_dir)  # a finished run's rerun trains afresh
+            status = "finished" if success else f"FAILED ({reason})"
+            self.log(f"{status}: final val_loss {result['final_val_loss']}, {wall_seconds:.1f} s")
+        return result
