@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -32,7 +31,7 @@ import psutil
 import pytest
 import yaml
 
-from workflow.config import ConfigError, check_study, launch_command, stage_resources
+from workflow.config import ConfigError, check_study, launch_command
 from workflow.io import atomic_write, write_json_atomic, write_text_atomic
 from workflow.launch import EXIT_PREEMPTED, job_exit_status
 from workflow.tokenize import DataError, prepare
