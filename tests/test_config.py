@@ -12,6 +12,8 @@ from workflow.config import (
 
 from pathlib import Path
 
+from workflow.launch import srun_prefix
+
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
@@ -68,7 +70,8 @@ def test_single_node_launch_and_resources(study):
     study["stages"]["C"]["resources"] = {"gpus": 8, "gpu_model": "h100", "cpus_per_proc": 4}
     res = stage_resources(study, "C")
     assert res["nproc_per_node"] == 8
-    assert launch_command(res).endswith("torch.distributed.run --standalone --nnodes 1 --nproc_per_node 8")
+    assert launch_command(res) == "python -m workflow.launch --nproc-per-node 8"
+    assert launch_command(stage_resources(study, "A")) == "python -m workflow.launch --nproc-per-node 1"
     slurm = slurm_resources(res)
     assert (slurm["gpu"], slurm["gpu_model"], slurm["cpus_per_task"], slurm["mpi"]) == (8, "h100", 32, None)
     cpu = slurm_resources(stage_resources(study, "A"))
@@ -79,7 +82,9 @@ def test_multi_node_launch_and_resources(study):
     study["stages"]["C"]["resources"] = {"gpus": 4, "nodes": 2, "cpus_per_proc": 8}
     res = stage_resources(study, "C")
     cmd = launch_command(res)
-    assert cmd.startswith("srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
+    assert cmd == "python -m workflow.launch --nproc-per-node 4 --nodes 2 --cpus-per-proc 8 --gpus-per-task"
+    assert " ".join(srun_prefix(2, 4, 8, True)).startswith(
+        "srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
     slurm = slurm_resources(res)
     assert (slurm["gpu"], slurm["nodes"], slurm["mpi"], slurm["tasks_per_node"], slurm["cpus_per_task"]) == (8, 2, "srun", 4, 8)
     assert slurm["slurm_extra"] == "--gpus-per-task=1"

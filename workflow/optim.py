@@ -19,6 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 import torch.nn as nn
 
+from workflow.config import load_schema
+
 __all__ = [
     "TRAIN_DEFAULTS",
     "Muon",
@@ -36,38 +38,12 @@ __all__ = [
     "resolve_depth_warm",
 ]
 
-# Defaults of the keys this module reads; they mirror config/schema.yaml definitions/train.
+# Defaults of the keys this module reads: config/schema.yaml definitions/train, the one source.
 TRAIN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 1.0e-3,
-    "min_lr_ratio": 0.1,
-    "weight_decay": 0.1,
-    "beta1": 0.9,
-    "beta2": 0.99,
-    "eps": 1.0e-8,
-    "schedule": "cosine",
-    "warmup_iters": 0,
-    "warmdown_iters": 0,
-    "num_iterations": 100,
-    # Muon (optimizer: muon)
-    "muon_lr": 0.02,
-    "muon_momentum": 0.95,
-    "muon_nesterov": True,
-    "muon_ns_steps": 5,
-    "muon_weight_decay": 0.0,
-    "embed_lr": None,   # AdamW lr of token/position embeddings (and a tied head); None = lr
-    "head_lr": None,    # AdamW lr of an untied lm_head; None = embed_lr
-    "adam_lr": None,    # AdamW lr of norms, biases and other < 2-D params; None = lr
-    # sequence-length curriculum
-    "curriculum_block_sizes": None,
-    "curriculum_advance": "steps",
-    "curriculum_steps": None,
-    "curriculum_fractions": None,
-    "curriculum_patience": 2,
-    "curriculum_min_delta": 0.0,
+    name: prop.get("default") for name, prop in load_schema()["definitions"]["train"]["properties"].items()
 }
 
-SCHEDULES = ("cosine", "linear", "constant", "trapezoidal")
+SCHEDULES = ("cosine", "linear", "constant", "trapezoidal", "inv_sqrt")
 
 
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
@@ -370,6 +346,9 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
           cosine:      r + (1 - r) * 0.5 * (1 + cos(pi * p))     (nanoGPT; r at step >= N)
           linear:      1 - (1 - r) * p
           constant:    1
+          inv_sqrt:    1 / sqrt(min(step, N) - W + 1)   (1 at the first post-warmup step; the
+                       1/sqrt(t) of decentralized SGD / DeMuon, t = 1-based step; min_lr_ratio
+                       is not applied)
           trapezoidal: min(1, (N - step) / D) when D > 0, else 1; floored at 0
                        (modded-nanogpt's constant-then-linear-warmdown: 1/D at the last step
                        N - 1, 0 at N; min_lr_ratio is not applied).
@@ -379,7 +358,8 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
         ValueError: unknown schedule (names the key and valid values), negative step.
     Source: nanoGPT train.py get_lr; https://github.com/KellerJordan/modded-nanogpt get_lr;
     Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-    Durations") for the trapezoidal / warmup-stable-decay shape.
+    Durations") for the trapezoidal / warmup-stable-decay shape; He et al. 2025 (DeMuon,
+    arXiv 2510.01377) for inv_sqrt.
     """
     if step < 0:
         raise ValueError(f"lr_multiplier: step must be >= 0, got {step}")
@@ -396,6 +376,8 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
+    if schedule == "inv_sqrt":
+        return 1.0 / math.sqrt(min(step, n) - warmup + 1)
     if schedule == "trapezoidal":
         warmdown = int(_get(train_cfg, "warmdown_iters"))
         if warmdown <= 0:

@@ -35,7 +35,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from workflow.config import deep_merge, run_config, stage_order, stage_resources, stage_seeds, validate_study
+from workflow.config import deep_merge, run_config, stage_order, stage_resources, stage_seeds, study_with_defaults
 from workflow.io import read_json, write_json_atomic, write_text_atomic
 
 #: vocab_size by tokenizer kind when the dataset is not tokenized yet (char: an upper bound).
@@ -156,7 +156,7 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
     """The study's compute plan (see the module docstring).
 
     Args:
-        config: the study, validated with defaults (:func:`workflow.config.validate_study`).
+        config: the study, validated with defaults (:func:`workflow.config.study_with_defaults`).
         vocab_size: the dataset's vocabulary size.
     Returns:
         ``{"study", "vocab_size", "stages": [{stage, hardware, seeds, variants (non-baseline),
@@ -382,7 +382,7 @@ def load_study(configfiles: list[str], overrides: list[str] | None = None) -> di
     for item in overrides or []:
         key, _, value = item.partition("=")
         config[key] = yaml.safe_load(value)
-    return validate_study(config, where=", ".join(configfiles))
+    return study_with_defaults(config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.configfile and not args.config_json:
         parser.error("give --configfile (study YAML files) or --config-json")
-    config = validate_study(json.loads(args.config_json)) if args.config_json else load_study(args.configfile, args.config)
+    config = study_with_defaults(json.loads(args.config_json)) if args.config_json else load_study(args.configfile, args.config)
     vocab, source = planning_vocab_size(config)
     plan = compute_plan(config, vocab, source)
     text = plan_markdown(plan)

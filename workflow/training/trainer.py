@@ -311,7 +311,7 @@ class Trainer:
             f"{self.model.num_parameters():,} parameters, world_size {self.ctx.world_size} "
             f"({self.ctx.launcher}, {self.ctx.backend}), device {self.ctx.device} ({self.device_name}), "
             f"batch {tc['batch_size']} x {self.block_size} tokens, grad_accum_steps {self.grad_accum_steps}, "
-            f"num_iterations {tc['num_iterations']}, optimizer {tc['optimizer']}, {self.strategy.describe()}, "
+            f"num_iterations {tc['num_iterations']}, optimizers {'+'.join(type(o).__name__ for o in self.optimizers)}, {self.strategy.describe()}, "
             f"dtype {tc['dtype']}, compile {tc['compile']}"
         )
         if slurm_job_id():
