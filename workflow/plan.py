@@ -337,7 +337,7 @@ def plan_frame(plan: dict) -> pd.DataFrame:
         rows.append({**blank, "row": "  naive: every variant at the last stage", "runs": f"{naive['runs']} runs",
                      "FLOPs": _num(naive["flops"], ".3g"), "GPU-hours": _num(naive["gpu_hours"], ".2f"),
                      "$ total": _num(naive["usd"], ".2f")})
-        rows.append({**blank, "row": "  saving (dollars: staged + reserve)", "FLOPs": pct(saving["flops"]),
+        rows.append({**blank, "row": "  saving vs naive (dollars: staged + reserve)", "FLOPs": pct(saving["flops"]),
                      "GPU-hours": pct(saving["gpu_hours"]), "$ total": pct(saving["usd"])})
 
     totals("staged + reserve: every run, baseline in every stage", plan["staged"], plan["naive"], plan["savings"])
