@@ -4,6 +4,8 @@
 #   snakemake --report results/report.html  the HTML report
 from snakemake.utils import min_version, validate
 
+from workflow.config import validate_study
+
 min_version("9.0")
 
 
@@ -17,6 +19,9 @@ if not workflow.overwrite_configfiles:
 report: "report/workflow.rst"
 
 
+# A schema error names its key, value, rule and the key's description in a few lines (Snakemake's
+# own message would print the whole schema); Snakemake's validate then fills in the defaults.
+validate_study(config)
 validate(config, "config/schema.yaml")
 
 

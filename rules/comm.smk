@@ -6,11 +6,12 @@
 #                  reachable as one target: `snakemake --cores all comm_study`
 from workflow.config import ConfigError, deep_merge
 from workflow.model.config import build_model_config  # torch-free
+from workflow.optim import resolve_depth_warm
 
 
 def _variant_model_config(variant):
     model = deep_merge(config.get("model", {}), (config["variants"][variant] or {}).get("model"))
-    return build_model_config(model, 256)  # the vocabulary does not change block patterns
+    return build_model_config(resolve_depth_warm(model, None), 256)  # the vocabulary does not change patterns
 
 
 COMM_VARIANTS = [v for v in config["variants"] if _variant_model_config(v).tensor_parallel]

@@ -99,7 +99,7 @@ def test_tiny_comm_study_builds_table_and_figures(comm_tiny):
         # the runs' communication record carries the tensor-parallel kinds, bytes_per_token in the summary
         assert runs[0]["communication"]["calls_by_kind"]["tp_forward"] == analytic["forward"] * 6
         summary = json.loads((results / "stage_A" / variant / "summary.json").read_text())
-        assert summary["bytes_per_token"]["mean"] == pytest.approx(
+        assert summary["bytes_per_token"] == pytest.approx(
             sum(r["communication"]["bytes_per_token"] for r in runs) / 2, rel=1e-9)
     assert (rows["all-tp"]["syncs_nominal"], rows["spd-par-par"]["syncs_nominal"]) == ("6", "3")
     assert "linear: val_loss =" in (results / "comm" / "comm.md").read_text()

@@ -222,15 +222,23 @@ def plot_tokens_per_s(summaries: list[dict], output: str, variants: list[str] | 
     _save(fig, output)
 
 
+def _bytes_per_token(summary: dict) -> float | None:
+    """summary.json ``bytes_per_token``: the mean over the variant's runs (workflow.stats), or None."""
+    value = summary.get("bytes_per_token")
+    if isinstance(value, dict):  # a describe() record
+        value = value.get("mean")
+    return float(value) if value else None
+
+
 def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str] | None = None) -> None:
     """x: communication bytes per token (log axis; result.json ``communication.bytes_per_token``
     summed over workers); y: final val_loss mean +- 95 % CI; one point per variant that recorded
     it (variants without the record get no point)."""
-    rows = [s for s in summaries if (s.get("bytes_per_token") or {}).get("mean") and s["val_loss"]["mean"] is not None]
+    rows = [s for s in summaries if _bytes_per_token(s) and s["val_loss"]["mean"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = variant_colours(list(variants or []) + [s["variant"] for s in summaries if s["variant"] not in (variants or [])])
     for summ in rows:
-        _errorbar(ax, summ["bytes_per_token"]["mean"], summ, colours[summ["variant"]], summ["variant"])
+        _errorbar(ax, _bytes_per_token(summ), summ, colours[summ["variant"]], summ["variant"])
     if rows:
         ax.set_xscale("log")
         ax.legend(fontsize=7)
