@@ -6,6 +6,11 @@ PYTHON ?= python3
 TORCH_SPEC ?= torch==2.13.0
 CORES  ?= all
 ARGS   ?=
+# The study to run: `make run STUDY=config/studies/X.yaml` (default: config/config.yaml). Its
+# report is results/<study>/report.html (workflow.sweep report-path).
+STUDY  ?= config/config.yaml
+STUDY_ARGS = $(if $(filter config/config.yaml,$(STUDY)),,--configfile $(STUDY))
+REPORT = $$(python -m workflow.sweep report-path $(STUDY))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: install run report test bench lint clean
@@ -19,14 +24,16 @@ $(VENV)/.installed: requirements.txt
 
 install: $(VENV)/.installed
 
-## run: the default study (config/config.yaml) end to end, then the HTML report
+## run: a study (STUDY=..., default config/config.yaml) end to end, then its HTML report
+## (plain `snakemake` does not rebuild the report: `make report` or `snakemake --report ...`)
 run: install
-	snakemake --cores $(CORES) $(ARGS)
-	snakemake --report results/report.html $(ARGS)
-	@echo "report: results/report.html"
+	snakemake --cores $(CORES) $(STUDY_ARGS) $(ARGS)
+	snakemake --report $(REPORT) $(STUDY_ARGS) $(ARGS)
+	@echo "report: $(REPORT)"
 
 report: install
-	snakemake --report results/report.html $(ARGS)
+	snakemake --report $(REPORT) $(STUDY_ARGS) $(ARGS)
+	@echo "report: $(REPORT)"
 
 ## test: the whole test suite (what CI runs)
 test: install

@@ -1,10 +1,14 @@
 # stagerun: staged language-model training experiments.
 #   snakemake --cores all                   the whole study of config/config.yaml
 #   snakemake --cores all stage_A           one stage (stage_B, stage_C, verdict, report_assets)
-#   snakemake --report results/report.html  the HTML report
+#   snakemake --cores all --configfile S.yaml -- stage_A      another study (targets after `--`)
+#   snakemake --cores all --config set='stages.C.train.num_iterations=350'   a one-off override
+#   snakemake --cores 1 why_rerun           which config keys changed for finished runs
+#   snakemake --report results/<study>/report.html --report-stylesheet report/style.css   the HTML report
 from snakemake.utils import min_version, validate
 
 from workflow.config import validate_study
+from workflow.sweep import explain_reruns, prepare_study
 
 min_version("9.0")
 
@@ -18,6 +22,10 @@ if not workflow.overwrite_configfiles:
 
 report: "report/workflow.rst"
 
+
+# `set` overrides and the `sweep` grid become plain keys and variants first, so the schema and
+# the study checks below validate them like hand-written ones (workflow/sweep.py).
+prepare_study(config)
 
 # A schema error names its key, value, rule and the key's description in a few lines (Snakemake's
 # own message would print the whole schema); Snakemake's validate then fills in the defaults.
@@ -38,3 +46,11 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# `snakemake --cores 1 why_rerun`: for every finished run, the config keys that differ from what
+# the study gives it now (Snakemake's "Params have changed" names none).
+rule why_rerun:
+    localrule: True
+    run:
+        print(explain_reruns(config, RESULTS))

@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_train.py cpu  [--iters 2000] [--json out.json]
     .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
+    .venv/bin/python bench/bench_train.py muon [--iters 200]
     python bench/bench_train.py gpu [--steps 40] [--data synthetic|<meta.json>]
 
 ``cpu``: steps/s of workflow.train.Trainer at nanoGPT's CPU "baby" config (README: block 64,
@@ -14,6 +15,13 @@ val_loss (nanoGPT reports 1.88 for this config). Timings exclude evaluations.
 
 ``fast``: training time (evaluations excluded) until val_loss <= ``--target`` for the baby
 config and for the best default found (see FAST_CONFIG), both run here; target ratio <= 0.5.
+
+``muon``: the cost of a Muon step at the baby config on one core: the trainer's step time
+(step_avg_ms, evaluations excluded) with ``optimizer: muon`` against ``adamw`` (runs
+interleaved in halves; target: ratio as low as the Newton-Schulz FLOPs allow), and the
+optimizer step alone on the baby model's real gradients: ``workflow.optim.Muon`` against a
+per-matrix reference loop (Newton-Schulz one matrix at a time, the unbatched algorithm) and
+against ``torch.optim.AdamW``, interleaved repeats (median).
 
 ``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU (bf16 autocast,
 torch.compile), on synthetic tokens (default) or a tokenized dataset's meta.json; the first
@@ -172,6 +180,65 @@ def bench_fast(args) -> dict:
     return out
 
 
+def muon_reference_step(params: list, bufs: list, lr: float, momentum: float, ns_steps: int) -> None:
+    """Muon's update one matrix at a time (the unbatched algorithm; Nesterov, no weight decay)."""
+    from workflow.optim import zeropower_via_newtonschulz5
+
+    for p, buf in zip(params, bufs):
+        buf.lerp_(p.grad, 1 - momentum)
+        update = p.grad.lerp(buf, momentum).reshape(p.size(0), -1)
+        ortho = zeropower_via_newtonschulz5(update, steps=ns_steps)
+        p.add_(ortho.view_as(p), alpha=-lr * max(1.0, update.size(0) / update.size(1)) ** 0.5)
+
+
+def bench_muon(args) -> dict:
+    from workflow.optim import Muon, split_muon_params
+
+    torch.set_num_threads(args.threads)
+    configure_backends(DistContext())
+    iters = args.iters if args.iters != 2000 else 200  # this mode's default
+    half = iters // 2
+    step_ms = {"adamw": [], "muon": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = args.meta or shakespeare_meta(Path(tmp))
+        for repeat in range(2):  # adamw, muon, adamw, muon: the machine's load hits both alike
+            for name in ("adamw", "muon"):
+                train = {**BABY_TRAIN, "optimizer": name, "num_iterations": half, "val_loss_every": 0}
+                result, rows = run_trainer(BABY_MODEL, train, meta, Path(tmp) / f"{name}{repeat}")
+                step_ms[name].append(result["train_time_ms"] / half)
+        # The optimizer step alone, on real gradients of the baby model.
+        torch.manual_seed(0)
+        model = GPT(build_model_config(BABY_MODEL, 65))
+        data = np.memmap(meta.parent / "train.bin", dtype=np.uint8, mode="r")
+        x = torch.from_numpy(data[: 12 * 65].astype(np.int64)).view(12, 65)
+        _, loss = model(x[:, :-1], x[:, 1:])
+        loss.backward()
+    hidden = split_muon_params(model)["muon"]
+    muon = Muon(hidden, lr=0.02, momentum=0.95)
+    adamw = torch.optim.AdamW(hidden, lr=1e-3)
+    bufs = [torch.zeros_like(p) for p in hidden]
+    times = {"muon": [], "reference": [], "adamw": []}
+    steps = {"muon": muon.step, "adamw": adamw.step,
+             "reference": lambda: muon_reference_step(hidden, bufs, 0.02, 0.95, 5)}
+    for _ in range(args.opt_repeats):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - t0) * 1000.0)
+    med = {k: float(np.median(v)) for k, v in times.items()}
+    shapes = sorted({tuple(p.shape) for p in hidden})
+    return {
+        "bench": "muon", "iters_per_optimizer": 2 * half, "threads": args.threads,
+        "trainer_step_ms_adamw": round(sum(step_ms["adamw"]) / 2, 3),
+        "trainer_step_ms_muon": round(sum(step_ms["muon"]) / 2, 3),
+        "muon_adamw_step_ratio": round(sum(step_ms["muon"]) / sum(step_ms["adamw"]), 3),
+        "hidden_matrices": len(hidden), "hidden_shapes": [list(s) for s in shapes],
+        "optimizer_step_ms": {k: round(v, 3) for k, v in med.items()},
+        "muon_vs_per_matrix_reference": round(med["muon"] / med["reference"], 3),
+        "load_avg": os.getloadavg()[0], "torch": torch.__version__,
+    }
+
+
 def synthetic_meta(folder: Path, tokens: int, vocab: int = 50257) -> Path:
     """Random uint16 tokens in the meta.json layout (docs/architecture.md)."""
     rng = np.random.default_rng(0)
@@ -216,8 +283,9 @@ def bench_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["cpu", "fast", "gpu"])
-    parser.add_argument("--iters", type=int, default=2000, help="cpu/fast: iterations of the baby config")
+    parser.add_argument("mode", choices=["cpu", "fast", "muon", "gpu"])
+    parser.add_argument("--opt-repeats", type=int, default=50, help="muon: repeats of the optimizer-only timing")
+    parser.add_argument("--iters", type=int, default=2000, help="cpu/fast: iterations of the baby config (muon: 200)")
     parser.add_argument("--fast-iters", type=int, default=1000, help="fast: iterations of the fast config")
     parser.add_argument("--target", type=float, default=1.88)
     parser.add_argument("--eval-every", type=int, default=50)
@@ -231,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    out = {"cpu": bench_cpu, "fast": bench_fast, "gpu": bench_gpu}[args.mode](args)
+    out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu}[args.mode](args)
     line = json.dumps(out)
     print(line, flush=True)
     if args.json:

@@ -1,8 +1,12 @@
 # Helpers shared by the rules: study resolution, paths, input functions, resources.
 import functools
+import glob
+import inspect
 import json
 import os
 import sys
+
+from snakemake.common import overwrite_function_params
 
 from workflow.config import (
     check_model_configs,
@@ -24,12 +28,14 @@ from workflow.datasets import (
     source_options,
 )
 from workflow.io import read_json
+from workflow.sweep import format_plan
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
 # (in the main process only: job steps on a cluster node re-read this file).
 if workflow.is_main_process:
     check_study(config)
     check_model_configs(config)
+    print(format_plan(config), file=sys.stderr)  # the most each stage can run, once at the start
 
 # Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
 # (first on PATH, so a conda env activated for a rule still takes precedence).
@@ -40,6 +46,7 @@ os.environ.update(
 
 # Light Python steps run in the Snakemake process's machine, not as cluster jobs.
 localrules:
+    summary,
     summarize_variant,
     gate,
     gate_pivot,
@@ -190,16 +197,59 @@ def all_stage_summaries(wildcards=None):
     return [path for stage in STAGES for path in stage_summaries(stage)]
 
 
+def per_job(func):
+    """Record an input function's signature once: Snakemake inspects it on every call (tens of
+    thousands of calls in a study of 1,000 runs); ``snakemake.common.overwrite_function_params``."""
+    overwrite_function_params(func, inspect.signature(func).parameters)
+    return func
+
+
+def no_gpu_here():
+    """No NVIDIA GPU on this machine (torch-free check: no /dev/nvidia<N> device nodes)."""
+    return not glob.glob("/dev/nvidia[0-9]*")
+
+
 @functools.cache
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
-    once per stage, not once per job and resource."""
-    return stage_resources(config, stage)
+    once per stage, not once per job and resource. A GPU stage whose jobs run on this machine
+    (local executor) while it has no GPU runs CPU processes (gloo): ``nproc_per_node`` is
+    capped at the CPUs, with a warning."""
+    res = stage_resources(config, stage)
+    if res["gpus"] and workflow.is_main_process and workflow.local_exec and no_gpu_here():
+        cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
+        print(
+            f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
+            f"none and the jobs run here: {cap} CPU process(es) per run instead of {res['nproc_per_node']} "
+            "(gloo; results are not comparable with GPU runs)",
+            file=sys.stderr,
+        )
+        res = {**res, "gpus": 0, "nproc_per_node": cap}
+    return res
 
 
-def train_slurm_resource(key):
-    """Input function for one snakemake-executor-plugin-slurm resource of a training job."""
-    return lambda w: slurm_resources(train_resources(w.stage))[key]
+def train_rule_setting(get):
+    """A setting of the train rule from the stage's resources, ``get(resources) -> value``:
+    a constant when every stage has the same CPU-only resources (the usual case; a constant
+    costs Snakemake nothing per job), else a function of the job's stage. GPU stages are
+    always resolved per job: whether this machine runs them is known only once the executor is."""
+    if not any(stage_resources(config, s)["gpus"] for s in STAGES):
+        values = {get(train_resources(s)) for s in STAGES}
+        if len(values) == 1:
+            return values.pop()
+    return per_job(lambda w: get(train_resources(w.stage)))
+
+
+def train_rule_resources():
+    """``resources:`` of the train rule: ``nproc_per_node`` and the
+    snakemake-executor-plugin-slurm resources (constants that are None are left out)."""
+    keys = ["nproc_per_node", *slurm_resources(stage_resources(config, STAGES[0]))]
+    getters = {
+        key: (lambda r: r["nproc_per_node"]) if key == "nproc_per_node" else (lambda r, key=key: slurm_resources(r)[key])
+        for key in keys
+    }
+    settings = {key: train_rule_setting(get) for key, get in getters.items()}
+    return {key: value for key, value in settings.items() if value is not None}
 
 
 def stage_decision(stage):
@@ -211,6 +261,7 @@ def stage_decision(stage):
 
 def all_targets():
     return [
+        f"{RESULTS}/summary.html",
         f"{RESULTS}/verdict.json",
         f"{RESULTS}/compute.csv",
         f"{RESULTS}/plan.md",

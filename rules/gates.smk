@@ -90,7 +90,8 @@ rule verdict:
         markdown=report(
             f"{RESULTS}/verdict.md",
             caption="../report/verdict.rst",
-            category="Verdict",
+            category="1 Summary",
+            labels={"figure": "2. verdict"},
         ),
     params:
         baseline=BASELINE,

@@ -1,6 +1,7 @@
-# Report assets: stage tables, training curves, val_loss per stage, compute accounting.
-# Everything wrapped in report() appears in `snakemake --report results/report.html`.
-from workflow.tables import naive_plan
+# Report assets: the one-page summary, stage tables, training curves, val_loss per stage, compute
+# accounting. Everything wrapped in report() appears in the study's HTML report:
+#   snakemake --report results/<study>/report.html   (with the same --configfile/--config as the run)
+# Categories sort by name in the report's menu: "1 Summary" (the answer) comes first.
 
 
 rule stage_table:
@@ -14,7 +15,7 @@ rule stage_table:
         csv=report(
             f"{RESULTS}/stage_{{stage}}/table.csv",
             caption="../report/stage_table.rst",
-            category="Stages",
+            category="2 Stages",
             subcategory="Stage {stage}",
             labels={"stage": "{stage}", "figure": "summary table"},
         ),
@@ -35,7 +36,7 @@ rule curves_plot:
         report(
             f"{RESULTS}/plots/curves_stage_{{stage}}.png",
             caption="../report/curves.rst",
-            category="Stages",
+            category="2 Stages",
             subcategory="Stage {stage}",
             labels={"stage": "{stage}", "figure": "training curves"},
         ),
@@ -57,8 +58,8 @@ rule val_loss_plot:
         report(
             f"{RESULTS}/plots/val_loss_by_stage.png",
             caption="../report/val_loss_by_stage.rst",
-            category="Overview",
-            labels={"figure": "val_loss by stage"},
+            category="1 Summary",
+            labels={"figure": "3. val_loss by stage"},
         ),
     params:
         variants=list(config["variants"]),
@@ -98,19 +99,47 @@ rule compute_table:
         csv=report(
             f"{RESULTS}/compute.csv",
             caption="../report/compute.rst",
-            category="Overview",
-            labels={"figure": "compute per stage"},
+            category="1 Summary",
+            labels={"figure": "4. compute staged vs naive"},
         ),
         markdown=f"{RESULTS}/compute.md",
     params:
-        plan=lambda w: json.dumps(naive_plan(config), sort_keys=True),
+        # the job derives the naive plan from the study (no model or pandas imports where Snakemake parses)
+        study=json.dumps(config, sort_keys=True),
     log:
         f"{RESULTS}/logs/compute_table.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.tables compute --plan-json {params.plan:q} --summaries {input} "
+        "python -m workflow.tables compute --config-json {params.study:q} --summaries {input} "
         "--csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
+
+
+# The one-page summary (the report's first category) and the landing page's answer
+# (report/workflow.rst includes landing.rst).
+rule summary:
+    input:
+        verdict=f"{RESULTS}/verdict.json",
+        gates=[f"{RESULTS}/gates/gate_{stage}.json" for stage in GATED_STAGES],
+        compute=f"{RESULTS}/compute.csv",
+        figure=f"{RESULTS}/plots/val_loss_by_stage.png",
+    output:
+        html=report(
+            f"{RESULTS}/summary.html",
+            caption="../report/summary.rst",
+            category="1 Summary",
+            labels={"figure": "1. one-page summary"},
+        ),
+        landing=f"{RESULTS}/landing.rst",
+    params:
+        study=config["study"],
+    log:
+        f"{RESULTS}/logs/summary.log",
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "python -m workflow.summary --study {params.study} --verdict {input.verdict} --gates {input.gates} "
+        "--compute {input.compute} --figure {input.figure} --html {output.html} --landing {output.landing} > {log} 2>&1"
 
 
 # Named targets: `snakemake stage_A`, ..., `snakemake verdict_target`, `snakemake report_assets`.
@@ -140,7 +169,7 @@ rule sample_text:
         report(
             f"{RESULTS}/samples/stage_{{stage}}/{{variant}}/seed_{{seed}}.txt",
             caption="../report/sample.rst",
-            category="Samples",
+            category="3 Samples",
             subcategory="Stage {stage}",
             labels={"variant": "{variant}", "seed": "{seed}"},
         ),

@@ -14,25 +14,13 @@ rule train:
     log:
         f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/train.log",
     params:
-        run_config=lambda w: json.dumps(run_config(config, w.stage, w.variant, int(w.seed)), sort_keys=True),
-        out_dir=lambda w, output: os.path.dirname(output.result),
-        launcher=lambda w: launch_command(train_resources(w.stage)),
-        threads_per_proc=lambda w: train_resources(w.stage)["cpus_per_proc"],
-    threads: lambda w: train_resources(w.stage)["nproc_per_node"] * train_resources(w.stage)["cpus_per_proc"]
+        run_config=per_job(lambda w: json.dumps(run_config(config, w.stage, w.variant, int(w.seed)), sort_keys=True)),
+        out_dir=per_job(lambda w, output: os.path.dirname(output.result)),
+        launcher=train_rule_setting(launch_command),
+        threads_per_proc=train_rule_setting(lambda r: r["cpus_per_proc"]),
+    threads: train_rule_setting(lambda r: r["nproc_per_node"] * r["cpus_per_proc"])
     resources:
-        nproc_per_node=lambda w: train_resources(w.stage)["nproc_per_node"],
-        gpu=train_slurm_resource("gpu"),
-        gpu_model=train_slurm_resource("gpu_model"),
-        nodes=train_slurm_resource("nodes"),
-        cpus_per_task=train_slurm_resource("cpus_per_task"),
-        mem_mb=train_slurm_resource("mem_mb"),
-        runtime=train_slurm_resource("runtime"),
-        slurm_partition=train_slurm_resource("slurm_partition"),
-        mpi=train_slurm_resource("mpi"),
-        tasks=train_slurm_resource("tasks"),
-        tasks_per_gpu=train_slurm_resource("tasks_per_gpu"),
-        tasks_per_node=train_slurm_resource("tasks_per_node"),
-        slurm_extra=train_slurm_resource("slurm_extra"),
+        **train_rule_resources(),
     conda:
         "../envs/train.yaml"
     # Snakemake deletes train.log before it reruns a job, so every attempt (a preempted one, a

@@ -12,6 +12,8 @@
   additionally serves ``/datasets/{hf_repo}/resolve/{revision}/{file}`` like the
   Hugging Face Hub (``X-Repo-Commit``, ``ETag``, ``X-Linked-Size`` headers).
 * ``module_file_server``: the same factory, module-scoped (servers for module fixtures).
+* ``tiny_study_run`` (session): tests/configs/tiny.yaml run once by the repository's Snakefile
+  (:func:`run_snakemake`), then its HTML report built: ``(workdir, results, mirror, report)``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TINY_STUDY = REPO_ROOT / "tests" / "configs" / "tiny.yaml"
 FAKE_COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -249,3 +252,34 @@ def raw_copy(tmp_path, shared_data):
         return dest
 
     return make
+
+
+def run_snakemake(workdir: Path, *args: str, configfiles=(TINY_STUDY,), mirror: str | None = None, check: bool = True,
+                  timeout: int = 900) -> subprocess.CompletedProcess:
+    """Run the repository's workflow in ``workdir`` (its own .snakemake, data/ and results/);
+    jobs call the ``python`` / ``torchrun`` of this interpreter's environment."""
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO_ROOT / "Snakefile"), "--directory", str(workdir)]
+    if configfiles:
+        cmd += ["--configfile", *map(str, configfiles)]
+    if mirror:
+        cmd += ["--config", f"mirror={mirror}"]
+    cmd += list(args)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_study_run(tmp_path_factory, shared_data_server):
+    """The tiny study run once per session, and its report (the documented command,
+    ``snakemake --report results/<study>/report.html`` with the run's config flags) built
+    before any test changes the study: ``(workdir, results folder, mirror URL, report path)``."""
+    workdir = tmp_path_factory.mktemp("tiny_study")
+    run_snakemake(workdir, "--cores", "2", mirror=shared_data_server)
+    results = workdir / "results" / "tiny"
+    report = results / "report.html"
+    run_snakemake(workdir, "--report", str(report), mirror=shared_data_server)
+    return workdir, results, shared_data_server, report

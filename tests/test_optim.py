@@ -94,6 +94,57 @@ def test_muon_step_matches_formula():
     assert torch.equal(V.detach(), torch.ones(4, 4))
 
 
+def _newton_schulz_reference(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Keller Jordan's iteration as written (one matrix, plain matmuls): the numerics the
+    fused and batched implementation must keep."""
+    a, b, c = (3.4445, -4.7750, 2.0315)
+    X = G.float()
+    if G.size(0) > G.size(1):
+        X = X.T
+    X = X / (X.norm() + 1e-7)
+    for _ in range(steps):
+        A = X @ X.T
+        B = b * A + c * A @ A
+        X = a * X + B @ X
+    return X.T if G.size(0) > G.size(1) else X
+
+
+@pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])
+def test_batched_newton_schulz_equals_one_matrix_at_a_time(shape):
+    G = torch.randn(5, *shape, generator=torch.Generator().manual_seed(3))
+    batched = zeropower_via_newtonschulz5(G)
+    assert batched.shape == G.shape
+    for i in range(5):
+        reference = _newton_schulz_reference(G[i])
+        torch.testing.assert_close(batched[i], reference, atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(zeropower_via_newtonschulz5(G[i]), reference, atol=2e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("nesterov, weight_decay", [(True, 0.0), (False, 0.05)])
+def test_batched_muon_step_equals_the_per_matrix_loop(nesterov, weight_decay):
+    """Muon steps the same-shaped hidden matrices of a GPT together; the parameters after three
+    steps equal the per-matrix formula with the reference Newton-Schulz (float tolerance)."""
+    model = _model(n_layer=3)
+    params = split_muon_params(model)["muon"]
+    assert len({tuple(p.shape) for p in params}) < len(params)  # several matrices per shape
+    expected = [p.detach().clone() for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    opt = Muon(params, lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, g in enumerate(grads):
+            bufs[i] = 0.9 * bufs[i] + 0.1 * g
+            u = (0.1 * g + 0.9 * bufs[i]) if nesterov else bufs[i]
+            scale = max(1.0, u.size(0) / u.size(1)) ** 0.5
+            expected[i] = expected[i] * (1 - 0.05 * weight_decay) - 0.05 * scale * _newton_schulz_reference(u)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.detach(), e, atol=1e-5, rtol=1e-5)
+
+
 def _model(**overrides) -> GPT:
     torch.manual_seed(0)
     return GPT(build_model_config({"preset": "nanogpt-small", **overrides}, 65))

@@ -49,11 +49,10 @@ def load(path: Path):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory, shared_data_server):
-    """The tiny study, run once for all tests of this module."""
-    workdir = tmp_path_factory.mktemp("tiny_study")
-    snakemake(workdir, "--cores", "2", mirror=shared_data_server)
-    return workdir, workdir / "results" / "tiny", shared_data_server
+def study(tiny_study_run):
+    """The tiny study, run once per session (conftest ``tiny_study_run``; its report is built there too)."""
+    workdir, results, mirror, _ = tiny_study_run
+    return workdir, results, mirror
 
 
 def test_dry_run_lists_jobs_without_running(tmp_path, shared_data_server):
@@ -174,12 +173,11 @@ def test_tables_plots_and_compute(study):
     assert "Compute plan: tiny" in (results / "plan.md").read_text()
 
 
-def test_report_embeds_plots_and_tables(study):
-    workdir, _, mirror = study
-    report = workdir / "report.html"
-    snakemake(workdir, "--report", str(report), mirror=mirror)
+def test_report_embeds_plots_and_tables(tiny_study_run):
+    _, results, _, report = tiny_study_run
+    assert report == results / "report.html"  # each study has its own report
     html = report.read_text()
-    for name in ("curves_stage_A.png", "val_loss_by_stage.png", "table.csv", "compute.csv", "verdict.md"):
+    for name in ("curves_stage_A.png", "val_loss_by_stage.png", "table.csv", "compute.csv", "verdict.md", "summary.html"):
         assert name in html, name
     assert html.count("iVBORw0KGgo") >= 4  # the PNGs are embedded (base64), readable offline
     assert not re.search(r"<script[^>]+src=\"https?://", html)

@@ -39,6 +39,16 @@ def load_schema() -> dict:
         return yaml.safe_load(handle)
 
 
+@lru_cache(maxsize=None)
+def _section_validator(definition: str) -> jsonschema.protocols.Validator:
+    """The validator of ``#/definitions/<definition>``, built once per process (building a
+    validator class costs milliseconds; a big study resolves thousands of run configs)."""
+    schema = load_schema()
+    sub = dict(schema["definitions"][definition])
+    sub["definitions"] = schema["definitions"]
+    return _validator_with_defaults(sub)
+
+
 def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
     """JSON Schema 2020-12 validator (as Snakemake uses) that also fills in ``default`` values (jsonschema's documented recipe)."""
     base = jsonschema.Draft202012Validator
@@ -67,11 +77,28 @@ def validate_section(values: dict | None, definition: str, where: str) -> dict:
     Raises:
         ConfigError: naming ``where`` plus the path of the offending key.
     """
-    schema = load_schema()
-    sub = dict(schema["definitions"][definition])
-    sub["definitions"] = schema["definitions"]
-    filled = copy.deepcopy(values) if values else {}
-    errors = sorted(_validator_with_defaults(sub).iter_errors(filled), key=lambda e: list(e.path))
+    try:  # every seed of a (stage, variant) resolves the same sections: validate each once
+        key = json.dumps(values or {}, sort_keys=True)
+    except TypeError:
+        return _validate_section(copy.deepcopy(values), definition, where)
+    filled = _validate_section_cached(key, definition)
+    if filled is None:  # invalid: the error names this caller's location
+        return _validate_section(json.loads(key), definition, where)
+    return json.loads(filled)
+
+
+@lru_cache(maxsize=4096)
+def _validate_section_cached(key: str, definition: str) -> str | None:
+    """The filled section as JSON text (each caller gets its own copy with ``json.loads``), None if invalid."""
+    try:
+        return json.dumps(_validate_section(json.loads(key), definition, definition))
+    except ConfigError:
+        return None
+
+
+def _validate_section(filled: dict | None, definition: str, where: str) -> dict:
+    filled = filled or {}
+    errors = sorted(_section_validator(definition).iter_errors(filled), key=lambda e: list(e.path))
     if errors:
         lines = []
         for err in errors:
@@ -156,14 +183,26 @@ def study_with_defaults(config: dict) -> dict:
         pass
     return filled
 
+def _copy(value):
+    """A deep copy of config data; plain containers (dict, list) are copied without
+    ``copy.deepcopy``'s bookkeeping (a big study merges thousands of sections)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return copy.deepcopy(value)
+
+
 def deep_merge(base: dict, override: dict | None) -> dict:
     """Recursively merge ``override`` into a copy of ``base`` (dicts merge, other values replace)."""
-    merged = copy.deepcopy(base)
+    merged = _copy(base)
     for key, value in (override or {}).items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = deep_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _copy(value)
     return merged
 
 

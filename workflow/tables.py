@@ -4,7 +4,8 @@ CLI (rules/report.smk)::
 
     python -m workflow.tables stage --stage A --baseline baseline --summaries ... \
         [--decision gate_A.json | verdict.json] [--test paired] --csv table.csv --markdown table.md
-    python -m workflow.tables compute --plan-json '{...}' --summaries ... --csv compute.csv --markdown compute.md
+    python -m workflow.tables compute --plan-json '{...}' | --config-json '{study}' --summaries ... \
+        --csv compute.csv --markdown compute.md
 """
 
 from __future__ import annotations
@@ -244,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--csv", required=True)
     st.add_argument("--markdown", required=True)
     co = sub.add_parser("compute")
-    co.add_argument("--plan-json", required=True)
+    plan = co.add_mutually_exclusive_group(required=True)
+    plan.add_argument("--plan-json", help="the plan of naive_plan() as JSON")
+    plan.add_argument("--config-json", help="the validated study config as JSON (the plan is derived from it)")
     co.add_argument("--summaries", nargs="*", default=[])
     co.add_argument("--csv", required=True)
     co.add_argument("--markdown", required=True)
@@ -259,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             notes.append(f"Pivot: {decisions[0]['pivot']['reason']}")
         _write_frame(frame, args.csv, args.markdown, f"Stage {args.stage}", notes)
     else:
-        frame, warnings = compute_table(summaries, json.loads(args.plan_json))
+        plan = json.loads(args.plan_json) if args.plan_json else naive_plan(json.loads(args.config_json))
+        frame, warnings = compute_table(summaries, plan)
         notes = [
             "FLOPs: the trainer's flops_per_token x tokens seen, summed over resumed attempts. GPU-hours: training time "
             "x GPUs (CPU stages: process-hours). Dollars: hours x cost.gpu_hour_usd of the stage's gpu_model "

@@ -1,0 +1,155 @@
+"""Per-job overhead benchmark (not a test): a training job's wall time against the trainer's
+own time, for every training job of a stage-A screen, as Snakemake would run them.
+
+    .venv/bin/python bench/bench_job_overhead.py [--configfile config/config.yaml] [--stage A]
+                                                 [--jobs N] [--json out.json]
+
+1. Tokenizes the study's dataset with the repository's Snakefile (``--config mirror=`` the
+   shared data: ``$STAGERUN_SHARED_DATA`` or ``../shared/data``) in a temporary folder.
+2. Takes the shell command of every training job of the stage from ``snakemake -n -p
+   stage_<S>`` (whatever launcher the workflow uses: ``torchrun`` or a single process), and
+   runs each one as Snakemake does (``bash -c``, from the working folder, this interpreter's
+   environment first on PATH), one after the other, timing its wall clock.
+3. Reads each run's ``result.json``: ``time_seconds`` (the trainer's wall time from the start
+   of ``Trainer.run`` to the result, evaluations included) and ``train_time_ms`` (optimizer
+   steps only).
+
+Per job: ``overhead_s`` = job wall - time_seconds (interpreter and launcher start-up, imports,
+set-up before the run and teardown after it: what is not the trainer's work) and
+``non_training_s`` = job wall - train_time (also evaluations and checkpoints). Summary: the
+overhead's share of the screen's total job time, the mean overhead per job (target <= 2 s,
+issue 12), and references measured in the same run: a bare interpreter start and
+``import torch`` in a fresh interpreter. Prints one line per job and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+def job_env() -> dict:
+    """The environment Snakemake gives a job: this interpreter's folder first on PATH, the
+    repository on PYTHONPATH (rules/common.smk)."""
+    return {**os.environ, "PYTHONPATH": str(REPO),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(workdir: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=job_env())
+    if proc.returncode != 0:
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout + proc.stderr
+
+
+def train_commands(dry_run: str) -> list[str]:
+    """Shell commands of the ``train`` jobs in a ``snakemake -n -p`` output, in order."""
+    commands = []
+    for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", dry_run):
+        if not block.startswith("rule train:"):
+            continue
+        match = re.search(r"^Shell command: (.+)$", block, flags=re.M) or re.search(r"^\s{4}(\S.*-m workflow\.\S+.*)$", block, flags=re.M)
+        if not match:
+            raise RuntimeError(f"no shell command in the dry run's train job:\n{block[:2000]}")
+        commands.append(match.group(1).strip())
+    return commands
+
+
+def timed(cmd: list[str] | str, cwd: Path, shell: bool = False) -> float:
+    start = time.perf_counter()
+    if shell:
+        subprocess.run(["bash", "-c", f"set -euo pipefail; {cmd}"], cwd=cwd, env=job_env(), check=True)
+    else:
+        subprocess.run(cmd, cwd=cwd, env=job_env(), check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configfile", type=Path, default=REPO / "config" / "config.yaml")
+    parser.add_argument("--stage", default="A")
+    parser.add_argument("--jobs", type=int, default=None, help="time only the first N training jobs")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="bench_job_overhead_") as tmp:
+        work = Path(tmp)
+        config_args = ("--configfile", str(args.configfile.resolve()), "--config", f"mirror={SHARED}")
+        # The data first (not timed), then the stage's training jobs as Snakemake would run them.
+        dry = snakemake(work, "-n", "-p", "--cores", "1", f"stage_{args.stage}", *config_args)
+        meta = re.search(r"(data/tokens/[^/\s]+/meta\.json)", dry)
+        if meta:
+            snakemake(work, "--cores", "1", meta.group(1), *config_args)
+        commands = train_commands(dry)[: args.jobs]
+        if not commands:
+            raise RuntimeError("no training jobs in the dry run")
+
+        references = {
+            "python_start_s": min(timed([sys.executable, "-c", "pass"], work) for _ in range(3)),
+            "import_torch_s": min(timed([sys.executable, "-c", "import torch"], work) for _ in range(2)),
+        }
+        jobs = []
+        for cmd in commands:
+            out_dir = work / re.search(r"--out-dir (\S+)", cmd).group(1)
+            out_dir.mkdir(parents=True, exist_ok=True)  # Snakemake creates the output folders
+            wall = timed(cmd, work, shell=True)
+            result = json.loads((out_dir / "result.json").read_text())
+            row = {
+                "run": f"{result.get('variant')}/seed_{result.get('seed')}",
+                "wall_s": round(wall, 3),
+                "trainer_time_s": result["time_seconds"],
+                "train_time_s": round(result["train_time_ms"] / 1000.0, 3),
+                "overhead_s": round(wall - result["time_seconds"], 3),
+                "non_training_s": round(wall - result["train_time_ms"] / 1000.0, 3),
+            }
+            jobs.append(row)
+            print(f"{row['run']:<24} wall {row['wall_s']:6.2f} s  trainer {row['trainer_time_s']:6.2f} s  "
+                  f"steps {row['train_time_s']:6.2f} s  overhead {row['overhead_s']:5.2f} s", flush=True)
+        launcher = re.match(r"(.*?)\s-m workflow\.", commands[0]).group(1)
+
+    wall = sum(j["wall_s"] for j in jobs)
+    overhead = sum(j["overhead_s"] for j in jobs)
+    out = {
+        "bench": "job_overhead",
+        "study": str(args.configfile),
+        "stage": args.stage,
+        "jobs": len(jobs),
+        "launcher": launcher,
+        "screen_wall_s": round(wall, 2),
+        "screen_trainer_s": round(sum(j["trainer_time_s"] for j in jobs), 2),
+        "screen_train_steps_s": round(sum(j["train_time_s"] for j in jobs), 2),
+        "overhead_per_job_mean_s": round(overhead / len(jobs), 3),
+        "overhead_per_job_median_s": round(statistics.median(j["overhead_s"] for j in jobs), 3),
+        "overhead_share_of_screen": round(overhead / wall, 4),
+        "non_training_share_of_screen": round(sum(j["non_training_s"] for j in jobs) / wall, 4),
+        "target_overhead_per_job_s": 2.0,
+        **{k: round(v, 3) for k, v in references.items()},
+        "load_avg": os.getloadavg()[0],
+        "per_job": jobs,
+    }
+    print(f"screen of {len(jobs)} jobs: {wall:.1f} s of job wall time, {overhead:.1f} s overhead "
+          f"({100 * out['overhead_share_of_screen']:.1f} %), {out['overhead_per_job_mean_s']:.2f} s per job "
+          f"(target <= 2 s); python start {out['python_start_s']:.2f} s, import torch {out['import_torch_s']:.2f} s",
+          flush=True)
+    line = json.dumps(out)
+    print(line)
+    if args.json:
+        args.json.write_text(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
