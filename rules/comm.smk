@@ -6,7 +6,7 @@
 #                  reachable as one target: `snakemake --cores all comm_study`
 from workflow.config import ConfigError, deep_merge
 from workflow.model.config import build_model_config  # torch-free
-from workflow.optim import resolve_depth_warm
+from workflow.schedules import resolve_depth_warm
 
 
 def _variant_model_config(variant):

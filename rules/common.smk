@@ -212,9 +212,10 @@ def no_gpu_here():
 @functools.cache
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
-    once per stage, not once per job and resource. A GPU stage whose jobs run on this machine
-    (local executor) while it has no GPU runs CPU processes (gloo): ``nproc_per_node`` is
-    capped at the CPUs, with a warning."""
+    once per stage, not once per job and resource. A GPU stage whose jobs would run on this
+    machine (local executor) while it has no GPU gets a warning here; the job's launcher then
+    caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
+    resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
     if res["gpus"] and workflow.is_main_process and workflow.local_exec and no_gpu_here():
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
@@ -224,7 +225,6 @@ def train_resources(stage):
             "(gloo; results are not comparable with GPU runs)",
             file=sys.stderr,
         )
-        res = {**res, "gpus": 0, "nproc_per_node": cap}
     return res
 
 

@@ -407,11 +407,12 @@ def check_study(config: dict) -> None:
                 f"stages.{stage}.gate.k: {gate['k']}, but the study has {len(ranked)} variants besides the baseline "
                 f"({', '.join(ranked) or 'none'}); top_k would advance every one of them (k <= {len(ranked)})"
             )
+    stride = config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"])
     for stage in stages:
-        if config["stages"][stage]["seeds"] > config["seed_stride"]:
+        if config["stages"][stage]["seeds"] > stride:
             raise ConfigError(
                 f"stages.{stage}.seeds: {config['stages'][stage]['seeds']} seeds exceed seed_stride "
-                f"({config['seed_stride']}): the stages' seed ranges would overlap"
+                f"({stride}): the stages' seed ranges would overlap"
             )
         stage_resources(config, stage)
         for variant in config["variants"]:
@@ -427,7 +428,7 @@ def check_model_configs(config: dict, vocab_size: int = 256) -> None:
         ConfigError: naming the variant (and stage) and the key at fault.
     """
     from workflow.model import build_model_config
-    from workflow.optim import check_curriculum, resolve_depth_warm, steps_for_tokens
+    from workflow.schedules import check_curriculum, resolve_depth_warm, steps_for_tokens
 
     for variant, overrides in config["variants"].items():
         model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))

@@ -342,6 +342,21 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argpa
     return args, trainer_argv, trainer_args
 
 
+def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None = None,
+                  has_gpu: bool | None = None) -> int:
+    """Processes per node for a job that asked for ``nproc_per_node``: capped at the CPUs when it
+    runs on one node without a GPU (a study's ``gpus: 8`` on a laptop would otherwise start 8
+    gloo processes on 2 cores). GPU machines, several nodes and ``train.device: cuda`` keep the
+    request. Torch-free: a GPU is an NVIDIA device node ``/dev/nvidia<N>``."""
+    import glob
+
+    if has_gpu is None:
+        has_gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
+    if nodes > 1 or has_gpu or device == "cuda":
+        return nproc_per_node
+    return max(1, min(nproc_per_node, cpus or os.cpu_count() or 1))
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring); returns the job's exit status."""
     early = EarlySignals()
@@ -367,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     if early.signum is not None:
         print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
+    capped = cap_processes(args.nproc_per_node, args.nodes, (run_cfg.get("train") or {}).get("device", "auto"))
+    if capped != args.nproc_per_node:
+        print(f"launch: WARNING: {args.nproc_per_node} processes asked for, but this machine has no GPU and "
+              f"{os.cpu_count()} CPUs: running {capped} CPU process(es) (gloo); the data-parallel world size "
+              "changes, so results are not comparable with the study's GPU runs", file=sys.stderr, flush=True)
+        args.nproc_per_node = capped
     world_size = args.nproc_per_node * args.nodes
     if world_size == 1:
         early.hand_over()

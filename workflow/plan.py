@@ -85,7 +85,7 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
         ValueError: a plateau curriculum (its sequence lengths are not known ahead).
     """
     from workflow.model import build_model_config
-    from workflow.optim import curriculum_marks, resolve_depth_warm, steps_for_tokens
+    from workflow.schedules import curriculum_marks, resolve_depth_warm, steps_for_tokens
     from workflow.training.provenance import flops_per_token
 
     cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])

@@ -200,7 +200,7 @@ def naive_plan(config: dict) -> dict:
     """
     from workflow.config import run_config, stage_order, stage_resources, stage_seeds
     from workflow.model import build_model_config
-    from workflow.optim import resolve_depth_warm, steps_for_tokens, tokens_for_steps
+    from workflow.schedules import resolve_depth_warm, steps_for_tokens, tokens_for_steps
 
     stages = stage_order(config)
     final = stages[-1]
