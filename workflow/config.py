@@ -224,7 +224,7 @@ def stage_seed_offset(config: dict, stage: str) -> int:
     stages = stage_order(config)
     if stage not in stages:
         raise ConfigError(f"stages.{stage}: no such stage (stages: {', '.join(stages)})")
-    return stages.index(stage) * int(config["seed_stride"])
+    return stages.index(stage) * int(config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"]))
 
 
 def stage_seeds(config: dict, stage: str) -> list[int]:
