@@ -7,6 +7,7 @@
 #   snakemake --report results/<study>/report.html [--configfile S.yaml]   the study's HTML report
 from snakemake.utils import min_version, validate
 
+from workflow.config import validate_study
 from workflow.sweep import explain_reruns, prepare_study
 
 min_version("9.0")
@@ -25,6 +26,10 @@ report: "report/workflow.rst"
 # `set` overrides and the `sweep` grid become plain keys and variants first, so the schema and
 # the study checks below validate them like hand-written ones (workflow/sweep.py).
 prepare_study(config)
+
+# A schema error names its key, value, rule and the key's description in a few lines (Snakemake's
+# own message would print the whole schema); Snakemake's validate then fills in the defaults.
+validate_study(config)
 validate(config, "config/schema.yaml")
 
 
@@ -33,6 +38,7 @@ include: "rules/datasets.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
 include: "rules/gates.smk"
+include: "rules/comm.smk"
 include: "rules/report.smk"
 
 

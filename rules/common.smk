@@ -52,7 +52,9 @@ localrules:
     summary,
     summarize_variant,
     gate,
+    gate_pivot,
     verdict,
+    compute_plan,
     stage_table,
     curves_plot,
     val_loss_plot,
@@ -139,25 +141,51 @@ def run_dir(stage, variant, seed):
     return f"{RESULTS}/stage_{stage}/{variant}/seed_{seed}"
 
 
-def stage_variants(stage):
+def gate_decision(stage):
+    """The final decision of ``stage``'s gate (checkpoints: known only once they ran): the
+    gate's own, or, when it pivoted (gate.pivot), the pivot variant's gate."""
+    decision = read_json(checkpoints.gate.get(stage=stage).output[0])
+    if (decision.get("pivot") or {}).get("run"):
+        decision = read_json(checkpoints.gate_pivot.get(stage=stage).output[0])
+    return decision
+
+
+def stage_pivot(stage):
+    """The variant that ran ``stage`` as its gate's pivot, or None."""
+    if stage not in GATED_STAGES or not config["stages"][stage]["gate"]["pivot"]:
+        return None
+    pivot = read_json(checkpoints.gate.get(stage=stage).output[0]).get("pivot") or {}
+    return pivot["variant"] if pivot.get("run") else None
+
+
+def stage_variants(stage, with_pivot=True):
     """Variants that run in ``stage``: all of them in the first stage; afterwards the
-    baseline plus those the previous gate advanced (a checkpoint: known only once it ran).
+    baseline plus those the previous gate advanced (a checkpoint: known only once it ran),
+    plus the stage's pivot variant once its gate chose one (``with_pivot``).
     No advanced variant means no jobs in this stage."""
     index = STAGES.index(stage)
     if index == 0:
-        return list(config["variants"])
-    decision = read_json(checkpoints.gate.get(stage=STAGES[index - 1]).output[0])
-    if not decision["advanced"]:
-        return []
-    return [BASELINE] + [v for v in decision["advanced"] if v != BASELINE]
+        variants = list(config["variants"])
+    else:
+        decision = gate_decision(STAGES[index - 1])
+        if not decision["advanced"]:
+            return []
+        variants = [BASELINE] + [v for v in decision["advanced"] if v != BASELINE]
+    pivot = stage_pivot(stage) if with_pivot else None
+    return variants + ([pivot] if pivot and pivot not in variants else [])
 
 
 def stage_run_results(stage, variant):
     return [f"{run_dir(stage, variant, seed)}/result.json" for seed in stage_seeds(config, stage)]
 
 
-def stage_summaries(stage):
-    return [f"{RESULTS}/stage_{stage}/{variant}/summary.json" for variant in stage_variants(stage)]
+def stage_summaries(stage, with_pivot=True):
+    return [f"{RESULTS}/stage_{stage}/{variant}/summary.json" for variant in stage_variants(stage, with_pivot)]
+
+
+def pivot_summaries(stage):
+    """Summaries the pivot gate of ``stage`` compares: the baseline's and the pivot variant's."""
+    return [f"{RESULTS}/stage_{stage}/{variant}/summary.json" for variant in (BASELINE, stage_pivot(stage))]
 
 
 def stage_metrics(stage):
@@ -187,9 +215,10 @@ def no_gpu_here():
 @functools.cache
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
-    once per stage, not once per job and resource. A GPU stage whose jobs run on this machine
-    (local executor) while it has no GPU runs CPU processes (gloo): ``nproc_per_node`` is
-    capped at the CPUs, with a warning."""
+    once per stage, not once per job and resource. A GPU stage whose jobs would run on this
+    machine (local executor) while it has no GPU gets a warning here; the job's launcher then
+    caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
+    resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
     if res["gpus"] and workflow.is_main_process and workflow.local_exec and no_gpu_here():
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
@@ -199,7 +228,6 @@ def train_resources(stage):
             "(gloo; results are not comparable with GPU runs)",
             file=sys.stderr,
         )
-        res = {**res, "gpus": 0, "nproc_per_node": cap}
     return res
 
 
@@ -228,8 +256,10 @@ def train_rule_resources():
 
 
 def stage_decision(stage):
-    """The gate decision of a gated stage, the verdict for the last stage."""
-    return f"{RESULTS}/gates/gate_{stage}.json" if stage in GATED_STAGES else f"{RESULTS}/verdict.json"
+    """The gate decision(s) of a gated stage (the pivot's gate last), the verdict for the last stage."""
+    if stage not in GATED_STAGES:
+        return [f"{RESULTS}/verdict.json"]
+    return [f"{RESULTS}/gates/gate_{stage}.json"] + ([f"{RESULTS}/gates/gate_{stage}_pivot.json"] if stage_pivot(stage) else [])
 
 
 def all_targets():
@@ -237,8 +267,10 @@ def all_targets():
         f"{RESULTS}/summary.html",
         f"{RESULTS}/verdict.json",
         f"{RESULTS}/compute.csv",
+        f"{RESULTS}/plan.md",
         f"{RESULTS}/plots/val_loss_by_stage.png",
         *[f"{RESULTS}/stage_{stage}/table.csv" for stage in STAGES],
         *[f"{RESULTS}/plots/curves_stage_{stage}.png" for stage in STAGES],
-        lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{config['base_seed']}.txt" for v in stage_variants(FINAL_STAGE)],
+        lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt" for v in stage_variants(FINAL_STAGE)],
+        *comm_targets(),  # rules/comm.smk
     ]

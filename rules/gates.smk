@@ -1,4 +1,5 @@
 # Per-variant summaries, gate checkpoints between stages, and the verdict of the last stage.
+from workflow.tables import naive_plan
 
 
 rule summarize_variant:
@@ -14,14 +15,36 @@ rule summarize_variant:
         "python -m workflow.stats --results {input} --output {output} > {log} 2>&1"
 
 
+def previous_gate(wildcards):
+    """For a gate that may pivot: the previous gate's decision (it names the next-best variant)."""
+    index = STAGES.index(wildcards.stage)
+    if config["stages"][wildcards.stage]["gate"]["pivot"] and index > 0:
+        return [f"{RESULTS}/gates/gate_{STAGES[index - 1]}.json"]
+    return []
+
+
+def gate_pivot_args(wildcards, input):
+    """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
+    if not input.previous:
+        return ""
+    hardware = naive_plan(config)["prices"][wildcards.stage]
+    return (
+        f"--previous {input.previous} --seeds {config['stages'][wildcards.stage]['seeds']} "
+        f"--hour-usd {hardware['hour_usd']} --reserve-usd {config['cost']['reserve_usd']}"
+    )
+
+
 checkpoint gate:
     input:
-        lambda w: stage_summaries(w.stage),
+        summaries=lambda w: stage_summaries(w.stage, with_pivot=False),
+        previous=previous_gate,
     output:
         f"{RESULTS}/gates/gate_{{stage}}.json",
     params:
         gate=lambda w: json.dumps(config["stages"][w.stage]["gate"], sort_keys=True),
         baseline=BASELINE,
+        test=config["verdict"]["test"],
+        pivot=gate_pivot_args,
     wildcard_constraints:
         stage="|".join(GATED_STAGES) if GATED_STAGES else "(?!)",
     log:
@@ -30,12 +53,38 @@ checkpoint gate:
         "../envs/analysis.yaml"
     shell:
         "python -m workflow.gates gate --stage {wildcards.stage} --gate-json {params.gate:q} "
-        "--baseline {params.baseline} --summaries {input} --output {output} > {log} 2>&1"
+        "--baseline {params.baseline} --test {params.test} --summaries {input.summaries} {params.pivot} "
+        "--output {output} > {log} 2>&1"
+
+
+# A gate that advanced nothing and pivoted (gate.pivot, within cost.reserve_usd): the next-best
+# variant of the previous gate ran this stage too; it is gated against the baseline once.
+checkpoint gate_pivot:
+    input:
+        decision=f"{RESULTS}/gates/gate_{{stage}}.json",
+        summaries=lambda w: pivot_summaries(w.stage),
+    output:
+        f"{RESULTS}/gates/gate_{{stage}}_pivot.json",
+    params:
+        gate=lambda w: json.dumps(config["stages"][w.stage]["gate"], sort_keys=True),
+        baseline=BASELINE,
+        test=config["verdict"]["test"],
+    wildcard_constraints:
+        stage="|".join(GATED_STAGES) if GATED_STAGES else "(?!)",
+    log:
+        f"{RESULTS}/logs/gate_{{stage}}_pivot.log",
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "python -m workflow.gates pivot --stage {wildcards.stage} --gate-json {params.gate:q} "
+        "--baseline {params.baseline} --test {params.test} --decision {input.decision} "
+        "--summaries {input.summaries} --output {output} > {log} 2>&1"
 
 
 rule verdict:
     input:
-        lambda w: stage_summaries(FINAL_STAGE),
+        summaries=lambda w: stage_summaries(FINAL_STAGE),
+        meta=dataset_meta(),
     output:
         json=f"{RESULTS}/verdict.json",
         markdown=report(
@@ -46,16 +95,11 @@ rule verdict:
         ),
     params:
         baseline=BASELINE,
-        alpha=config["verdict"]["alpha"],
-        target=(
-            f"--target-val-loss {config['verdict']['target_val_loss']}"
-            if config["verdict"]["target_val_loss"] is not None
-            else ""
-        ),
+        verdict=json.dumps(config["verdict"], sort_keys=True),
     log:
         f"{RESULTS}/logs/verdict.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.gates verdict --baseline {params.baseline} --alpha {params.alpha} {params.target} "
-        "--summaries {input} --output {output.json} --markdown {output.markdown} > {log} 2>&1"
+        "python -m workflow.gates verdict --baseline {params.baseline} --verdict-json {params.verdict:q} "
+        "--meta {input.meta} --summaries {input.summaries} --output {output.json} --markdown {output.markdown} > {log} 2>&1"

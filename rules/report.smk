@@ -7,6 +7,7 @@
 rule stage_table:
     params:
         baseline=BASELINE,
+        test=config["verdict"]["test"],
     input:
         summaries=lambda w: stage_summaries(w.stage),
         decision=lambda w: stage_decision(w.stage),
@@ -24,7 +25,7 @@ rule stage_table:
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.tables stage --stage {wildcards.stage} --baseline {params.baseline} "
+        "python -m workflow.tables stage --stage {wildcards.stage} --baseline {params.baseline} --test {params.test} "
         "--summaries {input.summaries} --decision {input.decision} --csv {output.csv} --markdown {output.markdown} > {log} 2>&1"
 
 
@@ -68,6 +69,27 @@ rule val_loss_plot:
         "../envs/analysis.yaml"
     shell:
         "python -m workflow.plots val-loss --summaries {input} --output {output} --variants {params.variants} > {log} 2>&1"
+
+
+# The compute plan before any training (FLOPs, GPU-hours, dollars per stage vs naive; warnings):
+# `snakemake --cores 1 results/<study>/plan.md`, or `python -m workflow.plan --configfile ...`.
+rule compute_plan:
+    output:
+        markdown=report(
+            f"{RESULTS}/plan.md",
+            caption="../report/compute.rst",
+            category="Overview",
+            labels={"figure": "compute plan"},
+        ),
+        json=f"{RESULTS}/plan.json",
+    params:
+        study=json.dumps(config, sort_keys=True),
+    log:
+        f"{RESULTS}/logs/compute_plan.log",
+    conda:
+        "../envs/train.yaml"
+    shell:
+        "python -m workflow.plan --config-json {params.study:q} --json {output.json} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule compute_table:

@@ -1,6 +1,8 @@
-# One job per (stage, variant, seed): `torchrun -m workflow.train` with the run's resolved config
-# (several nodes: one `srun` task per GPU). The resolved config is a param, so changing a stage's
-# or a variant's settings reruns exactly the runs it affects (Snakemake's params rerun trigger).
+# One job per (stage, variant, seed): `python -m workflow.launch` with the run's resolved config. It
+# checks the data, runs the trainer in its own process (one process) or through torchrun (several;
+# several nodes: one `srun` task per GPU), and exits with the trainer's status (75 = preempted).
+# The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
+# runs it affects (Snakemake's params rerun trigger).
 # SLURM resources come from the study (stages.<S>.resources) via workflow.config.slurm_resources.
 
 rule train:
@@ -21,7 +23,8 @@ rule train:
         **train_rule_resources(),
     conda:
         "../envs/train.yaml"
-    # The log is appended to: a run requeued after preemption keeps its first part.
+    # Snakemake deletes train.log before it reruns a job, so every attempt (a preempted one, a
+    # retry) writes its own train.attempt-N.log next to it; train.log is a hard link to the latest.
     shell:
-        "{params.launcher} -m workflow.train --run-config {params.run_config:q} --out-dir {params.out_dir} "
-        "--meta {input.meta} --threads {params.threads_per_proc} >> {log} 2>&1"
+        "{params.launcher} --log {log:q} --run-config {params.run_config:q} --out-dir {params.out_dir:q} "
+        "--meta {input.meta:q} --threads {params.threads_per_proc}"

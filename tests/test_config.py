@@ -12,6 +12,8 @@ from workflow.config import (
 
 from pathlib import Path
 
+from workflow.launch import srun_prefix
+
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
@@ -21,18 +23,19 @@ def study():
     # what Snakemake's validate() fills in
     cfg.setdefault("base_seed", 1337)
     cfg.setdefault("baseline", "baseline")
+    cfg.setdefault("seed_stride", 1000)
     return cfg
 
 
 def test_merge_order_and_seeds(study):
     study["stages"]["B"]["train"]["lr"] = 1.0e-3
-    cfg = run_config(study, "B", "lr-6e-3", 1338)
+    cfg = run_config(study, "B", "lr-6e-3", 2338)
     assert cfg["train"]["num_iterations"] == 12           # from the stage
     assert cfg["train"]["lr"] == 6.0e-3                   # the variant beats the stage
-    assert run_config(study, "B", "baseline", 1338)["train"]["lr"] == 1.0e-3  # the stage beats the study
+    assert run_config(study, "B", "baseline", 2338)["train"]["lr"] == 1.0e-3  # the stage beats the study
     assert cfg["train"]["beta2"] == 0.99                  # schema default
-    assert cfg["run_id"] == 1
-    assert stage_seeds(study, "C") == [1337, 1338, 1339]
+    assert cfg["run_id"] == 1 and cfg["stage_seed_offset"] == 1000
+    assert stage_seeds(study, "C") == [3337, 3338, 3339]   # disjoint from A's and B's (tests/test_seeds.py)
 
 
 def test_config_hash_ignores_seed_but_not_settings(study):
@@ -67,7 +70,8 @@ def test_single_node_launch_and_resources(study):
     study["stages"]["C"]["resources"] = {"gpus": 8, "gpu_model": "h100", "cpus_per_proc": 4}
     res = stage_resources(study, "C")
     assert res["nproc_per_node"] == 8
-    assert launch_command(res).endswith("torch.distributed.run --standalone --nnodes 1 --nproc_per_node 8")
+    assert launch_command(res) == "python -m workflow.launch --nproc-per-node 8"
+    assert launch_command(stage_resources(study, "A")) == "python -m workflow.launch --nproc-per-node 1"
     slurm = slurm_resources(res)
     assert (slurm["gpu"], slurm["gpu_model"], slurm["cpus_per_task"], slurm["mpi"]) == (8, "h100", 32, None)
     cpu = slurm_resources(stage_resources(study, "A"))
@@ -78,7 +82,9 @@ def test_multi_node_launch_and_resources(study):
     study["stages"]["C"]["resources"] = {"gpus": 4, "nodes": 2, "cpus_per_proc": 8}
     res = stage_resources(study, "C")
     cmd = launch_command(res)
-    assert cmd.startswith("srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
+    assert cmd == "python -m workflow.launch --nproc-per-node 4 --nodes 2 --cpus-per-proc 8 --gpus-per-task"
+    assert " ".join(srun_prefix(2, 4, 8, True)).startswith(
+        "srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
     slurm = slurm_resources(res)
     assert (slurm["gpu"], slurm["nodes"], slurm["mpi"], slurm["tasks_per_node"], slurm["cpus_per_task"]) == (8, 2, "srun", 4, 8)
     assert slurm["slurm_extra"] == "--gpus-per-task=1"

@@ -24,6 +24,8 @@ from workflow.tokenize import DataError, prepare, read_fineweb_header
 from workflow.tokenizers import GPT2Tokenizer
 
 WIKI_BYTES = 6_089_746
+#: a test archive is not the registry's enwik8.zip: its size check is switched off (raw_files override)
+TEST_ZIP = {"enwik8.zip": {"bytes": None}}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,7 @@ def test_enwik8_over_loopback(wiki_xml, file_server, tmp_path):
 
     # The real size check (10^8 bytes) is on by default and names archive and sizes.
     with pytest.raises(DataError, match=r"enwik8.zip:enwik8: 6089746 bytes, expected 100000000"):
-        prepare("enwik8", raw, tmp_path / "other")
+        prepare("enwik8", raw, tmp_path / "other", {"raw_files": options["raw_files"]})
     assert not (tmp_path / "other" / "meta.json").exists()
 
 
@@ -85,7 +87,7 @@ def test_enwik8_zip_with_escaping_member_is_refused(tmp_path):
     _make_zip(raw / "enwik8.zip", {"enwik8": b"<mediawiki>" + b"x" * 100, "../evil.sh": b"rm -rf /"})
     out = tmp_path / "tokens"
     with pytest.raises(DataError, match=r"member '../evil.sh' escapes the extraction folder"):
-        prepare("enwik8", raw, out, {"expected_bytes": None})
+        prepare("enwik8", raw, out, {"expected_bytes": None, "raw_files": TEST_ZIP})
     assert list(out.iterdir()) == []  # no split files, no temp files, no meta.json
     assert not (tmp_path / "raw" / "evil.sh").exists()
 
@@ -94,7 +96,7 @@ def test_enwik8_bad_magic(tmp_path):
     raw = tmp_path / "raw"
     _make_zip(raw / "enwik8.zip", {"enwik8": b"<html>" + b"x" * 100})
     with pytest.raises(DataError, match=r"byte 0 starts with b'<html>x"):
-        prepare("enwik8", raw, tmp_path / "tok", {"expected_bytes": None})
+        prepare("enwik8", raw, tmp_path / "tok", {"expected_bytes": None, "raw_files": TEST_ZIP})
 
 
 # --------------------------------------------------------------------------------- FineWeb

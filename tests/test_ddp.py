@@ -87,4 +87,6 @@ def test_two_gloo_processes_match_one_process(case, tmp_path, meta):
     assert comm["calls_by_kind"]["grad_all_reduce"] == 2 * 30 and comm["calls_by_kind"]["metrics"] >= 2 * 30
     n_params = two["num_parameters"]
     assert comm["bytes_by_kind"]["grad_all_reduce"] == 2 * 30 * n_params * 4
-    assert comm["bytes_per_token"] == pytest.approx(comm["total_bytes"] / two["tokens_seen"])
+    assert comm["bytes_per_token_all"] == pytest.approx(comm["total_bytes"] / two["tokens_seen"])
+    eval_bytes = comm["bytes_by_kind"]["eval"]
+    assert comm["bytes_per_token"] == pytest.approx((comm["total_bytes"] - eval_bytes) / two["tokens_seen"])

@@ -13,12 +13,14 @@ import torch.nn as nn
 
 from workflow.model import (
     BLOCK_TYPES,
+    BUILTIN_BLOCKS,
     GPT,
     MODEL_PRESETS,
     PRESET_REFERENCE_VOCAB,
     Block,
     GPTConfig,
     SequentialBlock,
+    TP_BLOCK_TYPES,
     build_model_config,
     depth_warm_state,
     register_block,
@@ -29,8 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(**overrides) -> GPTConfig:
-    """A small model config for fast tests."""
+    """A small model config for fast tests (tp_size 2 for the tensor-parallel block types)."""
     fields = dict(vocab_size=11, block_size=16, n_layer=2, n_head=4, n_embd=32)
+    if overrides.get("block_type") in TP_BLOCK_TYPES:
+        fields["tp_size"] = 2
     fields.update(overrides)
     return GPTConfig(**fields)
 
@@ -40,13 +44,13 @@ def expected_num_parameters(c: GPTConfig, exclude_embeddings: bool = False) -> i
 
     Per layer: attention c_attn C x 3C + c_proj C x C = 4 C^2 (+ 4C biases), MLP
     2 * mlp_ratio * C^2 (+ mlp_ratio*C + C biases), norms of C (+ C LayerNorm bias):
-    two in a sequential block, one (shared) in a parallel block.
+    two in a sequential block and in the tensor-parallel blocks, one (shared) in a palm block.
     """
     C = c.n_embd
     norm = C + (C if (c.resolved_norm == "layernorm" and c.bias) else 0)
     attn = 4 * C * C + (4 * C if c.bias else 0)
     mlp = 2 * c.mlp_ratio * C * C + ((c.mlp_ratio * C + C) if c.bias else 0)
-    n_norms = {"sequential": 2, "parallel": 1}[c.block_type]
+    n_norms = {"sequential": 2, "palm": 1, "tp": 2, "spd": 2, "parallel": 2}[c.block_type]
     per_layer = attn + mlp + n_norms * norm
     body = c.n_layer * per_layer + norm  # + ln_f
     if exclude_embeddings:
@@ -103,9 +107,9 @@ def test_preset_shapes():
     assert build_model_config({"preset": "deep", "depth": None, "norm": None}, 32).n_layer == 24
 
 
-@pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("tie", [False, True])
-@pytest.mark.parametrize("block_type", sorted(BLOCK_TYPES))
+@pytest.mark.parametrize("block_type,bias", [(name, bias) for name in sorted(BLOCK_TYPES) for bias in (False, True)
+                                             if not (bias and name in TP_BLOCK_TYPES)])  # tp blocks refuse bias
 def test_parameter_count_variants(block_type, tie, bias):
     cfg = tiny(block_type=block_type, tie_embeddings=tie, bias=bias, pad_vocab_multiple=8)
     model = GPT(cfg)
@@ -118,7 +122,7 @@ def test_build_model_config_errors_name_the_key():
         build_model_config({"preset": "nanogpt-small", "n_layers": 3}, 65)
     with pytest.raises(ValueError, match=r"'preset'.*'tiny'.*nanogpt-small"):
         build_model_config({"preset": "tiny"}, 65)
-    with pytest.raises(ValueError, match=r"block_type.*'serial'.*parallel"):
+    with pytest.raises(ValueError, match=r"block_type.*'serial'.*palm"):
         build_model_config({"block_type": "serial"}, 65)
     with pytest.raises(ValueError, match=r"n_embd \(60\).*n_head \(8\)"):
         build_model_config({"n_embd": 60}, 65)
@@ -149,10 +153,10 @@ def test_forward_backward_shapes(block_type):
         model(torch.zeros(1, cfg.block_size + 1, dtype=torch.long))
 
 
-def test_parallel_block_is_palm_formula():
+def test_palm_block_is_palm_formula():
     torch.manual_seed(0)
-    cfg = tiny(block_type="parallel")
-    block = BLOCK_TYPES["parallel"](cfg, 0)
+    cfg = tiny(block_type="palm")
+    block = BLOCK_TYPES["palm"](cfg, 0)
     norms = [m for m in block.modules() if isinstance(m, (nn.LayerNorm, nn.RMSNorm))]
     assert len(norms) == 1 and isinstance(norms[0], nn.RMSNorm)  # ONE shared RMSNorm
     x = torch.randn(2, 5, cfg.n_embd)
@@ -161,7 +165,7 @@ def test_parallel_block_is_palm_formula():
     torch.testing.assert_close(block(x), expected)
     # the sequential block defaults to LayerNorm (nanoGPT) and can be switched
     assert tiny().resolved_norm == "layernorm"
-    assert tiny(block_type="parallel", norm="layernorm").resolved_norm == "layernorm"
+    assert tiny(block_type="palm", norm="layernorm").resolved_norm == "layernorm"
 
 
 def test_padded_vocab_logits_and_generate():
@@ -228,6 +232,11 @@ def test_block_registry_contract():
     for name, cls in BLOCK_TYPES.items():
         assert issubclass(cls, Block) and isinstance(cls.comm_syncs_per_layer, int), name
         assert cls.block_type == name
+    # the torch-free list the Snakemake process validates against is the registry's built-ins
+    assert set(BUILTIN_BLOCKS) == set(BLOCK_TYPES)
+    for name, info in BUILTIN_BLOCKS.items():
+        cls = BLOCK_TYPES[name]
+        assert (cls.default_norm, cls.tensor_parallel, cls.comm_syncs_per_layer) == tuple(info), name
 
     @register_block("test-tp-like")
     class FakeTPBlock(SequentialBlock):
@@ -235,7 +244,8 @@ def test_block_registry_contract():
 
     try:
         model = GPT(tiny(block_type="test-tp-like"))
-        assert "comm_syncs_per_layer=2" in model.describe()
+        assert "block_type=test-tp-like" in model.describe()
+        assert tiny(block_pattern=["sequential", "test-tp-like"]).layer_block_types == ("sequential", "test-tp-like")
         x, y = repeated_batch(11, T=6)
         assert torch.isfinite(model(x, y)[1])
         with pytest.raises(ValueError, match="already registered"):
@@ -248,6 +258,16 @@ def test_import_prints_nothing():
     out = subprocess.run([sys.executable, "-c", "import workflow.model, workflow.optim"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout == "" and out.stderr == ""
+
+
+def test_model_config_is_torch_free():
+    """The Snakemake main process validates model configs without importing torch."""
+    code = ("import sys; import workflow.model, workflow.model.config, workflow.model.depth_warm\n"
+            "from workflow.model import build_model_config, GPTConfig, depth_warm_state, MODEL_PRESETS\n"
+            "build_model_config({'block_pattern': ['tp', 'spd'], 'tp_size': 2}, 65)\n"
+            "GPTConfig(vocab_size=65, block_size=8, n_layer=2, n_head=2, n_embd=8, block_type='palm')\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
 
 
 # ---------------------------------------------------------------- DepthWarm
@@ -325,7 +345,8 @@ def _train(cfg: GPTConfig, train_cfg: dict, steps: int = 20, depth_warm: bool = 
 
 @pytest.mark.parametrize("block_type", sorted(BLOCK_TYPES))
 def test_training_loss_falls(block_type):
-    cfg = build_model_config({"preset": "nanogpt-small", "block_type": block_type}, 65)
+    tp = {"tp_size": 2} if block_type in TP_BLOCK_TYPES else {}
+    cfg = build_model_config({"preset": "nanogpt-small", "block_type": block_type, **tp}, 65)
     losses = _train(cfg, {"optimizer": "adamw", "lr": 3e-3})
     assert losses[-1] < 0.5 * losses[0], losses
 

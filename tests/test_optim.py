@@ -185,8 +185,8 @@ def test_muon_grouping(tie):
 
 
 def test_unknown_optimizer_and_schedule():
-    with pytest.raises(ValueError, match=r"'optimizer'.*'sgd'.*adamw"):
-        build_optimizers(_model(), {"optimizer": "sgd"})
+    with pytest.raises(ValueError, match=r"'optimizer'.*'lamb'.*adamw"):
+        build_optimizers(_model(), {"optimizer": "lamb"})
     with pytest.raises(ValueError, match=r"'schedule'.*'step'.*cosine"):
         lr_multiplier(0, {"schedule": "step"})
 
@@ -217,6 +217,17 @@ def test_schedules_at_boundaries():
     assert lr_multiplier(0, dict(base, warmup_iters=0, schedule="cosine")) == 1.0
     with pytest.raises(ValueError):
         lr_multiplier(-1, cos)
+
+
+def test_inv_sqrt_schedule():
+    cfg = dict(schedule="inv_sqrt", num_iterations=100, warmup_iters=0, min_lr_ratio=0.5)
+    assert lr_multiplier(0, cfg) == 1.0                      # t = 1
+    assert lr_multiplier(3, cfg) == pytest.approx(0.5)       # 1 / sqrt(4)
+    assert lr_multiplier(99, cfg) == pytest.approx(0.1)      # 1 / sqrt(100); min_lr_ratio unused
+    assert lr_multiplier(500, cfg) == lr_multiplier(100, cfg)
+    warm = dict(cfg, warmup_iters=4)
+    assert lr_multiplier(3, warm) == 1.0 and lr_multiplier(4, warm) == 1.0
+    assert lr_multiplier(7, warm) == pytest.approx(0.5)
 
 
 def test_set_lr_scales_initial_lr():

@@ -22,6 +22,7 @@ from scipy import stats as sps
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+PIVOT = REPO / "tests" / "configs" / "tiny_pivot.yaml"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 pytestmark = pytest.mark.timeout(900)
@@ -87,8 +88,9 @@ def test_runs_record_metrics_and_results(study):
     assert {"step", "train_loss", "val_loss", "lr", "tokens_seen", "train_time_ms", "step_avg_ms", "tokens_per_s"} <= set(rows[-1])
     assert rows[-1]["step"] == 8 and rows[-1]["val_loss"] == result["final_val_loss"]
     assert rows[-1]["tokens_seen"] == 8 * 8 * 32
-    # seed = base_seed + run_id
-    assert load(results / "stage_A" / "baseline" / "seed_1338" / "result.json")["run_id"] == 1
+    # seed = base_seed + stage_seed_offset + run_id (stage A: offset 0)
+    second = load(results / "stage_A" / "baseline" / "seed_1338" / "result.json")
+    assert second["run_id"] == 1 and second["stage_seed_offset"] == 0
     assert "run tiny/A/baseline seed 1337" in (run / "train.log").read_text()
 
 
@@ -118,7 +120,9 @@ def test_gate_a_agrees_with_summaries_and_stage_b_runs_only_advanced(study):
     stage_b = sorted(p.name for p in (results / "stage_B").iterdir() if p.is_dir())
     assert stage_b == sorted(["baseline", *gate["advanced"]])
     for variant in stage_b:
-        assert sorted(p.name for p in (results / "stage_B" / variant).glob("seed_*")) == ["seed_1337", "seed_1338"]
+        # stage B's own seeds, disjoint from stage A's
+        assert sorted(p.name for p in (results / "stage_B" / variant).glob("seed_*")) == ["seed_2337", "seed_2338"]
+        assert load(results / "stage_B" / variant / "seed_2338" / "result.json")["stage_seed_offset"] == 1000
 
 
 def test_gate_b_and_stage_c_and_verdict(study):
@@ -133,13 +137,19 @@ def test_gate_b_and_stage_c_and_verdict(study):
         stage_c = sorted(p.name for p in (results / "stage_C").iterdir() if p.is_dir())
         assert stage_c == sorted(["baseline", *gate_b["advanced"]])
         variant = gate_b["advanced"][0]
-        losses = lambda v: [load(results / "stage_C" / v / f"seed_{s}" / "result.json")["final_val_loss"] for s in (1337, 1338, 1339)]  # noqa: E731
+        losses = lambda v: [load(results / "stage_C" / v / f"seed_{s}" / "result.json")["final_val_loss"] for s in (3337, 3338, 3339)]  # noqa: E731
         entry = next(e for e in verdict["results"] if e["variant"] == variant)
-        ref = sps.ttest_ind(losses(variant), losses("baseline"), equal_var=False, alternative="less")
+        # default test: paired on the seed-matched runs; Holm over the variants tested
+        ref = sps.ttest_rel(losses(variant), losses("baseline"), alternative="less")
         assert entry["vs_baseline"]["p_value"] == pytest.approx(ref.pvalue)
+        tested = [e for e in verdict["results"] if e["vs_baseline"]]
+        assert entry["vs_baseline"]["p_value_adjusted"] >= entry["vs_baseline"]["p_value"]
+        if len(tested) == 1:
+            assert entry["vs_baseline"]["p_value_adjusted"] == pytest.approx(ref.pvalue)
         ref1 = sps.ttest_1samp(losses(variant), 4.0, alternative="less")
         assert entry["vs_target"]["p_value"] == pytest.approx(ref1.pvalue)
-        assert entry["beats_baseline"] == (ref.pvalue < 0.01)
+        assert entry["beats_baseline"] == (entry["vs_baseline"]["p_value_adjusted"] < 0.01)
+        assert "adjusted p vs baseline" in (results / "verdict.md").read_text()
     else:
         assert not (results / "stage_C").exists() or not any((results / "stage_C").glob("*/seed_*"))
         assert verdict["winners"] == []
@@ -148,13 +158,19 @@ def test_gate_b_and_stage_c_and_verdict(study):
 def test_tables_plots_and_compute(study):
     _, results, _ = study
     table = (results / "stage_A" / "table.csv").read_text().splitlines()
-    assert table[0].startswith("stage,variant,runs,successful_runs,val_loss_mean,val_loss_std,ci95_low,ci95_high")
+    assert table[0].startswith("stage,variant,runs,successful_runs,failed_runs,excluded_runs,val_loss_mean,val_loss_std,ci95_low,ci95_high")
+    assert "p_vs_baseline (paired)" in table[0] and "tokens_per_run" in table[0] and "flops_per_run" in table[0]
     assert len(table) == 1 + 4
     for stage in "ABC":
         png = results / "plots" / f"curves_stage_{stage}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compute = (results / "compute.csv").read_text()
-    assert "staged total" in compute and "naive" in compute
+    assert "staged total" in compute and "naive" in compute and "saving" in compute
+    assert compute.splitlines()[0].startswith("stage,variants,runs,tokens,flops,gpu_hours,process_hours,usd")
+    summary = load(results / "stage_A" / "baseline" / "summary.json")
+    assert summary["statistics"]["val_loss"]["mean"] == summary["val_loss"]["mean"]    # seed 001's jq path
+    assert summary["flops_total"] > 0 and summary["experiment_name"] == "tiny_baseline_stage_A"
+    assert "Compute plan: tiny" in (results / "plan.md").read_text()
 
 
 def test_report_embeds_plots_and_tables(tiny_study_run):
@@ -186,7 +202,30 @@ def test_rerun_does_nothing_and_stage_c_change_reruns_only_stage_c(study, tmp_pa
     after = {p: p.stat().st_mtime_ns for p in results.glob("stage_[AB]/*/seed_*/result.json")}
     assert after == before  # stages A and B untouched
     if gate_b["advanced"]:
-        assert load(results / "stage_C" / "baseline" / "seed_1337" / "result.json")["final_step"] == 20
+        assert load(results / "stage_C" / "baseline" / "seed_3337" / "result.json")["final_step"] == 20
+
+
+def test_gate_pivots_to_the_next_best_variant(study):
+    """Issue 11 item 9 through the DAG: gate B fails, pivots to stage A's next-best variant (a
+    checkpoint adds its stage B runs) and gates it against the baseline once. Runs in the tiny
+    study's folder, so the tokenized data is reused."""
+    workdir, _, mirror = study
+    snakemake(workdir, "--cores", "2", configfiles=(PIVOT,), mirror=mirror)
+    results = workdir / "results" / "tiny-pivot"
+    assert load(results / "gates" / "gate_A.json")["advanced"] == ["twin"]
+    gate_b = load(results / "gates" / "gate_B.json")
+    assert gate_b["advanced"] == []
+    assert "is not below the baseline's" in next(r for r in gate_b["ranking"] if r["variant"] == "twin")["reason"]
+    assert gate_b["pivot"]["variant"] == "slow" and gate_b["pivot"]["run"] is True
+    # the pivot variant ran stage B with stage B's seeds and was gated once
+    assert sorted(p.name for p in (results / "stage_B" / "slow").glob("seed_*")) == ["seed_2337", "seed_2338"]
+    pivot = load(results / "gates" / "gate_B_pivot.json")
+    assert pivot["pivot_of"]["variant"] == "slow" and pivot["advanced"] == []
+    assert [r["variant"] for r in pivot["ranking"]] == ["baseline", "slow"]
+    table = (results / "stage_B" / "table.md").read_text()
+    assert "slow" in table and "Pivot: no variant passed gate B" in table
+    assert not list(results.glob("stage_C/*/seed_*"))   # nothing reached stage C
+    assert load(results / "verdict.json")["winners"] == []
 
 
 def test_bad_config_stops_before_any_job_naming_the_key(tmp_path, shared_data_server):

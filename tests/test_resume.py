@@ -39,14 +39,8 @@ pytestmark = pytest.mark.timeout(300)
 STRATEGY_CASES = {
     "ddp": {"name": "ddp"},
     "diloco": {"name": "diloco", "tau": 7, "outer_lr": 0.7, "outer_momentum": 0.9},
+    "gossip": {"name": "gossip", "topology": "ring", "algorithm": "demuon", "msgn": 1},
 }
-try:  # the gossip strategy registers itself once it exists
-    from workflow.strategies import STRATEGIES
-
-    if "gossip" in STRATEGIES:
-        STRATEGY_CASES["gossip"] = {"name": "gossip", "topology": "ring", "algorithm": "demuon", "msgn": 1}
-except ImportError:  # pragma: no cover
-    pass
 
 
 @pytest.fixture(scope="module")

@@ -220,6 +220,6 @@ def test_requeued_training_job_resumes_from_checkpoint(shared_data_server, tmp_p
     states = [j["State"] for j in _sacct(_run_id(output)) if j["JobIDRaw"] == jobid]
     assert states[0] == "REQUEUED" and states[-1] == "COMPLETED", f"job {jobid}: {states}"
     text = log.read_text()
-    resumed = re.search(r"resumed from .*checkpoint\.pt at step (\d+)", text)
+    resumed = re.search(r"resumed from .*checkpoint at step (\d+)", text)
     assert resumed and int(resumed.group(1)) > 0, f"the requeued run did not resume from a checkpoint:\n{text[-2000:]}"
     assert (run_dir / "result.json").exists()

@@ -138,8 +138,9 @@ def test_failed_run_leaves_no_stale_meta(raw_copy, tmp_path):
     prepare("shakespeare_char", raw, out)
     assert (out / "meta.json").exists()
     (raw / "input.txt").write_bytes(b"\xff\xfe broken")
+    unchecked = {"raw_files": {"input.txt": {"sha256": None, "bytes": None}}}  # past the registry check
     with pytest.raises(ValueError, match=r"input.txt: not UTF-8 at byte 0"):
-        prepare("shakespeare_char", raw, out)
+        prepare("shakespeare_char", raw, out, unchecked)
     assert not (out / "meta.json").exists()
     assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
 

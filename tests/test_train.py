@@ -55,7 +55,7 @@ def train_in_process(cfg: dict, out_dir: Path, meta: Path) -> tuple[Trainer, dic
 
 VARIANTS = {
     "sequential": ({}, {}),
-    "parallel": ({}, {"block_type": "parallel"}),
+    "palm": ({}, {"block_type": "palm"}),
     "curriculum": ({"curriculum_block_sizes": [8, 16, 32], "curriculum_steps": [5, 10], "log_every": 1}, {}),
     "depthwarm": ({"log_every": 1}, {"n_layer": 4, "depth_warm": True, "depth_warm_start_layers": 1,
                                      "depth_warm_steps": 12, "depth_warm_drop_prob": 0.3,
@@ -87,8 +87,8 @@ def test_variant_runs_20_steps_and_loss_falls(variant, tmp_path, meta):
     if variant == "muon":
         assert isinstance(trainer.optimizers[1], Muon)
         assert all("momentum_buffer" in trainer.optimizers[1].state[p] for p in trainer.optimizers[1].param_groups[0]["params"])
-    if variant == "parallel":
-        assert type(trainer.model.transformer.h[0]).__name__ == "ParallelBlock"
+    if variant == "palm":
+        assert type(trainer.model.transformer.h[0]).__name__ == "PalmBlock"
     assert "wandb" not in sys.modules  # mode disabled: never imported
 
 

@@ -20,9 +20,11 @@ message was for: ``grad_all_reduce``, ``outer_all_reduce``, ``gossip``, ``metric
 ``checkpoint``, ``tp_forward``, ``tp_backward``, ...), per worker, cumulative over the attempts
 of a run (the checkpoint stores them).
 
-``bytes_per_token`` (the x axis of the comm-vs-loss figures) = the bytes all workers sent,
-summed, divided by the tokens the run trained on (all workers together), so strategies with
-different world sizes and batch sizes share one axis.
+``bytes_per_token`` (the x axis of the comm-vs-loss figures) = the bytes all workers sent for
+training (every kind but the evaluation and checkpoint bookkeeping; the per-step loss
+reductions count), summed, divided by the tokens the run trained on (all workers together), so
+strategies with different world sizes and batch sizes share one axis; ``bytes_per_token_all``
+counts every message, the evaluations' too (they depend on ``val_loss_every``, not the method).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from typing import Iterable, Sequence
 import torch
 import torch.distributed as dist
 
-#: Kinds that are bookkeeping of the run rather than part of the training algorithm; they are
-#: counted like every other message but reported separately as well (``algorithm_bytes``).
-BOOKKEEPING_KINDS = ("metrics", "eval", "checkpoint")
+#: Kinds that are bookkeeping of the run rather than training; they are counted like every other
+#: message but left out of ``bytes_per_token`` (kept in ``bytes_per_token_all``).
+BOOKKEEPING_KINDS = ("eval", "checkpoint")
 
 
 def _nbytes(tensor: torch.Tensor) -> int:
@@ -152,10 +154,11 @@ def summarize(per_worker: Iterable[dict], tokens: int) -> dict:
     """The ``communication`` record of result.json from every worker's :meth:`CommCounter.snapshot`.
 
     Returns:
-        ``{"per_worker": [...], "total_calls", "total_bytes", "algorithm_bytes",
-        "calls_by_kind", "bytes_by_kind", "bytes_per_token"}``: totals are sums over workers;
-        ``algorithm_bytes`` leaves out :data:`BOOKKEEPING_KINDS` and received bytes;
-        ``bytes_per_token`` = sent bytes of all workers (every kind but ``*_recv``) / ``tokens``.
+        ``{"per_worker": [...], "total_calls", "total_bytes", "training_bytes",
+        "calls_by_kind", "bytes_by_kind", "bytes_per_token", "bytes_per_token_all"}``: totals
+        are sums over workers of sent messages (``*_recv`` kinds left out); ``training_bytes``
+        also leaves out :data:`BOOKKEEPING_KINDS`; ``bytes_per_token`` = training_bytes /
+        ``tokens``, ``bytes_per_token_all`` = total_bytes / ``tokens``.
     """
     per_worker = list(per_worker)
     calls: dict[str, int] = defaultdict(int)
@@ -167,12 +170,14 @@ def summarize(per_worker: Iterable[dict], tokens: int) -> dict:
             nbytes[kind] += n
     sent = {k: v for k, v in nbytes.items() if not k.endswith("_recv")}
     total_bytes = sum(sent.values())
+    training = sum(v for k, v in sent.items() if k not in BOOKKEEPING_KINDS)
     return {
         "per_worker": per_worker,
         "calls_by_kind": dict(sorted(calls.items())),
         "bytes_by_kind": dict(sorted(nbytes.items())),
         "total_calls": sum(n for k, n in calls.items() if not k.endswith("_recv")),
         "total_bytes": total_bytes,
-        "algorithm_bytes": sum(v for k, v in sent.items() if k not in BOOKKEEPING_KINDS),
-        "bytes_per_token": total_bytes / tokens if tokens else None,
+        "training_bytes": training,
+        "bytes_per_token": training / tokens if tokens else None,
+        "bytes_per_token_all": total_bytes / tokens if tokens else None,
     }

@@ -25,7 +25,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
 #: they are left out of :func:`config_hash` so all seeds of one setting share a hash.
-_IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir")
+_IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir", "stage_seed_offset")
 
 
 class ConfigError(ValueError):
@@ -108,6 +108,81 @@ def _validate_section(filled: dict | None, definition: str, where: str) -> dict:
     return filled
 
 
+def _first_sentence(text: str | None, limit: int = 160) -> str:
+    text = " ".join((text or "").split())
+    end = text.find(". ")
+    text = text if end < 0 else text[: end + 1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _short(value, limit: int = 80) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe_error(err: jsonschema.ValidationError) -> list[str]:
+    """Two or three lines for one schema error: key = value, the rule it breaks, the key's description."""
+    import difflib
+
+    path = [str(p) for p in err.absolute_path]
+    where = ".".join(path)
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        allowed = list((err.schema.get("properties") or {}))
+        lines = []
+        for key in [k for k in err.instance if k not in allowed]:
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            lines += [f"{'.'.join([*path, key])} = {_short(err.instance[key])}: unknown key{hint}",
+                      f"    rule: additionalProperties: false; allowed keys of {where or 'the study'}: {', '.join(allowed)}"]
+        description = _first_sentence(err.schema.get("description"))
+        return lines + ([f"    description of {where or 'the study'}: {description}"] if description else [])
+    if err.validator == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else str(err.validator_value)
+        sub = (err.schema.get("properties") or {}).get(missing, {})
+        lines = [f"{'.'.join([*path, missing])}: missing", f"    rule: required: {err.validator_value}"]
+        description = _first_sentence(sub.get("description"))
+        return lines + ([f"    description: {description}"] if description else [])
+    lines = [f"{where or '(the study)'} = {_short(err.instance)}: {err.message if len(err.message) <= 120 else err.message[:117] + '...'}",
+             f"    rule: {err.validator}: {_short(err.validator_value, 120)}"]
+    description = _first_sentence(err.schema.get("description")) if isinstance(err.schema, dict) else ""
+    return lines + ([f"    description: {description}"] if description else [])
+
+
+def validate_study(config: dict, max_errors: int = 5) -> None:
+    """Validate a study against ``config/schema.yaml`` (JSON Schema 2020-12, as Snakemake's
+    ``validate``) and fail with a short message: per error the key and its value, the rule it
+    breaks and the schema's description of the key (a few lines, never the whole schema).
+
+    ``config`` is not modified (Snakemake's ``validate`` fills the defaults afterwards).
+
+    Raises:
+        ConfigError: the first ``max_errors`` errors, each naming its key.
+    """
+    validator = jsonschema.Draft202012Validator(load_schema())
+    errors = sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path])
+    if not errors:
+        return
+    lines = [line for err in errors[:max_errors] for line in _describe_error(err)]
+    more = f"\n  ... and {len(errors) - max_errors} more" if len(errors) > max_errors else ""
+    raise ConfigError(f"invalid study config ({SCHEMA_PATH.parent.name}/{SCHEMA_PATH.name}):\n  "
+                      + "\n  ".join(lines) + more)
+
+
+
+def study_with_defaults(config: dict) -> dict:
+    """A copy of a study, validated (:func:`validate_study`'s errors) and with the schema's
+    defaults filled, as Snakemake's ``validate`` leaves it: for tools that read a study outside
+    Snakemake (``python -m workflow.plan``).
+
+    Raises:
+        ConfigError: naming the key at fault.
+    """
+    validate_study(config)
+    filled = copy.deepcopy(config)
+    for _ in _validator_with_defaults(load_schema()).iter_errors(filled):
+        pass
+    return filled
+
 def _copy(value):
     """A deep copy of config data; plain containers (dict, list) are copied without
     ``copy.deepcopy``'s bookkeeping (a big study merges thousands of sections)."""
@@ -136,9 +211,33 @@ def stage_order(config: dict) -> list[str]:
     return list(config["stages"])
 
 
+def stage_seed_offset(config: dict, stage: str) -> int:
+    """Offset of ``stage``'s seed range: ``seed_stride`` x the stage's 0-based position.
+
+    Each stage gets its own, disjoint seed range, so a later stage never re-tests the
+    initialisations and batch orders that selected a variant in an earlier stage (a
+    selected variant's lucky seeds would otherwise carry over into its confirmation).
+
+    Raises:
+        ConfigError: unknown stage.
+    """
+    stages = stage_order(config)
+    if stage not in stages:
+        raise ConfigError(f"stages.{stage}: no such stage (stages: {', '.join(stages)})")
+    return stages.index(stage) * int(config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"]))
+
+
 def stage_seeds(config: dict, stage: str) -> list[int]:
-    """Seeds of a stage's repeats: ``base_seed + run_id`` for ``run_id`` in ``range(seeds)``."""
-    return [config["base_seed"] + run_id for run_id in range(config["stages"][stage]["seeds"])]
+    """Seeds of a stage's repeats: ``base_seed + stage_seed_offset(stage) + run_id`` for
+    ``run_id`` in ``range(stages.<stage>.seeds)``.
+
+    Example: base_seed 1337, seed_stride 1000, seeds A 2 / B 3 / C 5 give A = 1337, 1338;
+    B = 2337..2339; C = 3337..3341. Within a stage every variant runs the same seeds (so
+    runs can be paired by seed); across stages the ranges are disjoint (checked by
+    :func:`check_study`: ``seeds <= seed_stride``).
+    """
+    first = config["base_seed"] + stage_seed_offset(config, stage)
+    return [first + run_id for run_id in range(config["stages"][stage]["seeds"])]
 
 
 def stage_resources(config: dict, stage: str) -> dict:
@@ -163,24 +262,25 @@ def stage_resources(config: dict, stage: str) -> dict:
 
 
 def launch_command(res: dict, python: str = "python") -> str:
-    """Command prefix that starts a training job's processes (followed by ``-m workflow.train``).
+    """Command prefix of a training job (followed by ``--log``, ``--run-config`` ... of workflow.launch).
 
-    One node: ``torchrun --standalone`` with ``nproc_per_node`` processes (it sets RANK,
-    LOCAL_RANK, WORLD_SIZE). Several nodes: ``srun`` with one task per GPU (or per
-    ``nproc_per_node`` on CPU) across the allocation; workflow.distributed reads SLURM's
-    variables (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, SLURM_JOB_NODELIST).
+    Always ``python -m workflow.launch`` (data check, one log per attempt, the job's exit status
+    is the trainer's: 75 = preempted). One process: the trainer runs inside it (no torchrun).
+    Several processes on one node: ``--nproc-per-node N`` (torchrun --standalone underneath).
+    Several nodes: ``--nodes M`` and the srun layout (one task per GPU, or per ``nproc_per_node``
+    on CPU); workflow.distributed reads SLURM's variables (SLURM_PROCID, SLURM_NTASKS,
+    SLURM_LOCALID, SLURM_JOB_NODELIST).
 
     Args:
         res: resolved stage resources (:func:`stage_resources`).
         python: the Python interpreter to run.
     """
-    if res["nodes"] == 1:
-        return f"{python} -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node {res['nproc_per_node']}"
-    gpu_flag = " --gpus-per-task=1" if res["gpus"] else ""
-    return (
-        f"srun --nodes={res['nodes']} --ntasks-per-node={res['nproc_per_node']}{gpu_flag} "
-        f"--cpus-per-task={res['cpus_per_proc']} --kill-on-bad-exit=1 {python}"
-    )
+    cmd = f"{python} -m workflow.launch --nproc-per-node {res['nproc_per_node']}"
+    if res["nodes"] > 1:
+        cmd += f" --nodes {res['nodes']} --cpus-per-proc {res['cpus_per_proc']}"
+        if res["gpus"]:
+            cmd += " --gpus-per-task"
+    return cmd
 
 
 def slurm_resources(res: dict) -> dict:
@@ -225,10 +325,11 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
         config: the validated study config.
         stage: stage name (key of ``config["stages"]``).
         variant: variant name (key of ``config["variants"]``).
-        seed: the run's seed, ``base_seed + run_id``.
+        seed: the run's seed, one of :func:`stage_seeds` of ``stage``.
     Returns:
-        ``{"study", "stage", "variant", "seed", "run_id", "dataset", "model", "train", "wandb"}``
-        with ``model``/``train`` merged and defaults filled.
+        ``{"study", "stage", "variant", "seed", "run_id", "stage_seed_offset", "dataset",
+        "model", "train", "wandb"}`` with ``model``/``train`` merged and defaults filled;
+        ``run_id = seed - base_seed - stage_seed_offset``.
     Raises:
         ConfigError: unknown stage/variant, or a merged section fails the schema.
     """
@@ -240,12 +341,14 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     stage_cfg = config["stages"][stage]
     train = deep_merge(deep_merge(config.get("train", {}), stage_cfg.get("train", {})), overrides.get("train"))
     model = deep_merge(config.get("model", {}), overrides.get("model"))
+    offset = stage_seed_offset(config, stage)
     return {
         "study": config["study"],
         "stage": stage,
         "variant": variant,
         "seed": int(seed),
-        "run_id": int(seed) - config["base_seed"],
+        "run_id": int(seed) - config["base_seed"] - offset,
+        "stage_seed_offset": offset,
         "dataset": config["dataset"],
         "model": validate_section(model, "model", f"variants.{variant}.model"),
         "train": validate_section(train, "train", f"stages.{stage}.train + variants.{variant}.train"),
@@ -263,13 +366,29 @@ def config_hash(run_cfg: dict) -> str:
 def check_study(config: dict) -> None:
     """Semantic checks the schema cannot express; run before any job is scheduled.
 
-    Checks that the baseline is a variant, that every stage but the last has a gate,
-    and that every (stage, variant) resolves to a valid run config (unknown keys in a
-    variant's ``train`` fail here, naming the variant and key).
+    Checks that the dataset is known (and its ``datasets.<name>`` options), that the baseline
+    is a variant, that every stage but the last has a gate, that a ``top_k`` gate's ``k`` does
+    not exceed the variants it ranks (all but the baseline), and that every (stage, variant)
+    resolves to a valid run config (unknown keys in a variant's ``train`` fail here, naming
+    the variant and key).
 
     Raises:
         ConfigError: naming the key at fault.
     """
+    from workflow.datasets import DATASETS, UnknownNameError, dataset_options
+
+    if config["dataset"] not in DATASETS:
+        raise ConfigError(
+            f"dataset: {config['dataset']!r} is not a known dataset (known: {', '.join(sorted(DATASETS))}; "
+            "docs/datasets.md)"
+        )
+    for name, options in (config.get("datasets") or {}).items():
+        if name not in DATASETS:
+            raise ConfigError(f"datasets.{name}: {name!r} is not a known dataset (known: {', '.join(sorted(DATASETS))})")
+        try:
+            dataset_options(name, options)
+        except UnknownNameError as err:
+            raise ConfigError(str(err)) from None
     if config["baseline"] not in config["variants"]:
         raise ConfigError(
             f"baseline: {config['baseline']!r} is not one of the variants ({', '.join(config['variants'])})"
@@ -280,23 +399,49 @@ def check_study(config: dict) -> None:
             raise ConfigError(f"stages.{stage}.gate: required for every stage but the last ({stages[-1]})")
     if "gate" in config["stages"][stages[-1]]:
         raise ConfigError(f"stages.{stages[-1]}.gate: the last stage ends in the verdict and has no gate")
+    ranked = [v for v in config["variants"] if v != config["baseline"]]
+    for stage in stages[:-1]:
+        gate = validate_section(config["stages"][stage]["gate"], "gate", f"stages.{stage}.gate")
+        if gate["rule"] == "top_k" and gate["k"] > len(ranked):
+            raise ConfigError(
+                f"stages.{stage}.gate.k: {gate['k']}, but the study has {len(ranked)} variants besides the baseline "
+                f"({', '.join(ranked) or 'none'}); top_k would advance every one of them (k <= {len(ranked)})"
+            )
+    stride = config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"])
     for stage in stages:
+        if config["stages"][stage]["seeds"] > stride:
+            raise ConfigError(
+                f"stages.{stage}.seeds: {config['stages'][stage]['seeds']} seeds exceed seed_stride "
+                f"({stride}): the stages' seed ranges would overlap"
+            )
         stage_resources(config, stage)
         for variant in config["variants"]:
-            run_config(config, stage, variant, config["base_seed"])
+            run_config(config, stage, variant, stage_seeds(config, stage)[0])
 
 
 def check_model_configs(config: dict, vocab_size: int = 256) -> None:
-    """Build every variant's model config once so unknown model keys fail before any job runs.
+    """Build every variant's model config once so unknown model keys fail before any job runs,
+    and check every (stage, variant)'s schedules against its model: a curriculum's last rung
+    equals block_size and starts before the end of the run; DepthWarm fractions are valid.
 
     Raises:
-        ConfigError: naming the variant and the model key at fault.
+        ConfigError: naming the variant (and stage) and the key at fault.
     """
     from workflow.model import build_model_config
+    from workflow.schedules import check_curriculum, resolve_depth_warm, steps_for_tokens
 
     for variant, overrides in config["variants"].items():
         model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))
         try:
-            build_model_config(model, vocab_size)
+            block_size = build_model_config(resolve_depth_warm(model, 1), vocab_size).block_size
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"variants.{variant}.model: {err}") from err
+        for stage in stage_order(config):
+            train = run_config(config, stage, variant, stage_seeds(config, stage)[0])["train"]
+            try:
+                if train.get("num_epochs") is None:  # epochs need the data's token count: checked by the trainer
+                    if train.get("num_tokens") is not None:
+                        train["num_iterations"] = steps_for_tokens(train, block_size, train["num_tokens"])
+                    check_curriculum(train, block_size)
+            except ValueError as err:
+                raise ConfigError(f"stages.{stage}.train + variants.{variant}.train: {err}") from err

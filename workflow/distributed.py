@@ -148,3 +148,31 @@ def shutdown(ctx: DistContext) -> None:
     """Destroy the process group if one was created."""
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def init_tensor_parallel(ctx: DistContext, tp_size: int) -> DistContext:
+    """``ctx`` with a 2-D DeviceMesh (dp x tp) for real tensor parallelism (``model.tp_mode: real``).
+
+    Ranks ``r = dp_rank * tp_size + tp_rank``: the tp_size processes of one model replica are
+    consecutive (on one node when nproc_per_node is a multiple of tp_size), data-parallel
+    workers are the ranks with the same tp_rank. Built with
+    ``torch.distributed.device_mesh.init_device_mesh(device, (dp, tp), mesh_dim_names=("dp", "tp"))``.
+
+    Returns:
+        a copy of ``ctx`` with dp_rank / dp_size / dp_group, tp_rank / tp_size / tp_group and mesh.
+    Raises:
+        ValueError: world_size is not a multiple of tp_size (names both and the launch setting).
+    """
+    import dataclasses
+
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if tp_size < 2 or not ctx.distributed or ctx.world_size % tp_size:
+        raise ValueError(
+            f"model.tp_mode 'real' with tp_size {tp_size} needs tp_size processes per model replica: "
+            f"world_size ({ctx.world_size}) must be a multiple of tp_size (stages.<S>.resources: nproc_per_node "
+            "or gpus); tp_mode 'simulated' runs on any number of processes")
+    mesh = init_device_mesh(ctx.device.type, (ctx.world_size // tp_size, tp_size), mesh_dim_names=("dp", "tp"))
+    return dataclasses.replace(
+        ctx, dp_rank=mesh.get_local_rank("dp"), dp_size=mesh["dp"].size(), dp_group=mesh["dp"].get_group(),
+        tp_rank=mesh.get_local_rank("tp"), tp_size=tp_size, tp_group=mesh["tp"].get_group(), mesh=mesh)

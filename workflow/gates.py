@@ -4,94 +4,139 @@ A gate reads the per-variant summaries of a stage (``summary.json``, see
 :func:`workflow.stats.summarize_runs`) and decides which variants advance. The
 baseline is never "advanced": it runs in every stage as the reference.
 
+Eligibility (every rule): at least ``min_successful_runs`` successful seeds (with fewer,
+the seed-to-seed variance cannot be estimated) and at most ``max_failed_fraction`` of the
+runs failed (default 0: a diverged seed is a result of the variant, not noise to drop).
+
 Rules (``stages.<S>.gate.rule``):
 
 ``top_k``
-    Eligible variants (at least ``min_successful_runs`` successful seeds: with fewer,
-    the seed-to-seed variance cannot be estimated) are ranked by mean val_loss, ties
-    broken by lower std, then name. The k best advance, and so does every variant whose
-    mean is within ``tie_tolerance`` of the k-th mean (a tie at the cut is not broken
-    by noise: all tied variants advance).
+    Eligible variants are ranked by mean val_loss, ties broken by lower std, then name.
+    The k best advance, and so does every variant whose mean is within ``tie_tolerance``
+    of the k-th mean (a tie at the cut is not broken by noise: all tied variants advance).
 ``beats_baseline``
     Eligible variants whose mean val_loss is strictly below the baseline's mean
-    advance. Welch's p-value (H1: variant < baseline) is reported, not required:
-    significance is asked of stage C by the verdict. If the baseline itself has too
-    few successful runs, nothing advances (there is no reference).
+    advance. The one-sided p-value against the baseline (``verdict.test``) is reported, not
+    required: significance is asked of the last stage by the verdict. If the baseline itself
+    has too few successful runs, nothing advances (there is no reference).
+``beats_baseline_ci``
+    Seed 001's B -> C rule: the mean is below the baseline's AND the trend is consistent:
+    the variant's 95 % CI of the mean lies entirely below the baseline's (the intervals do
+    not overlap; with equal standard errors about a two-sided p < 0.006).
 
-The verdict (last stage) follows modded-nanogpt's record rule: a one-sided
-one-sample t-test of each variant's seeds against ``target_val_loss`` and a one-sided
-Welch t-test against the baseline's seeds, both at level ``alpha``.
+Pivot (``gate.pivot: true``): when no variant passes, the next-best variant of the previous
+gate's ranking (eligible, not advanced there) runs this stage once and is gated again
+(``gate_<S>_pivot.json``), provided its estimated cost (the mean measured cost of a run of
+this stage x its seeds) fits in ``cost.reserve_usd``.
+
+The verdict (last stage) follows modded-nanogpt's record rule and a referee's: a one-sided
+test of each variant against the baseline (``verdict.test``: paired on seed-matched runs or
+Welch) and a one-sided one-sample t-test against ``target_val_loss``; each family is Holm
+adjusted over the variants tested (``verdict.correction``), decisions use the adjusted
+p-values at ``alpha``; ``verdict.winners`` says which test(s) a winner must pass; a variant
+with a failed seed cannot win (``failed_run_policy: disqualify``) unless failed runs are
+counted at a penalty loss (``penalty``). See docs/statistics.md.
 
 CLI::
 
     python -m workflow.gates gate --stage A --gate-json '{"rule": "top_k", "k": 2}' \
         --baseline baseline --summaries s1.json s2.json --output gate_A.json
-    python -m workflow.gates verdict --baseline baseline --alpha 0.01 --target-val-loss 2.2 \
-        --summaries ... --output verdict.json --markdown verdict.md
+    python -m workflow.gates pivot --stage B --gate-json '{...}' --baseline baseline \
+        --decision gate_B.json --summaries ... --output gate_B_pivot.json
+    python -m workflow.gates verdict --baseline baseline --verdict-json '{"alpha": 0.01, ...}' \
+        --summaries ... --output verdict.json --markdown verdict.md [--meta meta.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Mapping
 
 import pandas as pd
 
 from workflow.io import read_json, write_json_atomic, write_text_atomic
-from workflow.stats import one_sample_ttest, successful_val_losses, welch_ttest
+from workflow.stats import compare_to_baseline, describe, holm_adjust, one_sample_ttest, val_losses_by_seed
 
-GATE_DEFAULTS = {"k": 2, "min_successful_runs": 2, "tie_tolerance": 0.0}
+GATE_RULES = ("top_k", "beats_baseline", "beats_baseline_ci")
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def decide_gate(stage: str, gate: Mapping, summaries: Mapping[str, dict], baseline: str) -> dict:
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2g}"
+
+
+def decide_gate(
+    stage: str, gate: Mapping, summaries: Mapping[str, dict], baseline: str, test: str = "paired"
+) -> dict:
     """Decide which variants of ``stage`` advance to the next stage.
 
     Args:
         stage: stage name, e.g. ``"A"``.
-        gate: ``{"rule": "top_k" | "beats_baseline", "k", "min_successful_runs", "tie_tolerance"}``.
+        gate: the stage's gate section with schema defaults filled: ``{"rule": "top_k" |
+            "beats_baseline" | "beats_baseline_ci", "k", "min_successful_runs", "tie_tolerance",
+            "max_failed_fraction", "pivot"}`` (missing keys raise KeyError: defaults live in
+            config/schema.yaml only).
         summaries: variant name -> its summary.json dict for this stage (the baseline included,
             when it ran in this stage).
         baseline: name of the baseline variant.
+        test: test of the reported p-value against the baseline (``"paired"`` or ``"welch"``).
     Returns:
         ``{"stage", "rule", "params", "baseline", "advanced": [names], "carried": [baseline],
-        "ranking": [{variant, mean, std, ci_95, successful_runs, n_runs, failed_runs, eligible,
-        advanced, reason}], "failed_runs": {variant: [...]}, "explanation": str}``.
+        "ranking": [{variant, mean, std, ci_95, successful_runs, n_runs, failed_runs,
+        failed_fraction, eligible, advanced, reason, p_vs_baseline}], "failed_runs": {variant:
+        [...]}, "explanation": str}``.
     Raises:
         ValueError: unknown rule.
     """
-    params = {**GATE_DEFAULTS, **{k: v for k, v in gate.items() if k != "rule"}}
     rule = gate["rule"]
-    min_ok = params["min_successful_runs"]
+    if rule not in GATE_RULES:
+        raise ValueError(f"gate.rule: unknown rule {rule!r} (known: {', '.join(GATE_RULES)})")
+    params = {k: v for k, v in gate.items() if k != "rule"}
+    min_ok, max_failed = params["min_successful_runs"], params["max_failed_fraction"]
+    base_summary = summaries.get(baseline)
+    base_losses = val_losses_by_seed(base_summary) if base_summary else {}
     rows = []
     for name, summ in summaries.items():
-        rows.append(
-            {
-                "variant": name,
-                "mean": summ["val_loss"]["mean"],
-                "std": summ["val_loss"]["std"],
-                "ci_95": summ["val_loss"]["ci_95"],
-                "successful_runs": summ["successful_runs"],
-                "n_runs": summ["n_runs"],
-                "failed_runs": summ["failed_runs"],
-                "eligible": summ["successful_runs"] >= min_ok,
-                "advanced": False,
-                "reason": "",
-            }
-        )
-    by_name = {row["variant"]: row for row in rows}
-    for row in rows:
-        if not row["eligible"]:
+        failed = len(summ["failed_runs"])
+        frac = failed / summ["n_runs"] if summ["n_runs"] else 0.0
+        row = {
+            "variant": name,
+            "mean": summ["val_loss"]["mean"],
+            "std": summ["val_loss"]["std"],
+            "ci_95": summ["val_loss"]["ci_95"],
+            "successful_runs": summ["successful_runs"],
+            "n_runs": summ["n_runs"],
+            "failed_runs": summ["failed_runs"],
+            "failed_fraction": frac,
+            "eligible": True,
+            "advanced": False,
+            "reason": "",
+            "p_vs_baseline": None,
+        }
+        if summ["successful_runs"] < min_ok:
+            row["eligible"] = False
             row["reason"] = (
-                f"only {row['successful_runs']} of {row['n_runs']} runs succeeded (< min_successful_runs={min_ok}): "
+                f"only {summ['successful_runs']} of {summ['n_runs']} runs succeeded (< min_successful_runs={min_ok}): "
                 "variance cannot be estimated, not eligible"
             )
+        elif frac > max_failed + 1e-12:
+            row["eligible"] = False
+            row["reason"] = (
+                f"{failed} of {summ['n_runs']} runs failed ({frac:.0%} > max_failed_fraction={max_failed:.0%}; "
+                f"{summ['failed_runs'][0]['reason']}): a failed seed is a result of the variant, not eligible"
+            )
+        if name != baseline and base_losses and row["eligible"]:
+            row["p_vs_baseline"] = compare_to_baseline(val_losses_by_seed(summ), base_losses, test)["p_value"]
+        rows.append(row)
+    by_name = {row["variant"]: row for row in rows}
     base_row = by_name.get(baseline)
+    base_ok = base_row is not None and base_row["successful_runs"] >= min_ok
     if base_row is not None:
         base_row["reason"] = "baseline: runs in every stage as the reference" + (
             "" if base_row["eligible"] else f"; {base_row['reason']}"
@@ -101,6 +146,9 @@ def decide_gate(stage: str, gate: Mapping, summaries: Mapping[str, dict], baseli
         (r for r in rows if r["eligible"] and r["variant"] != baseline),
         # Means are compared at 1e-9 so float round-off (1.8 vs 1.7999999999999998) is a tie.
         key=lambda r: (round(r["mean"], 9), r["std"] if r["std"] is not None else float("inf"), r["variant"]),
+    )
+    eligibility = (
+        f"Variants need >= {min_ok} successful runs and at most {max_failed:.0%} failed runs to be eligible."
     )
     if rule == "top_k":
         k, tol = params["k"], params["tie_tolerance"]
@@ -120,31 +168,52 @@ def decide_gate(stage: str, gate: Mapping, summaries: Mapping[str, dict], baseli
         explanation = (
             f"top_k: the {k} eligible variants with the lowest mean val_loss advance; means within "
             f"{params['tie_tolerance']} of the k-th mean count as ties and advance too; ties in mean are ordered by "
-            f"lower std. Variants need >= {min_ok} successful runs to be eligible."
+            f"lower std. {eligibility}"
         )
-    elif rule == "beats_baseline":
-        if base_row is None or not base_row["eligible"]:
-            for row in candidates:
-                row["reason"] = "baseline has too few successful runs to compare with: nothing advances"
-            explanation = "beats_baseline: no eligible baseline in this stage, so no variant can advance."
-        else:
-            base_losses = successful_val_losses(summaries[baseline])
-            for row in candidates:
-                test = welch_ttest(successful_val_losses(summaries[row["variant"]]), base_losses, "less")
-                row["welch_p_value"] = test["p_value"]
-                delta = row["mean"] - base_row["mean"]
-                row["advanced"] = delta < 0
-                verb = "beats" if delta < 0 else "does not beat"
-                row["reason"] = (
-                    f"mean {_fmt(row['mean'])} {verb} the baseline's {_fmt(base_row['mean'])} "
-                    f"(delta {delta:+.4f}, Welch one-sided p={_fmt(test['p_value'], 3)})"
-                )
-            explanation = (
-                f"beats_baseline: eligible variants (>= {min_ok} successful runs) whose mean val_loss is below the "
-                "baseline's advance; the p-value is reported for information, significance is tested at the verdict."
-            )
+    elif not base_ok:
+        for row in candidates:
+            row["reason"] = "baseline has too few successful runs to compare with: nothing advances"
+        explanation = f"{rule}: no eligible baseline in this stage, so no variant can advance."
     else:
-        raise ValueError(f"gate.rule: unknown rule {rule!r} (known: top_k, beats_baseline)")
+        for row in candidates:
+            delta = row["mean"] - base_row["mean"]
+            below = delta < 0
+            p_text = f"one-sided {test} p={_p(row['p_vs_baseline'])}"
+            if rule == "beats_baseline":
+                row["advanced"] = below
+                verb = "beats" if below else "does not beat"
+                row["reason"] = (
+                    f"mean {_fmt(row['mean'])} {verb} the baseline's {_fmt(base_row['mean'])} (delta {delta:+.4f}, {p_text})"
+                )
+            else:  # beats_baseline_ci
+                ci, base_ci = row["ci_95"], base_row["ci_95"]
+                disjoint = ci is not None and base_ci is not None and ci[1] < base_ci[0]
+                row["advanced"] = below and disjoint
+                if not below:
+                    why = f"mean {_fmt(row['mean'])} is not below the baseline's {_fmt(base_row['mean'])}"
+                elif not disjoint:
+                    why = (
+                        f"mean {_fmt(row['mean'])} is below the baseline's {_fmt(base_row['mean'])} but its CI95 "
+                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] overlaps the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]: "
+                        "no consistent improvement"
+                    )
+                else:
+                    why = (
+                        f"mean {_fmt(row['mean'])} below the baseline's {_fmt(base_row['mean'])} and CI95 "
+                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] entirely below the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]"
+                    )
+                row["reason"] = f"{why} (delta {delta:+.4f}, {p_text})"
+        if rule == "beats_baseline":
+            explanation = (
+                "beats_baseline: eligible variants whose mean val_loss is below the baseline's advance; the p-value "
+                f"is reported for information, significance is tested at the verdict. {eligibility}"
+            )
+        else:
+            explanation = (
+                "beats_baseline_ci: eligible variants advance when their mean val_loss is below the baseline's AND "
+                "their 95 % CI of the mean lies entirely below the baseline's (a consistent improvement, seed 001's "
+                f"B -> C rule). {eligibility}"
+            )
 
     order = {row["variant"]: i for i, row in enumerate(candidates)}
     rows.sort(key=lambda r: (r["variant"] != baseline, order.get(r["variant"], len(order)), r["variant"]))
@@ -152,6 +221,7 @@ def decide_gate(stage: str, gate: Mapping, summaries: Mapping[str, dict], baseli
         "stage": stage,
         "rule": rule,
         "params": params,
+        "test": test,
         "baseline": baseline,
         "advanced": [row["variant"] for row in candidates if row["advanced"]],
         "carried": [baseline],
@@ -161,82 +231,211 @@ def decide_gate(stage: str, gate: Mapping, summaries: Mapping[str, dict], baseli
     }
 
 
-def decide_verdict(summaries: Mapping[str, dict], baseline: str, alpha: float, target_val_loss: float | None) -> dict:
+def stage_cost_usd(summaries: Mapping[str, dict], hour_usd: float) -> tuple[float, int]:
+    """Measured dollars and runs of a stage's summaries.
+
+    Args:
+        summaries: the stage's summary.json dicts.
+        hour_usd: price of one GPU-hour of the stage's gpu_model (GPU stages), or of one
+            process-hour (CPU stages, ``cost.cpu_hour_usd``).
+    Returns:
+        (dollars, runs): GPU-hours (or process-hours when no run used a GPU) x ``hour_usd``.
+    """
+    dollars, runs = 0.0, 0
+    for summ in summaries.values():
+        hours = summ["gpu_hours_total"] if summ["gpu_hours_total"] > 0 else summ["process_hours_total"]
+        dollars += hours * hour_usd
+        runs += summ["n_runs"]
+    return dollars, runs
+
+
+def choose_pivot(decision: dict, previous: dict, seeds: int, run_cost_usd: float, reserve_usd: float) -> dict | None:
+    """The pivot of a gate that advanced nothing: the next-best variant of the previous gate.
+
+    Args:
+        decision: this stage's gate decision (:func:`decide_gate`).
+        previous: the previous stage's gate decision.
+        seeds: runs the pivot variant needs in this stage.
+        run_cost_usd: estimated dollars of one run of this stage (measured mean).
+        reserve_usd: ``cost.reserve_usd``.
+    Returns:
+        None when the gate advanced something or pivots are off; else ``{"variant", "run",
+        "cost_usd", "reserve_usd", "reason"}`` (``variant`` None when there is no candidate;
+        ``run`` False when there is none or its cost exceeds the reserve).
+    """
+    if decision["advanced"] or not decision["params"].get("pivot"):
+        return None
+    tried = set(previous["advanced"]) | {previous["baseline"]}
+    candidates = [r["variant"] for r in previous["ranking"] if r["eligible"] and r["variant"] not in tried]
+    if not candidates:
+        return {"variant": None, "run": False, "cost_usd": 0.0, "reserve_usd": reserve_usd,
+                "reason": f"no variant of stage {previous['stage']} is left to pivot to"}
+    variant = candidates[0]
+    cost = run_cost_usd * seeds
+    run = cost <= reserve_usd + 1e-9
+    reason = (
+        f"no variant passed gate {decision['stage']}: pivot to {variant}, the next-best of stage {previous['stage']}; "
+        f"{seeds} runs at ~${run_cost_usd:.2f} = ${cost:.2f} "
+        + ("fit in" if run else "exceed")
+        + f" the reserve ${reserve_usd:.2f}"
+        + ("" if run else ": not run")
+    )
+    return {"variant": variant, "run": run, "cost_usd": cost, "reserve_usd": reserve_usd, "reason": reason}
+
+
+def decide_verdict(
+    summaries: Mapping[str, dict],
+    baseline: str,
+    settings: Mapping,
+    vocab_size: int | None = None,
+) -> dict:
     """Significance verdict of the last stage.
 
-    For each variant (and the baseline against the target): one-sided Welch t-test
-    (H1: variant mean val_loss < baseline mean) and one-sided one-sample t-test
-    (H1: mean < ``target_val_loss``), each significant when p < ``alpha``.
+    For each variant: a one-sided test against the baseline (H1: the variant's mean val_loss
+    is lower; ``settings["test"]``: ``paired`` = ``scipy.stats.ttest_rel`` on the seed-matched
+    runs, ``welch`` = ``ttest_ind(equal_var=False)``) and, for every variant and the baseline,
+    a one-sided one-sample t-test against ``target_val_loss`` (H1: mean < target). Each
+    family's p-values are Holm-adjusted over the variants it tests (``correction: holm``,
+    statsmodels ``multipletests``); a test passes when the adjusted p < ``alpha``.
 
+    Args:
+        summaries: variant -> summary.json of the last stage.
+        baseline: the baseline's name.
+        settings: the study's ``verdict`` section with schema defaults: ``alpha``,
+            ``target_val_loss`` (None: no target test), ``test``, ``correction``, ``winners``
+            (``baseline`` | ``target`` | ``both``), ``failed_run_policy`` (``disqualify`` |
+            ``penalty``), ``penalty_val_loss`` (None: ln(vocab_size)).
+        vocab_size: the dataset's vocabulary size (for the default penalty).
     Returns:
-        ``{"baseline", "alpha", "target_val_loss", "results": [{variant, n, mean, std, ci_95,
-        vs_baseline, vs_target, beats_baseline, beats_target, verdict}], "winners": [...]}``.
+        ``{"baseline", "alpha", "target_val_loss", "test", "correction", "winners_rule",
+        "failed_run_policy", "penalty_val_loss", "results": [{variant, n, failed_runs, mean, std,
+        ci_95, vs_baseline: {..., p_value, p_value_adjusted}, vs_target: {...}, beats_baseline,
+        beats_target, disqualified, winner, verdict}], "winners": [...], "explanation"}``.
+    Raises:
+        ValueError: ``winners`` needs a target but ``target_val_loss`` is None; penalty policy
+            without a penalty loss or vocab_size.
     """
+    alpha, target = settings["alpha"], settings["target_val_loss"]
+    test, correction, rule = settings["test"], settings["correction"], settings["winners"]
+    policy = settings["failed_run_policy"]
+    if rule in ("target", "both") and target is None:
+        raise ValueError(f"verdict.winners: {rule!r} needs verdict.target_val_loss (it is null)")
+    penalty = None
+    if policy == "penalty":
+        penalty = settings.get("penalty_val_loss")
+        if penalty is None:
+            if not vocab_size:
+                raise ValueError("verdict.failed_run_policy penalty: set penalty_val_loss or pass the dataset's vocab_size")
+            penalty = math.log(vocab_size)
     base = summaries.get(baseline)
-    base_losses = successful_val_losses(base) if base else []
+    base_losses = val_losses_by_seed(base, penalty) if base else {}
     results = []
     for name, summ in summaries.items():
-        losses = successful_val_losses(summ)
+        losses = val_losses_by_seed(summ, penalty)
+        described = describe(list(losses.values()))  # with the penalty policy, failed runs included
+        failed = summ["failed_runs"]
         entry = {
             "variant": name,
             "n": len(losses),
-            "mean": summ["val_loss"]["mean"],
-            "std": summ["val_loss"]["std"],
-            "ci_95": summ["val_loss"]["ci_95"],
-            "failed_runs": summ["failed_runs"],
+            "n_runs": summ["n_runs"],
+            "failed_runs": failed,
+            "excluded_runs": summ.get("excluded_runs", []),
+            **{k: described[k] for k in ("mean", "std", "ci_95")},
+            "vs_target": one_sample_ttest(list(losses.values()), target, "less") if target is not None else None,
+            "vs_baseline": None if name == baseline else compare_to_baseline(losses, base_losses, test),
+            "disqualified": policy == "disqualify" and bool(failed),
         }
-        vs_target = one_sample_ttest(losses, target_val_loss, "less") if target_val_loss is not None else None
-        entry["vs_target"] = vs_target
-        entry["beats_target"] = bool(vs_target and vs_target["p_value"] is not None and vs_target["p_value"] < alpha)
-        if name == baseline:
-            entry["vs_baseline"] = None
-            entry["beats_baseline"] = None
-            entry["verdict"] = "reference"
-        else:
-            vs_base = welch_ttest(losses, base_losses, "less")
-            entry["vs_baseline"] = vs_base
-            entry["beats_baseline"] = vs_base["p_value"] is not None and vs_base["p_value"] < alpha
-            if entry["beats_baseline"]:
-                entry["verdict"] = f"significantly better than {baseline} (p={vs_base['p_value']:.2g} < {alpha})"
-            elif vs_base["p_value"] is None:
-                entry["verdict"] = "not testable (fewer than 2 successful runs on one side)"
-            else:
-                entry["verdict"] = f"not significantly better than {baseline} (p={vs_base['p_value']:.2g} >= {alpha})"
         results.append(entry)
+    # Holm over each family: variants vs the baseline; every tested variant vs the target.
+    for key, members in (("vs_baseline", [e for e in results if e["vs_baseline"]]), ("vs_target", [e for e in results if e["vs_target"]])):
+        raw = [e[key]["p_value"] for e in members]
+        adjusted = holm_adjust(raw, alpha) if correction == "holm" else raw
+        for e, p_adj in zip(members, adjusted):
+            e[key]["p_value_adjusted"] = p_adj
+            e[key]["family_size"] = sum(p is not None for p in raw)
+    for e in results:
+        p_base = (e["vs_baseline"] or {}).get("p_value_adjusted")
+        p_target = (e["vs_target"] or {}).get("p_value_adjusted")
+        e["beats_target"] = p_target is not None and p_target < alpha
+        if e["variant"] == baseline:
+            e["beats_baseline"] = None
+            e["winner"] = False
+            e["verdict"] = "reference"
+            continue
+        e["beats_baseline"] = p_base is not None and p_base < alpha
+        needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
+        e["winner"] = all(needed) and not e["disqualified"]
+        parts = []
+        if p_base is None:
+            parts.append(f"not testable against {baseline} (fewer than 2 {'seed-matched pairs' if test == 'paired' else 'successful runs on one side'})")
+        else:
+            raw = e["vs_baseline"]["p_value"]
+            verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
+            parts.append(f"{verb} {baseline} ({test}, p={_p(raw)}, {correction}-adjusted p={_p(p_base)}, alpha {alpha})")
+        if target is not None:
+            verb = "below" if e["beats_target"] else "not significantly below"
+            parts.append(f"{verb} target {target} (adjusted p={_p(p_target)})")
+        if e["disqualified"]:
+            parts.append(
+                f"cannot win: {len(e['failed_runs'])} of {e['n_runs']} seeds failed ({e['failed_runs'][0]['reason']}); "
+                "a failed seed is a result of the variant (failed_run_policy: disqualify)"
+            )
+        elif not e["winner"]:
+            parts.append(f"not a winner (winners: {rule})")
+        e["verdict"] = ("WINNER: " if e["winner"] else "") + "; ".join(parts)
     results.sort(key=lambda e: (e["variant"] != baseline, e["mean"] if e["mean"] is not None else float("inf")))
+    n_tested = sum(1 for e in results if e["vs_baseline"] is not None)
+    if n_tested:
+        target_text = (
+            f" and a one-sided one-sample t-test against target_val_loss {target}" if target is not None else ""
+        )
+        need = {"baseline": f"beat {baseline}", "target": "beat the target", "both": f"beat {baseline} and the target"}[rule]
+        explanation = (
+            f"One-sided {test} t-test of each of the {n_tested} variants against {baseline}{target_text} (scipy.stats); "
+            f"p-values {'Holm-adjusted over the variants tested (statsmodels)' if correction == 'holm' else 'not adjusted'}, "
+            f"significant at adjusted p < {alpha}. A winner must {need} significantly"
+            + (" and have no failed seed." if policy == "disqualify" else f"; failed runs count at val_loss {penalty:.4g}.")
+        )
+    else:
+        explanation = "No variant reached the last stage: nothing to test against the baseline."
     return {
         "baseline": baseline,
         "alpha": alpha,
-        "target_val_loss": target_val_loss,
+        "target_val_loss": target,
+        "test": test,
+        "correction": correction,
+        "winners_rule": rule,
+        "failed_run_policy": policy,
+        "penalty_val_loss": penalty,
         "results": results,
-        "winners": [e["variant"] for e in results if e["beats_baseline"]],
-        "explanation": (
-            f"One-sided Welch t-test against {baseline} and one-sided one-sample t-test against target_val_loss "
-            f"({target_val_loss}), significant at p < {alpha} (scipy.stats)."
-            if results and len(results) > 1
-            else "No variant reached the last stage: nothing to test against the baseline."
-        ),
+        "winners": [e["variant"] for e in results if e["winner"]],
+        "explanation": explanation,
     }
 
 
 def verdict_markdown(verdict: dict) -> str:
-    """The verdict as a Markdown table (pandas ``to_markdown``)."""
+    """The verdict as Markdown: explanation, winners and a table (pandas ``to_markdown``) with
+    raw and adjusted p-values."""
     rows = []
+    has_target = verdict["target_val_loss"] is not None
     for e in verdict["results"]:
-        rows.append(
-            {
-                "variant": e["variant"],
-                "n": e["n"],
-                "mean val_loss": e["mean"],
-                "std": e["std"],
-                "p vs baseline": (e["vs_baseline"] or {}).get("p_value"),
-                "p vs target": (e["vs_target"] or {}).get("p_value"),
-                "verdict": e["verdict"],
-            }
-        )
+        row = {
+            "variant": e["variant"],
+            "n": e["n"],
+            "failed": len(e["failed_runs"]),
+            "mean val_loss": e["mean"],
+            "std": e["std"],
+            "p vs baseline": (e["vs_baseline"] or {}).get("p_value"),
+            "adjusted p vs baseline": (e["vs_baseline"] or {}).get("p_value_adjusted"),
+        }
+        if has_target:
+            row["p vs target"] = (e["vs_target"] or {}).get("p_value")
+            row["adjusted p vs target"] = (e["vs_target"] or {}).get("p_value_adjusted")
+        row["verdict"] = e["verdict"]
+        rows.append(row)
     table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g") if rows else "(no runs)"
     winners = ", ".join(verdict["winners"]) or "none"
-    return f"# Verdict\n\n{verdict['explanation']}\n\nSignificant improvements: **{winners}**\n\n{table}\n"
+    return f"# Verdict\n\n{verdict['explanation']}\n\nWinners: **{winners}**\n\n{table}\n"
 
 
 def _load_summaries(paths: list[str]) -> dict[str, dict]:
@@ -252,23 +451,47 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("gate")
     g.add_argument("--stage", required=True)
-    g.add_argument("--gate-json", required=True)
+    g.add_argument("--gate-json", required=True, help="the stage's gate section (schema defaults filled)")
     g.add_argument("--baseline", required=True)
+    g.add_argument("--test", default="paired", choices=["paired", "welch"])
     g.add_argument("--summaries", nargs="*", default=[])
     g.add_argument("--output", required=True)
+    g.add_argument("--previous", help="the previous gate's decision (pivot candidates)")
+    g.add_argument("--seeds", type=int, default=0, help="runs per variant in this stage (pivot cost)")
+    g.add_argument("--hour-usd", type=float, default=0.0, help="price of a GPU-hour (CPU: process-hour) of this stage")
+    g.add_argument("--reserve-usd", type=float, default=0.0)
+    pv = sub.add_parser("pivot", help="gate the pivot variant of a stage (after its runs)")
+    pv.add_argument("--stage", required=True)
+    pv.add_argument("--gate-json", required=True)
+    pv.add_argument("--baseline", required=True)
+    pv.add_argument("--test", default="paired", choices=["paired", "welch"])
+    pv.add_argument("--decision", required=True, help="the stage's first gate decision (names the pivot)")
+    pv.add_argument("--summaries", nargs="*", default=[])
+    pv.add_argument("--output", required=True)
     v = sub.add_parser("verdict")
     v.add_argument("--baseline", required=True)
-    v.add_argument("--alpha", type=float, required=True)
-    v.add_argument("--target-val-loss", type=float, default=None)
+    v.add_argument("--verdict-json", required=True, help="the study's verdict section (schema defaults filled)")
+    v.add_argument("--meta", help="the dataset's meta.json (vocab_size for the default penalty loss)")
     v.add_argument("--summaries", nargs="*", default=[])
     v.add_argument("--output", required=True)
     v.add_argument("--markdown", required=True)
     args = parser.parse_args(argv)
     summaries = _load_summaries(args.summaries)
     if args.command == "gate":
-        write_json_atomic(args.output, decide_gate(args.stage, json.loads(args.gate_json), summaries, args.baseline))
+        decision = decide_gate(args.stage, json.loads(args.gate_json), summaries, args.baseline, args.test)
+        if args.previous:
+            cost, runs = stage_cost_usd(summaries, args.hour_usd)
+            decision["pivot"] = choose_pivot(decision, read_json(args.previous), args.seeds, cost / runs if runs else 0.0, args.reserve_usd)
+        write_json_atomic(args.output, decision)
+    elif args.command == "pivot":
+        first = read_json(args.decision)
+        decision = decide_gate(args.stage, json.loads(args.gate_json), summaries, args.baseline, args.test)
+        decision["pivot_of"] = first["pivot"]
+        decision["explanation"] = f"Pivot: {first['pivot']['reason']}. " + decision["explanation"]
+        write_json_atomic(args.output, decision)
     else:
-        verdict = decide_verdict(summaries, args.baseline, args.alpha, args.target_val_loss)
+        vocab = read_json(args.meta)["vocab_size"] if args.meta else None
+        verdict = decide_verdict(summaries, args.baseline, json.loads(args.verdict_json), vocab)
         write_json_atomic(args.output, verdict)
         write_text_atomic(args.markdown, verdict_markdown(verdict))
     return 0

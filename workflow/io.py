@@ -2,7 +2,10 @@
 
 Every output the workflow writes goes through :func:`atomic_write` (temp file in the
 same folder, fsync, then ``os.replace``), so a crash never leaves a half-written file
-that looks finished.
+that looks finished. The file gets the permissions a plain ``open(path, "w")`` of a new
+file would: ``0o666`` minus the process umask (e.g. ``0o664`` under umask 002, so a
+research group's shared project folder stays readable by the group), never the ``0o600``
+of :func:`tempfile.mkstemp`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -20,7 +23,10 @@ from typing import IO, Any, Iterator
 def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success.
 
-    On any exception the temporary file is removed and ``path`` is left untouched.
+    On any exception the temporary file is removed and ``path`` is left untouched. The
+    temporary file is created with ``os.open(..., O_CREAT | O_EXCL, 0o666)``, so the kernel
+    applies the umask (and a default ACL of the folder) exactly as for ``open()``; the rename
+    keeps those permissions.
 
     Args:
         path: final destination; its parent folder is created if missing.
@@ -32,7 +38,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_sibling(path)
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
@@ -43,6 +49,20 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _create_sibling(path: Path) -> tuple[int, str]:
+    """Create a new, empty, uniquely named ``.{name}.<random>.tmp`` next to ``path``.
+
+    Returns ``(fd, tmp_path)``; mode ``0o666`` minus the umask (as ``open()`` does).
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:

@@ -13,11 +13,11 @@ Nothing is printed on import or anywhere else in this module.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
+
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -27,51 +27,29 @@ __all__ = [
     "split_muon_params",
     "lr_multiplier",
     "set_lr",
+    "schedule_progress",
     "curriculum_block_size",
+    "curriculum_marks",
+    "check_curriculum",
+    "tokens_for_steps",
+    "steps_for_tokens",
+    "resolve_depth_warm",
 ]
 
-# Defaults of the keys this module reads; they mirror config/schema.yaml definitions/train.
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adamw",
-    "lr": 1.0e-3,
-    "min_lr_ratio": 0.1,
-    "weight_decay": 0.1,
-    "beta1": 0.9,
-    "beta2": 0.99,
-    "eps": 1.0e-8,
-    "schedule": "cosine",
-    "warmup_iters": 0,
-    "warmdown_iters": 0,
-    "num_iterations": 100,
-    # Muon (optimizer: muon)
-    "muon_lr": 0.02,
-    "muon_momentum": 0.95,
-    "muon_nesterov": True,
-    "muon_ns_steps": 5,
-    "muon_weight_decay": 0.0,
-    "embed_lr": None,   # AdamW lr of token/position embeddings (and a tied head); None = lr
-    "head_lr": None,    # AdamW lr of an untied lm_head; None = embed_lr
-    "adam_lr": None,    # AdamW lr of norms, biases and other < 2-D params; None = lr
-    # sequence-length curriculum
-    "curriculum_block_sizes": None,
-    "curriculum_advance": "steps",
-    "curriculum_steps": None,
-    "curriculum_patience": 2,
-    "curriculum_min_delta": 0.0,
-}
-
-SCHEDULES = ("cosine", "linear", "constant", "trapezoidal")
-
-
-def _get(cfg: Mapping[str, Any], key: str) -> Any:
-    """cfg[key], or the schema default when the key is missing or None-with-non-None default."""
-    value = cfg.get(key)
-    return TRAIN_DEFAULTS[key] if value is None else value
-
-
-# --------------------------------------------------------------------------------------
-# Muon
-# --------------------------------------------------------------------------------------
+from workflow.schedules import (  # noqa: F401 (re-exported: torch-free, see workflow/schedules.py)
+    SCHEDULES,
+    TRAIN_DEFAULTS,
+    _get,
+    check_curriculum,
+    curriculum_block_size,
+    curriculum_marks,
+    lr_multiplier,
+    resolve_depth_warm,
+    schedule_progress,
+    set_lr,
+    steps_for_tokens,
+    tokens_for_steps,
+)
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5,
@@ -338,140 +316,3 @@ def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[tor
     raise ValueError(f"train key 'optimizer': unknown optimizer {name!r}; valid: ['adamw', 'muon', 'sgd']")
 
 
-# --------------------------------------------------------------------------------------
-# Learning-rate schedules
-# --------------------------------------------------------------------------------------
-
-
-def lr_multiplier(step: int, train_cfg: Mapping[str, Any]) -> float:
-    """Learning-rate multiplier in [0, 1] for 0-based training step ``step``.
-
-    With N = num_iterations, W = warmup_iters, D = warmdown_iters, r = min_lr_ratio:
-      * warmup (every schedule): step < W -> (step + 1) / W  (linear; 1/W at step 0, 1 at W-1);
-      * after warmup, progress p = clamp((step - W) / (N - W), 0, 1):
-          cosine:      r + (1 - r) * 0.5 * (1 + cos(pi * p))     (nanoGPT; r at step >= N)
-          linear:      1 - (1 - r) * p
-          constant:    1
-          trapezoidal: min(1, (N - step) / D) when D > 0, else 1; floored at 0
-                       (modded-nanogpt's constant-then-linear-warmdown: 1/D at the last step
-                       N - 1, 0 at N; min_lr_ratio is not applied).
-    Steps beyond N keep the value at N.
-
-    Raises:
-        ValueError: unknown schedule (names the key and valid values), negative step.
-    Source: nanoGPT train.py get_lr; https://github.com/KellerJordan/modded-nanogpt get_lr;
-    Hägele et al. 2024 ("Scaling Laws and Compute-Optimal Training Beyond Fixed Training
-    Durations") for the trapezoidal / warmup-stable-decay shape.
-    """
-    if step < 0:
-        raise ValueError(f"lr_multiplier: step must be >= 0, got {step}")
-    schedule = _get(train_cfg, "schedule")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"train key 'schedule': unknown schedule {schedule!r}; "
-                         f"valid: {list(SCHEDULES)}")
-    n = int(_get(train_cfg, "num_iterations"))
-    warmup = int(_get(train_cfg, "warmup_iters"))
-    r = float(_get(train_cfg, "min_lr_ratio"))
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    if schedule == "trapezoidal":
-        warmdown = int(_get(train_cfg, "warmdown_iters"))
-        if warmdown <= 0:
-            return 1.0
-        return max(0.0, min(1.0, (n - min(step, n)) / warmdown))
-    progress = min(max((step - warmup) / max(1, n - warmup), 0.0), 1.0)
-    if schedule == "cosine":
-        return r + (1.0 - r) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return 1.0 - (1.0 - r) * progress  # linear
-
-
-def set_lr(optimizers: Sequence[torch.optim.Optimizer], step: int,
-           train_cfg: Mapping[str, Any]) -> float:
-    """Set ``group["lr"] = group["initial_lr"] * lr_multiplier(step, train_cfg)`` in every param
-    group of every optimizer and return the multiplier.
-
-    Raises:
-        KeyError: a param group without ``initial_lr`` (not built by ``build_optimizers``).
-    """
-    mult = lr_multiplier(step, train_cfg)
-    for opt in optimizers:
-        for group in opt.param_groups:
-            if "initial_lr" not in group:
-                raise KeyError("param group has no 'initial_lr'; build optimizers with "
-                               "workflow.optim.build_optimizers")
-            group["lr"] = group["initial_lr"] * mult
-    return mult
-
-
-# --------------------------------------------------------------------------------------
-# Sequence-length curriculum
-# --------------------------------------------------------------------------------------
-
-
-def curriculum_block_size(step: int, train_cfg: Mapping[str, Any],
-                          val_history: Sequence[tuple[int, float]] = ()) -> int | None:
-    """Training sequence length (tokens) for step ``step`` under the curriculum ladder.
-
-    Keys (schema ``definitions/train``):
-      curriculum_block_sizes: ladder of lengths, increasing, e.g. [256, 512, 768, 1024]; the
-          last should equal the model's block_size. None/empty = no curriculum (returns None:
-          the trainer uses the model's block_size).
-      curriculum_advance: "steps" or "plateau".
-        steps:   curriculum_steps = steps at which to move to rung 1, 2, ... (len = ladder - 1,
-                 increasing); rung = number of those steps <= step.
-        plateau: walk val_history in order (only entries with history step <= ``step``); on
-                 each rung track the best val_loss; an evaluation that is not below
-                 best - curriculum_min_delta counts as stale; after curriculum_patience
-                 consecutive stale evaluations move up one rung and start afresh.
-      curriculum_patience (int >= 1), curriculum_min_delta (>= 0, nats).
-
-    Args:
-        step: 0-based training step.
-        train_cfg: the run's train section.
-        val_history: [(step, val_loss), ...] evaluations so far, in step order.
-
-    Returns:
-        the sequence length (int) or None when no curriculum is configured.
-
-    Raises:
-        ValueError: a ladder that is not strictly increasing, curriculum_steps of the wrong
-            length or not increasing, an unknown curriculum_advance, or patience < 1.
-    Pure function: same inputs, same output. Source: sequence-length warmup, Li et al. 2022
-    ("The Stability-Efficiency Dilemma: Investigating Sequence Length Warmup").
-    """
-    ladder = train_cfg.get("curriculum_block_sizes")
-    if not ladder:
-        return None
-    ladder = [int(x) for x in ladder]
-    if any(b <= a for a, b in zip(ladder, ladder[1:])) or ladder[0] < 1:
-        raise ValueError(f"train key 'curriculum_block_sizes' must be strictly increasing "
-                         f"positive ints, got {ladder}")
-    mode = _get(train_cfg, "curriculum_advance")
-    if mode == "steps":
-        marks = train_cfg.get("curriculum_steps") or []
-        marks = [int(x) for x in marks]
-        if len(marks) != len(ladder) - 1 or any(b <= a for a, b in zip(marks, marks[1:])):
-            raise ValueError(f"train key 'curriculum_steps' must list {len(ladder) - 1} "
-                             f"increasing steps for ladder {ladder}, got {marks}")
-        rung = sum(1 for m in marks if step >= m)
-        return ladder[rung]
-    if mode == "plateau":
-        patience = int(_get(train_cfg, "curriculum_patience"))
-        min_delta = float(_get(train_cfg, "curriculum_min_delta"))
-        if patience < 1:
-            raise ValueError(f"train key 'curriculum_patience' must be >= 1, got {patience}")
-        rung, best, stale = 0, math.inf, 0
-        for s, val_loss in val_history:
-            if s > step or rung == len(ladder) - 1:
-                break
-            if val_loss < best - min_delta:
-                best, stale = val_loss, 0
-            else:
-                stale += 1
-                if stale >= patience:
-                    rung, best, stale = rung + 1, math.inf, 0
-        return ladder[rung]
-    raise ValueError(f"train key 'curriculum_advance': unknown value {mode!r}; "
-                     "valid: ['steps', 'plateau']")

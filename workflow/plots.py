@@ -46,29 +46,41 @@ def variant_colours(variants: list[str]) -> dict[str, str]:
     return {name: cycle[i % len(cycle)] for i, name in enumerate(variants)}
 
 
-def plot_curves(stage: str, metrics_paths: list[str], output: str, variants: list[str] | None = None) -> None:
-    """Validation (solid) and training (faint) loss vs step for every run of a stage;
-    one colour per variant (fixed by ``variants``, the study's order), one line per seed."""
+#: x axes of the training-curve panels: metrics.jsonl column -> axis label.
+CURVE_AXES = {"step": "step", "tokens_seen": "training tokens", "flops": "training FLOPs"}
+
+
+def plot_curves(stage: str, metrics_paths: list[str], output: str, variants: list[str] | None = None,
+                x_axes: tuple[str, ...] = ("step", "tokens_seen", "flops")) -> plt.Figure:
+    """Validation (solid) and training (faint) loss of every run of a stage, one panel per x
+    axis: steps, training tokens seen and training FLOPs (equal steps are not equal data: a
+    curriculum variant sees fewer tokens per step). One colour per variant (fixed by
+    ``variants``, the study's order), one line per seed; axes whose column the metrics lack
+    are left out. Returns the (closed) figure."""
     data = load_metrics(metrics_paths)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    axes_present = [x for x in x_axes if x in data.columns and data[x].notna().any()] or ["step"]
+    fig, axes = plt.subplots(1, len(axes_present), figsize=(6 * len(axes_present), 4.5), sharey=True, squeeze=False)
     present = sorted(set(data["variant"]))
     colours = variant_colours(list(variants or []) + [v for v in present if v not in (variants or [])])
-    for variant, runs in sorted(data.groupby("variant"), key=lambda kv: list(colours).index(kv[0])):
-        colour = colours[variant]
-        for j, (_, run) in enumerate(runs.groupby("seed")):
-            run = run.sort_values("step")
-            train = run.dropna(subset=["train_loss"]) if "train_loss" in run else run.iloc[0:0]
-            val = run.dropna(subset=["val_loss"]) if "val_loss" in run else run.iloc[0:0]
-            ax.plot(train["step"], train["train_loss"], color=colour, alpha=0.25, linewidth=0.8)
-            ax.plot(val["step"], val["val_loss"], color=colour, marker="o", markersize=2.5, linewidth=1.2,
-                    label=variant if j == 0 else None)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
-    ax.set_title(f"Stage {stage}: val_loss (solid) and train_loss (faint) per seed")
+    for ax, x in zip(axes[0], axes_present):
+        for variant, runs in sorted(data.groupby("variant"), key=lambda kv: list(colours).index(kv[0])):
+            colour = colours[variant]
+            for j, (_, run) in enumerate(runs.groupby("seed")):
+                run = run.sort_values("step")
+                train = run.dropna(subset=["train_loss"]) if "train_loss" in run else run.iloc[0:0]
+                val = run.dropna(subset=["val_loss"]) if "val_loss" in run else run.iloc[0:0]
+                ax.plot(train[x], train["train_loss"], color=colour, alpha=0.25, linewidth=0.8)
+                ax.plot(val[x], val["val_loss"], color=colour, marker="o", markersize=2.5, linewidth=1.2,
+                        label=variant if j == 0 else None)
+        ax.set_xlabel(CURVE_AXES.get(x, x))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss (nats/token)")
+    fig.suptitle(f"Stage {stage}: val_loss (solid) and train_loss (faint) per seed, against " +
+                 ", ".join(CURVE_AXES.get(x, x) for x in axes_present))
     if len(data):
-        ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+        axes[0][0].legend(fontsize=8)
     _save(fig, output)
+    return fig
 
 
 def plot_val_loss_by_stage(summary_paths: list[str], output: str, variants: list[str] | None = None) -> None:

@@ -51,6 +51,9 @@ FINEWEB_MAGIC = 20240520
 FINEWEB_VERSION = 1
 FINEWEB_HEADER_INTS = 256
 FINEWEB_HEADER_BYTES = FINEWEB_HEADER_INTS * 4
+#: tokens of the shortest training window (block_size 1 + 1); workflow.launch checks the model's own
+MIN_SPLIT_TOKENS = 2
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class DataError(ValueError):
@@ -64,7 +67,9 @@ class SplitWriters:
 
     Use as a context manager; ``write(split, ids)`` appends ids (any integer array) after
     checking ``0 <= ids < vocab_size`` and casting to ``dtype``. On an exception no split
-    file is renamed into place. ``tokens[split]`` counts the ids written.
+    file is renamed into place. ``tokens[split]`` counts the ids written. A split with fewer
+    than :data:`MIN_SPLIT_TOKENS` tokens (no window of any block_size) raises DataError naming
+    the split and its token count, and no split file is written.
     """
 
     def __init__(self, out_dir: Path, splits: Iterable[str], dtype: str, vocab_size: int):
@@ -79,8 +84,18 @@ class SplitWriters:
             self._files[split] = self._stack.enter_context(atomic_write(self.out_dir / f"{split}.bin", "wb"))
         return self
 
-    def __exit__(self, *exc) -> bool:
-        return self._stack.__exit__(*exc)
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        short = {s: n for s, n in self.tokens.items() if n < MIN_SPLIT_TOKENS}
+        if exc_type is None and short:
+            split, n = next(iter(short.items()))
+            exc = DataError(
+                f"{self.out_dir / (split + '.bin')}: split {split!r} has {n} tokens, but a training window needs "
+                f"block_size + 1 >= {MIN_SPLIT_TOKENS} tokens (the trainer checks the model's own window before "
+                "training); give this split more text"
+            )
+            self._stack.__exit__(DataError, exc, None)  # discards every split file
+            raise exc
+        return self._stack.__exit__(exc_type, exc, tb)
 
     def write(self, split: str, ids: np.ndarray | list[int]) -> None:
         arr = np.asarray(ids)
@@ -104,9 +119,71 @@ class SplitWriters:
                 for s, n in self.tokens.items()}
 
 
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of ``path``, computed once per (path, size, mtime) in this process."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        _SHA256_CACHE[key] = sha256_file(path)
+    return _SHA256_CACHE[key]
+
+
 def _file_meta(path: Path, url: str | None = None, filename: str | None = None) -> dict:
     return {"filename": filename or path.name, "url": url or path.resolve().as_uri(),
-            "sha256": sha256_file(path), "bytes": path.stat().st_size}
+            "sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def verify_raw_file(path: Path, source: str, filename: str, opts: Mapping[str, Any] | None = None) -> None:
+    """Check a raw file against the registry's size and sha256 (workflow.datasets.SOURCES).
+
+    The download checked the same values; this catches a file changed since (a corrupted disk,
+    an edited cache, a partial copy from another machine). ``opts``' ``raw_files`` overrides apply.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: size or sha256 differ (message: the file, both sizes, both sha256).
+    """
+    spec = source_file(source, filename, opts)
+    if spec.sha256 is None and spec.bytes is None:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: raw file of source {source!r} is missing (download it first)")
+    size = path.stat().st_size
+    actual = _sha256(path) if spec.sha256 is not None else None
+    if (spec.bytes is not None and size != spec.bytes) or (actual is not None and actual != spec.sha256):
+        found = f"{size:,} bytes" + (f", sha256 {actual}" if actual else "")
+        expected = (f"{spec.bytes:,} bytes" if spec.bytes is not None else "") + (
+            f"{', ' if spec.bytes is not None else ''}sha256 {spec.sha256}" if spec.sha256 else "")
+        raise DataError(
+            f"{path}: {found}, but the registry (source {source!r}, {spec.url}) expects {expected}: the file "
+            "changed after its download (corrupted disk, edited cache or partial copy); delete it and rerun to "
+            "download it again"
+        )
+
+
+def verify_raw_files(dataset: str, raw_dir: Path, opts: Mapping[str, Any], tokenizer_file: str | None = None) -> int:
+    """Check every registry file that tokenizing ``dataset`` reads (:func:`verify_raw_file`):
+    the source's files in ``raw_dir`` and, for GPT-2 BPE datasets, the ranks file used.
+
+    Returns:
+        The number of files checked against a size or sha256.
+    """
+    ds = get_dataset(dataset)
+    checked = 0
+    if ds.source is not None:
+        for name in source_files(ds.source, opts):
+            spec = source_file(ds.source, name, opts)
+            if spec.sha256 is not None or spec.bytes is not None:
+                verify_raw_file(raw_dir / name, ds.source, name, opts)
+                checked += 1
+    ranks = _gpt2_ranks(raw_dir, tokenizer_file) if ds.needs_gpt2_ranks else None
+    if ranks is not None:
+        verify_raw_file(Path(ranks), GPT2_SOURCE, GPT2_RANKS_FILE)
+        checked += 1
+    return checked
 
 
 def _source_meta(source: str, raw_dir: Path, opts: Mapping[str, Any], names: list[str] | None = None) -> dict:
@@ -442,12 +519,31 @@ def _iter_line_chunks(path: Path, chunk_bytes: int) -> Iterator[bytes]:
             yield chunk
 
 
-def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int,
+                    stats: dict | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Per chunk of ``path``: (token ids with bos inserted and blank lines removed,
-    positions in those ids where a document starts). Raises DataError at a forbidden byte."""
+    positions in those ids where a document starts). Raises DataError at a forbidden byte.
+
+    Windows line ends are read as ``\n`` (every ``\r\n`` becomes ``\n``; a lone ``\r`` is an
+    ordinary character) and a UTF-8 byte order mark at the start of the file is skipped;
+    ``stats`` (if given) counts them: ``crlf`` line ends, ``bom`` files. Error positions
+    (line, column, byte) are those of the file as it is on disk.
+    """
     prev2 = np.array([10, 10], dtype=np.uint8)  # file start behaves like after a blank line
     line_no, offset = 1, 0
     for chunk in _iter_line_chunks(path, chunk_bytes):
+        size_on_disk, skipped = len(chunk), 0
+        if offset == 0 and chunk.startswith(UTF8_BOM):
+            chunk, skipped = chunk[len(UTF8_BOM):], len(UTF8_BOM)
+            if stats is not None:
+                stats["bom"] = stats.get("bom", 0) + 1
+        crlf_at = None  # positions (in the chunk as read) of the removed \r of each \r\n
+        if b"\r\n" in chunk:
+            disk = np.frombuffer(chunk, dtype=np.uint8)
+            crlf_at = np.flatnonzero((disk[:-1] == 13) & (disk[1:] == 10))
+            chunk = chunk.replace(b"\r\n", b"\n")
+            if stats is not None:
+                stats["crlf"] = stats.get("crlf", 0) + int(crlf_at.size)
         raw = np.frombuffer(chunk, dtype=np.uint8)
         ids, bad = tok.encode_bytes(chunk)
         if bad is not None:
@@ -457,8 +553,9 @@ def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int) -> Iter
             col = bad - (int(nl[-1]) + 1 if nl.size else 0)  # chunks start at line starts
             line_bytes = chunk[(int(nl[-1]) + 1 if nl.size else 0):].split(b"\n", 1)[0]
             ch = _decode_char(chunk, bad)
-            raise DataError(f"{path}: line {line}, column {col + 1} (byte {offset + bad}): character {ch} "
-                            f"is not in the charset {tok.charset!r}; line: {line_bytes[:80]!r}")
+            removed = 0 if crlf_at is None else int(np.searchsorted(crlf_at - np.arange(crlf_at.size), bad, side="right"))
+            raise DataError(f"{path}: line {line}, column {col + 1} (byte {offset + skipped + bad + removed}): "
+                            f"character {ch} is not in the charset {tok.charset!r}; line: {line_bytes[:80]!r}")
         ext = np.concatenate([prev2, raw])
         is_nl = raw == 10
         prev_nl = ext[1:-1] == 10
@@ -470,9 +567,10 @@ def _charset_chunks(path: Path, tok: CharsetTokenizer, chunk_bytes: int) -> Iter
         starts = (np.cumsum(counts) - counts)[doc_start]
         out[starts] = tok.bos_id
         yield out, starts
-        prev2 = ext[-2:]
+        if raw.size:
+            prev2 = ext[-2:]
         line_no += int(is_nl.sum())
-        offset += len(chunk)
+        offset += size_on_disk
 
 
 
@@ -491,6 +589,9 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
 
     Documents are separated by blank lines (and by file ends); each document becomes
     ``<|bos|>`` followed by its characters including line ends (blank lines dropped).
+    Windows line ends (``\r\n``) are read as ``\n`` and a UTF-8 byte order mark at the start
+    of a file is skipped (counted in meta.json ``normalized``), so a CRLF file gives the ids of
+    its LF copy.
     Pass 1 validates every byte and counts documents; pass 2 writes: the first
     ``1 - val_fraction`` of the documents go to train, the rest to val.
 
@@ -501,8 +602,9 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     files = [Path(p) for p in custom_text_files(str(raw_dir), opts["pattern"])]
     chunk = int(opts["chunk_bytes"])
     n_docs = 0
+    normalized: dict[str, int] = {}
     for path in tqdm(files, desc="check", unit="file", file=sys.stderr, mininterval=1):
-        for _, starts in _charset_chunks(path, tok, chunk):
+        for _, starts in _charset_chunks(path, tok, chunk, normalized):
             n_docs += int(starts.size)
     if n_docs == 0:
         raise DataError(f"{raw_dir}: no documents in {len(files)} files")
@@ -523,7 +625,8 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
                 doc += int(starts.size)
     return {"source": {"name": "custom_text", "files": [_file_meta(p) for p in files]},
             "tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size, "dtype": dtype,
-            "splits": w.splits_meta(), "documents": {"train": n_train, "val": n_docs - n_train}}
+            "splits": w.splits_meta(), "documents": {"train": n_train, "val": n_docs - n_train},
+            "normalized": {"crlf_line_ends": normalized.get("crlf", 0), "utf8_bom_files": normalized.get("bom", 0)}}
 
 
 # openwebtext ---------------------------------------------------------------------------
@@ -676,13 +779,16 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
         workers: processes for GPT-2 BPE of large corpora (default: option num_proc / all CPUs).
     Raises:
         UnknownNameError: unknown dataset or option.
-        DataError / TokenizeError / FileNotFoundError: bad or missing raw data (names file and place).
+        DataError / TokenizeError / FileNotFoundError: bad or missing raw data (names file and place);
+            a raw file that differs from the registry's size / sha256 (:func:`verify_raw_files`);
+            a split with no room for a training window (:class:`SplitWriters`).
     """
     ds = get_dataset(dataset)
     opts = dataset_options(dataset, options)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
+    verify_raw_files(dataset, raw_dir, opts, tokenizer_file)
     body = PREPARERS[dataset](raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
     meta = {"dataset": dataset, "split_spec": ds.split_spec, **body}
     meta["options"] = {k: v for k, v in opts.items() if k != "mirror"}

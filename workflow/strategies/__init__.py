@@ -19,10 +19,12 @@ from workflow.distributed import DistContext
 from workflow.strategies.base import Strategy
 from workflow.strategies.ddp import DDPStrategy
 from workflow.strategies.diloco import DiLoCoStrategy
+from workflow.strategies.gossip import GossipStrategy
 
 STRATEGIES: dict[str, type[Strategy]] = {
     DDPStrategy.name: DDPStrategy,
     DiLoCoStrategy.name: DiLoCoStrategy,
+    GossipStrategy.name: GossipStrategy,
 }
 
 

@@ -94,9 +94,14 @@ class Strategy:
         return contextlib.nullcontext()
 
     def optimizer_step(self, model: nn.Module, optimizers: Sequence[torch.optim.Optimizer], step: int) -> None:
-        """Clip gradients (``train.grad_clip``), step and zero every optimizer, then
+        """Clip gradients (``train.grad_clip``; a tensor-parallel model through
+        ``tensor_parallel.tp_reduce_grads``), step and zero every optimizer, then
         :meth:`after_optimizer_step`. ``step`` is the 0-based step just computed."""
-        if self.train_cfg["grad_clip"] > 0:
+        if getattr(model, "tp", None) is not None:  # tensor parallel: shards' norms summed, partial grads reduced
+            from workflow.model.tensor_parallel import tp_reduce_grads
+
+            tp_reduce_grads(model, self.train_cfg["grad_clip"])
+        elif self.train_cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), self.train_cfg["grad_clip"])
         for opt in optimizers:
             opt.step()

@@ -9,7 +9,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # Peak dense bf16 tensor-core FLOP/s per GPU by device-name substring (first match wins, so
-# more specific names come first). Vendor datasheets: NVIDIA H100 / H200 / A100 / L40S / L4 / A10.
+# more specific names come first). Vendor datasheets: NVIDIA H100 / H200 / A100 / L40S / L40 / L4 / A10.
 PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("GH200", 989e12),
     ("H200", 989e12),
@@ -18,6 +18,7 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
     ("H100", 989e12),  # SXM5 (HBM3)
     ("A100", 312e12),
     ("L40S", 362e12),
+    ("L40", 181e12),
     ("L4", 121e12),
     ("A10", 125e12),
 )

@@ -23,6 +23,7 @@ Variants the trainer carries (all from the run config):
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import platform
 import signal
@@ -37,10 +38,11 @@ import torch.distributed as dist
 from workflow.comm import CommCounter, summarize
 from workflow.config import config_hash, validate_section
 from workflow.data import TokenSplit, rank_slice, train_window_ids
-from workflow.distributed import DistContext
+from workflow.distributed import DistContext, init_tensor_parallel
 from workflow.io import write_json_atomic, write_text_atomic
 from workflow.model import GPT, build_model_config, depth_warm_state
-from workflow.optim import curriculum_block_size, set_lr
+from workflow.model.tensor_parallel import full_state_dict, parallelize_gpt, tp_comm_counts
+from workflow.optim import check_curriculum, curriculum_block_size, resolve_depth_warm, schedule_progress, set_lr
 from workflow.strategies import build_strategy
 from workflow.tracking import Tracker
 from workflow.training import checkpoint
@@ -83,6 +85,11 @@ class RunState:
     last_val_loss: float | None = None
     lr_mult: float = 0.0
     seq_len: int = 0
+    schedule_ms: float = 0.0  # training time the schedules follow: the workers' mean, identical on every rank
+    # tensor-parallel collectives of the training passes (workflow.model.tensor_parallel)
+    tp_passes: int = 0
+    tp_forward_calls: int = 0
+    tp_backward_calls: int = 0
 
 
 class Trainer:
@@ -110,18 +117,23 @@ class Trainer:
 
         self.train_split = TokenSplit(meta_path, "train")
         self.val_split = TokenSplit(meta_path, "val")
-        self.model_config = build_model_config(dict(run_cfg.get("model", {})), self.train_split.vocab_size)
-        self.block_size = self.model_config.block_size
-        self.num_train_windows = self.train_split.num_windows(self.block_size)
+        model_cfg = dict(run_cfg.get("model", {}))
+        self.block_size = build_model_config(resolve_depth_warm(model_cfg, None), self.train_split.vocab_size).block_size
         tc["num_iterations"] = resolve_num_iterations(tc, self.train_split.num_tokens, self.block_size)
-
-        ladder = tc.get("curriculum_block_sizes")
-        if ladder:
-            curriculum_block_size(0, tc, [])  # validates the ladder and the steps (names the key)
-            if max(ladder) > self.block_size:
-                raise ValueError(
-                    f"train.curriculum_block_sizes {ladder}: longest rung exceeds model.block_size {self.block_size}"
-                )
+        # DepthWarm fractions of the run -> steps of this run's length
+        self.model_config = build_model_config(resolve_depth_warm(model_cfg, tc["num_iterations"]),
+                                               self.train_split.vocab_size)
+        if self.model_config.tensor_parallel and self.model_config.tp_mode == "real":
+            if tc["strategy"]["name"] != "ddp":
+                raise ValueError(f"model.tp_mode 'real' runs with train.strategy ddp only, not {tc['strategy']['name']!r}")
+            if tc["optimizer"] == "muon":  # Newton-Schulz of a shard is not that of the whole matrix
+                raise ValueError("model.tp_mode 'real' runs with train.optimizer adamw or sgd, not muon "
+                                 "(Muon would orthogonalize each shard separately); use tp_mode 'simulated'")
+            # tp_size processes per replica on a (dp, tp) DeviceMesh; data parallelism over dp only
+            self.ctx = ctx = init_tensor_parallel(ctx, self.model_config.tp_size)
+        self.num_train_windows = self.train_split.num_windows(self.block_size)
+        check_curriculum(tc, self.block_size)  # last rung = block_size, reached before the end (names the key)
+        self.budget_s = tc["training_hours"] * 3600.0 if tc["training_hours"] is not None else None
 
         per_step = tc["batch_size"]
         device_batch = tc["device_batch_size"] or per_step // ctx.dp_size
@@ -135,6 +147,8 @@ class Trainer:
 
         torch.manual_seed(self.seed)
         self.model = GPT(self.model_config).to(ctx.device)
+        if ctx.mesh is not None:  # real tensor parallelism: keep this rank's shards
+            parallelize_gpt(self.model, ctx.mesh["tp"])
         self.depth_generator = torch.Generator(device="cpu")
         # Forward passes run through the compiled model when train.compile (same parameters).
         self.fwd_model = torch.compile(self.model) if tc["compile"] else self.model
@@ -246,7 +260,10 @@ class Trainer:
         """
         tc, st = self.train_cfg, self.state
         step_start = time.perf_counter()
-        lr_mult = set_lr(self.optimizers, st.step, tc)
+        # With a time budget the schedule follows max(step / N, elapsed / budget) (the same on every rank).
+        progress = (schedule_progress(st.step, tc["num_iterations"], st.schedule_ms / 1000.0, self.budget_s)
+                    if self.budget_s is not None else None)
+        lr_mult = set_lr(self.optimizers, st.step, tc, progress)
         seq_len = curriculum_block_size(st.step, tc, st.val_history) or self.block_size
         _, drop = self._apply_depth_state(st.step)
         depth_seed = _step_seed(self.seed, st.step, 1) if drop > 0 else None
@@ -267,16 +284,20 @@ class Trainer:
         if self.ctx.device.type == "cuda" and st.step + 1 < tc["num_iterations"]:
             self._prefetched = (st.step + 1, *self._load_batch(st.step + 1))
         self.strategy.optimizer_step(self.model, self.optimizers, st.step)
+        self._record_tp_comm(training=True)
         st.lr_mult, st.seq_len = lr_mult, seq_len
-        flags = [1.0 if self.preemption.signal is not None else 0.0, 0.0]
-        if tc["training_hours"] is not None:
+        flags = [1.0 if self.preemption.signal is not None else 0.0, 0.0, 0.0]
+        if self.budget_s is not None:
             elapsed_ms = st.train_time_ms + (time.perf_counter() - step_start) * 1000.0
-            flags[1] = 1.0 if elapsed_ms >= tc["training_hours"] * 3.6e6 else 0.0
+            flags[1] = 1.0 if elapsed_ms >= self.budget_s * 1000.0 else 0.0
+            flags[2] = elapsed_ms
         packed = torch.cat([(loss_sum / self.grad_accum_steps).reshape(1),
                             torch.tensor(flags, dtype=loss_sum.dtype, device=loss_sum.device)])
         packed = self.comm.all_reduce(packed, "metrics").tolist()
         self.preempt_requested = packed[1] > 0
         self.budget_spent = packed[2] > 0
+        if self.budget_s is not None:
+            st.schedule_ms = packed[3] / self.ctx.world_size
         return packed[0] / self.ctx.world_size
 
     def evaluate(self) -> dict:
@@ -284,8 +305,36 @@ class Trainer:
         with the DepthWarm layers active at the current step."""
         self._apply_depth_state(self.state.step)
         out = self.evaluator.evaluate(self.fwd_model, self.model, self.strategy)
+        self._record_tp_comm(training=False)
         self.state.val_history.append((self.state.step, out["val_loss"]))
         return out
+
+    def _record_tp_comm(self, training: bool) -> None:
+        """Move the model's tensor-parallel counts (tp_comm_counts: measured at every sync point;
+        simulated: what one tp rank of a real run sends) into the run's CommCounter: kinds
+        ``tp_forward``, ``tp_backward``, ``tp_grad`` for training steps, ``eval`` for evaluation."""
+        counts = tp_comm_counts(self.model)
+        if counts is None:
+            return
+        if not training:
+            calls = sum(counts[p]["calls"] for p in ("forward", "backward", "grad"))
+            if calls:
+                self.comm.record("eval", calls, sum(counts[p]["bytes"] for p in ("forward", "backward", "grad")))
+            return
+        for phase in ("forward", "backward", "grad"):
+            if counts[phase]["calls"]:
+                self.comm.record(f"tp_{phase}", counts[phase]["calls"], counts[phase]["bytes"])
+        self.state.tp_passes += counts["passes"]
+        self.state.tp_forward_calls += counts["forward"]["calls"]
+        self.state.tp_backward_calls += counts["backward"]["calls"]
+
+    def tp_syncs_per_pass(self) -> tuple[float | None, float | None]:
+        """Measured tensor-parallel all-reduces per training forward and backward pass (None
+        without tensor-parallel blocks)."""
+        st = self.state
+        if self.model.tp is None or not st.tp_passes:
+            return None, None
+        return st.tp_forward_calls / st.tp_passes, st.tp_backward_calls / st.tp_passes
 
     # ----- the loop -------------------------------------------------------------------
     def run(self) -> dict:
@@ -306,7 +355,7 @@ class Trainer:
             f"{self.model.num_parameters():,} parameters, world_size {self.ctx.world_size} "
             f"({self.ctx.launcher}, {self.ctx.backend}), device {self.ctx.device} ({self.device_name}), "
             f"batch {tc['batch_size']} x {self.block_size} tokens, grad_accum_steps {self.grad_accum_steps}, "
-            f"num_iterations {tc['num_iterations']}, optimizer {tc['optimizer']}, {self.strategy.describe()}, "
+            f"num_iterations {tc['num_iterations']}, optimizers {'+'.join(type(o).__name__ for o in self.optimizers)}, {self.strategy.describe()}, "
             f"dtype {tc['dtype']}, compile {tc['compile']}"
         )
         if slurm_job_id():
@@ -395,6 +444,8 @@ class Trainer:
             "comm_calls": comm_calls,  # sent so far by this worker (rank 0), checkpoints excluded
             "comm_bytes": comm_bytes,
         }
+        if self.model.tp is not None:  # measured tensor-parallel all-reduces per pass, run so far
+            row["tp_syncs_forward"], row["tp_syncs_backward"] = self.tp_syncs_per_pass()
         self.metrics.write(row)
         self.tracker.log(row)
         self.log(log_line(row, self.train_cfg["num_iterations"]))
@@ -409,15 +460,31 @@ class Trainer:
         dist.all_gather_object(gathered, self.comm.snapshot())
         return gathered
 
+    def _tensor_parallel_record(self) -> dict | None:
+        """result.json ``tensor_parallel``: pattern, tp_size, tp_mode, sync counts per pass
+        (nominal, analytic, measured) and parameters; None without tensor-parallel blocks."""
+        c = self.model_config
+        if self.model.tp is None:
+            return None
+        syncs = c.tp_syncs()
+        forward, backward = self.tp_syncs_per_pass()
+        return {"tp_size": c.tp_size, "tp_mode": c.tp_mode, "pattern": list(c.layer_block_types),
+                "syncs_nominal": syncs["nominal"], "syncs_analytic": syncs["forward"],
+                "syncs_analytic_backward": syncs["backward"], "syncs_measured": forward,
+                "syncs_measured_backward": backward, "training_passes": self.state.tp_passes,
+                "num_parameters": self.model.num_parameters()}
+
     def _finish(self, reason: str | None, stopped_early: str | None, wall_seconds: float) -> dict:
         st = self.state
         success = reason is None
         communication = summarize(self._gather_comm(), st.tokens_seen)
         if success:
             with self.strategy.scored_model(self.model) as scored:
+                # real tensor parallelism: every rank sends its shards, rank 0 writes the whole model
+                model_state = full_state_dict(self.model, lambda calls, nbytes: self.comm.record("checkpoint", calls, nbytes))
                 if self.ctx.is_main:
                     checkpoint.save_final_model(
-                        self.final_model_path, self.model.state_dict(), dataclasses.asdict(self.model_config),
+                        self.final_model_path, model_state, dataclasses.asdict(self.model_config),
                         {"scored_model": scored, "step": st.step, "seed": self.seed, "config_hash": self.config_hash,
                          "active_layers": depth_warm_state(st.step, self.model_config)[0]},
                     )
@@ -432,12 +499,16 @@ class Trainer:
             "variant": self.cfg.get("variant"),
             "seed": self.seed,
             "run_id": self.cfg.get("run_id"),
+            "stage_seed_offset": self.cfg.get("stage_seed_offset"),
             "dataset": self.cfg.get("dataset"),
             "success": success,
             "reason": reason,
             "stopped_early": stopped_early,
             "final_step": st.step,
             "num_iterations": self.train_cfg["num_iterations"],
+            "num_tokens": self.train_cfg.get("num_tokens"),
+            "schedule_progress": schedule_progress(st.step, self.train_cfg["num_iterations"], st.schedule_ms / 1000.0,
+                                                   self.budget_s),
             "final_val_loss": st.last_val_loss if success else None,
             "final_train_loss": st.last_train_loss if math.isfinite(st.last_train_loss) else None,
             "time_seconds": round(wall_seconds, 3),
@@ -452,6 +523,7 @@ class Trainer:
             "strategy": self.train_cfg["strategy"]["name"],
             "communication": communication,
             "bytes_per_token": communication["bytes_per_token"],
+            "tensor_parallel": self._tensor_parallel_record(),
             "slurm_job_id": slurm_job_id(),
             "hostname": platform.node(),
             "device": str(self.ctx.device),
@@ -463,6 +535,7 @@ class Trainer:
             "model_file": self.final_model_path.name if success else None,
             "git_commit": git["commit"],
             "git_dirty": git["dirty"],
+            "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
         }
         if self.ctx.is_main:  # (the gather above means every rank is past its last checkpoint)
             if git["diff"]:

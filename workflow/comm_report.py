@@ -1,0 +1,285 @@
+"""Communication-vs-loss report assets: the comm table and figures (rules/comm.smk).
+
+Inputs are the final stage's ``summary.json`` files (workflow.stats: ``val_loss``,
+``tokens_per_s``, ``bytes_per_token``, ``tensor_parallel`` = the trainer's record with the
+pattern and the nominal / analytic / measured sync counts per forward pass).
+
+CLI::
+
+    python -m workflow.comm_report table --baseline 24comm --summaries ... --csv comm.csv --markdown comm.md
+    python -m workflow.comm_report comm-vs-loss --summaries ... --output comm_vs_loss.png [--thresholds 3.28 3.35 3.40]
+    python -m workflow.comm_report tokens-per-s --summaries ... --output tokens_per_s_vs_comm.png
+    python -m workflow.comm_report bytes-per-token --summaries ... --output bytes_per_token_vs_loss.png
+
+Statistics: means, std and the Student-t 95 % CI from ``workflow.stats.describe``; the p-value
+against the baseline is Welch's two-sided t-test (``scipy.stats.ttest_ind(equal_var=False)``:
+does the loss differ?); the trend is a least-squares fit of every run's final val_loss on the
+measured syncs per forward, linear (``loss = a + b * syncs``) and logarithmic
+(``loss = a + b * ln syncs``), both with ``scipy.stats.linregress``; the figure draws the one
+with the higher R^2 and the table names both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from workflow.io import atomic_write, read_json, write_text_atomic  # noqa: E402
+from workflow.plots import _save, variant_colours  # noqa: E402
+from workflow.stats import successful_val_losses, welch_ttest  # noqa: E402
+
+
+def _tp(summary: dict) -> dict:
+    return summary.get("tensor_parallel") or {}
+
+
+def comm_variants(summaries: list[dict]) -> list[dict]:
+    """Summaries of variants whose runs carry measured sync counts, fewest syncs last."""
+    have = [s for s in summaries if _tp(s).get("syncs_measured") is not None]
+    return sorted(have, key=lambda s: (-_tp(s)["syncs_measured"], s["variant"]))
+
+
+def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
+    """One row per variant with sync counts: pattern, tp_size / tp_mode, syncs per forward pass
+    (nominal = the seed's rule, analytic = from the pattern, measured = counted while training)
+    and per backward pass (measured), parameters, final val_loss (runs, mean, std, CI95),
+    Welch two-sided p-value against ``baseline``, tokens_per_s (mean, ratio to the baseline's).
+
+    Returns:
+        DataFrame, most syncs first.
+    """
+    rows = comm_variants(summaries)
+    base = next((s for s in summaries if s["variant"] == baseline), None)
+    base_losses = successful_val_losses(base) if base else []
+    base_tps = ((base or {}).get("tokens_per_s") or {}).get("mean")
+    out = []
+    for summ in rows:
+        tp, vl = _tp(summ), summ["val_loss"]
+        ci = vl["ci_95"] or [None, None]
+        tps = (summ.get("tokens_per_s") or {}).get("mean")
+        p = None if summ["variant"] == baseline else \
+            welch_ttest(successful_val_losses(summ), base_losses, alternative="two-sided")["p_value"]
+        out.append({
+            "variant": summ["variant"],
+            "pattern": _pattern_text(tp.get("pattern") or []),
+            "tp_size": tp.get("tp_size"),
+            "tp_mode": tp.get("tp_mode"),
+            "syncs_nominal": tp.get("syncs_nominal"),
+            "syncs_analytic": tp.get("syncs_analytic"),
+            "syncs_measured": tp.get("syncs_measured"),
+            "syncs_measured_backward": tp.get("syncs_measured_backward"),
+            "num_parameters": tp.get("num_parameters"),
+            "runs": summ["successful_runs"],
+            "val_loss_mean": vl["mean"],
+            "val_loss_std": vl["std"],
+            "ci95_low": ci[0],
+            "ci95_high": ci[1],
+            "p_vs_baseline": p,
+            "tokens_per_s": tps,
+            "tokens_per_s_vs_baseline": tps / base_tps if tps and base_tps else None,
+        })
+    return pd.DataFrame(out, columns=list(out[0]) if out else ["variant"])
+
+
+def _pattern_text(layers: list[str]) -> str:
+    """Shortest repeating unit of a per-layer pattern: ``[tp, spd] x 6``."""
+    n = len(layers)
+    for k in range(1, n + 1):
+        if n % k == 0 and layers[:k] * (n // k) == layers:
+            return f"[{', '.join(layers[:k])}] x {n // k}" if k < n else ", ".join(layers)
+    return ""
+
+
+def fit_trend(summaries: list[dict]) -> dict | None:
+    """Least-squares fits of every successful run's final val_loss on its variant's measured
+    syncs per forward: linear and logarithmic (scipy.stats.linregress).
+
+    Returns:
+        ``{"linear": {...}, "log": {...}, "best": "linear" | "log", "points": n}`` where each fit
+        is ``{"intercept", "slope", "r2", "p_value"}``; None with fewer than 2 distinct sync
+        counts or 3 runs.
+    """
+    xs, ys = [], []
+    for summ in comm_variants(summaries):
+        for loss in successful_val_losses(summ):
+            xs.append(float(_tp(summ)["syncs_measured"]))
+            ys.append(float(loss))
+    if len(set(xs)) < 2 or len(xs) < 3:
+        return None
+    x, y = np.asarray(xs), np.asarray(ys)
+    fits = {}
+    for name, feature in (("linear", x), ("log", np.log(x) if (x > 0).all() else None)):
+        if feature is None:
+            continue
+        res = stats.linregress(feature, y)
+        fits[name] = {"intercept": float(res.intercept), "slope": float(res.slope),
+                      "r2": float(res.rvalue ** 2), "p_value": float(res.pvalue)}
+    fits["best"] = max((k for k in fits), key=lambda k: fits[k]["r2"])
+    fits["points"] = len(xs)
+    return fits
+
+
+def _fit_text(fit: dict | None) -> str:
+    if fit is None:
+        return "No trend fitted (fewer than 2 distinct sync counts or 3 runs)."
+    lines = []
+    for name in ("linear", "log"):
+        if name in fit:
+            f = fit[name]
+            term = "syncs" if name == "linear" else "ln(syncs)"
+            lines.append(f"- {name}: val_loss = {f['intercept']:.4f} + {f['slope']:+.5f} * {term}, "
+                         f"R^2 = {f['r2']:.3f}, p = {f['p_value']:.3g}")
+    lines.append(f"- better fit (R^2): {fit['best']}; {fit['points']} runs")
+    return "\n".join(lines)
+
+
+def write_table(summaries: list[dict], baseline: str, csv_path: str, md_path: str) -> None:
+    """comm.csv (:func:`comm_table`) and comm.md (the table, the trend fits, what the columns mean)."""
+    frame = comm_table(summaries, baseline)
+    with atomic_write(csv_path, "w", encoding="utf-8", newline="") as handle:
+        frame.to_csv(handle, index=False)
+    body = frame.to_markdown(index=False, floatfmt=".4g") if len(frame) > 0 and "syncs_measured" in frame else \
+        "(no variant recorded sync counts)"
+    write_text_atomic(md_path, (
+        f"# Communication vs val_loss (final stage)\n\n{body}\n"
+        "\n## Trend of final val_loss on measured syncs per forward\n\n" + _fit_text(fit_trend(summaries)) +
+        "\n\nsyncs: tensor-parallel all-reduces of one [B, T, C] activation per forward pass. nominal = the seed's "
+        "count (tp 2, spd 1, parallel 0 per layer, + 2 at the model boundaries with parallel blocks); analytic = "
+        "from the pattern under the blocks' exact semantics; measured = counted at every sync point while training "
+        "(docs/tensor_parallel.md). p_vs_baseline: Welch's two-sided t-test of the final val_loss against "
+        f"{baseline}.\n"))
+
+
+def _errorbar(ax, x, summ, colour, label):
+    vl = summ["val_loss"]
+    if vl["mean"] is None:
+        return
+    lo, hi = vl["ci_95"] or (vl["mean"], vl["mean"])
+    ax.errorbar([x], [vl["mean"]], yerr=[[vl["mean"] - lo], [hi - vl["mean"]]], fmt="o", capsize=4,
+                color=colour, label=label)
+
+
+def plot_comm_vs_loss(summaries: list[dict], output: str, thresholds: list[float] | None = None,
+                      variants: list[str] | None = None) -> None:
+    """x: measured syncs per forward pass; y: final val_loss mean +- 95 % CI over seeds, one point
+    per variant (faint dots: the seeds), the better-fitting trend (linear or logarithmic) and,
+    at GPT-2 scale, the reference thresholds as horizontal lines."""
+    rows = comm_variants(summaries)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = variant_colours(list(variants or []) + [s["variant"] for s in rows if s["variant"] not in (variants or [])])
+    for summ in rows:
+        x = _tp(summ)["syncs_measured"]
+        losses = successful_val_losses(summ)
+        ax.scatter([x] * len(losses), losses, s=10, alpha=0.35, color=colours[summ["variant"]])
+        _errorbar(ax, x, summ, colours[summ["variant"]],
+                  f"{summ['variant']} (nominal {_tp(summ).get('syncs_nominal')})")
+    fit = fit_trend(summaries)
+    if fit is not None:
+        xs = np.linspace(min(_tp(s)["syncs_measured"] for s in rows), max(_tp(s)["syncs_measured"] for s in rows), 100)
+        f = fit[fit["best"]]
+        ys = f["intercept"] + f["slope"] * (xs if fit["best"] == "linear" else np.log(xs))
+        ax.plot(xs, ys, "k--", linewidth=1, label=f"{fit['best']} fit, R^2 {f['r2']:.2f}")
+    for value in thresholds or []:
+        ax.axhline(value, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"{value:g}", (1.0, value), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
+                    ha="right", va="bottom")
+    ax.set_xlabel("measured tensor-parallel syncs per forward pass")
+    ax.set_ylabel("final val_loss (nats/token)")
+    ax.set_title("Communication vs final val_loss (mean and 95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    _save(fig, output)
+
+
+def plot_tokens_per_s(summaries: list[dict], output: str, variants: list[str] | None = None) -> None:
+    """x: measured syncs per forward pass; y: training tokens_per_s, mean +- 95 % CI over seeds."""
+    rows = comm_variants(summaries)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = variant_colours(list(variants or []) + [s["variant"] for s in rows if s["variant"] not in (variants or [])])
+    for summ in rows:
+        tps = summ.get("tokens_per_s") or {}
+        if tps.get("mean") is None:
+            continue
+        lo, hi = tps.get("ci_95") or (tps["mean"], tps["mean"])
+        ax.errorbar([_tp(summ)["syncs_measured"]], [tps["mean"]], yerr=[[tps["mean"] - lo], [hi - tps["mean"]]],
+                    fmt="o", capsize=4, color=colours[summ["variant"]],
+                    label=f"{summ['variant']} ({_tp(summ).get('tp_mode')})")
+    ax.set_xlabel("measured tensor-parallel syncs per forward pass")
+    ax.set_ylabel("training tokens/s (mean and 95% CI)")
+    ax.set_title("Does fewer syncs buy throughput?")
+    ax.grid(alpha=0.3)
+    if rows:
+        ax.legend(fontsize=7)
+    _save(fig, output)
+
+
+def _bytes_per_token(summary: dict) -> float | None:
+    """summary.json ``bytes_per_token``: the mean over the variant's runs (workflow.stats), or None."""
+    value = summary.get("bytes_per_token")
+    if isinstance(value, dict):  # a describe() record
+        value = value.get("mean")
+    return float(value) if value else None
+
+
+def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str] | None = None) -> None:
+    """x: communication bytes per token (log axis; result.json ``communication.bytes_per_token``
+    summed over workers); y: final val_loss mean +- 95 % CI; one point per variant that recorded
+    it (variants without the record get no point)."""
+    rows = [s for s in summaries if _bytes_per_token(s) and s["val_loss"]["mean"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = variant_colours(list(variants or []) + [s["variant"] for s in summaries if s["variant"] not in (variants or [])])
+    for summ in rows:
+        _errorbar(ax, _bytes_per_token(summ), summ, colours[summ["variant"]], summ["variant"])
+    if rows:
+        ax.set_xscale("log")
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no run recorded communication (bytes_per_token)", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("communication bytes per token (all workers, log scale)")
+    ax.set_ylabel("final val_loss (nats/token)")
+    ax.set_title("Communication volume vs final val_loss (mean and 95% CI over seeds)")
+    ax.grid(alpha=0.3, which="both")
+    _save(fig, output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflow.comm_report")
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("table")
+    t.add_argument("--baseline", required=True)
+    t.add_argument("--csv", required=True)
+    t.add_argument("--markdown", required=True)
+    for name in ("comm-vs-loss", "tokens-per-s", "bytes-per-token"):
+        p = sub.add_parser(name)
+        p.add_argument("--output", required=True)
+        p.add_argument("--variants", nargs="*", default=None, help="all variants of the study, in order (colours)")
+        if name == "comm-vs-loss":
+            p.add_argument("--thresholds", nargs="*", type=float, default=[])
+    for p in sub.choices.values():
+        p.add_argument("--summaries", nargs="*", default=[])
+    args = parser.parse_args(argv)
+    summaries = [read_json(path) for path in args.summaries]
+    if args.command == "table":
+        write_table(summaries, args.baseline, args.csv, args.markdown)
+    elif args.command == "comm-vs-loss":
+        plot_comm_vs_loss(summaries, args.output, args.thresholds, args.variants)
+    elif args.command == "tokens-per-s":
+        plot_tokens_per_s(summaries, args.output, args.variants)
+    else:
+        plot_bytes_per_token(summaries, args.output, args.variants)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

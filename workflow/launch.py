@@ -1,0 +1,407 @@
+"""The command of a training job: checks the data, starts the trainer, keeps every attempt's log,
+and makes the job's own exit status the trainer's (75 = preempted).
+
+CLI (what rules/train.smk runs; :func:`workflow.config.launch_command` builds the prefix)::
+
+    python -m workflow.launch [--nproc-per-node N] [--nodes M --cpus-per-proc C [--gpus-per-task]]
+        [--log results/.../train.log] --run-config '<json>' --out-dir DIR --meta META [--threads T]
+
+Every option but the launcher's own goes to ``python -m workflow.train`` unchanged.
+
+1. **Log** (``--log PATH``): stdout and stderr of this process and of every process it starts go to
+   a new ``{stem}.attempt-N.log`` next to ``PATH`` (N = 1, 2, ...: one file per attempt, claimed
+   with ``O_EXCL``), and ``PATH`` is made a hard link to it (a symbolic link where the file
+   system has no hard links). Snakemake deletes a job's log before it reruns the job; that
+   removes only the ``PATH`` name, so the log of a preempted or failed attempt survives.
+2. **Data check** (:func:`check_token_windows`): every split the trainer reads (train, val) must
+   hold one full window of ``model.block_size + 1`` tokens in one file, otherwise the job stops
+   with one line naming the split, its token count and the window (no traceback in training).
+3. **Start**:
+
+   - one process (``--nproc-per-node 1``, one node): the trainer runs in this very process
+     (``runpy``, exactly ``python -m workflow.train``): no torchrun, no extra interpreter, and
+     the trainer's exit status (0, 1, 75 after SIGTERM/SIGUSR1) is the job's;
+   - several processes on one node: ``torchrun --standalone`` with every worker started as
+     ``python -m workflow.launch --worker`` (which runs the trainer in-process and records its
+     exit status); several nodes: ``srun`` with one such worker task per process.
+
+   torchrun itself exits 1 whatever its workers did (its agent turns a signal into an error), so
+   each worker writes its exit status to ``rank{R}.exit`` in a private folder named by
+   ``$STAGERUN_EXIT_DIR`` and holds an exclusive ``flock`` on ``rank{R}.lock`` while it lives.
+   After torchrun ends, the launcher waits for every lock (the kernel releases it when the worker
+   is gone, also after SIGKILL), then: **75 if every rank exited 75**, 0 if torchrun exited 0,
+   otherwise torchrun's status (128 + signal when it was killed).
+
+   SIGTERM, SIGUSR1 or SIGINT to the launcher is forwarded once, as SIGTERM, to torchrun / srun,
+   which passes it to the workers; a signal that also reaches the workers directly (SLURM signals
+   every process of the job) is harmless: they checkpoint once and exit 75.
+
+   A preemption signal while the job starts (:class:`EarlySignals`) is only recorded, never raised
+   inside an import: before the trainer starts the job ends with 75 at once (nothing to save);
+   once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
+   installed (it checkpoints and exits 75).
+
+Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import os
+import runpy
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+EXIT_PREEMPTED = 75  # workflow.train.EXIT_PREEMPTED (EX_TEMPFAIL); not imported: that would load torch here
+EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's (workflow.train._PreemptionFlag)
+WORKER_WAIT_S = 300  # longest wait for a worker that outlived torchrun (it is saving its checkpoint)
+WINDOW_SPLITS = ("train", "val")
+
+
+class DataCheckError(ValueError):
+    """A split of the dataset cannot give the trainer one window (message: split, tokens, window)."""
+
+
+# --------------------------------------------------------------------------- data check
+
+def check_token_windows(meta_path: str | os.PathLike, model_cfg: dict) -> str:
+    """Check that the train and val splits each hold one ``block_size + 1``-token window.
+
+    Training and evaluation read windows of ``model.block_size + 1`` tokens that never cross a
+    file boundary (workflow.data.TokenSplit), so some file of the split must be that long.
+
+    Args:
+        meta_path: the dataset's ``meta.json`` (workflow.tokenize).
+        model_cfg: the run's ``model`` section (preset + overrides; workflow.model.build_model_config).
+    Returns:
+        A one-line summary (split token counts and the window), for the log.
+    Raises:
+        DataCheckError: a split is missing or too short (names meta.json, the split, its tokens,
+            its longest file and the window needed).
+        ValueError: invalid model config (from build_model_config).
+    """
+    from workflow.io import read_json
+    from workflow.model import build_model_config
+
+    meta_path = Path(meta_path)
+    meta = read_json(meta_path)
+    block_size = build_model_config(model_cfg, int(meta["vocab_size"])).block_size
+    window = block_size + 1
+    counts = []
+    for split in WINDOW_SPLITS:
+        info = meta.get("splits", {}).get(split)
+        if info is None:
+            raise DataCheckError(f"{meta_path}: no split {split!r} (has: {', '.join(meta.get('splits', {}))})")
+        tokens = int(info["tokens"])
+        longest = max((int(f["tokens"]) for f in info.get("files", [])), default=0)
+        if longest < window:
+            in_files = "" if longest == tokens else f" (its longest file {longest:,})"
+            raise DataCheckError(
+                f"{meta_path}: split {split!r} has {tokens:,} tokens{in_files}, but one training window needs "
+                f"{window:,} (model.block_size {block_size} + 1): use more data for this split or a smaller block_size"
+            )
+        counts.append(f"{split} {tokens:,}")
+    return f"data check: {', '.join(counts)} tokens; window {window} (block_size {block_size} + 1): ok"
+
+
+# --------------------------------------------------------------------------- logs
+
+def open_attempt_log(log: str | os.PathLike) -> Path:
+    """Send this process's stdout/stderr (and its children's) to a new ``{stem}.attempt-N.log``.
+
+    N is one more than the highest existing attempt (the file is created with ``O_EXCL``);
+    ``log`` becomes a hard link to it (symbolic link if hard links fail). Returns the attempt log.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"{log.stem}.attempt-"
+    taken = [p.name[len(prefix):-len(log.suffix) or None] for p in log.parent.glob(f"{prefix}*{log.suffix}")]
+    n = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    while True:
+        attempt = log.with_name(f"{prefix}{n}{log.suffix}")
+        try:
+            fd = os.open(attempt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+            break
+        except FileExistsError:
+            n += 1
+    with contextlib.suppress(FileNotFoundError):
+        log.unlink()
+    try:
+        os.link(attempt, log)
+    except OSError:
+        os.symlink(attempt.name, log)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return attempt
+
+
+# --------------------------------------------------------------------------- starting the trainer
+
+class EarlySignals:
+    """Preemption signals (SIGTERM, SIGUSR1) that come before the trainer has its own handler.
+
+    Installed first thing: a signal is only recorded (no exception is raised inside an import).
+    Before the trainer starts, :attr:`signum` tells the launcher to end at once with 75 (nothing
+    to save). Once :meth:`hand_over` was called (the trainer is starting in this process), a
+    recorded signal is sent again as soon as the trainer has replaced this handler with its own,
+    so the trainer checkpoints and exits 75 as for any preemption.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._hand_over = False
+        for sig in PREEMPT_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        if self.signum is None:
+            self.signum = signum
+            print(f"launch: {signal.Signals(signum).name} while starting", file=sys.stderr, flush=True)
+            if self._hand_over:
+                self._redeliver()
+
+    def hand_over(self) -> None:
+        """From now on a signal goes on to the trainer's own handler once it is installed."""
+        self._hand_over = True
+        if self.signum is not None:
+            self._redeliver()
+
+    def _redeliver(self) -> None:
+        def wait_then_send():
+            while signal.getsignal(self.signum) == self._handle:  # the trainer installs its handler soon
+                time.sleep(0.05)
+            os.kill(os.getpid(), self.signum)
+
+        threading.Thread(target=wait_then_send, name="redeliver-signal", daemon=True).start()
+
+
+def run_trainer_here(trainer_argv: list[str]) -> int:
+    """Run ``python -m workflow.train *trainer_argv`` in this process; returns its exit status.
+
+    An exception in the trainer propagates (traceback, exit status 1), as it would there.
+    """
+    sys.argv = ["workflow.train", *trainer_argv]
+    try:
+        runpy.run_module("workflow.train", run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        code = stop.code
+        if code is None:
+            return 0
+        if isinstance(code, int):
+            return code
+        print(code, file=sys.stderr)
+        return 1
+    return 0
+
+
+def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
+    """A worker started by torchrun / srun: the trainer in-process, its exit status recorded."""
+    exit_dir = Path(os.environ[EXIT_DIR_ENV])
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    code = 1
+    try:
+        lock = open(exit_dir / f"rank{rank}.lock", "w")  # held (flock) until this process is gone
+        with contextlib.suppress(OSError):  # a file system without flock: srun waits for its tasks anyway
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        import workflow.model  # noqa: F401 (torch: imported while a signal is only recorded)
+
+        if early.signum is not None:
+            code = EXIT_PREEMPTED
+        else:
+            early.hand_over()
+            code = run_trainer_here(trainer_argv)
+    finally:
+        (exit_dir / f"rank{rank}.exit").write_text(f"{code}\n")
+    return code
+
+
+def srun_prefix(nodes: int, nproc_per_node: int, cpus_per_proc: int, gpus_per_task: bool) -> list[str]:
+    """``srun`` arguments that place one task per process (per GPU) across ``nodes`` nodes."""
+    return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={nproc_per_node}",
+            *(["--gpus-per-task=1"] if gpus_per_task else []), f"--cpus-per-task={cpus_per_proc}",
+            "--kill-on-bad-exit=1"]
+
+
+def _wait_for_workers(exit_dir: Path, timeout_s: float) -> None:
+    """Block until no worker holds its lock (each worker's lock goes when its process ends)."""
+    def give_up(signum, frame):  # noqa: ARG001 (signal handler signature)
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(max(1, int(timeout_s)))
+    try:
+        for path in sorted(exit_dir.glob("rank*.lock")):
+            with open(path) as handle, contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+    except TimeoutError:
+        print(f"launch: a worker still runs {timeout_s:.0f} s after the launcher ended", file=sys.stderr, flush=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def job_exit_status(launcher_status: int, worker_codes: dict[int, int], world_size: int,
+                    preempt_signal: bool = False) -> int:
+    """The job's exit status from torchrun's / srun's status and the workers' recorded ones.
+
+    Args:
+        launcher_status: torchrun's / srun's return code (negative: killed by that signal).
+        worker_codes: rank -> the exit status that worker recorded (ranks that recorded none are
+            missing: not started yet, or killed).
+        world_size: number of workers.
+        preempt_signal: the launcher itself got SIGTERM / SIGUSR1.
+    Returns:
+        75 when all ``world_size`` workers exited 75, or when the launcher was sent a preemption
+        signal and no worker recorded anything but 75 (e.g. torchrun was still starting);
+        otherwise the launcher's status (0 stays 0; killed by signal s: 128 + s, as a shell says).
+    """
+    if len(worker_codes) == world_size and all(c == EXIT_PREEMPTED for c in worker_codes.values()):
+        return EXIT_PREEMPTED
+    if launcher_status == 0:
+        return 0
+    if preempt_signal and all(c == EXIT_PREEMPTED for c in worker_codes.values()):
+        return EXIT_PREEMPTED
+    if launcher_status < 0:
+        return 128 - launcher_status
+    return launcher_status
+
+
+def run_workers(cmd: list[str], world_size: int, exit_dir_parent: str | None = None,
+                early: EarlySignals | None = None) -> int:
+    """Run a multi-process launcher ``cmd`` (its workers: ``python -m workflow.launch --worker``).
+
+    Forwards SIGTERM / SIGUSR1 / SIGINT once (as SIGTERM) to it, waits for it and for every worker, and
+    returns :func:`job_exit_status`.
+    """
+    exit_dir = Path(tempfile.mkdtemp(prefix=".stagerun-exit-", dir=exit_dir_parent))
+    state: dict = {"proc": None, "signal": None, "preempt": False, "forwarded": False}
+
+    def forward(signum, frame=None):  # noqa: ARG001 (signal handler signature)
+        state["signal"] = state["signal"] or signum
+        state["preempt"] = state["preempt"] or signum in PREEMPT_SIGNALS
+        proc = state["proc"]
+        if proc is not None and not state["forwarded"] and proc.poll() is None:
+            state["forwarded"] = True
+            print(f"launch: {signal.Signals(signum).name}: SIGTERM to {Path(cmd[0]).name} (pid {proc.pid})",
+                  file=sys.stderr, flush=True)
+            proc.send_signal(signal.SIGTERM)
+
+    for sig in (*PREEMPT_SIGNALS, signal.SIGINT):
+        signal.signal(sig, forward)
+    if early is not None and early.signum is not None:  # came before the handlers above
+        shutil.rmtree(exit_dir, ignore_errors=True)
+        return EXIT_PREEMPTED
+    try:
+        state["proc"] = subprocess.Popen(cmd, env={**os.environ, EXIT_DIR_ENV: str(exit_dir)})
+        if state["signal"] is not None:  # it came while the launcher was starting
+            forward(state["signal"])
+        status = state["proc"].wait()
+        _wait_for_workers(exit_dir, WORKER_WAIT_S)
+        codes = {}
+        for path in exit_dir.glob("rank*.exit"):
+            with contextlib.suppress(ValueError):
+                codes[int(path.name[4:-5])] = int(path.read_text())
+        final = job_exit_status(status, codes, world_size, state["preempt"])
+        print(f"launch: {Path(cmd[0]).name} exited {status}; worker exit codes "
+              f"{dict(sorted(codes.items()))}; job exit status {final}", file=sys.stderr, flush=True)
+        return final
+    finally:
+        shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argparse.Namespace]:
+    parser = argparse.ArgumentParser(prog="python -m workflow.launch", description=__doc__.split("\n\n")[0],
+                                     allow_abbrev=False)
+    parser.add_argument("--nproc-per-node", type=int, default=1, help="processes per node (1: in this process)")
+    parser.add_argument("--nodes", type=int, default=1, help="nodes (> 1: srun, one task per process)")
+    parser.add_argument("--cpus-per-proc", type=int, default=1, help="srun --cpus-per-task (several nodes)")
+    parser.add_argument("--gpus-per-task", action="store_true", help="srun --gpus-per-task=1 (several nodes)")
+    parser.add_argument("--log", type=Path, help="Snakemake's log; each attempt writes {stem}.attempt-N.log")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args, trainer_argv = parser.parse_known_args(argv)
+    peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    peek.add_argument("--run-config")
+    peek.add_argument("--out-dir")
+    peek.add_argument("--meta")
+    peek.add_argument("--data-dir", default="data")
+    trainer_args, _ = peek.parse_known_args(trainer_argv)
+    return args, trainer_argv, trainer_args
+
+
+def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None = None,
+                  has_gpu: bool | None = None) -> int:
+    """Processes per node for a job that asked for ``nproc_per_node``: capped at the CPUs when it
+    runs on one node without a GPU (a study's ``gpus: 8`` on a laptop would otherwise start 8
+    gloo processes on 2 cores). GPU machines, several nodes and ``train.device: cuda`` keep the
+    request. Torch-free: a GPU is an NVIDIA device node ``/dev/nvidia<N>``."""
+    import glob
+
+    if has_gpu is None:
+        has_gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
+    if nodes > 1 or has_gpu or device == "cuda":
+        return nproc_per_node
+    return max(1, min(nproc_per_node, cpus or os.cpu_count() or 1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring); returns the job's exit status."""
+    early = EarlySignals()
+    args, trainer_argv, targs = _parse(argv)
+    if args.worker:
+        return _worker(trainer_argv, early)
+    if args.log is not None:
+        attempt = open_attempt_log(args.log)
+        print(f"launch: this attempt's log is {attempt}", flush=True)
+    if targs.run_config is None or targs.out_dir is None:
+        print("error: --run-config and --out-dir are required (options of python -m workflow.train)", file=sys.stderr)
+        return 2
+    try:
+        import json
+
+        text = Path(targs.run_config[1:]).read_text() if targs.run_config.startswith("@") else targs.run_config
+        run_cfg = json.loads(text)
+        meta = targs.meta or os.path.join(targs.data_dir, "tokens", run_cfg["dataset"], "meta.json")
+        print(check_token_windows(meta, run_cfg.get("model") or {}), flush=True)
+    except (ValueError, KeyError, OSError) as err:
+        print(f"error: {err}".replace("\n", " "), file=sys.stderr, flush=True)
+        return 1
+    if early.signum is not None:
+        print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    capped = cap_processes(args.nproc_per_node, args.nodes, (run_cfg.get("train") or {}).get("device", "auto"))
+    if capped != args.nproc_per_node:
+        print(f"launch: WARNING: {args.nproc_per_node} processes asked for, but this machine has no GPU and "
+              f"{os.cpu_count()} CPUs: running {capped} CPU process(es) (gloo); the data-parallel world size "
+              "changes, so results are not comparable with the study's GPU runs", file=sys.stderr, flush=True)
+        args.nproc_per_node = capped
+    world_size = args.nproc_per_node * args.nodes
+    if world_size == 1:
+        early.hand_over()
+        return run_trainer_here(trainer_argv)
+    worker = [sys.executable, "-m", "workflow.launch", "--worker", *trainer_argv]
+    if args.nodes == 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+               "--nproc_per_node", str(args.nproc_per_node), *worker[1:]]
+        return run_workers(cmd, world_size, early=early)
+    # Several nodes: the exit files must be on a file system every node sees (the run folder).
+    Path(targs.out_dir).mkdir(parents=True, exist_ok=True)
+    cmd = [*srun_prefix(args.nodes, args.nproc_per_node, args.cpus_per_proc, args.gpus_per_task), *worker]
+    return run_workers(cmd, world_size, exit_dir_parent=targs.out_dir, early=early)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
