@@ -1,5 +1,4 @@
 # Per-variant summaries, gate checkpoints between stages, and the verdict of the last stage.
-from workflow.tables import naive_plan
 
 
 rule summarize_variant:
@@ -27,6 +26,8 @@ def gate_pivot_args(wildcards, input):
     """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
     if not input.previous:
         return ""
+    from workflow.tables import naive_plan  # pandas and scipy: only for a gate that may pivot, not at parse
+
     hardware = naive_plan(config)["prices"][wildcards.stage]
     return (
         f"--previous {input.previous} --seeds {config['stages'][wildcards.stage]['seeds']} "

@@ -136,11 +136,11 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
     assert cap_processes(1, 1, "auto", cpus=2, has_gpu=False) == 1
 
 
-@pytest.mark.skipif(not (REPO / "workflow" / "model" / "config.py").exists(),
-                    reason="needs the torch-free workflow.model.config (the model package split, issue 10)")
 def test_parse_and_dry_run_do_not_import_torch(tmp_path):
     proc = snakemake_dry_run(tmp_path, TINY, "--config", "mirror=http://127.0.0.1:9/unused",
                              python_flags=("-X", "importtime"))
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
     assert "snakemake" in imported and "workflow.config" in imported
     assert "torch" not in imported, sorted(m for m in imported if m.startswith("torch"))[:5]
+    # nor the analysis stack (workflow.tables / workflow.stats: scipy, statsmodels): jobs import it
+    assert not {"scipy", "statsmodels", "workflow.stats", "workflow.tables"} & imported
