@@ -117,7 +117,8 @@ def stage_hardware(config: dict, stage: str) -> dict:
         (``hour_usd`` per GPU-hour) or ``"process"`` on CPU stages (``cost.cpu_hour_usd``).
     Raises:
         ValueError: a GPU stage whose gpu_model has no price in ``cost.gpu_hour_usd`` (when any
-            price is set) or no known peak FLOP/s.
+            price is set) or no known peak FLOP/s. A GPU stage without a gpu_model plans FLOPs
+            only (``peak_flops`` None: GPU-hours and dollars unknown).
     """
     from workflow.training.provenance import peak_flops
 
@@ -133,7 +134,7 @@ def stage_hardware(config: dict, stage: str) -> dict:
         raise ValueError(f"cost.gpu_hour_usd: no price for stages.{stage}.resources.gpu_model {model!r} "
                          f"(priced: {', '.join(prices)})")
     peak = cost["peak_tflops"][model] * 1e12 if model in cost["peak_tflops"] else peak_flops(model)
-    if peak is None:
+    if peak is None and model is not None:  # (no gpu_model: GPU-hours of the plan stay unknown)
         raise ValueError(f"stages.{stage}.resources.gpu_model {model!r}: peak FLOP/s unknown; set cost.peak_tflops.{model}")
     return {"gpus": gpus, "processes": gpus, "gpu_model": model, "peak_flops": peak,
             "hour_usd": prices.get(model, 0.0), "unit": "gpu"}
@@ -310,7 +311,7 @@ def plan_frame(plan: dict) -> pd.DataFrame:
     rows = []
     for r in plan["stages"]:
         hw = r["hardware"]
-        where = f"{hw['gpus']} x {hw['gpu_model']}" if hw["gpus"] else f"{hw['processes']} CPU process(es)"
+        where = f"{hw['gpus']} x {hw['gpu_model'] or 'GPU'}" if hw["gpus"] else f"{hw['processes']} CPU process(es)"
         rows.append({
             "row": f"stage {r['stage']}",
             "hardware": where,
