@@ -134,6 +134,7 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
     assert cap_processes(8, 1, "auto", cpus=2, has_gpu=True) == 8
     assert cap_processes(8, 2, "auto", cpus=2, has_gpu=False) == 8  # several nodes: a cluster's allocation
     assert cap_processes(1, 1, "auto", cpus=2, has_gpu=False) == 1
+    assert cap_processes(4, 1, "cpu", cpus=2, has_gpu=False) == 4  # a CPU study's gloo workers: on purpose
 
 
 def test_parse_and_dry_run_do_not_import_torch(tmp_path):

@@ -346,13 +346,16 @@ def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None
                   has_gpu: bool | None = None) -> int:
     """Processes per node for a job that asked for ``nproc_per_node``: capped at the CPUs when it
     runs on one node without a GPU (a study's ``gpus: 8`` on a laptop would otherwise start 8
-    gloo processes on 2 cores). GPU machines, several nodes and ``train.device: cuda`` keep the
-    request. Torch-free: a GPU is an NVIDIA device node ``/dev/nvidia<N>``."""
+    gloo processes on 2 cores). GPU machines, several nodes and an explicit ``train.device``
+    keep the request: ``cuda`` fails loudly without a GPU, and ``cpu`` is a CPU-scale study that
+    asks for its gloo workers on purpose (``diloco_cpu.yaml``: 4 workers on 2 cores), whose
+    world size must not depend on the machine. Torch-free: a GPU is an NVIDIA device node
+    ``/dev/nvidia<N>``."""
     import glob
 
     if has_gpu is None:
         has_gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
-    if nodes > 1 or has_gpu or device == "cuda":
+    if nodes > 1 or has_gpu or device in ("cuda", "cpu"):
         return nproc_per_node
     return max(1, min(nproc_per_node, cpus or os.cpu_count() or 1))
 
