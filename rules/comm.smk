@@ -1,5 +1,5 @@
-# Communication-vs-loss assets (workflow.comm_report), from the final stage's summaries:
-#   every study:   plots/bytes_per_token_vs_loss.png (points for variants whose runs recorded
+# Communication-vs-loss assets (workflow.comm_report), from the stages' summaries:
+#   every study:   plots/bytes_per_token_vs_loss.png (every stage's variants whose runs recorded
 #                  result.json communication.bytes_per_token)
 #   a study whose variants carry tensor-parallel sync counts (some layer is tp / spd / parallel):
 #                  comm/comm.csv + comm.md, plots/comm_vs_loss.png, plots/tokens_per_s_vs_comm.png,
@@ -52,7 +52,7 @@ localrules:
 
 rule bytes_per_token_plot:
     input:
-        lambda w: stage_summaries(FINAL_STAGE),
+        all_stage_summaries,
     output:
         report(
             f"{RESULTS}/plots/bytes_per_token_vs_loss.png",

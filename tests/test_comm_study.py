@@ -13,7 +13,7 @@ import pytest
 from scipy import stats as sps
 
 from test_pipeline import snakemake
-from workflow.comm_report import _pattern_text, fit_trend
+from workflow.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
 from workflow.model.config import analytic_tp_syncs, expand_block_pattern
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,24 @@ def test_fit_trend_and_pattern_text_agree_with_scipy():
     assert fit_trend(summaries[:1]) is None
     assert _pattern_text(["tp", "spd"] * 6) == "[tp, spd] x 6"
     assert _pattern_text(["spd"] * 6 + ["tp"] * 6) == ", ".join(["spd"] * 6 + ["tp"] * 6)
+
+
+def test_bytes_per_token_figure_places_every_stage_variant(tmp_path):
+    """A variant the gate stopped after stage A keeps its point (hollow marker), beside the final
+    stage's variants; a summary without the communication record gets none."""
+    def summ(stage, variant, bpt, mean):
+        return {"stage": stage, "variant": variant, "bytes_per_token": bpt,
+                "val_loss": {"mean": mean, "ci_95": [mean - 0.01, mean + 0.01]}}
+
+    summaries = [summ("A", "ddp", 1638.0, 2.40), summ("A", "diloco-tau10", 164.0, 2.45),
+                 summ("A", "diloco-seed-lr", 164.0, 2.90), summ("A", "no-record", None, 2.5),
+                 summ("C", "ddp", 1638.0, 2.23), summ("C", "diloco-tau10", 164.0, 2.28)]
+    out = tmp_path / "bpt.png"
+    points = plot_bytes_per_token(summaries, str(out), ["ddp", "diloco-tau10", "diloco-seed-lr", "no-record"])
+    assert [(p["stage"], p["variant"]) for p in points] == [
+        ("A", "ddp"), ("A", "diloco-tau10"), ("A", "diloco-seed-lr"), ("C", "ddp"), ("C", "diloco-tau10")]
+    assert points[2]["bytes_per_token"] == 164.0 and points[2]["val_loss"] == 2.90
+    assert out.read_bytes()[:8] == PNG
 
 
 def test_real_tp_study_with_too_few_processes_stops_before_any_job(tmp_path):

@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker as mticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
@@ -230,17 +231,38 @@ def _bytes_per_token(summary: dict) -> float | None:
     return float(value) if value else None
 
 
-def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str] | None = None) -> None:
+def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str] | None = None) -> list[dict]:
     """x: communication bytes per token (log axis; result.json ``communication.bytes_per_token``
-    summed over workers); y: final val_loss mean +- 95 % CI; one point per variant that recorded
-    it (variants without the record get no point)."""
+    summed over workers); y: final val_loss mean +- 95 % CI over seeds. Every variant of every
+    stage that recorded it gets a point: colour = variant, marker = stage (filled for the last
+    stage given, hollow for the screens before it), so variants a gate stopped early stay on the
+    figure. Variants without the record get no point.
+
+    Args:
+        summaries: summary.json records (workflow.stats), any stages, in stage order.
+        output: the PNG path (written atomically).
+        variants: every variant of the study in order (fixed colours across figures).
+
+    Returns:
+        The points drawn: ``[{"variant", "stage", "bytes_per_token", "val_loss"}]``.
+    """
     rows = [s for s in summaries if _bytes_per_token(s) and s["val_loss"]["mean"] is not None]
+    stages = list(dict.fromkeys(str(s.get("stage")) for s in rows))
+    markers = dict(zip(stages, "osD^vP*X"))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = variant_colours(list(variants or []) + [s["variant"] for s in summaries if s["variant"] not in (variants or [])])
     for summ in rows:
-        _errorbar(ax, _bytes_per_token(summ), summ, colours[summ["variant"]], summ["variant"])
+        stage, colour = str(summ.get("stage")), colours[summ["variant"]]
+        vl = summ["val_loss"]
+        lo, hi = vl["ci_95"] or (vl["mean"], vl["mean"])
+        last = stage == stages[-1]
+        ax.errorbar([_bytes_per_token(summ)], [vl["mean"]], yerr=[[vl["mean"] - lo], [hi - vl["mean"]]],
+                    fmt=markers[stage], capsize=4, color=colour, alpha=1.0 if last else 0.6,
+                    markerfacecolor=colour if last else "white",
+                    label=f"{summ['variant']} (stage {stage})" if len(stages) > 1 else summ["variant"])
     if rows:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())  # 2x10^1, 3x10^1, ... would overlap
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no run recorded communication (bytes_per_token)", ha="center", va="center",
@@ -250,6 +272,8 @@ def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str]
     ax.set_title("Communication volume vs final val_loss (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3, which="both")
     _save(fig, output)
+    return [{"variant": s["variant"], "stage": s.get("stage"), "bytes_per_token": _bytes_per_token(s),
+             "val_loss": s["val_loss"]["mean"]} for s in rows]
 
 
 def main(argv: list[str] | None = None) -> int:
