@@ -248,7 +248,7 @@ def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str]
     """
     rows = [s for s in summaries if _bytes_per_token(s) and s["val_loss"]["mean"] is not None]
     stages = list(dict.fromkeys(str(s.get("stage")) for s in rows))
-    markers = dict(zip(stages, "osD^vP*X"))
+    markers = dict(zip(reversed(stages), "osD^vP*X"))  # the last stage: circles
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = variant_colours(list(variants or []) + [s["variant"] for s in summaries if s["variant"] not in (variants or [])])
     for summ in rows:
