@@ -262,7 +262,10 @@ def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str]
                     label=f"{summ['variant']} (stage {stage})" if len(stages) > 1 else summ["variant"])
     if rows:
         ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(mticker.NullFormatter())  # 2x10^1, 3x10^1, ... would overlap
+        # labels at 1, 2, 5 x 10^n in plain numbers: readable within one decade and over several
+        ax.xaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda value, _pos: f"{value:g}"))
+        ax.xaxis.set_minor_formatter(mticker.NullFormatter())
         ax.legend(fontsize=7)
     else:
         ax.text(0.5, 0.5, "no run recorded communication (bytes_per_token)", ha="center", va="center",
