@@ -200,6 +200,21 @@ def all_stage_summaries(wildcards=None):
     return [path for stage in STAGES for path in stage_summaries(stage)]
 
 
+@functools.cache
+def _first_seed_run_config(stage, variant):
+    """``run_config`` of (stage, variant) for the stage's first seed, resolved once (merging and
+    validating the sections is most of a training job's cost to the DAG)."""
+    return run_config(config, stage, variant, stage_seeds(config, stage)[0])
+
+
+def run_config_json(stage, variant, seed):
+    """The train rule's ``run_config`` param: ``run_config(config, stage, variant, seed)`` as sorted
+    JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
+    cfg = dict(_first_seed_run_config(stage, variant))
+    cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
+    return json.dumps(cfg, sort_keys=True)
+
+
 def per_job(func):
     """Record an input function's signature once: Snakemake inspects it on every call (tens of
     thousands of calls in a study of 1,000 runs); ``snakemake.common.overwrite_function_params``."""

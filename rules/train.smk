@@ -14,7 +14,7 @@ rule train:
     log:
         f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/train.log",
     params:
-        run_config=per_job(lambda w: json.dumps(run_config(config, w.stage, w.variant, int(w.seed)), sort_keys=True)),
+        run_config=per_job(lambda w: run_config_json(w.stage, w.variant, int(w.seed))),
         out_dir=per_job(lambda w, output: os.path.dirname(output.result)),
         launcher=train_rule_setting(launch_command),
         threads_per_proc=train_rule_setting(lambda r: r["cpus_per_proc"]),

@@ -94,8 +94,9 @@ def test_tiny_comm_study_builds_table_and_figures(comm_tiny):
             base_losses = losses
             assert row["p_vs_baseline"] == ""
         else:
-            p = sps.ttest_ind(losses, base_losses, equal_var=False).pvalue
-            assert float(row["p_vs_baseline"]) == pytest.approx(p, rel=1e-9)
+            p = sps.ttest_rel(losses, base_losses).pvalue  # seed by seed: same weights and batches
+            assert float(row["p_vs_baseline"]) == pytest.approx(p, rel=1e-9) and row["test_vs_baseline"] == "paired"
+            assert float(row["delta_vs_baseline"]) == pytest.approx((losses[0] - base_losses[0] + losses[1] - base_losses[1]) / 2)
         # the runs' communication record carries the tensor-parallel kinds, bytes_per_token in the summary
         assert runs[0]["communication"]["calls_by_kind"]["tp_forward"] == analytic["forward"] * 6
         summary = json.loads((results / "stage_A" / variant / "summary.json").read_text())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import re
 import subprocess
@@ -124,6 +125,15 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
     assert {v for v, _ in jobs} >= {"lr-0.001_n_embd-64", "lr-0.002_n_embd-96"}
     command = next(line for line in out.splitlines() if "lr-0.002_n_embd-96/seed_1339" in line and "--run-config" in line)
     assert '"lr": 0.002' in command and '"n_embd": 96' in command and '"batch_size": 4' in command
+    # every job's --run-config (resolved once per stage and variant, rules/common.smk) is exactly
+    # run_config() of its own seed
+    resolved = {**yaml.safe_load(study.read_text()), "set": ["stages.A.seeds=3", "train.batch_size=4"]}
+    prepare_study(resolved)
+    validate(resolved, SCHEMA)
+    configs = [json.loads(m) for m in re.findall(r"--run-config '(\{.*?\})' --out-dir", out)]
+    assert len(configs) == len(jobs)
+    for job in configs:
+        assert job == run_config(resolved, "A", job["variant"], job["seed"]), job["variant"]
     assert out.count("stagerun plan for study 'tiny'") == 1
     assert "stage A: <= 8 variants (all variants) x 3 seeds = <= 24 runs" in out
     assert "asks for 8 GPUs per node, but this machine has none" in out

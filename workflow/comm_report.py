@@ -35,7 +35,7 @@ from scipy import stats  # noqa: E402
 
 from workflow.io import atomic_write, read_json, write_text_atomic  # noqa: E402
 from workflow.plots import _save, variant_colours  # noqa: E402
-from workflow.stats import successful_val_losses, welch_ttest  # noqa: E402
+from workflow.stats import paired_ttest, successful_val_losses, val_losses_by_seed, welch_ttest  # noqa: E402
 
 
 def _tp(summary: dict) -> dict:
@@ -51,23 +51,35 @@ def comm_variants(summaries: list[dict]) -> list[dict]:
 def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
     """One row per variant with sync counts: pattern, tp_size / tp_mode, syncs per forward pass
     (nominal = the seed's rule, analytic = from the pattern, measured = counted while training)
-    and per backward pass (measured), parameters, final val_loss (runs, mean, std, CI95),
-    Welch two-sided p-value against ``baseline``, tokens_per_s (mean, ratio to the baseline's).
+    and per backward pass (measured), parameters, final val_loss (runs, mean, std, CI95), the
+    mean per-seed difference to ``baseline`` and its two-sided p-value, tokens_per_s (mean,
+    ratio to the baseline's). Every block type has the same parameters, so run ``seed`` of each
+    variant starts from the same weights and sees the same batches: the comparison is paired
+    (``scipy.stats.ttest_rel`` on the shared seeds, as the study's verdict); variants that share
+    fewer than 2 seeds with the baseline fall back to Welch's test (``test_vs_baseline`` says which).
 
     Returns:
         DataFrame, most syncs first.
     """
     rows = comm_variants(summaries)
     base = next((s for s in summaries if s["variant"] == baseline), None)
-    base_losses = successful_val_losses(base) if base else []
+    base_by_seed = val_losses_by_seed(base) if base else {}
     base_tps = ((base or {}).get("tokens_per_s") or {}).get("mean")
     out = []
     for summ in rows:
         tp, vl = _tp(summ), summ["val_loss"]
         ci = vl["ci_95"] or [None, None]
         tps = (summ.get("tokens_per_s") or {}).get("mean")
-        p = None if summ["variant"] == baseline else \
-            welch_ttest(successful_val_losses(summ), base_losses, alternative="two-sided")["p_value"]
+        test, p, delta = None, None, None
+        if summ["variant"] != baseline and base_by_seed:
+            by_seed = val_losses_by_seed(summ)
+            paired = paired_ttest(by_seed, base_by_seed, alternative="two-sided")
+            if paired["n_pairs"] >= 2:
+                test, p, delta = "paired", paired["p_value"], paired["mean_difference"]
+            else:
+                test = "welch"
+                p = welch_ttest(list(by_seed.values()), list(base_by_seed.values()), alternative="two-sided")["p_value"]
+                delta = (vl["mean"] - base["val_loss"]["mean"]) if vl["mean"] is not None else None
         out.append({
             "variant": summ["variant"],
             "pattern": _pattern_text(tp.get("pattern") or []),
@@ -83,7 +95,9 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
             "val_loss_std": vl["std"],
             "ci95_low": ci[0],
             "ci95_high": ci[1],
+            "delta_vs_baseline": delta,
             "p_vs_baseline": p,
+            "test_vs_baseline": test,
             "tokens_per_s": tps,
             "tokens_per_s_vs_baseline": tps / base_tps if tps and base_tps else None,
         })
@@ -155,8 +169,9 @@ def write_table(summaries: list[dict], baseline: str, csv_path: str, md_path: st
         "\n\nsyncs: tensor-parallel all-reduces of one [B, T, C] activation per forward pass. nominal = the seed's "
         "count (tp 2, spd 1, parallel 0 per layer, + 2 at the model boundaries with parallel blocks); analytic = "
         "from the pattern under the blocks' exact semantics; measured = counted at every sync point while training "
-        "(docs/tensor_parallel.md). p_vs_baseline: Welch's two-sided t-test of the final val_loss against "
-        f"{baseline}.\n"))
+        "(docs/tensor_parallel.md). delta_vs_baseline: mean over seeds of the final val_loss minus "
+        f"{baseline}'s with the same seed (same initial weights and batches); p_vs_baseline: its two-sided "
+        "paired t-test (test_vs_baseline; Welch's test when fewer than 2 seeds are shared).\n"))
 
 
 def _errorbar(ax, x, summ, colour, label):
