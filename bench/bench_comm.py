@@ -42,15 +42,11 @@ sys.path.insert(0, str(REPO))
 from workflow.model import GPT, build_model_config, tp_comm_counts, tp_reduce_grads  # noqa: E402
 from workflow.model.tensor_parallel import parallelize_gpt  # noqa: E402
 
-PATTERNS = {
-    "24comm": ["tp"],
-    "18comm": ["tp", "spd"],
-    "16comm": ["tp", "spd", "spd"],
-    "12comm": ["spd"],
-    "8comm": ["spd", "parallel"],
-    "6comm": ["spd", "parallel", "parallel"],
-    "18comm-clustered": ["spd"] * 6 + ["tp"] * 6,
-}
+import yaml  # noqa: E402
+
+#: The study's block patterns, read from the study itself (one source): variant -> block_pattern.
+PATTERNS = {name: variant["model"]["block_pattern"]
+            for name, variant in yaml.safe_load((REPO / "config" / "studies" / "comm_study.yaml").read_text())["variants"].items()}
 COLLECTIVE_EVENTS = ("c10d::allreduce_", "_c10d_functional::wait_tensor")
 
 
