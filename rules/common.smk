@@ -231,11 +231,12 @@ def no_gpu_here():
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
     once per stage, not once per job and resource. A GPU stage whose jobs would run on this
-    machine (local executor) while it has no GPU gets a warning here; the job's launcher then
-    caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
+    machine (local executor) while it has no GPU gets a warning here when its ``train.device`` is
+    ``auto``; the job's launcher then caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
     resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
-    if res["gpus"] and workflow.is_main_process and workflow.local_exec and no_gpu_here():
+    device = {**config.get("train", {}), **config["stages"][stage].get("train", {})}.get("device", "auto")
+    if res["gpus"] and device == "auto" and workflow.is_main_process and workflow.local_exec and no_gpu_here():
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
