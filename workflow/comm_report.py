@@ -183,6 +183,17 @@ def _errorbar(ax, x, summ, colour, label):
                 color=colour, label=label)
 
 
+def _finish(fig, ax, output: str, ylabel: str, title: str, legend: bool) -> None:
+    """Axis labels (x: measured syncs per forward pass), grid, legend; writes ``output`` atomically."""
+    ax.set_xlabel("measured tensor-parallel syncs per forward pass")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7)
+    _save(fig, output)
+
+
 def plot_comm_vs_loss(summaries: list[dict], output: str, thresholds: list[float] | None = None,
                       variants: list[str] | None = None) -> None:
     """x: measured syncs per forward pass; y: final val_loss mean +- 95 % CI over seeds, one point
@@ -207,13 +218,8 @@ def plot_comm_vs_loss(summaries: list[dict], output: str, thresholds: list[float
         ax.axhline(value, color="grey", linestyle=":", linewidth=1)
         ax.annotate(f"{value:g}", (1.0, value), xycoords=("axes fraction", "data"), fontsize=8, color="grey",
                     ha="right", va="bottom")
-    ax.set_xlabel("measured tensor-parallel syncs per forward pass")
-    ax.set_ylabel("final val_loss (nats/token)")
-    ax.set_title("Communication vs final val_loss (mean and 95% CI over seeds)")
-    ax.grid(alpha=0.3)
-    if rows:
-        ax.legend(fontsize=7)
-    _save(fig, output)
+    _finish(fig, ax, output, "final val_loss (nats/token)", "Communication vs final val_loss (mean and 95% CI over seeds)",
+            legend=bool(rows))
 
 
 def plot_tokens_per_s(summaries: list[dict], output: str, variants: list[str] | None = None) -> None:
@@ -229,13 +235,7 @@ def plot_tokens_per_s(summaries: list[dict], output: str, variants: list[str] | 
         ax.errorbar([_tp(summ)["syncs_measured"]], [tps["mean"]], yerr=[[tps["mean"] - lo], [hi - tps["mean"]]],
                     fmt="o", capsize=4, color=colours[summ["variant"]],
                     label=f"{summ['variant']} ({_tp(summ).get('tp_mode')})")
-    ax.set_xlabel("measured tensor-parallel syncs per forward pass")
-    ax.set_ylabel("training tokens/s (mean and 95% CI)")
-    ax.set_title("Does fewer syncs buy throughput?")
-    ax.grid(alpha=0.3)
-    if rows:
-        ax.legend(fontsize=7)
-    _save(fig, output)
+    _finish(fig, ax, output, "training tokens/s (mean and 95% CI)", "Does fewer syncs buy throughput?", legend=bool(rows))
 
 
 def _bytes_per_token(summary: dict) -> float | None:
