@@ -25,7 +25,10 @@ imports ``torch._dynamo`` in torch 2.13): the floor of any training process.
 When the workflow launches single-process jobs through ``torchrun``, every job also runs,
 right after, as one plain process (``python -m workflow.train ...``, same arguments, its own
 output folder): the same numbers for that launch, measured in the same run (``single_process``
-in the JSON). Prints one line per job and one JSON line.
+in the JSON). With ``--compare-torchrun`` (the workflow's launcher runs single-process jobs in
+its own process), every job also runs right after through ``torchrun --standalone
+--nproc_per_node 1 -m workflow.train`` (the launch before issue 12; ``torchrun`` in the JSON),
+so the saving is a ratio measured side by side. Prints one line per job and one JSON line.
 """
 
 from __future__ import annotations
@@ -126,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stage", default="A")
     parser.add_argument("--jobs", type=int, default=None, help="time only the first N training jobs")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--compare-torchrun", action="store_true",
+                        help="also run every single-process job through torchrun, right after (same run)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_job_overhead_") as tmp:
@@ -150,13 +155,20 @@ def main(argv: list[str] | None = None) -> int:
         }
         launcher = re.match(r"(.*?)\s-m workflow\.", commands[0]).group(1)
         single = "torch.distributed.run" in launcher and "--nproc_per_node 1" in launcher
-        jobs, single_jobs = [], []
+        in_process = re.search(r"-m workflow\.launch --nproc-per-node 1 (?!.*--nodes)", commands[0]) is not None
+        jobs, single_jobs, torchrun_jobs = [], [], []
         for cmd in commands:
             jobs.append(run_job(cmd, work, "workflow"))
+            out_dir = re.search(r"--out-dir (\S+)", cmd).group(1)
             if single:  # the same job as one plain process, right after (the same load)
-                out_dir = re.search(r"--out-dir (\S+)", cmd).group(1)
                 plain = cmd.replace(launcher, "python", 1).replace(out_dir, out_dir + "_single")
                 single_jobs.append(run_job(plain, work, "single process"))
+            if args.compare_torchrun and in_process:  # the same job through torchrun, right after
+                trainer_args = re.sub(r"^.*?-m workflow\.launch --nproc-per-node 1 (--log \S+ )?", " ", cmd)
+                trainer_args = trainer_args.replace(out_dir, out_dir + "_torchrun")
+                via_torchrun = ("python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 1 "
+                                f"-m workflow.train{trainer_args}")
+                torchrun_jobs.append(run_job(via_torchrun, work, "torchrun"))
 
     out = {
         "bench": "job_overhead",
@@ -170,7 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     if single_jobs:
         out["single_process"] = {"launcher": "python", **screen_summary(single_jobs)}
-    for name, summary in (("workflow launcher", out), ("single process", out.get("single_process"))):
+    if torchrun_jobs:
+        out["torchrun"] = {"launcher": "torchrun --standalone --nproc_per_node 1", **screen_summary(torchrun_jobs)}
+        out["overhead_ratio_vs_torchrun"] = round(out["overhead_per_job_mean_s"] / out["torchrun"]["overhead_per_job_mean_s"], 3)
+    for name, summary in (("workflow launcher", out), ("single process", out.get("single_process")),
+                          ("torchrun", out.get("torchrun"))):
         if summary:
             print(f"{name}: screen of {summary['jobs']} jobs, {summary['screen_wall_s']:.1f} s of job wall time, "
                   f"{100 * summary['overhead_share_of_screen']:.1f} % overhead, "
