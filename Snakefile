@@ -5,6 +5,8 @@
 #   snakemake --cores all --config set='stages.C.train.num_iterations=350'   a one-off override
 #   snakemake --cores 1 why_rerun           which config keys changed for finished runs
 #   snakemake --report results/<study>/report.html [--configfile S.yaml]   the study's HTML report
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 from workflow.config import validate_study
@@ -34,6 +36,14 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    stage="|".join(STAGES),
+    seed=r"\d+",
+    variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+
+
 include: "rules/datasets.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
@@ -52,5 +62,9 @@ rule all:
 # the study gives it now (Snakemake's "Params have changed" names none).
 rule why_rerun:
     localrule: True
+    log:
+        f"{RESULTS}/logs/why_rerun.log",
     run:
-        print(explain_reruns(config, RESULTS))
+        explanation = explain_reruns(config, RESULTS)
+        print(explanation)
+        Path(log[0]).write_text(explanation + "\n")

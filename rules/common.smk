@@ -1,6 +1,5 @@
 # Helpers shared by the rules: study resolution, paths, input functions, resources.
 import functools
-import glob
 import inspect
 import json
 import os
@@ -14,6 +13,8 @@ except ImportError:
 from workflow.config import (
     check_model_configs,
     check_study,
+    comm_study_variants,
+    gpt2_scale,
     launch_command,
     run_config,
     slurm_resources,
@@ -31,6 +32,7 @@ from workflow.datasets import (
     source_options,
 )
 from workflow.io import read_json
+from workflow.launch import has_nvidia_gpu
 from workflow.sweep import format_plan
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
@@ -47,19 +49,6 @@ os.environ.update(
     PATH=os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])),
 )
 
-# Light Python steps run in the Snakemake process's machine, not as cluster jobs.
-localrules:
-    summary,
-    summarize_variant,
-    gate,
-    gate_pivot,
-    verdict,
-    compute_plan,
-    stage_table,
-    curves_plot,
-    val_loss_plot,
-    compute_table,
-
 DATA = config["data_dir"]
 RESULTS = f"{config['results_dir']}/{config['study']}"
 STAGES = stage_order(config)
@@ -67,11 +56,6 @@ GATED_STAGES = STAGES[:-1]
 FINAL_STAGE = STAGES[-1]
 BASELINE = config["baseline"]
 
-
-wildcard_constraints:
-    stage="|".join(STAGES),
-    seed=r"\d+",
-    variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 # ---- data --------------------------------------------------------------------------------
@@ -222,11 +206,6 @@ def per_job(func):
     return func
 
 
-def no_gpu_here():
-    """No NVIDIA GPU on this machine (torch-free check: no /dev/nvidia<N> device nodes)."""
-    return not glob.glob("/dev/nvidia[0-9]*")
-
-
 @functools.cache
 def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
@@ -236,7 +215,7 @@ def train_resources(stage):
     resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
     device = {**config.get("train", {}), **config["stages"][stage].get("train", {})}.get("device", "auto")
-    if res["gpus"] and device == "auto" and workflow.is_main_process and workflow.local_exec and no_gpu_here():
+    if res["gpus"] and device == "auto" and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu():
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
@@ -248,7 +227,7 @@ def train_resources(stage):
 
 
 def train_rule_setting(get):
-    """A setting of the train rule from the stage's resources, ``get(resources) -> value``:
+    """A setting of the training rule, from the stage's resources (``get(resources) -> value``);
     a constant when every stage has the same CPU-only resources (the usual case; a constant
     costs Snakemake nothing per job), else a function of the job's stage. GPU stages are
     always resolved per job: whether this machine runs them is known only once the executor is."""
@@ -276,6 +255,44 @@ def stage_decision(stage):
     if stage not in GATED_STAGES:
         return [f"{RESULTS}/verdict.json"]
     return [f"{RESULTS}/gates/gate_{stage}.json"] + ([f"{RESULTS}/gates/gate_{stage}_pivot.json"] if stage_pivot(stage) else [])
+
+
+# The communication study (rules/comm.smk): variants with tensor-parallel blocks (checked at
+# parse: real tensor parallelism needs a multiple of tp_size processes per run in every stage).
+COMM_VARIANTS = comm_study_variants(config)
+COMM_THRESHOLDS = "3.28 3.35 3.40" if gpt2_scale(config) else ""
+COMM_TARGETS = (
+    [f"{RESULTS}/comm/comm.csv", f"{RESULTS}/comm/comm.md", f"{RESULTS}/plots/comm_vs_loss.png",
+     f"{RESULTS}/plots/tokens_per_s_vs_comm.png"]
+    if COMM_VARIANTS
+    else []
+)
+
+
+def comm_targets():
+    """Outputs of rules/comm.smk that `rule all` builds for the study."""
+    return [f"{RESULTS}/plots/bytes_per_token_vs_loss.png", *COMM_TARGETS]
+
+
+def previous_gate(wildcards):
+    """For a gate that may pivot: the previous gate's decision (it names the next-best variant)."""
+    index = STAGES.index(wildcards.stage)
+    if config["stages"][wildcards.stage]["gate"]["pivot"] and index > 0:
+        return [f"{RESULTS}/gates/gate_{STAGES[index - 1]}.json"]
+    return []
+
+
+def gate_pivot_args(wildcards, input):
+    """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
+    if not input.previous:
+        return ""
+    from workflow.tables import naive_plan  # pandas and scipy: only for a gate that may pivot, not at parse
+
+    hardware = naive_plan(config)["prices"][wildcards.stage]
+    return (
+        f"--previous {input.previous} --seeds {config['stages'][wildcards.stage]['seeds']} "
+        f"--hour-usd {hardware['hour_usd']} --reserve-usd {config['cost']['reserve_usd']}"
+    )
 
 
 def all_targets():

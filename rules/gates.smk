@@ -2,6 +2,7 @@
 
 
 rule summarize_variant:
+    localrule: True
     input:
         lambda w: stage_run_results(w.stage, w.variant),
     output:
@@ -14,28 +15,8 @@ rule summarize_variant:
         "python -m workflow.stats --results {input} --output {output} > {log} 2>&1"
 
 
-def previous_gate(wildcards):
-    """For a gate that may pivot: the previous gate's decision (it names the next-best variant)."""
-    index = STAGES.index(wildcards.stage)
-    if config["stages"][wildcards.stage]["gate"]["pivot"] and index > 0:
-        return [f"{RESULTS}/gates/gate_{STAGES[index - 1]}.json"]
-    return []
-
-
-def gate_pivot_args(wildcards, input):
-    """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
-    if not input.previous:
-        return ""
-    from workflow.tables import naive_plan  # pandas and scipy: only for a gate that may pivot, not at parse
-
-    hardware = naive_plan(config)["prices"][wildcards.stage]
-    return (
-        f"--previous {input.previous} --seeds {config['stages'][wildcards.stage]['seeds']} "
-        f"--hour-usd {hardware['hour_usd']} --reserve-usd {config['cost']['reserve_usd']}"
-    )
-
-
 checkpoint gate:
+    localrule: True
     input:
         summaries=lambda w: stage_summaries(w.stage, with_pivot=False),
         previous=previous_gate,
@@ -61,6 +42,7 @@ checkpoint gate:
 # A gate that advanced nothing and pivoted (gate.pivot, within cost.reserve_usd): the next-best
 # variant of the previous gate ran this stage too; it is gated against the baseline once.
 checkpoint gate_pivot:
+    localrule: True
     input:
         decision=f"{RESULTS}/gates/gate_{{stage}}.json",
         summaries=lambda w: pivot_summaries(w.stage),
@@ -83,6 +65,7 @@ checkpoint gate_pivot:
 
 
 rule verdict:
+    localrule: True
     input:
         summaries=lambda w: stage_summaries(FINAL_STAGE),
         meta=dataset_meta(),

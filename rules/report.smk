@@ -5,6 +5,7 @@
 
 
 rule stage_table:
+    localrule: True
     params:
         baseline=BASELINE,
         test=config["verdict"]["test"],
@@ -30,6 +31,7 @@ rule stage_table:
 
 
 rule curves_plot:
+    localrule: True
     input:
         lambda w: stage_metrics(w.stage),
     output:
@@ -52,6 +54,7 @@ rule curves_plot:
 
 
 rule val_loss_plot:
+    localrule: True
     input:
         all_stage_summaries,
     output:
@@ -74,6 +77,7 @@ rule val_loss_plot:
 # The compute plan before any training (FLOPs, GPU-hours, dollars per stage vs naive; warnings):
 # `snakemake --cores 1 results/<study>/plan.md`, or `python -m workflow.plan --configfile ...`.
 rule compute_plan:
+    localrule: True
     output:
         markdown=report(
             f"{RESULTS}/plan.md",
@@ -93,6 +97,7 @@ rule compute_plan:
 
 
 rule compute_table:
+    localrule: True
     input:
         all_stage_summaries,
     output:
@@ -118,6 +123,7 @@ rule compute_table:
 # The one-page summary (the report's first category) and the landing page's answer
 # (report/workflow.rst includes landing.rst).
 rule summary:
+    localrule: True
     input:
         verdict=f"{RESULTS}/verdict.json",
         gates=[f"{RESULTS}/gates/gate_{stage}.json" for stage in GATED_STAGES],

@@ -67,6 +67,14 @@ def test_dry_run_lists_jobs_without_running(tmp_path, shared_data_server):
     assert re.search(r"train\s+8\b", out) and "verdict" not in out, out[-3000:]
 
 
+def test_workflow_passes_snakemake_lint(tmp_path, shared_data_server):
+    """`snakemake --lint` (make lint) finds nothing: rules by stage, functions in common.smk,
+    no absolute paths, a log for every rule. Its exit status does not tell, so read its output."""
+    proc = snakemake(tmp_path, "--lint", mirror=shared_data_server)
+    out = proc.stdout + proc.stderr
+    assert "Congratulations, your workflow is in a good condition!" in out and "Lints for" not in out, out[-3000:]
+
+
 def test_data_downloaded_verified_and_tokenized(study):
     workdir, _, _ = study
     raw = workdir / "data" / "raw" / "tinyshakespeare" / "input.txt"

@@ -419,6 +419,52 @@ def check_study(config: dict) -> None:
             run_config(config, stage, variant, stage_seeds(config, stage)[0])
 
 
+def variant_model_config(config: dict, variant: str):
+    """The torch-free ``GPTConfig`` of a variant (study ``model`` + the variant's), built with a
+    byte vocabulary (256: the vocabulary changes no block pattern or sync count).
+
+    Raises:
+        ValueError: the model section is invalid (``build_model_config``'s message).
+    """
+    from workflow.model.config import build_model_config
+    from workflow.schedules import resolve_depth_warm
+
+    model = deep_merge(config.get("model", {}), (config["variants"][variant] or {}).get("model"))
+    return build_model_config(resolve_depth_warm(model, None), 256)
+
+
+def comm_study_variants(config: dict) -> list[str]:
+    """Variants with tensor-parallel blocks (sync counts), in study order. Checks that real tensor
+    parallelism gets a multiple of ``tp_size`` processes per run in every stage.
+
+    Raises:
+        ConfigError: naming the variant, the stage and the process count at fault.
+    """
+    out = []
+    for variant in config["variants"]:
+        model = variant_model_config(config, variant)
+        if not model.tensor_parallel:
+            continue
+        out.append(variant)
+        for stage in stage_order(config):
+            res = stage_resources(config, stage)
+            if model.tp_mode == "real" and (res["nproc_per_node"] * res["nodes"]) % model.tp_size:
+                raise ConfigError(
+                    f"variants.{variant}.model: tp_mode real with tp_size {model.tp_size} needs a multiple of "
+                    f"{model.tp_size} processes per run, but stages.{stage}.resources give "
+                    f"{res['nproc_per_node'] * res['nodes']} (set nproc_per_node or gpus)"
+                )
+    return out
+
+
+def gpt2_scale(config: dict) -> bool:
+    """GPT-2 124M on GPT-2-tokenized web text: where the comm study's thresholds (all-TP baseline
+    3.28; < 3.35 and < 3.40 goals) mean something."""
+    return config["dataset"] in ("openwebtext", "fineweb10B") and all(
+        (c.n_layer, c.n_embd, c.n_head) == (12, 768, 12)
+        for c in (variant_model_config(config, v) for v in config["variants"]))
+
+
 def check_model_configs(config: dict, vocab_size: int = 256) -> None:
     """Build every variant's model config once so unknown model keys fail before any job runs,
     and check every (stage, variant)'s schedules against its model: a curriculum's last rung

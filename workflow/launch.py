@@ -342,6 +342,13 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argpa
     return args, trainer_argv, trainer_args
 
 
+def has_nvidia_gpu() -> bool:
+    """This machine has an NVIDIA GPU: a device node ``/dev/nvidia<N>`` (torch-free, instant)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
 def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None = None,
                   has_gpu: bool | None = None) -> int:
     """Processes per node for a job that asked for ``nproc_per_node``: capped at the CPUs when it
@@ -351,10 +358,8 @@ def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None
     asks for its gloo workers on purpose (``diloco_cpu.yaml``: 4 workers on 2 cores), whose
     world size must not depend on the machine. Torch-free: a GPU is an NVIDIA device node
     ``/dev/nvidia<N>``."""
-    import glob
-
     if has_gpu is None:
-        has_gpu = bool(glob.glob("/dev/nvidia[0-9]*"))
+        has_gpu = has_nvidia_gpu()
     if nodes > 1 or has_gpu or device in ("cuda", "cpu"):
         return nproc_per_node
     return max(1, min(nproc_per_node, cpus or os.cpu_count() or 1))
