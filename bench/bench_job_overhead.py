@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 trainer_args = re.sub(r"^.*?-m workflow\.launch --nproc-per-node 1 (--log \S+ )?", " ", cmd)
                 trainer_args = trainer_args.replace(out_dir, out_dir + "_torchrun")
                 via_torchrun = ("python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node 1 "
-                                f"-m workflow.train{trainer_args}")
+                                f"-m workflow.train{trainer_args} > {shlex.quote(out_dir + '_torchrun')}/train.log 2>&1")
                 torchrun_jobs.append(run_job(via_torchrun, work, "torchrun"))
 
     out = {
