@@ -214,8 +214,8 @@ def train_resources(stage):
     ``auto``; the job's launcher then caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
     resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
-    device = {**config.get("train", {}), **config["stages"][stage].get("train", {})}.get("device", "auto")
-    if res["gpus"] and device == "auto" and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu():
+    if (res["gpus"] and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu()
+            and _first_seed_run_config(stage, BASELINE)["train"]["device"] == "auto"):
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "

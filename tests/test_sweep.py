@@ -137,6 +137,10 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
     assert out.count("stagerun plan for study 'tiny'") == 1
     assert "stage A: <= 8 variants (all variants) x 3 seeds = <= 24 runs" in out
     assert "asks for 8 GPUs per node, but this machine has none" in out
+    # an explicit train.device: cpu keeps its processes (the launcher does not cap it): no warning
+    explicit = snakemake_dry_run(tmp_path / "work", study, "--config", "set=[train.device=cpu]",
+                                 "mirror=http://127.0.0.1:9/unused", "--", "stage_A")
+    assert "GPUs per node, but this machine has none" not in explicit.stdout + explicit.stderr
     assert "--nproc-per-node 8 " in command  # the DAG keeps the study's request; the launcher caps it
     from workflow.launch import cap_processes
 
