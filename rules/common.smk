@@ -307,3 +307,32 @@ def all_targets():
         lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt" for v in stage_variants(FINAL_STAGE)],
         *comm_targets(),  # rules/comm.smk
     ]
+
+
+# --------------------------------------------------------------------------- warm start
+# Snakefile's onstart / onsuccess / onerror: training jobs of a local run start as forks of one
+# process that has imported torch already (workflow/warm.py; the study's `warm_start`).
+_WARM_SERVER = []
+
+
+def start_warm_server():
+    """Start the warm server when this invocation runs training jobs (or gates that add them)
+    on this machine (:func:`workflow.warm.why_not_start`); say why not otherwise."""
+    from workflow import warm
+
+    has_training = any(job.rule.name == "train" or job.is_checkpoint for job in workflow.dag.needrun_jobs())
+    reason = warm.why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
+    if reason is not None:
+        if has_training:
+            print(f"stagerun: warm start off: {reason}", file=sys.stderr)
+        return
+    log = f"{RESULTS}/logs/warm_server.log"
+    _WARM_SERVER.append(warm.start_server(log))
+    print(f"stagerun: warm start: training processes fork from one that imports torch once (log: {log})",
+          file=sys.stderr)
+
+
+def stop_warm_server():
+    """Stop the warm server, if this invocation started one."""
+    while _WARM_SERVER:
+        _WARM_SERVER.pop().stop()

@@ -36,6 +36,12 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    which passes it to the workers; a signal that also reaches the workers directly (SLURM signals
    every process of the job) is harmless: they checkpoint once and exit 75.
 
+   **Warm start** (workflow.warm): when Snakemake runs the job locally with a warm server (its
+   ``onstart``), the trainer of a one-process job, and of each torchrun worker, runs as a fork
+   of that server, which has imported torch already (no ~4 s import per process); this process
+   forwards SIGTERM / SIGUSR1 / SIGINT to it and exits with its status. Without a server, or if
+   the server refuses (edited code), the trainer runs here as described.
+
    A preemption signal while the job starts (:class:`EarlySignals`) is only recorded, never raised
    inside an import: before the trainer starts the job ends with 75 at once (nothing to save);
    once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
@@ -206,6 +212,29 @@ def run_trainer_here(trainer_argv: list[str]) -> int:
     return 0
 
 
+def start_trainer(trainer_argv: list[str], early: EarlySignals, import_first: bool = False) -> int:
+    """Start the trainer: as a fork of the warm server when the job has one (workflow.warm),
+    otherwise in this process (:func:`run_trainer_here`). Returns its exit status.
+
+    ``import_first`` (the workers): import torch while a preemption signal is only recorded,
+    and end with 75 without training if one came meanwhile.
+    """
+    from workflow import warm
+
+    if early.signum is not None:
+        return EXIT_PREEMPTED
+    code = warm.run_trainer(trainer_argv, early)
+    if code is not None:
+        return code
+    if import_first:
+        import workflow.model  # noqa: F401 (torch: imported while a signal is only recorded)
+
+        if early.signum is not None:
+            return EXIT_PREEMPTED
+    early.hand_over()
+    return run_trainer_here(trainer_argv)
+
+
 def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
     """A worker started by torchrun / srun: the trainer in-process, its exit status recorded."""
     exit_dir = Path(os.environ[EXIT_DIR_ENV])
@@ -215,13 +244,7 @@ def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
         lock = open(exit_dir / f"rank{rank}.lock", "w")  # held (flock) until this process is gone
         with contextlib.suppress(OSError):  # a file system without flock: srun waits for its tasks anyway
             fcntl.flock(lock, fcntl.LOCK_EX)
-        import workflow.model  # noqa: F401 (torch: imported while a signal is only recorded)
-
-        if early.signum is not None:
-            code = EXIT_PREEMPTED
-        else:
-            early.hand_over()
-            code = run_trainer_here(trainer_argv)
+        code = start_trainer(trainer_argv, early, import_first=True)
     finally:
         (exit_dir / f"rank{rank}.exit").write_text(f"{code}\n")
     return code
@@ -398,8 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         args.nproc_per_node = capped
     world_size = args.nproc_per_node * args.nodes
     if world_size == 1:
-        early.hand_over()
-        return run_trainer_here(trainer_argv)
+        return start_trainer(trainer_argv, early)
     worker = [sys.executable, "-m", "workflow.launch", "--worker", *trainer_argv]
     if args.nodes == 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",

@@ -1,0 +1,545 @@
+"""Warm start: training jobs start as forks of one process that has already imported torch.
+
+Why: before its first step, every training process pays ~2 s for ``import torch`` and ~2 s
+more for torch's first optimizer (torch.optim imports ``torch._dynamo`` in torch 2.13), on
+the 2-core machine of docs/performance.md. One fresh process per job cannot go below that
+floor, and short screening jobs spend most of their time there. A warm server pays it once per
+``snakemake`` invocation; each training job then asks it to ``fork(2)``: a copy-on-write clone
+with torch, the trainer and every strategy imported, which runs the job's trainer.
+
+This is the zygote or fork-server pattern: Python's ``multiprocessing`` "forkserver" start
+method (a server that preloads modules and forks on request), Android's zygote, Mercurial's
+``chg``. Python's forkserver serves only the process that started it, and every Snakemake job is
+a process of its own, so the protocol here is small and explicit: one Unix socket; per job one
+request (JSON: the trainer's arguments, working folder, environment, umask) with the job's
+stdin, stdout and stderr passed as file descriptors (``SCM_RIGHTS``, :func:`socket.send_fds`);
+the server answers one JSON line with the trainer's pid, and one with its exit status.
+
+**Lifecycle** (``Snakefile``: ``onstart`` / ``onsuccess`` / ``onerror``): with ``warm_start:
+auto`` (the default) the server runs for a ``snakemake`` invocation that executes jobs locally
+(not with ``--executor slurm``: there each job runs on its own node, inside SLURM's accounting),
+has training jobs (or gates that add them) to run and no NVIDIA GPU; ``on`` also with a GPU
+(the server never initializes CUDA, so its children may); ``off`` never. :func:`start_server`
+sets :data:`SOCKET_ENV` and :data:`PID_ENV` in Snakemake's environment, which its jobs inherit.
+
+**Client** (:func:`run_trainer`, called by ``workflow.launch`` for the single process of a job
+and for each worker torchrun starts): when :data:`SOCKET_ENV` is set and the job does not run
+under SLURM, it waits for the server to be ready, sends the request and then forwards
+SIGTERM, SIGUSR1 and SIGINT to the trainer (same signal: a preemption checkpoints and exits 75
+as in a fresh process). It returns the trainer's exit status (128 + s when signal s killed it).
+It returns ``None`` (the launcher then runs the trainer in its own process, as without a
+server) when there is no server, the server is gone, or it refuses the request.
+
+**Same results as a fresh process.** The server computes a fingerprint before it imports
+anything: the interpreter, the ``workflow`` package's folder and every ``.py`` file's path,
+size and modification time in it, and the environment variables torch reads at import time
+(``TORCH_*``, ``TORCHDYNAMO_*``, ``TORCHINDUCTOR_*``, ``PYTORCH_*``, ``KMP_*``,
+``CUDA_VISIBLE_DEVICES``, ``LD_PRELOAD``, ``LD_LIBRARY_PATH``, ``PYTHONHASHSEED``; not
+``TORCH_NCCL_*``, ``TORCH_DISTRIBUTED_*``, ``TORCHELASTIC_*``, which torch reads when the
+process group starts, after the fork, and which torchrun sets for its workers). A request whose fingerprint differs (the code was
+edited while Snakemake ran, another checkout, another environment) is refused, and that job
+starts fresh. A child replaces its environment, working folder and umask by the job's, sets
+torch's threads from ``OMP_NUM_THREADS`` (what a fresh process would have read at import;
+``--threads`` still wins), and runs ``python -m workflow.train`` exactly as the launcher does.
+The server itself runs no torch operation (so no OpenMP pool exists to break in a fork).
+Tests check identical losses warm and cold, one process and gloo workers, across a SIGTERM and
+a resume.
+
+**Nothing is left behind.** A child is its own session (``setsid``). When a job's client dies
+(SIGKILL: its connection closes), the server kills the child's process group at once; when the
+server dies, every client kills its child. The server stops on SIGTERM (``onsuccess`` /
+``onerror``) or when Snakemake, its parent, is gone: it accepts no more requests and exits once
+its children have ended. The socket lives in a private ``mkdtemp`` folder (mode 0700), and the
+server accepts only connections from its own user (``SO_PEERCRED``).
+
+CLI: ``python -m workflow.warm serve --socket PATH [--log PATH]`` (what :func:`start_server`
+runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+SOCKET_ENV = "STAGERUN_WARM_SOCKET"
+PID_ENV = "STAGERUN_WARM_PID"
+READY_WAIT_S = 120.0  # longest a client waits for a server that is still importing torch
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+IMPORT_TIME_ENV_PREFIXES = ("TORCH_", "TORCHDYNAMO_", "TORCHINDUCTOR_", "PYTORCH_", "KMP_")
+RUN_TIME_ENV_PREFIXES = ("TORCH_NCCL_", "TORCH_DISTRIBUTED_", "TORCHELASTIC_")  # read when the process group starts
+IMPORT_TIME_ENV = ("CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHASHSEED")
+_HEADER = struct.Struct("!Q")  # length of the JSON request that follows the header
+MAX_REQUEST_BYTES = 64 << 20
+
+
+# --------------------------------------------------------------------------- fingerprint
+
+def fingerprint(environ: dict | None = None, package_dir: str | os.PathLike | None = None) -> dict:
+    """What must be equal for a fork of the server to run a job as a fresh process would.
+
+    Args:
+        environ: the job's environment (default ``os.environ``).
+        package_dir: the ``workflow`` package folder (default: this module's).
+    Returns:
+        ``{"python": realpath of sys.executable, "package": the package folder, "code": SHA-256
+        of (relative path, size, st_mtime_ns) of every .py file under it, "env": the
+        import-time environment variables}`` (module docstring); JSON-serializable.
+    """
+    environ = os.environ if environ is None else environ
+    package_dir = Path(package_dir or Path(__file__).parent).resolve()
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*.py")):
+        with contextlib.suppress(FileNotFoundError):
+            stat = path.stat()
+            digest.update(f"{path.relative_to(package_dir)}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    env = {key: value for key, value in sorted(environ.items())
+           if (key in IMPORT_TIME_ENV or key.startswith(IMPORT_TIME_ENV_PREFIXES))
+           and not key.startswith(RUN_TIME_ENV_PREFIXES)}
+    return {"python": os.path.realpath(sys.executable), "package": str(package_dir), "code": digest.hexdigest(),
+            "env": env}
+
+
+def fingerprint_mismatch(server: dict, job: dict) -> str | None:
+    """What differs between the server's and a job's :func:`fingerprint` (None: nothing)."""
+    if job.get("python") != server["python"]:
+        return f"another interpreter ({job.get('python')}, the server's is {server['python']})"
+    if job.get("package") != server["package"]:
+        return f"another checkout ({job.get('package')}, the server's is {server['package']})"
+    if job.get("code") != server["code"]:
+        return f"a .py file under {server['package']} changed since the server started"
+    env = job.get("env") or {}
+    names = sorted(k for k in set(env) | set(server["env"]) if env.get(k) != server["env"].get(k))
+    if names:
+        return f"import-time environment variables differ: {', '.join(names)}"
+    return None
+
+
+# --------------------------------------------------------------------------- Snakemake's side
+
+class ServerHandle:
+    """A running warm server (:func:`start_server`); :meth:`stop` ends it and removes its socket."""
+
+    def __init__(self, proc: subprocess.Popen, socket_dir: str, log: Path) -> None:
+        self.proc, self.socket_dir, self.log = proc, socket_dir, log
+        self.socket = os.path.join(socket_dir, "warm.sock")
+
+    def stop(self, timeout_s: float = 60.0) -> int | None:
+        """SIGTERM the server, wait for it (it waits for running trainers), remove the socket folder.
+
+        Returns the server's exit status (None if it had to be killed after ``timeout_s``).
+        """
+        status = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            status = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
+        for key in (SOCKET_ENV, PID_ENV):
+            os.environ.pop(key, None)
+        return status
+
+
+def start_server(log: str | os.PathLike, python: str = sys.executable) -> ServerHandle:
+    """Start ``python -m workflow.warm serve`` and point this process's future children at it.
+
+    Does not wait for it: it imports torch in the background, and the first client waits for
+    its socket. Sets :data:`SOCKET_ENV` and :data:`PID_ENV` in ``os.environ``.
+
+    Args:
+        log: the server's log (created; its folder too).
+        python: the interpreter (the one running Snakemake).
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    socket_dir = tempfile.mkdtemp(prefix="stagerun-warm-")  # short path: a socket's is <= 107 bytes
+    sock = os.path.join(socket_dir, "warm.sock")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    with open(log, "w") as out:
+        proc = subprocess.Popen([python, "-m", "workflow.warm", "serve", "--socket", sock],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                cwd=package_root, start_new_session=True)
+    os.environ[SOCKET_ENV] = sock
+    os.environ[PID_ENV] = str(proc.pid)
+    return ServerHandle(proc, socket_dir, log)
+
+
+def why_not_start(mode: str, local_exec: bool, has_training: bool, has_gpu: bool) -> str | None:
+    """Why a ``snakemake`` invocation starts no warm server (None: it starts one).
+
+    Args:
+        mode: the study's ``warm_start``: ``auto``, ``on`` or ``off`` (YAML may give ``on`` and
+            ``off`` as booleans: True is on, False is off).
+        local_exec: Snakemake runs jobs on this machine (``workflow.local_exec``).
+        has_training: training jobs, or gates that add them, are among the jobs to run.
+        has_gpu: this machine has an NVIDIA GPU.
+    """
+    if mode in ("off", False):
+        return "the study sets warm_start: off"
+    if not local_exec:
+        return "jobs run through a cluster executor"
+    if not has_training:
+        return "no training job to run"
+    if mode not in ("on", True) and has_gpu:
+        return "an NVIDIA GPU is present (warm_start: on forks CUDA trainers too)"
+    return None
+
+
+# --------------------------------------------------------------------------- client
+
+def _server_alive() -> bool:
+    try:
+        os.kill(int(os.environ[PID_ENV]), 0)
+    except (KeyError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _connect(path: str, wait_s: float) -> socket.socket | None:
+    """Connect to the server's socket, waiting up to ``wait_s`` while the server starts."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline or not _server_alive():
+                return None
+            time.sleep(0.05)
+        except OSError:
+            sock.close()
+            return None
+
+
+def _say(message: str) -> None:
+    print(f"launch: warm start: {message}", file=sys.stderr, flush=True)
+
+
+def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_S) -> int | None:
+    """Run ``python -m workflow.train *trainer_argv`` as a fork of the warm server, if there is one.
+
+    Args:
+        trainer_argv: the trainer's arguments.
+        early: the launcher's :class:`workflow.launch.EarlySignals` (a preemption signal that
+            came before: 75 at once); None if there is none.
+        wait_s: longest wait for a server that is still starting.
+    Returns:
+        The trainer's exit status (0, 1, 75; 128 + s when signal s killed it), or None when
+        there is no usable server (then the caller runs the trainer itself; the reason is in the
+        log when a server was meant to be there).
+    """
+    path = os.environ.get(SOCKET_ENV)
+    if not path:
+        return None
+    if os.environ.get("SLURM_JOB_ID"):
+        _say("not under SLURM (the trainer must stay inside the job); starting fresh")
+        return None
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            _say(f"file descriptor {fd} is closed; starting fresh")
+            return None
+    conn = _connect(path, wait_s)
+    if conn is None:
+        _say(f"no server at {path}; starting fresh")
+        return None
+    request = json.dumps({"argv": list(trainer_argv), "cwd": os.getcwd(), "env": dict(os.environ),
+                          "umask": _umask(), "fingerprint": fingerprint()}).encode()
+    try:
+        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        conn.sendall(request)
+        replies = conn.makefile("rb")
+        reply = json.loads(replies.readline() or b"{}")
+    except (OSError, ValueError) as err:
+        conn.close()  # (the reply file, if any, goes with this frame)
+        _say(f"request failed ({err}); starting fresh")
+        return None
+    if "pid" not in reply:
+        replies.close()
+        conn.close()
+        _say(f"server refused ({reply.get('refused', 'no answer')}); starting fresh")
+        return None
+    pid = int(reply["pid"])
+    _say(f"trainer is pid {pid}, forked by the server (pid {os.environ.get(PID_ENV)})")
+
+    def forward(signum, frame=None):  # noqa: ARG001 (signal handler signature)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    if early is not None and early.signum is not None:  # came while the request was on its way
+        forward(early.signum)
+    try:
+        line = replies.readline()
+        status = json.loads(line)["exit"] if line else None
+    except (OSError, ValueError, KeyError):
+        status = None
+    finally:
+        replies.close()
+        conn.close()
+    if status is None:  # the server died: the trainer must not outlive this job
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        _say(f"the server ended before trainer pid {pid}; killed it")
+        return 1
+    return int(status)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --------------------------------------------------------------------------- server
+
+def _preload() -> None:
+    """Import what every trainer imports (torch, the trainer, the strategies, torch._dynamo)."""
+    import torch
+    import torch._dynamo  # noqa: F401 (what torch.optim's first optimizer imports)
+
+    import workflow.launch  # noqa: F401
+    import workflow.train  # noqa: F401 (and everything it imports)
+
+    # The child runs workflow.train as __main__ (runpy), as `python -m` does: not from sys.modules.
+    del sys.modules["workflow.train"], torch
+
+
+def _child(request: dict, fds: list[int], close: list) -> None:
+    """In the forked child: become the job's trainer process. Never returns."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # the server's wake-up socket is not this process's
+        os.setsid()
+        for thing in close:  # the listener, the selector, other jobs' connections and pidfds
+            with contextlib.suppress(OSError):
+                thing.close() if hasattr(thing, "close") else os.close(thing)
+        for target, fd in enumerate(fds[:3]):
+            os.dup2(fd, target)
+        for fd in fds:
+            if fd > 2:
+                os.close(fd)
+        from workflow.launch import EarlySignals, run_trainer_here
+
+        early = EarlySignals()  # SIGTERM / SIGUSR1: recorded, then handed to the trainer
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # signals forwarded meanwhile arrive now
+        os.chdir(request["cwd"])
+        os.umask(int(request["umask"]))
+        os.environ.clear()
+        os.environ.update(request["env"])
+        sys.path[0] = ""  # as for `python -m` in the job's folder
+        if os.environ.get("PYTHONUNBUFFERED"):  # what a fresh interpreter would read at start
+            sys.stdout.reconfigure(write_through=True)
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            import torch
+
+            torch.set_num_threads(int(threads))
+        early.hand_over()
+        code = run_trainer_here(list(request["argv"]))
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code = 128 + signal.SIGINT
+    except BaseException:  # noqa: BLE001 (a fresh process prints the traceback and exits 1)
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class Server:
+    """The warm server's event loop (single-threaded: fork from a process with no other Python
+    thread). One selector watches the listening socket, each job's connection (EOF: the client
+    died, kill its trainer) and each trainer's pidfd (readable: it ended, send its status)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fingerprint = fingerprint()  # before the imports: an edit made meanwhile is seen as one
+        self.parent = os.getppid()
+        self.stopping = False
+        self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
+        self.selector = selectors.DefaultSelector()
+        self.listener: socket.socket | None = None
+        self.wake_r, self.wake_w = socket.socketpair()  # signal.set_wakeup_fd: SIGTERM wakes select
+
+    def log(self, message: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} warm server {os.getpid()}: {message}", flush=True)
+
+    def serve(self) -> int:
+        start = time.perf_counter()
+        _preload()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = f"{self.path}.{os.getpid()}"
+        listener.bind(staging)
+        listener.listen(64)
+        os.rename(staging, self.path)  # the socket appears only once the server is ready
+        self.listener = listener
+        self.selector.register(listener, selectors.EVENT_READ, ("listener", None))
+        self.log(f"ready in {time.perf_counter() - start:.2f} s (torch, trainer and strategies imported); "
+                 f"socket {self.path}")
+        for end in (self.wake_r, self.wake_w):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs; Snakemake then stops us
+        while True:
+            if os.getppid() != self.parent and not self.stopping:
+                self.log("Snakemake is gone: stopping")
+                self._stop_accepting()
+            if self.stopping and not self.children:
+                self.log("stopped")
+                return 0
+            for key, _ in self.selector.select(timeout=1.0):
+                kind, pid = key.data
+                if kind == "listener":
+                    self._accept()
+                elif kind == "child":
+                    self._reap(pid)
+                elif kind == "client":
+                    self._client_event(pid)
+                elif kind == "wake":
+                    with contextlib.suppress(BlockingIOError):
+                        self.wake_r.recv(4096)
+            if self.stopping and self.listener is not None:
+                self._stop_accepting()
+
+    def _on_stop(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        self.stopping = True
+
+    def _stop_accepting(self) -> None:
+        self.stopping = True
+        if self.listener is not None:
+            self.selector.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+    def _accept(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.settimeout(30)
+        fds: list[int] = []
+        try:
+            uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
+            header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+            if uid != os.getuid():
+                raise ValueError(f"connection from uid {uid}")
+            if len(header) != _HEADER.size or len(fds) != 3:
+                raise ValueError("malformed request header")
+            size = _HEADER.unpack(header)[0]
+            if size > MAX_REQUEST_BYTES:
+                raise ValueError(f"request of {size} bytes")
+            body = bytearray()
+            while len(body) < size:
+                chunk = conn.recv(min(1 << 20, size - len(body)))
+                if not chunk:
+                    raise ValueError("request cut short")
+                body += chunk
+            request = json.loads(body)
+            mismatch = fingerprint_mismatch(self.fingerprint, request.get("fingerprint") or {})
+            if mismatch:
+                raise ValueError(mismatch)
+        except (OSError, ValueError) as err:
+            self.log(f"refused a request: {err}")
+            with contextlib.suppress(OSError):
+                conn.sendall(json.dumps({"refused": str(err)}).encode() + b"\n")
+            conn.close()
+            for fd in fds:
+                os.close(fd)
+            return
+        self._fork(request, conn, fds)
+
+    def _fork(self, request: dict, conn: socket.socket, fds: list[int]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+        pid = os.fork()
+        if pid == 0:
+            close = [self.selector, self.wake_r, self.wake_w, *([self.listener] if self.listener else []), conn]
+            for other_conn, pidfd in self.children.values():
+                close += [other_conn, pidfd]
+            _child(request, fds, close)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        for fd in fds:
+            os.close(fd)
+        pidfd = os.pidfd_open(pid)
+        self.children[pid] = (conn, pidfd)
+        conn.settimeout(None)
+        self.selector.register(pidfd, selectors.EVENT_READ, ("child", pid))
+        self.selector.register(conn, selectors.EVENT_READ, ("client", pid))
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        argv = request["argv"]
+        out_dir = argv[argv.index("--out-dir") + 1] if "--out-dir" in argv else "?"
+        self.log(f"forked trainer {pid} for {out_dir} (rank {request['env'].get('RANK', '0')})")
+
+    def _client_event(self, pid: int) -> None:
+        conn, _ = self.children[pid]
+        try:
+            data = conn.recv(1)
+        except OSError:
+            data = b""
+        if not data:  # the job's client is gone: its trainer must go too
+            self.log(f"the client of trainer {pid} is gone: SIGKILL to it")
+            self.selector.unregister(conn)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+    def _reap(self, pid: int) -> None:
+        conn, pidfd = self.children.pop(pid)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(conn)
+        with contextlib.suppress(OSError):
+            conn.sendall(json.dumps({"exit": code}).encode() + b"\n")
+        conn.close()
+        self.log(f"trainer {pid} exited {code}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (``serve``); returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m workflow.warm", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the warm server (Snakefile's onstart does this)")
+    serve.add_argument("--socket", required=True, help="Unix socket path (created when ready)")
+    args = parser.parse_args(argv)
+    return Server(args.socket).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
