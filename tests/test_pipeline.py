@@ -75,6 +75,22 @@ def test_workflow_passes_snakemake_lint(tmp_path, shared_data_server):
     assert "Congratulations, your workflow is in a good condition!" in out and "Lints for" not in out, out[-3000:]
 
 
+def test_training_jobs_start_warm_and_the_server_stops_with_snakemake(study):
+    """warm_start: auto on this machine (local executor, no GPU): every trainer of the study was
+    forked by the warm server (workflow/warm.py), which stopped when Snakemake ended."""
+    _, results, _ = study
+    logs = sorted(results.glob("stage_*/*/seed_*/train.log"))
+    assert len(logs) >= 8
+    for log in logs:
+        assert re.search(r"warm start: trainer is pid \d+, forked by the server", log.read_text()), log
+    server_log = (results / "logs" / "warm_server.log").read_text()
+    assert "ready in" in server_log and server_log.rstrip().endswith("stopped"), server_log[-2000:]
+    pid = int(re.search(r"warm server (\d+):", server_log).group(1))
+    forked = re.findall(r"forked trainer (\d+)", server_log)
+    assert len(forked) == len(logs) and len(re.findall(r"trainer \d+ exited 0", server_log)) == len(logs)
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
 def test_data_downloaded_verified_and_tokenized(study):
     workdir, _, _ = study
     raw = workdir / "data" / "raw" / "tinyshakespeare" / "input.txt"

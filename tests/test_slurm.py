@@ -159,6 +159,10 @@ def test_tiny_study_runs_through_slurm(shared_data_server, tmp_path):
                      / f"{result['slurm_job_id']}.log")
         assert slurm_log.exists(), f"no SLURM log {slurm_log} for {path}"
     assert list((tmp_path / "results").glob("*/verdict.json")), "no verdict.json"
+    # A cluster executor starts no warm server: each trainer runs inside its own SLURM job.
+    assert not list((tmp_path / "results").glob("*/logs/warm_server.log"))
+    for log in (tmp_path / "results").glob("*/stage_*/*/seed_*/train.log"):
+        assert "warm start" not in log.read_text(), log
     print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
 
 

@@ -52,8 +52,8 @@ server dies, every client kills its child. The server stops on SIGTERM (``onsucc
 its children have ended. The socket lives in a private ``mkdtemp`` folder (mode 0700), and the
 server accepts only connections from its own user (``SO_PEERCRED``).
 
-CLI: ``python -m workflow.warm serve --socket PATH [--log PATH]`` (what :func:`start_server`
-runs).
+CLI: ``python -m workflow.warm serve --socket PATH [--parent PID]`` (what :func:`start_server`
+runs; its output is the server's log).
 """
 
 from __future__ import annotations
@@ -136,6 +136,23 @@ class ServerHandle:
     def __init__(self, proc: subprocess.Popen, socket_dir: str, log: Path) -> None:
         self.proc, self.socket_dir, self.log = proc, socket_dir, log
         self.socket = os.path.join(socket_dir, "warm.sock")
+        self.environ = {SOCKET_ENV: self.socket, PID_ENV: str(proc.pid)}  # what points a job at it
+
+    def wait_ready(self, timeout_s: float = READY_WAIT_S) -> float:
+        """Block until the server listens (its socket exists); returns the seconds waited.
+
+        Raises:
+            RuntimeError: the server ended first (its log's tail in the message).
+            TimeoutError: not ready within ``timeout_s``.
+        """
+        start = time.monotonic()
+        while not os.path.exists(self.socket):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"warm server exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            if time.monotonic() - start > timeout_s:
+                raise TimeoutError(f"warm server not ready after {timeout_s:.0f} s (log: {self.log})")
+            time.sleep(0.02)
+        return time.monotonic() - start
 
     def stop(self, timeout_s: float = 60.0) -> int | None:
         """SIGTERM the server, wait for it (it waits for running trainers), remove the socket folder.
@@ -151,20 +168,23 @@ class ServerHandle:
             self.proc.kill()
             self.proc.wait()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
-        for key in (SOCKET_ENV, PID_ENV):
-            os.environ.pop(key, None)
+        for key, value in self.environ.items():
+            if os.environ.get(key) == value:
+                del os.environ[key]
         return status
 
 
-def start_server(log: str | os.PathLike, python: str = sys.executable) -> ServerHandle:
+def start_server(log: str | os.PathLike, python: str = sys.executable, export: bool = True) -> ServerHandle:
     """Start ``python -m workflow.warm serve`` and point this process's future children at it.
 
     Does not wait for it: it imports torch in the background, and the first client waits for
-    its socket. Sets :data:`SOCKET_ENV` and :data:`PID_ENV` in ``os.environ``.
+    its socket.
 
     Args:
         log: the server's log (created; its folder too).
         python: the interpreter (the one running Snakemake).
+        export: set :data:`SOCKET_ENV` and :data:`PID_ENV` in ``os.environ`` (Snakemake's jobs
+            inherit them); otherwise give :attr:`ServerHandle.environ` to the jobs yourself.
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -174,12 +194,13 @@ def start_server(log: str | os.PathLike, python: str = sys.executable) -> Server
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log, "w") as out:
-        proc = subprocess.Popen([python, "-m", "workflow.warm", "serve", "--socket", sock],
+        proc = subprocess.Popen([python, "-m", "workflow.warm", "serve", "--socket", sock, "--parent", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=package_root, start_new_session=True)
-    os.environ[SOCKET_ENV] = sock
-    os.environ[PID_ENV] = str(proc.pid)
-    return ServerHandle(proc, socket_dir, log)
+    handle = ServerHandle(proc, socket_dir, log)
+    if export:
+        os.environ.update(handle.environ)
+    return handle
 
 
 def why_not_start(mode: str, local_exec: bool, has_training: bool, has_gpu: bool) -> str | None:
@@ -382,10 +403,10 @@ class Server:
     thread). One selector watches the listening socket, each job's connection (EOF: the client
     died, kill its trainer) and each trainer's pidfd (readable: it ended, send its status)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, parent: int | None = None) -> None:
         self.path = path
         self.fingerprint = fingerprint()  # before the imports: an edit made meanwhile is seen as one
-        self.parent = os.getppid()
+        self.parent = os.getppid() if parent is None else parent  # Snakemake: its pid, given by start_server
         self.stopping = False
         self.children: dict[int, tuple[socket.socket, int]] = {}  # pid -> (connection, pidfd)
         self.selector = selectors.DefaultSelector()
@@ -445,6 +466,8 @@ class Server:
             self.listener = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
+            with contextlib.suppress(OSError):  # its private folder (start_server's mkdtemp), if empty now
+                os.rmdir(os.path.dirname(self.path))
 
     def _accept(self) -> None:
         conn, _ = self.listener.accept()
@@ -537,8 +560,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the warm server (Snakefile's onstart does this)")
     serve.add_argument("--socket", required=True, help="Unix socket path (created when ready)")
+    serve.add_argument("--parent", type=int, help="pid of the process the server serves (default: its parent); "
+                       "the server stops when that process is gone")
     args = parser.parse_args(argv)
-    return Server(args.socket).serve()
+    return Server(args.socket, args.parent).serve()
 
 
 if __name__ == "__main__":
