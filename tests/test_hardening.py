@@ -24,7 +24,6 @@ import signal
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
@@ -36,11 +35,12 @@ from workflow.io import atomic_write, write_json_atomic, write_text_atomic
 from workflow.launch import EXIT_PREEMPTED, job_exit_status
 from workflow.tokenize import DataError, prepare
 
+from runs import rows_without_timings, wait_for_step  # tests/runs.py
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1"]
-TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -64,27 +64,6 @@ def launcher(res: dict) -> list[str]:
 
 def trainer_args(cfg: dict, out_dir: Path, meta: Path) -> list[str]:
     return ["--run-config", json.dumps(cfg), "--out-dir", str(out_dir), "--meta", str(meta), "--threads", "1"]
-
-
-def last_step(partial: Path) -> int:
-    try:
-        lines = partial.read_text().splitlines()
-        return json.loads(lines[-1])["step"] if lines else -1
-    except (OSError, ValueError):
-        return -1
-
-
-def wait_for_step(partial: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while last_step(partial) < step and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before step {step}"
-    assert last_step(partial) >= step, f"no step {step} in {partial} after {timeout} s"
-
-
-def metrics_rows(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -351,7 +330,7 @@ def test_one_process_job_gives_the_losses_of_torchrun_with_one_process(shakespea
                    check=True, capture_output=True, env=env(), cwd=tmp_path, timeout=240)
     a, b = (json.loads((d / "result.json").read_text()) for d in (direct, via_torchrun))
     assert a["final_val_loss"] == b["final_val_loss"] and a["final_train_loss"] == b["final_train_loss"]
-    assert metrics_rows(direct / "metrics.jsonl") == metrics_rows(via_torchrun / "metrics.jsonl")
+    assert rows_without_timings(direct / "metrics.jsonl") == rows_without_timings(via_torchrun / "metrics.jsonl")
 
 
 # ------------------------------------------------------------------ 10, 11: Snakemake after a preemption

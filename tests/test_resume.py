@@ -28,9 +28,10 @@ from workflow.distributed import DistContext
 from workflow.train import Trainer, configure_backends
 from workflow.training import checkpoint
 
+from runs import last_step, rows_without_timings  # tests/runs.py
+
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
-TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,19 +72,6 @@ def torchrun_cmd(cfg: dict, out_dir: Path, meta: Path, nproc: int) -> list[str]:
 
 def env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
-def rows_without_timings(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
-def last_step(partial: Path) -> int:
-    try:
-        lines = partial.read_text().splitlines()
-        return json.loads(lines[-1])["step"] if lines else -1
-    except (OSError, ValueError):
-        return -1
 
 
 def newest_step(run_dir: Path) -> int:

@@ -24,8 +24,9 @@ from workflow.sample import main as sample_main
 from workflow.train import Trainer, configure_backends
 from workflow.training.provenance import flops_per_token, peak_flops
 
+from runs import TIMING_KEYS  # tests/runs.py
+
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
 
 
 @pytest.fixture(scope="module")

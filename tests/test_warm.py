@@ -26,8 +26,9 @@ import pytest
 from workflow import warm
 from workflow.launch import EXIT_PREEMPTED
 
+from runs import last_step, rows_without_timings  # tests/runs.py
+
 REPO = Path(__file__).resolve().parents[1]
-TIMING_KEYS = ("train_time_ms", "step_avg_ms", "tokens_per_s", "mfu")
 STRATEGIES = {
     "ddp": {"name": "ddp"},
     "diloco": {"name": "diloco", "tau": 7, "outer_lr": 0.7, "outer_momentum": 0.9},
@@ -76,11 +77,6 @@ def run_job(cfg: dict, out: Path, meta: Path, nproc: int, env: dict) -> str:
     return log
 
 
-def rows_without_timings(path: Path) -> list[dict]:
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in rows]
-
-
 def warm_pids(log: str) -> list[int]:
     return [int(p) for p in re.findall(r"warm start: trainer is pid (\d+)", log)]
 
@@ -90,14 +86,6 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
-
-
-def last_step(partial: Path) -> int:
-    try:
-        lines = partial.read_text().splitlines()
-        return json.loads(lines[-1])["step"] if lines else -1
-    except (OSError, ValueError):
-        return -1
 
 
 @pytest.mark.parametrize("strategy,nproc", CASES, ids=[f"{s}-{n}proc" for s, n in CASES])
