@@ -418,6 +418,11 @@ class Server:
 
     def serve(self) -> int:
         start = time.perf_counter()
+        try:  # a child's end is watched through its pidfd (Linux >= 5.3)
+            os.close(os.pidfd_open(os.getpid()))
+        except (AttributeError, OSError) as err:
+            self.log(f"cannot serve: no pidfd_open on this system ({err}); jobs start fresh")
+            return 1
         _preload()
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         staging = f"{self.path}.{os.getpid()}"
