@@ -327,7 +327,11 @@ def start_warm_server():
             print(f"stagerun: warm start off: {reason}", file=sys.stderr)
         return
     log = f"{RESULTS}/logs/warm_server.log"
-    _WARM_SERVER.append(warm.start_server(log))
+    try:
+        _WARM_SERVER.append(warm.start_server(log))
+    except OSError as err:  # no temporary folder, no interpreter: the jobs start fresh
+        print(f"stagerun: warm start off: cannot start the server ({err})", file=sys.stderr)
+        return
     print(f"stagerun: warm start: training processes fork from one that imports torch once (log: {log})",
           file=sys.stderr)
 

@@ -2,7 +2,7 @@
 launcher clients (one process, and torchrun with 2 gloo workers), real signals.
 
 Claims checked: warm and fresh processes give identical losses for every strategy with state
-of its own; a SIGTERM to a warm job checkpoints (exit 75) and the rerun ends exactly where an
+of its own and for real tensor parallelism (a device mesh over 4 gloo workers); a SIGTERM to a warm job checkpoints (exit 75) and the rerun ends exactly where an
 uninterrupted fresh run ends; a job killed with SIGKILL leaves no trainer behind; the server
 refuses a job whose import-time environment differs, and that job runs fresh with the same
 result; the server goes when Snakemake (its parent) is gone. ``test_pipeline.py`` checks that a
@@ -34,7 +34,10 @@ STRATEGIES = {
     "diloco": {"name": "diloco", "tau": 7, "outer_lr": 0.7, "outer_momentum": 0.9},
     "gossip": {"name": "gossip", "topology": "ring", "algorithm": "demuon", "msgn": 1},
 }
-CASES = [("ddp", 1), ("diloco", 2), ("gossip", 2)]
+#: real tensor parallelism: 4 gloo workers = 2 data-parallel x tp_size 2, all three block types
+TP_REAL = {"n_layer": 4, "block_pattern": ["tp", "spd", "parallel", "spd"], "tp_size": 2, "tp_mode": "real",
+           "dropout": 0.0}
+CASES = [("ddp", 1), ("diloco", 2), ("gossip", 2), ("tp-real", 4)]
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,14 +46,15 @@ pytestmark = pytest.mark.timeout(300)
 def server(tmp_path_factory):
     """A real warm server for this module (not exported: each job gets its variables explicitly)."""
     handle = warm.start_server(tmp_path_factory.mktemp("warm") / "server.log", export=False)
+    handle.wait_ready()
     yield handle
     assert handle.stop() == 0, handle.log.read_text()[-3000:]
     assert not Path(handle.socket_dir).exists()
 
 
-def run_cfg(num_iterations: int, strategy: dict, **train) -> dict:
+def run_cfg(num_iterations: int, strategy: dict, model: dict | None = None, **train) -> dict:
     return {"study": "w", "stage": "A", "variant": "v", "seed": 1337, "run_id": 0, "dataset": "shakespeare_char",
-            "model": {"preset": "nanogpt-small", "n_layer": 2, "dropout": 0.1},
+            "model": {"preset": "nanogpt-small", "n_layer": 2, "dropout": 0.1, **(model or {})},
             "train": {"batch_size": 8, "num_iterations": num_iterations, "optimizer": "muon", "lr": 3e-3,
                       "warmup_iters": 3, "val_loss_every": 10, "log_every": 5, "val_tokens": 512,
                       "device": "cpu", "strategy": strategy, **train}}
@@ -90,7 +94,8 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 
 @pytest.mark.parametrize("strategy,nproc", CASES, ids=[f"{s}-{n}proc" for s, n in CASES])
 def test_warm_and_fresh_jobs_give_identical_losses(strategy, nproc, server, shakespeare_char_meta, tmp_path):
-    cfg = run_cfg(20, STRATEGIES[strategy])
+    cfg = (run_cfg(20, {"name": "ddp"}, TP_REAL, optimizer="adamw", device_batch_size=4) if strategy == "tp-real"
+           else run_cfg(20, STRATEGIES[strategy]))
     warm_log = run_job(cfg, tmp_path / "warm", shakespeare_char_meta, nproc, job_env(server))
     fresh_log = run_job(cfg, tmp_path / "fresh", shakespeare_char_meta, nproc, job_env())
     assert len(warm_pids(warm_log)) == nproc, warm_log[-3000:]  # every worker's trainer is a fork

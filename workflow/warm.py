@@ -59,6 +59,7 @@ runs; its output is the server's log).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import hashlib
 import json
@@ -188,7 +189,8 @@ def start_server(log: str | os.PathLike, python: str = sys.executable, export: b
     """
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
-    socket_dir = tempfile.mkdtemp(prefix="stagerun-warm-")  # short path: a socket's is <= 107 bytes
+    # A socket's path is at most 107 bytes: a long $TMPDIR (cluster scratch) gives way to /tmp.
+    socket_dir = tempfile.mkdtemp(prefix="stagerun-warm-", dir="/tmp" if len(tempfile.gettempdir()) > 60 else None)
     sock = os.path.join(socket_dir, "warm.sock")
     package_root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ)
@@ -368,6 +370,8 @@ def _child(request: dict, fds: list[int], close: list) -> None:
 
         early = EarlySignals()  # SIGTERM / SIGUSR1: recorded, then handed to the trainer
         signal.signal(signal.SIGINT, signal.default_int_handler)
+        with contextlib.suppress(OSError):  # `top` and `ps -o comm` show the trainer as one
+            Path("/proc/self/comm").write_text("stagerun-train")
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, set())  # signals forwarded meanwhile arrive now
@@ -392,10 +396,12 @@ def _child(request: dict, fds: list[int], close: list) -> None:
         traceback.print_exc()
         code = 1
     finally:
+        with contextlib.suppress(Exception):  # what a fresh interpreter runs at exit (logging, W&B, ...)
+            atexit._run_exitfuncs()
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
-        os._exit(code)
+        os._exit(code)  # never back into the server's frames
 
 
 class Server:
@@ -423,7 +429,16 @@ class Server:
         except (AttributeError, OSError) as err:
             self.log(f"cannot serve: no pidfd_open on this system ({err}); jobs start fresh")
             return 1
+        for end in (self.wake_r, self.wake_w):
+            end.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
+        signal.signal(signal.SIGTERM, self._on_stop)  # also while importing: then it stops right after
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs; Snakemake then stops us
         _preload()
+        if self.stopping:
+            self.log("stopped before it was ready")
+            return 0
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         staging = f"{self.path}.{os.getpid()}"
         listener.bind(staging)
@@ -433,12 +448,6 @@ class Server:
         self.selector.register(listener, selectors.EVENT_READ, ("listener", None))
         self.log(f"ready in {time.perf_counter() - start:.2f} s (torch, trainer and strategies imported); "
                  f"socket {self.path}")
-        for end in (self.wake_r, self.wake_w):
-            end.setblocking(False)
-        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
-        self.selector.register(self.wake_r, selectors.EVENT_READ, ("wake", None))
-        signal.signal(signal.SIGTERM, self._on_stop)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the jobs; Snakemake then stops us
         while True:
             if os.getppid() != self.parent and not self.stopping:
                 self.log("Snakemake is gone: stopping")
