@@ -36,14 +36,15 @@ size and modification time in it, and the environment variables torch reads at i
 (``TORCH_*``, ``TORCHDYNAMO_*``, ``TORCHINDUCTOR_*``, ``PYTORCH_*``, ``KMP_*``,
 ``CUDA_VISIBLE_DEVICES``, ``LD_PRELOAD``, ``LD_LIBRARY_PATH``, ``PYTHONHASHSEED``; not
 ``TORCH_NCCL_*``, ``TORCH_DISTRIBUTED_*``, ``TORCHELASTIC_*``, which torch reads when the
-process group starts, after the fork, and which torchrun sets for its workers). A request whose fingerprint differs (the code was
-edited while Snakemake ran, another checkout, another environment) is refused, and that job
-starts fresh. A child replaces its environment, working folder and umask by the job's, sets
-torch's threads from ``OMP_NUM_THREADS`` (what a fresh process would have read at import;
-``--threads`` still wins), and runs ``python -m workflow.train`` exactly as the launcher does.
-The server itself runs no torch operation (so no OpenMP pool exists to break in a fork).
-Tests check identical losses warm and cold, one process and gloo workers, across a SIGTERM and
-a resume.
+process group starts, after the fork, and which torchrun sets for its workers). A request
+whose fingerprint differs (the code was edited while Snakemake ran, another checkout, another
+environment) is refused, and that job starts fresh. A child replaces its environment, working
+folder and umask by the job's, sets torch's threads from ``OMP_NUM_THREADS`` (what a fresh
+process would have read at import; ``--threads`` still wins), runs ``python -m
+workflow.train`` exactly as the launcher does, and runs the ``atexit`` handlers at the end as
+an interpreter would. The server itself runs no torch operation (so no OpenMP pool exists to
+break in a fork). Tests check identical losses warm and fresh (one process; DiLoCo and gossip
+with 2 gloo workers; real tensor parallelism with 4), and across a SIGTERM and a resume.
 
 **Nothing is left behind.** A child is its own session (``setsid``). When a job's client dies
 (SIGKILL: its connection closes), the server kills the child's process group at once; when the
