@@ -53,7 +53,7 @@ include: "rules/report.smk"
 
 
 # Training jobs run here (local executor) start as forks of one process that has imported
-# torch already, ~4 s less per job (workflow/warm.py; `warm_start: off` in the study turns it off).
+# torch already, ~3 s less per job here (workflow/warm.py; `warm_start: off` in the study turns it off).
 onstart:
     start_warm_server()
 

@@ -38,7 +38,7 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
 
    **Warm start** (workflow.warm): when Snakemake runs the job locally with a warm server (its
    ``onstart``), the trainer of a one-process job, and of each torchrun worker, runs as a fork
-   of that server, which has imported torch already (no ~4 s import per process); this process
+   of that server, which has imported torch already (no 3-4 s of imports per process); this process
    forwards SIGTERM / SIGUSR1 / SIGINT to it and exits with its status. Without a server, or if
    the server refuses (edited code), the trainer runs here as described.
 
