@@ -150,7 +150,7 @@ def test_the_server_refuses_a_job_with_another_import_time_environment(server, s
     cfg = run_cfg(10, STRATEGIES["ddp"])
     log = run_job(cfg, tmp_path / "other", shakespeare_char_meta, 1,
                   job_env(server, PYTORCH_NO_CUDA_MEMORY_CACHING="1"))
-    assert ("server refused (import-time environment variables differ: PYTORCH_NO_CUDA_MEMORY_CACHING); "
+    assert ("server refused (environment variables differ from the server's: PYTORCH_NO_CUDA_MEMORY_CACHING); "
             "starting fresh") in log
     assert not warm_pids(log) and "finished: final val_loss" in log
     same = run_job(cfg, tmp_path / "same", shakespeare_char_meta, 1, job_env(server))
@@ -169,7 +169,7 @@ def test_fingerprint_sees_edited_code_and_import_time_variables_only(tmp_path):
     assert warm.fingerprint_mismatch(base, warm.fingerprint(
         {"TORCH_LOGS": "", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCHELASTIC_RUN_ID": "x"}, package)) is None
     assert warm.fingerprint_mismatch(base, warm.fingerprint({"TORCH_LOGS": "+dynamo"}, package)) == \
-        "import-time environment variables differ: TORCH_LOGS"
+        "environment variables differ from the server's: TORCH_LOGS"
     os.utime(package / "sub" / "a.py", ns=(1, 1))
     assert "changed since the server started" in warm.fingerprint_mismatch(
         base, warm.fingerprint({"TORCH_LOGS": ""}, package))
@@ -186,14 +186,23 @@ def test_when_a_snakemake_run_starts_a_server():
     assert "off" in warm.why_not_start(False, local_exec=True, has_training=True, has_gpu=False)  # YAML's `off`
 
 
-def test_no_server_under_slurm_or_without_one(tmp_path, monkeypatch):
+def test_no_server_means_the_launcher_runs_the_trainer_itself(tmp_path, monkeypatch):
     monkeypatch.delenv(warm.SOCKET_ENV, raising=False)
-    assert warm.run_trainer(["--help"]) is None  # no server: the launcher runs the trainer itself
+    assert warm.run_trainer(["--help"]) is None  # no server
     monkeypatch.setenv(warm.SOCKET_ENV, str(tmp_path / "none.sock"))
     monkeypatch.setenv(warm.PID_ENV, "999999999")
     assert warm.run_trainer(["--help"], wait_s=1) is None  # a server that is not there
-    monkeypatch.setenv("SLURM_JOB_ID", "1")
-    assert warm.run_trainer(["--help"]) is None  # a SLURM job's trainer stays inside the job
+
+
+def test_a_trainer_stays_in_the_slurm_job_of_its_launcher(server, shakespeare_char_meta, tmp_path):
+    """The server runs outside any SLURM job; a launcher inside one is refused and its trainer
+    runs in the launcher's own process (inside the job), with the same losses."""
+    log = run_job(run_cfg(10, STRATEGIES["ddp"]), tmp_path / "slurm", shakespeare_char_meta, 1,
+                  job_env(server, SLURM_JOB_ID="4242"))
+    assert "server refused (environment variables differ from the server's: SLURM_JOB_ID); starting fresh" in log
+    assert not warm_pids(log) and "finished: final val_loss" in log
+    assert "SLURM_JOB_ID" in warm.fingerprint_mismatch(warm.fingerprint({"SLURM_JOB_ID": "1"}),
+                                                       warm.fingerprint({"SLURM_JOB_ID": "2"}))
 
 
 def test_the_server_goes_when_its_parent_is_gone(tmp_path):

@@ -23,8 +23,8 @@ has training jobs (or gates that add them) to run and no NVIDIA GPU; ``on`` also
 sets :data:`SOCKET_ENV` and :data:`PID_ENV` in Snakemake's environment, which its jobs inherit.
 
 **Client** (:func:`run_trainer`, called by ``workflow.launch`` for the single process of a job
-and for each worker torchrun starts): when :data:`SOCKET_ENV` is set and the job does not run
-under SLURM, it waits for the server to be ready, sends the request and then forwards
+and for each worker torchrun starts): when :data:`SOCKET_ENV` is set, it waits for the server
+to be ready, sends the request and then forwards
 SIGTERM, SIGUSR1 and SIGINT to the trainer (same signal: a preemption checkpoints and exits 75
 as in a fresh process). It returns the trainer's exit status (128 + s when signal s killed it).
 It returns ``None`` (the launcher then runs the trainer in its own process, as without a
@@ -36,7 +36,9 @@ size and modification time in it, and the environment variables torch reads at i
 (``TORCH_*``, ``TORCHDYNAMO_*``, ``TORCHINDUCTOR_*``, ``PYTORCH_*``, ``KMP_*``,
 ``CUDA_VISIBLE_DEVICES``, ``LD_PRELOAD``, ``LD_LIBRARY_PATH``, ``PYTHONHASHSEED``; not
 ``TORCH_NCCL_*``, ``TORCH_DISTRIBUTED_*``, ``TORCHELASTIC_*``, which torch reads when the
-process group starts, after the fork, and which torchrun sets for its workers). A request
+process group starts, after the fork, and which torchrun sets for its workers), and
+``SLURM_JOB_ID``: a trainer stays inside the SLURM job of the launcher that asked for it, so a
+server started inside an ``salloc`` serves that allocation's jobs only. A request
 whose fingerprint differs (the code was edited while Snakemake ran, another checkout, another
 environment) is refused, and that job starts fresh. A child replaces its environment, working
 folder and umask by the job's, sets torch's threads from ``OMP_NUM_THREADS`` (what a fresh
@@ -83,7 +85,8 @@ READY_WAIT_S = 120.0  # longest a client waits for a server that is still import
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 IMPORT_TIME_ENV_PREFIXES = ("TORCH_", "TORCHDYNAMO_", "TORCHINDUCTOR_", "PYTORCH_", "KMP_")
 RUN_TIME_ENV_PREFIXES = ("TORCH_NCCL_", "TORCH_DISTRIBUTED_", "TORCHELASTIC_")  # read when the process group starts
-IMPORT_TIME_ENV = ("CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHASHSEED")
+IMPORT_TIME_ENV = ("CUDA_VISIBLE_DEVICES", "LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONHASHSEED",
+                   "SLURM_JOB_ID")  # the last: the trainer must stay in the launcher's SLURM job
 _HEADER = struct.Struct("!Q")  # length of the JSON request that follows the header
 MAX_REQUEST_BYTES = 64 << 20
 
@@ -126,7 +129,7 @@ def fingerprint_mismatch(server: dict, job: dict) -> str | None:
     env = job.get("env") or {}
     names = sorted(k for k in set(env) | set(server["env"]) if env.get(k) != server["env"].get(k))
     if names:
-        return f"import-time environment variables differ: {', '.join(names)}"
+        return f"environment variables differ from the server's: {', '.join(names)}"
     return None
 
 
@@ -276,9 +279,6 @@ def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_
     """
     path = os.environ.get(SOCKET_ENV)
     if not path:
-        return None
-    if os.environ.get("SLURM_JOB_ID"):
-        _say("not under SLURM (the trainer must stay inside the job); starting fresh")
         return None
     for fd in (0, 1, 2):
         try:
