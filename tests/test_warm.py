@@ -216,3 +216,17 @@ def test_the_server_goes_when_its_parent_is_gone(tmp_path):
     log = (tmp_path / "server.log").read_text()
     assert "Snakemake is gone: stopping" in log and "stopped" in log
     assert not socket_dir.exists()  # the socket and its private folder are removed
+
+
+def test_a_malformed_request_is_refused_and_the_server_goes_on(server, shakespeare_char_meta, tmp_path):
+    import socket
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(server.socket)
+        body = b'{"argv": "not a list"}'
+        socket.send_fds(sock, [warm._HEADER.pack(len(body))], [0, 1, 2])
+        sock.sendall(body)
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply == {"refused": "malformed request (argv, env, cwd, umask)"}
+    log = run_job(run_cfg(5, STRATEGIES["ddp"]), tmp_path / "after", shakespeare_char_meta, 1, job_env(server))
+    assert warm_pids(log)  # still serving

@@ -326,11 +326,18 @@ def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_
         replies.close()
         conn.close()
     if status is None:  # the server died: the trainer must not outlive this job
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
+        _kill_trainer(pid)
         _say(f"the server ended before trainer pid {pid}; killed it")
         return 1
     return int(status)
+
+
+def _kill_trainer(pid: int) -> None:
+    """SIGKILL a forked trainer: its process group (it is a session leader), and the process
+    itself in case it has not called ``setsid`` yet."""
+    for kill in (os.killpg, os.kill):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            kill(pid, signal.SIGKILL)
 
 
 def _umask() -> int:
@@ -505,6 +512,10 @@ class Server:
                     raise ValueError("request cut short")
                 body += chunk
             request = json.loads(body)
+            if not (isinstance(request, dict) and isinstance(request.get("argv"), list)
+                    and isinstance(request.get("env"), dict) and isinstance(request.get("cwd"), str)
+                    and isinstance(request.get("umask"), int)):
+                raise ValueError("malformed request (argv, env, cwd, umask)")
             mismatch = fingerprint_mismatch(self.fingerprint, request.get("fingerprint") or {})
             if mismatch:
                 raise ValueError(mismatch)
@@ -551,8 +562,7 @@ class Server:
         if not data:  # the job's client is gone: its trainer must go too
             self.log(f"the client of trainer {pid} is gone: SIGKILL to it")
             self.selector.unregister(conn)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            _kill_trainer(pid)
 
     def _reap(self, pid: int) -> None:
         conn, pidfd = self.children.pop(pid)
