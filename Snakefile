@@ -9,8 +9,9 @@ from pathlib import Path
 
 from snakemake.utils import min_version, validate
 
-from workflow.config import validate_study
-from workflow.sweep import explain_reruns, prepare_study
+from workflow.study.explain import explain_reruns
+from workflow.study.overrides import prepare_study
+from workflow.study.schema import validate_study
 
 min_version("9.0")
 

@@ -50,8 +50,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.distributed import DistContext, init_distributed  # noqa: E402
-from workflow.model import GPT, build_model_config  # noqa: E402
+from workflow.parallel.process_groups import DistContext, init_distributed  # noqa: E402
+from workflow.model import GPT  # noqa: E402
+from workflow.study.model_config import build_model_config
 from workflow.train import Trainer, configure_backends  # noqa: E402
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -203,7 +204,7 @@ def muon_reference_step(params: list, bufs: list, lr: float, momentum: float, ns
 
 
 def bench_muon(args) -> dict:
-    from workflow.optim import Muon, split_muon_params
+    from workflow.optim.optimizers import Muon, split_muon_params
 
     torch.set_num_threads(args.threads)
     configure_backends(DistContext())

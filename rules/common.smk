@@ -10,19 +10,8 @@ try:  # Snakemake >= 8; without it input functions are just inspected on every c
 except ImportError:
     overwrite_function_params = lambda func, params: None
 
-from workflow.config import (
-    check_model_configs,
-    check_study,
-    comm_study_variants,
-    gpt2_scale,
-    launch_command,
-    run_config,
-    slurm_resources,
-    stage_order,
-    stage_resources,
-    stage_seeds,
-)
-from workflow.datasets import (
+from workflow.core.io import read_json
+from workflow.data.registry import (
     DATASETS,
     SOURCES,
     dataset_raw_dir,
@@ -31,9 +20,12 @@ from workflow.datasets import (
     source_mirror,
     source_options,
 )
-from workflow.io import read_json
-from workflow.launch import has_nvidia_gpu
-from workflow.sweep import format_plan
+from workflow.jobs.launcher import has_nvidia_gpu
+from workflow.jobs.warm_client import start_server, why_not_start
+from workflow.study.checks import check_model_configs, check_study, comm_study_variants, gpt2_scale
+from workflow.study.printed_plan import format_plan
+from workflow.study.resolve import run_config, stage_order, stage_seeds
+from workflow.study.resources import launch_command, slurm_resources, stage_resources
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
 # (in the main process only: job steps on a cluster node re-read this file).
@@ -286,7 +278,7 @@ def gate_pivot_args(wildcards, input):
     """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
     if not input.previous:
         return ""
-    from workflow.tables import naive_plan  # pandas and scipy: only for a gate that may pivot, not at parse
+    from workflow.analysis.tables import naive_plan  # deferred heavy import (pandas, scipy): only for a gate that may pivot
 
     hardware = naive_plan(config)["prices"][wildcards.stage]
     return (
@@ -317,18 +309,16 @@ _WARM_SERVER = []
 
 def start_warm_server():
     """Start the warm server when this invocation runs training jobs (or gates that add them)
-    on this machine (:func:`workflow.warm.why_not_start`); say why not otherwise."""
-    from workflow import warm
-
+    on this machine (:func:`workflow.jobs.warm_client.why_not_start`); say why not otherwise."""
     has_training = any(job.rule.name == "train" or job.is_checkpoint for job in workflow.dag.needrun_jobs())
-    reason = warm.why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
+    reason = why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
     if reason is not None:
         if has_training:
             print(f"stagerun: warm start off: {reason}", file=sys.stderr)
         return
     log = f"{RESULTS}/logs/warm_server.log"
     try:
-        _WARM_SERVER.append(warm.start_server(log))
+        _WARM_SERVER.append(start_server(log))
     except OSError as err:  # no temporary folder, no interpreter: the jobs start fresh
         print(f"stagerun: warm start off: cannot start the server ({err})", file=sys.stderr)
         return

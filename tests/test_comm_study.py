@@ -13,8 +13,8 @@ import pytest
 from scipy import stats as sps
 
 from test_pipeline import snakemake
-from workflow.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
-from workflow.model.config import analytic_tp_syncs, expand_block_pattern
+from workflow.analysis.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
+from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "config" / "studies"

@@ -5,14 +5,14 @@ import copy
 import pytest
 import yaml
 
-from workflow.config import (
-    ConfigError, check_model_configs, check_study, config_hash, launch_command, run_config, slurm_resources,
-    stage_resources, stage_seeds, validate_section,
-)
+from workflow.study.schema import ConfigError, validate_section
+from workflow.study.checks import check_model_configs, check_study
+from workflow.study.resolve import config_hash, run_config, stage_seeds
+from workflow.study.resources import launch_command, slurm_resources, stage_resources
 
 from pathlib import Path
 
-from workflow.launch import srun_prefix
+from workflow.jobs.launcher import srun_prefix
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 

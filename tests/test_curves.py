@@ -2,7 +2,7 @@
 
 import json
 
-from workflow.plots import plot_curves
+from workflow.analysis.plots import plot_curves
 
 
 def _metrics(path, tokens_per_step, flops_per_token=6.0):

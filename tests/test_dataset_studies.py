@@ -40,8 +40,9 @@ import numpy as np
 import pytest
 import yaml
 
-from workflow.datasets import DATASETS, dataset_options
-from workflow.config import check_model_configs, check_study, load_schema, _validator_with_defaults
+from workflow.data.registry import DATASETS, dataset_options
+from workflow.study.checks import check_model_configs, check_study
+from workflow.study.schema import load_schema, _validator_with_defaults
 
 REPO = Path(__file__).resolve().parents[1]
 STUDIES = REPO / "config" / "studies"
@@ -73,7 +74,7 @@ def mirrors(tmp_path_factory, shared_data, shared_data_server, gpt2_ranks, modul
         zf.writestr("enwik8", xml)
 
     # FineWeb: modded-nanogpt shards (1024-byte header, uint16) of real GPT-2 tokens
-    from workflow.tokenizers import GPT2Tokenizer
+    from workflow.data.tokenizers import GPT2Tokenizer
     tokens = GPT2Tokenizer(gpt2_ranks).encode(xml[:300_000].decode("utf-8", errors="ignore"))
     hub = root / "hub"
     hub.mkdir()
@@ -160,7 +161,7 @@ def _check_custom(meta, m, work):
 
 
 def _check_multi30k(meta, m, work):
-    from workflow.data import TokenSplit
+    from workflow.data.loader import TokenSplit
     val = TokenSplit(work / "data" / "tokens" / "multi30k_en_de" / "meta.json", "val").files[0].tokens
     assert int((np.asarray(val) == 50256).sum()) == 1014  # one <|endoftext|> per official val pair
 
@@ -231,8 +232,9 @@ def test_every_registered_dataset_has_a_study_case():
 @pytest.mark.parametrize("dataset", sorted(CASES))
 def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path):
     import torch
-    from workflow.data import TokenSplit
-    from workflow.model import GPT, build_model_config
+    from workflow.data.loader import TokenSplit
+    from workflow.model import GPT
+    from workflow.study.model_config import build_model_config
 
     case = CASES[dataset]
     study = tiny_study(dataset, case, mirrors)

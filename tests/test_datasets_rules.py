@@ -16,9 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow.datasets import (
-    DATASETS, UnknownNameError, dataset_options, dataset_raw_inputs, dataset_source, source_file,
-    source_files, source_mirror,
+from workflow.data.registry import (
+    DATASETS,
+    UnknownNameError,
+    dataset_options,
+    dataset_raw_inputs,
+    dataset_source,
+    source_file,
+    source_files,
+    source_mirror,
 )
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")

@@ -19,9 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from workflow.download import fetch_source_file
-from workflow.tokenize import DataError, prepare, read_fineweb_header
-from workflow.tokenizers import GPT2Tokenizer
+from workflow.data.fetch import fetch_source_file
+from workflow.data.writers import DataError
+from workflow.data.prepare import prepare
+from workflow.data.prepare.fineweb import read_fineweb_header
+from workflow.data.tokenizers import GPT2Tokenizer
 
 WIKI_BYTES = 6_089_746
 #: a test archive is not the registry's enwik8.zip: its size check is switched off (raw_files override)
@@ -229,7 +231,7 @@ def test_custom_text_forbidden_character_names_file_line_column(tmp_path):
 
 def test_multi30k_over_loopback(shared_data_server, shared_data, raw_copy, tmp_path, gpt2_ranks):
     raw = tmp_path / "data" / "raw" / "multi30k"
-    from workflow.datasets import source_files
+    from workflow.data.registry import source_files
     for name in source_files("multi30k"):
         fetch_source_file("multi30k", name, raw / name, mirror=shared_data_server, progress=False)
     raw_copy("gpt2", "r50k_base.tiktoken")

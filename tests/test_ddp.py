@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.distributed import DistContext
+from workflow.parallel.process_groups import DistContext
 from workflow.train import Trainer, configure_backends
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.comm import CommCounter
-from workflow.distributed import DistContext
+from workflow.parallel.comm import CommCounter
+from workflow.parallel.process_groups import DistContext
 from workflow.strategies.base import flat_parameters
 from workflow.strategies.diloco import DiLoCoStrategy
 

@@ -10,8 +10,14 @@ import sys
 
 import pytest
 
-from workflow.download import (
-    ChecksumError, DownloadError, SizeError, download, fetch_source_file, mirror_url, part_path,
+from workflow.data.fetch import (
+    ChecksumError,
+    DownloadError,
+    SizeError,
+    download,
+    fetch_source_file,
+    mirror_url,
+    part_path,
 )
 
 SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

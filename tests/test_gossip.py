@@ -22,20 +22,19 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from workflow.comm import CommCounter
-from workflow.config import validate_section
-from workflow.distributed import DistContext
+from workflow.parallel.comm import CommCounter
+from workflow.study.schema import validate_section
+from workflow.parallel.process_groups import DistContext
 from workflow.strategies import STRATEGIES, build_strategy
-from workflow.strategies.gossip import (
+from workflow.strategies.mixing import (
     TOPOLOGIES,
-    GossipOptimizer,
     consensus_distance,
     distributed_consensus_distance,
     gossip,
     mixing_matrix,
-    msgn,
     neighbours,
 )
+from workflow.strategies.gossip import GossipOptimizer, msgn
 
 WORLD = 4
 DIM = 37            # length of the vectors the workers mix

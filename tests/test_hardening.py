@@ -30,10 +30,13 @@ import psutil
 import pytest
 import yaml
 
-from workflow.config import ConfigError, check_study, launch_command
-from workflow.io import atomic_write, write_json_atomic, write_text_atomic
-from workflow.launch import EXIT_PREEMPTED, job_exit_status
-from workflow.tokenize import DataError, prepare
+from workflow.study.schema import ConfigError
+from workflow.study.checks import check_study
+from workflow.study.resources import launch_command
+from workflow.core.io import atomic_write, write_json_atomic, write_text_atomic
+from workflow.jobs.launcher import EXIT_PREEMPTED, job_exit_status
+from workflow.data.writers import DataError
+from workflow.data.prepare import prepare
 
 from runs import rows_without_timings, wait_for_step  # tests/runs.py
 

@@ -11,21 +11,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from workflow.model import (
-    BLOCK_TYPES,
-    BUILTIN_BLOCKS,
-    GPT,
-    MODEL_PRESETS,
-    PRESET_REFERENCE_VOCAB,
-    Block,
-    GPTConfig,
-    SequentialBlock,
-    TP_BLOCK_TYPES,
-    build_model_config,
-    depth_warm_state,
-    register_block,
-)
-from workflow.optim import build_optimizers
+from workflow.model import BLOCK_TYPES, GPT, Block, SequentialBlock, depth_warm_state, register_block
+from workflow.study.blocks import BUILTIN_BLOCKS, TP_BLOCK_TYPES
+from workflow.study.model_config import MODEL_PRESETS, PRESET_REFERENCE_VOCAB, GPTConfig, build_model_config
+from workflow.optim.optimizers import build_optimizers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -255,14 +244,14 @@ def test_block_registry_contract():
 
 
 def test_import_prints_nothing():
-    out = subprocess.run([sys.executable, "-c", "import workflow.model, workflow.optim"],
+    out = subprocess.run([sys.executable, "-c", "import workflow.model, workflow.optim.optimizers"],
                          cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout == "" and out.stderr == ""
 
 
 def test_model_config_is_torch_free():
     """The Snakemake main process validates model configs without importing torch."""
-    code = ("import sys; import workflow.model, workflow.model.config, workflow.model.depth_warm\n"
+    code = ("import sys; import workflow.model, workflow.study.model_config, workflow.model.depth_warm\n"
             "from workflow.model import build_model_config, GPTConfig, depth_warm_state, MODEL_PRESETS\n"
             "build_model_config({'block_pattern': ['tp', 'spd'], 'tp_size': 2}, 65)\n"
             "GPTConfig(vocab_size=65, block_size=8, n_layer=2, n_head=2, n_embd=8, block_type='palm')\n"

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from workflow.plan import compute_plan, load_study, plan_markdown, run_estimate
-from workflow.stats import summarize_runs
-from workflow.tables import compute_table, naive_plan
+from workflow.analysis.compute_plan import compute_plan, plan_markdown, run_estimate
+from workflow.plan import load_study
+from workflow.analysis.stats import summarize_runs
+from workflow.analysis.tables import compute_table, naive_plan
 from workflow.training.provenance import flops_per_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,8 @@ def test_run_estimate_uses_the_trainer_flops_per_token():
     assert est["tokens"] == 8 * 8 * 32
     import torch
 
-    from workflow.model import GPT, build_model_config
+    from workflow.model import GPT
+    from workflow.study.model_config import build_model_config
 
     cfg = build_model_config({"preset": "nanogpt-small"}, 65)
     with torch.device("meta"):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.distributed import DistContext
+from workflow.parallel.process_groups import DistContext
 from workflow.train import Trainer, configure_backends
 from workflow.training import checkpoint
 

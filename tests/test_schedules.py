@@ -13,13 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.distributed import DistContext
-from workflow.optim import (
-    check_curriculum, curriculum_block_size, curriculum_marks, lr_multiplier, resolve_depth_warm, schedule_progress,
-    steps_for_tokens, tokens_for_steps,
+from workflow.parallel.process_groups import DistContext
+from workflow.study.schedules import (
+    check_curriculum,
+    curriculum_block_size,
+    curriculum_marks,
+    lr_multiplier,
+    resolve_depth_warm,
+    schedule_progress,
+    steps_for_tokens,
+    tokens_for_steps,
 )
 from workflow.train import Trainer, configure_backends
-from workflow.training.length import resolve_num_iterations
+from workflow.study.length import resolve_num_iterations
 
 CURRICULUM = {"batch_size": 32, "curriculum_block_sizes": [8, 16, 32], "curriculum_advance": "steps"}
 
@@ -175,7 +181,9 @@ def test_study_check_names_the_stage_whose_curriculum_never_reaches_full_length(
     """Absolute curriculum steps right for a long stage are checked for every stage before any job runs."""
     import yaml
 
-    from workflow.config import ConfigError, check_model_configs, study_with_defaults
+    from workflow.study.schema import ConfigError
+    from workflow.study.checks import check_model_configs
+    from workflow.study.resolve import study_with_defaults
 
     study = study_with_defaults(yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text()))
     study["variants"]["cur"] = {"train": {"curriculum_block_sizes": [8, 16, 32], "curriculum_steps": [4, 10]}}

@@ -16,7 +16,9 @@ import yaml
 
 from scipy import stats as sps
 
-from workflow.config import ConfigError, check_study, run_config, stage_seed_offset, stage_seeds
+from workflow.study.schema import ConfigError
+from workflow.study.checks import check_study
+from workflow.study.resolve import run_config, stage_seed_offset, stage_seeds
 
 TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 

@@ -8,8 +8,14 @@ from scipy import stats as sps
 
 from statsmodels.stats.multitest import multipletests
 
-from workflow.stats import (
-    comparable_reason, describe, holm_adjust, one_sample_ttest, paired_ttest, summarize_runs, welch_ttest,
+from workflow.analysis.stats import (
+    comparable_reason,
+    describe,
+    holm_adjust,
+    one_sample_ttest,
+    paired_ttest,
+    summarize_runs,
+    welch_ttest,
 )
 
 LOSSES = [1.91, 1.87, 1.95, 1.89, 1.93]

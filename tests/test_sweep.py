@@ -17,8 +17,11 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from workflow.config import ConfigError, check_study, run_config
-from workflow.sweep import apply_overrides, expand_sweep, format_plan, prepare_study, set_path, stage_plan
+from workflow.study.schema import ConfigError
+from workflow.study.checks import check_study
+from workflow.study.resolve import run_config
+from workflow.study.overrides import apply_overrides, expand_sweep, prepare_study, set_path
+from workflow.study.printed_plan import format_plan, stage_plan
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -142,7 +145,7 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
                                  "mirror=http://127.0.0.1:9/unused", "--", "stage_A")
     assert "GPUs per node, but this machine has none" not in explicit.stdout + explicit.stderr
     assert "--nproc-per-node 8 " in command  # the DAG keeps the study's request; the launcher caps it
-    from workflow.launch import cap_processes
+    from workflow.jobs.launcher import cap_processes
 
     assert cap_processes(8, 1, "auto", cpus=2, has_gpu=False) == 2
     assert cap_processes(8, 1, "auto", cpus=2, has_gpu=True) == 8
@@ -155,7 +158,7 @@ def test_parse_and_dry_run_do_not_import_torch(tmp_path):
     proc = snakemake_dry_run(tmp_path, TINY, "--config", "mirror=http://127.0.0.1:9/unused",
                              python_flags=("-X", "importtime"))
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "snakemake" in imported and "workflow.config" in imported
+    assert "snakemake" in imported and "workflow.study.resolve" in imported
     assert "torch" not in imported, sorted(m for m in imported if m.startswith("torch"))[:5]
-    # nor the analysis stack (workflow.tables / workflow.stats: scipy, statsmodels): jobs import it
-    assert not {"scipy", "statsmodels", "workflow.stats", "workflow.tables"} & imported
+    # nor the analysis stack (workflow.analysis.tables / .stats: scipy, statsmodels): jobs import it
+    assert not {"scipy", "statsmodels", "workflow.analysis.stats", "workflow.analysis.tables"} & imported

@@ -17,16 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.model import (
-    GPT,
-    BLOCK_TYPES,
-    TPCommMode,
-    build_model_config,
-    tp_comm_counts,
-    tp_reduce_grads,
-)
-from workflow.model.config import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
-from workflow.model.tensor_parallel import qkv_from_shard_major, qkv_to_shard_major, tp_sharded_params
+from workflow.model import GPT, BLOCK_TYPES, TPCommMode, tp_comm_counts, tp_reduce_grads
+from workflow.study.model_config import build_model_config
+from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
+from workflow.model.parallelize import qkv_from_shard_major, qkv_to_shard_major, tp_sharded_params
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -284,8 +278,8 @@ def test_real_tp_training_on_a_dp_x_tp_mesh_equals_simulated(real_tp_reference, 
     loss curve as one simulated process with 2 micro-steps; counts and the saved model agree."""
     from test_resume import rows_without_timings
 
-    from workflow.distributed import DistContext
-    from workflow.sample import load_model
+    from workflow.parallel.process_groups import DistContext
+    from workflow.training.sampling import load_model
     from workflow.train import Trainer, configure_backends
 
     ctx = DistContext()

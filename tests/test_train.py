@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.distributed import DistContext
-from workflow.model import GPT, GPTConfig
-from workflow.optim import Muon
+from workflow.parallel.process_groups import DistContext
+from workflow.model import GPT
+from workflow.study.model_config import GPTConfig
+from workflow.optim.optimizers import Muon
 from workflow.sample import main as sample_main
 from workflow.train import Trainer, configure_backends
 from workflow.training.provenance import flops_per_token, peak_flops

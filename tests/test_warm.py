@@ -24,7 +24,7 @@ import psutil
 import pytest
 
 from workflow import warm
-from workflow.launch import EXIT_PREEMPTED
+from workflow.jobs.launcher import EXIT_PREEMPTED
 
 from runs import last_step, rows_without_timings  # tests/runs.py
 

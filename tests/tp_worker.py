@@ -19,8 +19,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import init_device_mesh
 
-from workflow.model import GPT, TPCommMode, build_model_config, tp_comm_counts, tp_reduce_grads
-from workflow.model.tensor_parallel import parallelize_gpt
+from workflow.model import GPT, TPCommMode, tp_comm_counts, tp_reduce_grads
+from workflow.study.model_config import build_model_config
+from workflow.model.parallelize import parallelize_gpt
 
 BATCH = dict(B=2, T=16, vocab=65, clip=0.05)
 

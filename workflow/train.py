@@ -34,9 +34,10 @@ from pathlib import Path
 
 import torch
 
-from workflow.config import validate_section
-from workflow.distributed import DistContext, init_distributed, shutdown
-from workflow.training.trainer import EXIT_PREEMPTED, Trainer, _PreemptionFlag  # noqa: F401 (re-exported)
+from workflow.core.exits import EXIT_PREEMPTED  # noqa: F401 (re-exported)
+from workflow.parallel.process_groups import DistContext, init_distributed, shutdown
+from workflow.study.schema import validate_section
+from workflow.training.trainer import Trainer
 
 __all__ = ["EXIT_PREEMPTED", "Trainer", "configure_backends", "main"]
 

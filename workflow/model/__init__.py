@@ -27,33 +27,33 @@ import importlib
 
 # name -> submodule that defines it
 _EXPORTS = {
-    "GPTConfig": "config",
-    "MODEL_PRESETS": "config",
-    "PRESET_REFERENCE_VOCAB": "config",
-    "BUILTIN_BLOCKS": "config",
-    "TP_BLOCK_TYPES": "config",
-    "NORM_TYPES": "config",
-    "build_model_config": "config",
-    "expand_block_pattern": "config",
-    "analytic_tp_syncs": "config",
-    "nominal_tp_syncs": "config",
-    "depth_warm_state": "depth_warm",
-    "BLOCK_TYPES": "blocks",
-    "Block": "blocks",
-    "SequentialBlock": "blocks",
-    "PalmBlock": "blocks",
-    "CausalSelfAttention": "blocks",
-    "MLP": "blocks",
-    "register_block": "blocks",
-    "make_norm": "blocks",
-    "GPT": "gpt",
-    "TensorParallelBlock": "tensor_parallel",
-    "SPDBlock": "tensor_parallel",
-    "ParallelStreamsBlock": "tensor_parallel",
-    "parallelize_gpt": "tensor_parallel",
-    "tp_comm_counts": "tensor_parallel",
-    "tp_reduce_grads": "tensor_parallel",
-    "TPCommMode": "tensor_parallel",
+    "GPTConfig": "workflow.study.model_config",
+    "MODEL_PRESETS": "workflow.study.model_config",
+    "PRESET_REFERENCE_VOCAB": "workflow.study.model_config",
+    "BUILTIN_BLOCKS": "workflow.study.blocks",
+    "TP_BLOCK_TYPES": "workflow.study.blocks",
+    "NORM_TYPES": "workflow.study.blocks",
+    "build_model_config": "workflow.study.model_config",
+    "expand_block_pattern": "workflow.study.blocks",
+    "analytic_tp_syncs": "workflow.study.blocks",
+    "nominal_tp_syncs": "workflow.study.blocks",
+    "depth_warm_state": "workflow.model.depth_warm",
+    "BLOCK_TYPES": "workflow.model.blocks",
+    "Block": "workflow.model.blocks",
+    "SequentialBlock": "workflow.model.blocks",
+    "PalmBlock": "workflow.model.blocks",
+    "CausalSelfAttention": "workflow.model.blocks",
+    "MLP": "workflow.model.blocks",
+    "register_block": "workflow.model.blocks",
+    "make_norm": "workflow.model.blocks",
+    "GPT": "workflow.model.gpt",
+    "TensorParallelBlock": "workflow.model.tp_blocks",
+    "SPDBlock": "workflow.model.tp_blocks",
+    "ParallelStreamsBlock": "workflow.model.tp_blocks",
+    "parallelize_gpt": "workflow.model.parallelize",
+    "tp_comm_counts": "workflow.model.parallelize",
+    "tp_reduce_grads": "workflow.model.parallelize",
+    "TPCommMode": "workflow.parallel.comm_mode",
 }
 # Torch-side names whose registry must hold every built-in block when handed out.
 _NEEDS_ALL_BLOCKS = {"BLOCK_TYPES", "register_block", "Block", "GPT"}
@@ -67,7 +67,7 @@ def __getattr__(name: str):
         raise AttributeError(f"module 'workflow.model' has no attribute {name!r}")
     if name in _NEEDS_ALL_BLOCKS:
         importlib.import_module("workflow.model.gpt")  # registers the tensor-parallel blocks too
-    value = getattr(importlib.import_module(f"workflow.model.{module}"), name)
+    value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workflow.model.config import BUILTIN_BLOCKS, NORM_TYPES, GPTConfig
+from workflow.study.blocks import BUILTIN_BLOCKS, NORM_TYPES
+from workflow.study.model_config import GPTConfig
 
 __all__ = [
     "BLOCK_TYPES",

@@ -23,8 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from workflow.model.blocks import BLOCK_TYPES, make_norm
-from workflow.model.config import GPTConfig
-from workflow.model.tensor_parallel import ShardedStream, TPBlockBase, TPRuntime, describe_pattern
+from workflow.model.tp_blocks import TPBlockBase, describe_pattern
+from workflow.parallel.mappings import ShardedStream, TPRuntime
+from workflow.study.model_config import GPTConfig
 
 __all__ = ["GPT"]
 

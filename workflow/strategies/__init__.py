@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from workflow.comm import CommCounter
-from workflow.distributed import DistContext
+from workflow.parallel.comm import CommCounter
+from workflow.parallel.process_groups import DistContext
 from workflow.strategies.base import Strategy
 from workflow.strategies.ddp import DDPStrategy
 from workflow.strategies.diloco import DiLoCoStrategy

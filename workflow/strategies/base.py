@@ -27,9 +27,10 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from workflow.comm import CommCounter
-from workflow.distributed import DistContext
-from workflow.optim import build_optimizers
+from workflow.model.parallelize import tp_reduce_grads
+from workflow.optim.optimizers import build_optimizers
+from workflow.parallel.comm import CommCounter
+from workflow.parallel.process_groups import DistContext
 
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
@@ -98,7 +99,6 @@ class Strategy:
         ``tensor_parallel.tp_reduce_grads``), step and zero every optimizer, then
         :meth:`after_optimizer_step`. ``step`` is the 0-based step just computed."""
         if getattr(model, "tp", None) is not None:  # tensor parallel: shards' norms summed, partial grads reduced
-            from workflow.model.tensor_parallel import tp_reduce_grads
 
             tp_reduce_grads(model, self.train_cfg["grad_clip"])
         elif self.train_cfg["grad_clip"] > 0:

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from workflow.io import atomic_write, read_json, sha256_file, write_json_atomic
+from workflow.core.io import atomic_write, read_json, sha256_file, write_json_atomic
 
 CHECKPOINT_VERSION = 3
 SLOTS = ("a", "b")

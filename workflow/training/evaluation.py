@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from workflow.comm import CommCounter
-from workflow.data import TokenSplit, rank_slice, val_window_ids
-from workflow.distributed import DistContext
+from workflow.data.loader import TokenSplit, rank_slice, val_window_ids
+from workflow.parallel.comm import CommCounter
+from workflow.parallel.process_groups import DistContext
 from workflow.strategies.base import Strategy, flat_parameters
 
 

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from workflow.io import write_text_atomic
+from workflow.core.io import write_text_atomic
 
 
 class MetricsLog:

@@ -26,70 +26,38 @@ import dataclasses
 import datetime
 import math
 import platform
-import signal
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from workflow.comm import CommCounter, summarize
-from workflow.config import config_hash, validate_section
-from workflow.data import TokenSplit, rank_slice, train_window_ids
-from workflow.distributed import DistContext, init_tensor_parallel
-from workflow.io import write_json_atomic, write_text_atomic
-from workflow.model import GPT, build_model_config, depth_warm_state
-from workflow.model.tensor_parallel import full_state_dict, parallelize_gpt, tp_comm_counts
-from workflow.optim import check_curriculum, curriculum_block_size, resolve_depth_warm, schedule_progress, set_lr
+from workflow.core.exits import EXIT_PREEMPTED
+from workflow.core.io import write_json_atomic, write_text_atomic
+from workflow.data.loader import TokenSplit, rank_slice, train_window_ids
+from workflow.model import GPT, depth_warm_state
+from workflow.model.parallelize import full_state_dict, parallelize_gpt, tp_comm_counts
+from workflow.parallel.comm import CommCounter, summarize
+from workflow.parallel.process_groups import DistContext, init_tensor_parallel
 from workflow.strategies import build_strategy
-from workflow.tracking import Tracker
+from workflow.study.length import resolve_num_iterations
+from workflow.study.model_config import build_model_config
+from workflow.study.resolve import config_hash
+from workflow.study.schedules import (
+    check_curriculum,
+    curriculum_block_size,
+    resolve_depth_warm,
+    schedule_progress,
+    set_lr,
+)
+from workflow.study.schema import validate_section
 from workflow.training import checkpoint
 from workflow.training.evaluation import Evaluator
-from workflow.training.length import resolve_num_iterations
 from workflow.training.metrics import MetricsLog, log_line
 from workflow.training.provenance import flops_per_token, git_state, peak_flops, slurm_job_id
-
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
-
-
-def _step_seed(seed: int, step: int, stream: int) -> int:
-    """A 63-bit seed derived from (seed, step, stream): pure, identical on every rank."""
-    return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class _PreemptionFlag:
-    """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
-        self.signal = signum
-
-
-@dataclass
-class RunState:
-    """The counters and history of a run that are not a pure function of the step."""
-
-    step: int = 0
-    train_time_ms: float = 0.0
-    tokens_seen: int = 0
-    flops: float = 0.0
-    val_history: list = field(default_factory=list)  # (step, val_loss) of every evaluation
-    window_losses: list = field(default_factory=list)  # train losses since the last metrics row
-    last_train_loss: float = float("nan")
-    last_val_loss: float | None = None
-    lr_mult: float = 0.0
-    seq_len: int = 0
-    schedule_ms: float = 0.0  # training time the schedules follow: the workers' mean, identical on every rank
-    # tensor-parallel collectives of the training passes (workflow.model.tensor_parallel)
-    tp_passes: int = 0
-    tp_forward_calls: int = 0
-    tp_backward_calls: int = 0
+from workflow.training.state import RunState, _PreemptionFlag, _step_seed
+from workflow.training.tracking import Tracker
 
 
 class Trainer:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
-from workflow.schedules import steps_for_tokens
+from workflow.study.schedules import steps_for_tokens
 
 
 def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, block_size: int) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from workflow.config import load_schema
+from workflow.study.schema import load_schema
 
 # Defaults of the keys this module reads: config/schema.yaml definitions/train, the one source.
 TRAIN_DEFAULTS: dict[str, Any] = {
@@ -119,7 +119,7 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
     return 1.0 - (1.0 - r) * progress  # linear
 
 
-def set_lr(optimizers: Sequence[torch.optim.Optimizer], step: int,
+def set_lr(optimizers: Sequence[Any], step: int,
            train_cfg: Mapping[str, Any], progress: float | None = None) -> float:
     """Set ``group["lr"] = group["initial_lr"] * lr_multiplier(step, train_cfg, progress)`` in
     every param group of every optimizer and return the multiplier.

@@ -13,11 +13,10 @@ Nothing is printed on import or anywhere else in this module.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import torch
 import torch.nn as nn
-
 
 __all__ = [
     "TRAIN_DEFAULTS",
@@ -36,8 +35,7 @@ __all__ = [
     "resolve_depth_warm",
 ]
 
-from workflow.schedules import (  # noqa: F401 (re-exported: torch-free, see workflow/schedules.py)
-    SCHEDULES,
+from workflow.study.schedules import (
     TRAIN_DEFAULTS,
     _get,
     check_curriculum,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from workflow.io import read_json
+from workflow.core.io import read_json
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,276 @@
+"""Gate decisions between stages and the final verdict.
+
+A gate reads the per-variant summaries of a stage (``summary.json``, see
+:func:`workflow.stats.summarize_runs`) and decides which variants advance. The
+baseline is never "advanced": it runs in every stage as the reference.
+
+Eligibility (every rule): at least ``min_successful_runs`` successful seeds (with fewer,
+the seed-to-seed variance cannot be estimated) and at most ``max_failed_fraction`` of the
+runs failed (default 0: a diverged seed is a result of the variant, not noise to drop).
+
+Rules (``stages.<S>.gate.rule``):
+
+``top_k``
+    Eligible variants are ranked by mean val_loss, ties broken by lower std, then name.
+    The k best advance, and so does every variant whose mean is within ``tie_tolerance``
+    of the k-th mean (a tie at the cut is not broken by noise: all tied variants advance).
+``beats_baseline``
+    Eligible variants whose mean val_loss is strictly below the baseline's mean
+    advance. The one-sided p-value against the baseline (``verdict.test``) is reported, not
+    required: significance is asked of the last stage by the verdict. If the baseline itself
+    has too few successful runs, nothing advances (there is no reference).
+``beats_baseline_ci``
+    Seed 001's B -> C rule: the mean is below the baseline's AND the trend is consistent:
+    the variant's 95 % CI of the mean lies entirely below the baseline's (the intervals do
+    not overlap; with equal standard errors about a two-sided p < 0.006).
+
+Pivot (``gate.pivot: true``): when no variant passes, the next-best variant of the previous
+gate's ranking (eligible, not advanced there) runs this stage once and is gated again
+(``gate_<S>_pivot.json``), provided its estimated cost (the mean measured cost of a run of
+this stage x its seeds) fits in ``cost.reserve_usd``.
+
+The verdict (last stage) follows modded-nanogpt's record rule and a referee's: a one-sided
+test of each variant against the baseline (``verdict.test``: paired on seed-matched runs or
+Welch) and a one-sided one-sample t-test against ``target_val_loss``; each family is Holm
+adjusted over the variants tested (``verdict.correction``), decisions use the adjusted
+p-values at ``alpha``; ``verdict.winners`` says which test(s) a winner must pass; a variant
+with a failed seed cannot win (``failed_run_policy: disqualify``) unless failed runs are
+counted at a penalty loss (``penalty``). See docs/statistics.md.
+
+CLI::
+
+    python -m workflow.gates gate --stage A --gate-json '{"rule": "top_k", "k": 2}' \
+        --baseline baseline --summaries s1.json s2.json --output gate_A.json
+    python -m workflow.gates pivot --stage B --gate-json '{...}' --baseline baseline \
+        --decision gate_B.json --summaries ... --output gate_B_pivot.json
+    python -m workflow.gates verdict --baseline baseline --verdict-json '{"alpha": 0.01, ...}' \
+        --summaries ... --output verdict.json --markdown verdict.md [--meta meta.json]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from workflow.analysis.stats import compare_to_baseline, val_losses_by_seed
+
+GATE_RULES = ("top_k", "beats_baseline", "beats_baseline_ci")
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2g}"
+
+
+def decide_gate(
+    stage: str, gate: Mapping, summaries: Mapping[str, dict], baseline: str, test: str = "paired"
+) -> dict:
+    """Decide which variants of ``stage`` advance to the next stage.
+
+    Args:
+        stage: stage name, e.g. ``"A"``.
+        gate: the stage's gate section with schema defaults filled: ``{"rule": "top_k" |
+            "beats_baseline" | "beats_baseline_ci", "k", "min_successful_runs", "tie_tolerance",
+            "max_failed_fraction", "pivot"}`` (missing keys raise KeyError: defaults live in
+            config/schema.yaml only).
+        summaries: variant name -> its summary.json dict for this stage (the baseline included,
+            when it ran in this stage).
+        baseline: name of the baseline variant.
+        test: test of the reported p-value against the baseline (``"paired"`` or ``"welch"``).
+    Returns:
+        ``{"stage", "rule", "params", "baseline", "advanced": [names], "carried": [baseline],
+        "ranking": [{variant, mean, std, ci_95, successful_runs, n_runs, failed_runs,
+        failed_fraction, eligible, advanced, reason, p_vs_baseline}], "failed_runs": {variant:
+        [...]}, "explanation": str}``.
+    Raises:
+        ValueError: unknown rule.
+    """
+    rule = gate["rule"]
+    if rule not in GATE_RULES:
+        raise ValueError(f"gate.rule: unknown rule {rule!r} (known: {', '.join(GATE_RULES)})")
+    params = {k: v for k, v in gate.items() if k != "rule"}
+    min_ok, max_failed = params["min_successful_runs"], params["max_failed_fraction"]
+    base_summary = summaries.get(baseline)
+    base_losses = val_losses_by_seed(base_summary) if base_summary else {}
+    rows = []
+    for name, summ in summaries.items():
+        failed = len(summ["failed_runs"])
+        frac = failed / summ["n_runs"] if summ["n_runs"] else 0.0
+        row = {
+            "variant": name,
+            "mean": summ["val_loss"]["mean"],
+            "std": summ["val_loss"]["std"],
+            "ci_95": summ["val_loss"]["ci_95"],
+            "successful_runs": summ["successful_runs"],
+            "n_runs": summ["n_runs"],
+            "failed_runs": summ["failed_runs"],
+            "failed_fraction": frac,
+            "eligible": True,
+            "advanced": False,
+            "reason": "",
+            "p_vs_baseline": None,
+        }
+        if summ["successful_runs"] < min_ok:
+            row["eligible"] = False
+            row["reason"] = (
+                f"only {summ['successful_runs']} of {summ['n_runs']} runs succeeded (< min_successful_runs={min_ok}): "
+                "variance cannot be estimated, not eligible"
+            )
+        elif frac > max_failed + 1e-12:
+            row["eligible"] = False
+            row["reason"] = (
+                f"{failed} of {summ['n_runs']} runs failed ({frac:.0%} > max_failed_fraction={max_failed:.0%}; "
+                f"{summ['failed_runs'][0]['reason']}): a failed seed is a result of the variant, not eligible"
+            )
+        if name != baseline and base_losses and row["eligible"]:
+            row["p_vs_baseline"] = compare_to_baseline(val_losses_by_seed(summ), base_losses, test)["p_value"]
+        rows.append(row)
+    by_name = {row["variant"]: row for row in rows}
+    base_row = by_name.get(baseline)
+    base_ok = base_row is not None and base_row["successful_runs"] >= min_ok
+    if base_row is not None:
+        base_row["reason"] = "baseline: runs in every stage as the reference" + (
+            "" if base_row["eligible"] else f"; {base_row['reason']}"
+        )
+
+    candidates = sorted(
+        (r for r in rows if r["eligible"] and r["variant"] != baseline),
+        # Means are compared at 1e-9 so float round-off (1.8 vs 1.7999999999999998) is a tie.
+        key=lambda r: (round(r["mean"], 9), r["std"] if r["std"] is not None else float("inf"), r["variant"]),
+    )
+    eligibility = (
+        f"Variants need >= {min_ok} successful runs and at most {max_failed:.0%} failed runs to be eligible."
+    )
+    if rule == "top_k":
+        k, tol = params["k"], params["tie_tolerance"]
+        cutoff = candidates[min(k, len(candidates)) - 1]["mean"] if candidates else None
+        for rank, row in enumerate(candidates, start=1):
+            if rank <= k:
+                row["advanced"] = True
+                row["reason"] = f"rank {rank} of {len(candidates)} by mean val_loss {_fmt(row['mean'])} (top {k})"
+            elif row["mean"] <= cutoff + tol + 1e-9:
+                row["advanced"] = True
+                row["reason"] = (
+                    f"rank {rank}: mean {_fmt(row['mean'])} ties the cut-off {_fmt(cutoff)} "
+                    f"(within tie_tolerance {tol}); ties at the cut all advance"
+                )
+            else:
+                row["reason"] = f"rank {rank}: mean {_fmt(row['mean'])} above the cut-off {_fmt(cutoff)} of the top {k}"
+        explanation = (
+            f"top_k: the {k} eligible variants with the lowest mean val_loss advance; means within "
+            f"{params['tie_tolerance']} of the k-th mean count as ties and advance too; ties in mean are ordered by "
+            f"lower std. {eligibility}"
+        )
+    elif not base_ok:
+        for row in candidates:
+            row["reason"] = "baseline has too few successful runs to compare with: nothing advances"
+        explanation = f"{rule}: no eligible baseline in this stage, so no variant can advance."
+    else:
+        for row in candidates:
+            delta = row["mean"] - base_row["mean"]
+            below = delta < 0
+            p_text = f"one-sided {test} p={_p(row['p_vs_baseline'])}"
+            if rule == "beats_baseline":
+                row["advanced"] = below
+                verb = "beats" if below else "does not beat"
+                row["reason"] = (
+                    f"mean {_fmt(row['mean'])} {verb} the baseline's {_fmt(base_row['mean'])} (delta {delta:+.4f}, {p_text})"
+                )
+            else:  # beats_baseline_ci
+                ci, base_ci = row["ci_95"], base_row["ci_95"]
+                disjoint = ci is not None and base_ci is not None and ci[1] < base_ci[0]
+                row["advanced"] = below and disjoint
+                if not below:
+                    why = f"mean {_fmt(row['mean'])} is not below the baseline's {_fmt(base_row['mean'])}"
+                elif not disjoint:
+                    why = (
+                        f"mean {_fmt(row['mean'])} is below the baseline's {_fmt(base_row['mean'])} but its CI95 "
+                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] overlaps the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]: "
+                        "no consistent improvement"
+                    )
+                else:
+                    why = (
+                        f"mean {_fmt(row['mean'])} below the baseline's {_fmt(base_row['mean'])} and CI95 "
+                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] entirely below the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]"
+                    )
+                row["reason"] = f"{why} (delta {delta:+.4f}, {p_text})"
+        if rule == "beats_baseline":
+            explanation = (
+                "beats_baseline: eligible variants whose mean val_loss is below the baseline's advance; the p-value "
+                f"is reported for information, significance is tested at the verdict. {eligibility}"
+            )
+        else:
+            explanation = (
+                "beats_baseline_ci: eligible variants advance when their mean val_loss is below the baseline's AND "
+                "their 95 % CI of the mean lies entirely below the baseline's (a consistent improvement, seed 001's "
+                f"B -> C rule). {eligibility}"
+            )
+
+    order = {row["variant"]: i for i, row in enumerate(candidates)}
+    rows.sort(key=lambda r: (r["variant"] != baseline, order.get(r["variant"], len(order)), r["variant"]))
+    return {
+        "stage": stage,
+        "rule": rule,
+        "params": params,
+        "test": test,
+        "baseline": baseline,
+        "advanced": [row["variant"] for row in candidates if row["advanced"]],
+        "carried": [baseline],
+        "ranking": rows,
+        "failed_runs": {row["variant"]: row["failed_runs"] for row in rows if row["failed_runs"]},
+        "explanation": explanation,
+    }
+
+
+def stage_cost_usd(summaries: Mapping[str, dict], hour_usd: float) -> tuple[float, int]:
+    """Measured dollars and runs of a stage's summaries.
+
+    Args:
+        summaries: the stage's summary.json dicts.
+        hour_usd: price of one GPU-hour of the stage's gpu_model (GPU stages), or of one
+            process-hour (CPU stages, ``cost.cpu_hour_usd``).
+    Returns:
+        (dollars, runs): GPU-hours (or process-hours when no run used a GPU) x ``hour_usd``.
+    """
+    dollars, runs = 0.0, 0
+    for summ in summaries.values():
+        hours = summ["gpu_hours_total"] if summ["gpu_hours_total"] > 0 else summ["process_hours_total"]
+        dollars += hours * hour_usd
+        runs += summ["n_runs"]
+    return dollars, runs
+
+
+def choose_pivot(decision: dict, previous: dict, seeds: int, run_cost_usd: float, reserve_usd: float) -> dict | None:
+    """The pivot of a gate that advanced nothing: the next-best variant of the previous gate.
+
+    Args:
+        decision: this stage's gate decision (:func:`decide_gate`).
+        previous: the previous stage's gate decision.
+        seeds: runs the pivot variant needs in this stage.
+        run_cost_usd: estimated dollars of one run of this stage (measured mean).
+        reserve_usd: ``cost.reserve_usd``.
+    Returns:
+        None when the gate advanced something or pivots are off; else ``{"variant", "run",
+        "cost_usd", "reserve_usd", "reason"}`` (``variant`` None when there is no candidate;
+        ``run`` False when there is none or its cost exceeds the reserve).
+    """
+    if decision["advanced"] or not decision["params"].get("pivot"):
+        return None
+    tried = set(previous["advanced"]) | {previous["baseline"]}
+    candidates = [r["variant"] for r in previous["ranking"] if r["eligible"] and r["variant"] not in tried]
+    if not candidates:
+        return {"variant": None, "run": False, "cost_usd": 0.0, "reserve_usd": reserve_usd,
+                "reason": f"no variant of stage {previous['stage']} is left to pivot to"}
+    variant = candidates[0]
+    cost = run_cost_usd * seeds
+    run = cost <= reserve_usd + 1e-9
+    reason = (
+        f"no variant passed gate {decision['stage']}: pivot to {variant}, the next-best of stage {previous['stage']}; "
+        f"{seeds} runs at ~${run_cost_usd:.2f} = ${cost:.2f} "
+        + ("fit in" if run else "exceed")
+        + f" the reserve ${reserve_usd:.2f}"
+        + ("" if run else ": not run")
+    )
+    return {"variant": variant, "run": run, "cost_usd": cost, "reserve_usd": reserve_usd, "reason": reason}

@@ -1,0 +1,166 @@
+"""verdict: split from workflow/analysis/gates.py."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import pandas as pd
+
+from workflow.analysis.gates import _p
+from workflow.analysis.stats import compare_to_baseline, describe, holm_adjust, one_sample_ttest, val_losses_by_seed
+
+
+def decide_verdict(
+    summaries: Mapping[str, dict],
+    baseline: str,
+    settings: Mapping,
+    vocab_size: int | None = None,
+) -> dict:
+    """Significance verdict of the last stage.
+
+    For each variant: a one-sided test against the baseline (H1: the variant's mean val_loss
+    is lower; ``settings["test"]``: ``paired`` = ``scipy.stats.ttest_rel`` on the seed-matched
+    runs, ``welch`` = ``ttest_ind(equal_var=False)``) and, for every variant and the baseline,
+    a one-sided one-sample t-test against ``target_val_loss`` (H1: mean < target). Each
+    family's p-values are Holm-adjusted over the variants it tests (``correction: holm``,
+    statsmodels ``multipletests``); a test passes when the adjusted p < ``alpha``.
+
+    Args:
+        summaries: variant -> summary.json of the last stage.
+        baseline: the baseline's name.
+        settings: the study's ``verdict`` section with schema defaults: ``alpha``,
+            ``target_val_loss`` (None: no target test), ``test``, ``correction``, ``winners``
+            (``baseline`` | ``target`` | ``both``), ``failed_run_policy`` (``disqualify`` |
+            ``penalty``), ``penalty_val_loss`` (None: ln(vocab_size)).
+        vocab_size: the dataset's vocabulary size (for the default penalty).
+    Returns:
+        ``{"baseline", "alpha", "target_val_loss", "test", "correction", "winners_rule",
+        "failed_run_policy", "penalty_val_loss", "results": [{variant, n, failed_runs, mean, std,
+        ci_95, vs_baseline: {..., p_value, p_value_adjusted}, vs_target: {...}, beats_baseline,
+        beats_target, disqualified, winner, verdict}], "winners": [...], "explanation"}``.
+    Raises:
+        ValueError: ``winners`` needs a target but ``target_val_loss`` is None; penalty policy
+            without a penalty loss or vocab_size.
+    """
+    alpha, target = settings["alpha"], settings["target_val_loss"]
+    test, correction, rule = settings["test"], settings["correction"], settings["winners"]
+    policy = settings["failed_run_policy"]
+    if rule in ("target", "both") and target is None:
+        raise ValueError(f"verdict.winners: {rule!r} needs verdict.target_val_loss (it is null)")
+    penalty = None
+    if policy == "penalty":
+        penalty = settings.get("penalty_val_loss")
+        if penalty is None:
+            if not vocab_size:
+                raise ValueError("verdict.failed_run_policy penalty: set penalty_val_loss or pass the dataset's vocab_size")
+            penalty = math.log(vocab_size)
+    base = summaries.get(baseline)
+    base_losses = val_losses_by_seed(base, penalty) if base else {}
+    results = []
+    for name, summ in summaries.items():
+        losses = val_losses_by_seed(summ, penalty)
+        described = describe(list(losses.values()))  # with the penalty policy, failed runs included
+        failed = summ["failed_runs"]
+        entry = {
+            "variant": name,
+            "n": len(losses),
+            "n_runs": summ["n_runs"],
+            "failed_runs": failed,
+            "excluded_runs": summ.get("excluded_runs", []),
+            **{k: described[k] for k in ("mean", "std", "ci_95")},
+            "vs_target": one_sample_ttest(list(losses.values()), target, "less") if target is not None else None,
+            "vs_baseline": None if name == baseline else compare_to_baseline(losses, base_losses, test),
+            "disqualified": policy == "disqualify" and bool(failed),
+        }
+        results.append(entry)
+    # Holm over each family: variants vs the baseline; every tested variant vs the target.
+    for key, members in (("vs_baseline", [e for e in results if e["vs_baseline"]]), ("vs_target", [e for e in results if e["vs_target"]])):
+        raw = [e[key]["p_value"] for e in members]
+        adjusted = holm_adjust(raw, alpha) if correction == "holm" else raw
+        for e, p_adj in zip(members, adjusted):
+            e[key]["p_value_adjusted"] = p_adj
+            e[key]["family_size"] = sum(p is not None for p in raw)
+    for e in results:
+        p_base = (e["vs_baseline"] or {}).get("p_value_adjusted")
+        p_target = (e["vs_target"] or {}).get("p_value_adjusted")
+        e["beats_target"] = p_target is not None and p_target < alpha
+        if e["variant"] == baseline:
+            e["beats_baseline"] = None
+            e["winner"] = False
+            e["verdict"] = "reference"
+            continue
+        e["beats_baseline"] = p_base is not None and p_base < alpha
+        needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
+        e["winner"] = all(needed) and not e["disqualified"]
+        parts = []
+        if p_base is None:
+            parts.append(f"not testable against {baseline} (fewer than 2 {'seed-matched pairs' if test == 'paired' else 'successful runs on one side'})")
+        else:
+            raw = e["vs_baseline"]["p_value"]
+            verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
+            parts.append(f"{verb} {baseline} ({test}, p={_p(raw)}, {correction}-adjusted p={_p(p_base)}, alpha {alpha})")
+        if target is not None:
+            verb = "below" if e["beats_target"] else "not significantly below"
+            parts.append(f"{verb} target {target} (adjusted p={_p(p_target)})")
+        if e["disqualified"]:
+            parts.append(
+                f"cannot win: {len(e['failed_runs'])} of {e['n_runs']} seeds failed ({e['failed_runs'][0]['reason']}); "
+                "a failed seed is a result of the variant (failed_run_policy: disqualify)"
+            )
+        elif not e["winner"]:
+            parts.append(f"not a winner (winners: {rule})")
+        e["verdict"] = ("WINNER: " if e["winner"] else "") + "; ".join(parts)
+    results.sort(key=lambda e: (e["variant"] != baseline, e["mean"] if e["mean"] is not None else float("inf")))
+    n_tested = sum(1 for e in results if e["vs_baseline"] is not None)
+    if n_tested:
+        target_text = (
+            f" and a one-sided one-sample t-test against target_val_loss {target}" if target is not None else ""
+        )
+        need = {"baseline": f"beat {baseline}", "target": "beat the target", "both": f"beat {baseline} and the target"}[rule]
+        explanation = (
+            f"One-sided {test} t-test of each of the {n_tested} variants against {baseline}{target_text} (scipy.stats); "
+            f"p-values {'Holm-adjusted over the variants tested (statsmodels)' if correction == 'holm' else 'not adjusted'}, "
+            f"significant at adjusted p < {alpha}. A winner must {need} significantly"
+            + (" and have no failed seed." if policy == "disqualify" else f"; failed runs count at val_loss {penalty:.4g}.")
+        )
+    else:
+        explanation = "No variant reached the last stage: nothing to test against the baseline."
+    return {
+        "baseline": baseline,
+        "alpha": alpha,
+        "target_val_loss": target,
+        "test": test,
+        "correction": correction,
+        "winners_rule": rule,
+        "failed_run_policy": policy,
+        "penalty_val_loss": penalty,
+        "results": results,
+        "winners": [e["variant"] for e in results if e["winner"]],
+        "explanation": explanation,
+    }
+
+
+def verdict_markdown(verdict: dict) -> str:
+    """The verdict as Markdown: explanation, winners and a table (pandas ``to_markdown``) with
+    raw and adjusted p-values."""
+    rows = []
+    has_target = verdict["target_val_loss"] is not None
+    for e in verdict["results"]:
+        row = {
+            "variant": e["variant"],
+            "n": e["n"],
+            "failed": len(e["failed_runs"]),
+            "mean val_loss": e["mean"],
+            "std": e["std"],
+            "p vs baseline": (e["vs_baseline"] or {}).get("p_value"),
+            "adjusted p vs baseline": (e["vs_baseline"] or {}).get("p_value_adjusted"),
+        }
+        if has_target:
+            row["p vs target"] = (e["vs_target"] or {}).get("p_value")
+            row["adjusted p vs target"] = (e["vs_target"] or {}).get("p_value_adjusted")
+        row["verdict"] = e["verdict"]
+        rows.append(row)
+    table = pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g") if rows else "(no runs)"
+    winners = ", ".join(verdict["winners"]) or "none"
+    return f"# Verdict\n\n{verdict['explanation']}\n\nWinners: **{winners}**\n\n{table}\n"

@@ -1,0 +1,65 @@
+"""Dataset preparers: one module per dataset, and :func:`prepare`, the one entry point.
+
+Each ``prepare_<dataset>(raw_dir, out_dir, opts, **kwargs) -> dict`` writes the split files into
+``out_dir`` (through :class:`workflow.data.writers.SplitWriters`) and returns the body of
+``meta.json``; :func:`prepare` verifies the raw files first and writes ``meta.json`` last.
+Adding a dataset: its registry entry (workflow/data/registry.py), a module here, one line in
+``PREPARERS``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from workflow.core.io import write_json_atomic
+from workflow.data.prepare.custom_text import prepare_custom_text
+from workflow.data.prepare.enwik8 import prepare_enwik8
+from workflow.data.prepare.fineweb import prepare_fineweb10B
+from workflow.data.prepare.multi30k import prepare_multi30k_en_de
+from workflow.data.prepare.openwebtext import prepare_openwebtext
+from workflow.data.prepare.shakespeare import prepare_shakespeare_char, prepare_shakespeare_gpt2
+from workflow.data.registry import dataset_options, get_dataset
+from workflow.data.writers import verify_raw_files
+
+PREPARERS = {
+    "shakespeare_char": prepare_shakespeare_char,
+    "shakespeare_gpt2": prepare_shakespeare_gpt2,
+    "enwik8": prepare_enwik8,
+    "fineweb10B": prepare_fineweb10B,
+    "multi30k_en_de": prepare_multi30k_en_de,
+    "custom_text": prepare_custom_text,
+    "openwebtext": prepare_openwebtext,
+}
+
+
+def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
+            options: Mapping[str, Any] | None = None, *, tokenizer_file: str | None = None,
+            workers: int | None = None) -> dict:
+    """Tokenize ``dataset`` from ``raw_dir`` into ``out_dir``; returns the meta.json dict.
+
+    Args:
+        dataset: key of workflow.datasets.DATASETS.
+        raw_dir: folder of the raw files (``{data_dir}/raw/{source}``; custom_text: its folder).
+        out_dir: ``{data_dir}/tokens/{dataset}``; gets ``{split}.bin`` and meta.json (last).
+        options: the study's ``datasets.<dataset>`` options (merged over the defaults).
+        tokenizer_file: GPT-2 BPE ranks file (see module docstring).
+        workers: processes for GPT-2 BPE of large corpora (default: option num_proc / all CPUs).
+    Raises:
+        UnknownNameError: unknown dataset or option.
+        DataError / TokenizeError / FileNotFoundError: bad or missing raw data (names file and place);
+            a raw file that differs from the registry's size / sha256 (:func:`verify_raw_files`);
+            a split with no room for a training window (:class:`SplitWriters`).
+    """
+    ds = get_dataset(dataset)
+    opts = dataset_options(dataset, options)
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "meta.json").unlink(missing_ok=True)
+    verify_raw_files(dataset, raw_dir, opts, tokenizer_file)
+    body = PREPARERS[dataset](raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
+    meta = {"dataset": dataset, "split_spec": ds.split_spec, **body}
+    meta["options"] = {k: v for k, v in opts.items() if k != "mirror"}
+    write_json_atomic(out_dir / "meta.json", meta)
+    return meta

@@ -1,0 +1,304 @@
+"""The command of a training job: checks the data, starts the trainer, keeps every attempt's log,
+and makes the job's own exit status the trainer's (75 = preempted).
+
+CLI (what rules/train.smk runs; :func:`workflow.config.launch_command` builds the prefix)::
+
+    python -m workflow.launch [--nproc-per-node N] [--nodes M --cpus-per-proc C [--gpus-per-task]]
+        [--log results/.../train.log] --run-config '<json>' --out-dir DIR --meta META [--threads T]
+
+Every option but the launcher's own goes to ``python -m workflow.train`` unchanged.
+
+1. **Log** (``--log PATH``): stdout and stderr of this process and of every process it starts go to
+   a new ``{stem}.attempt-N.log`` next to ``PATH`` (N = 1, 2, ...: one file per attempt, claimed
+   with ``O_EXCL``), and ``PATH`` is made a hard link to it (a symbolic link where the file
+   system has no hard links). Snakemake deletes a job's log before it reruns the job; that
+   removes only the ``PATH`` name, so the log of a preempted or failed attempt survives.
+2. **Data check** (:func:`check_token_windows`): every split the trainer reads (train, val) must
+   hold one full window of ``model.block_size + 1`` tokens in one file, otherwise the job stops
+   with one line naming the split, its token count and the window (no traceback in training).
+3. **Start**:
+
+   - one process (``--nproc-per-node 1``, one node): the trainer runs in this very process
+     (``runpy``, exactly ``python -m workflow.train``): no torchrun, no extra interpreter, and
+     the trainer's exit status (0, 1, 75 after SIGTERM/SIGUSR1) is the job's;
+   - several processes on one node: ``torchrun --standalone`` with every worker started as
+     ``python -m workflow.launch --worker`` (which runs the trainer in-process and records its
+     exit status); several nodes: ``srun`` with one such worker task per process.
+
+   torchrun itself exits 1 whatever its workers did (its agent turns a signal into an error), so
+   each worker writes its exit status to ``rank{R}.exit`` in a private folder named by
+   ``$STAGERUN_EXIT_DIR`` and holds an exclusive ``flock`` on ``rank{R}.lock`` while it lives.
+   After torchrun ends, the launcher waits for every lock (the kernel releases it when the worker
+   is gone, also after SIGKILL), then: **75 if every rank exited 75**, 0 if torchrun exited 0,
+   otherwise torchrun's status (128 + signal when it was killed).
+
+   SIGTERM, SIGUSR1 or SIGINT to the launcher is forwarded once, as SIGTERM, to torchrun / srun,
+   which passes it to the workers; a signal that also reaches the workers directly (SLURM signals
+   every process of the job) is harmless: they checkpoint once and exit 75.
+
+   **Warm start** (workflow.warm): when Snakemake runs the job locally with a warm server (its
+   ``onstart``), the trainer of a one-process job, and of each torchrun worker, runs as a fork
+   of that server, which has imported torch already (no 3-4 s of imports per process); this process
+   forwards SIGTERM / SIGUSR1 / SIGINT to it and exits with its status. Without a server, or if
+   the server refuses (edited code), the trainer runs here as described.
+
+   A preemption signal while the job starts (:class:`EarlySignals`) is only recorded, never raised
+   inside an import: before the trainer starts the job ends with 75 at once (nothing to save);
+   once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
+   installed (it checkpoints and exits 75).
+
+Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from workflow.core.exits import EXIT_PREEMPTED
+from workflow.core.io import read_json
+from workflow.jobs import warm_client
+from workflow.jobs.trainer_process import PREEMPT_SIGNALS, EarlySignals, run_trainer_here
+from workflow.study.model_config import build_model_config
+
+EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
+WORKER_WAIT_S = 300  # longest wait for a worker that outlived torchrun (it is saving its checkpoint)
+WINDOW_SPLITS = ("train", "val")
+
+
+class DataCheckError(ValueError):
+    """A split of the dataset cannot give the trainer one window (message: split, tokens, window)."""
+
+
+# --------------------------------------------------------------------------- data check
+
+def check_token_windows(meta_path: str | os.PathLike, model_cfg: dict) -> str:
+    """Check that the train and val splits each hold one ``block_size + 1``-token window.
+
+    Training and evaluation read windows of ``model.block_size + 1`` tokens that never cross a
+    file boundary (workflow.data.TokenSplit), so some file of the split must be that long.
+
+    Args:
+        meta_path: the dataset's ``meta.json`` (workflow.tokenize).
+        model_cfg: the run's ``model`` section (preset + overrides; workflow.model.build_model_config).
+    Returns:
+        A one-line summary (split token counts and the window), for the log.
+    Raises:
+        DataCheckError: a split is missing or too short (names meta.json, the split, its tokens,
+            its longest file and the window needed).
+        ValueError: invalid model config (from build_model_config).
+    """
+
+    meta_path = Path(meta_path)
+    meta = read_json(meta_path)
+    block_size = build_model_config(model_cfg, int(meta["vocab_size"])).block_size
+    window = block_size + 1
+    counts = []
+    for split in WINDOW_SPLITS:
+        info = meta.get("splits", {}).get(split)
+        if info is None:
+            raise DataCheckError(f"{meta_path}: no split {split!r} (has: {', '.join(meta.get('splits', {}))})")
+        tokens = int(info["tokens"])
+        longest = max((int(f["tokens"]) for f in info.get("files", [])), default=0)
+        if longest < window:
+            in_files = "" if longest == tokens else f" (its longest file {longest:,})"
+            raise DataCheckError(
+                f"{meta_path}: split {split!r} has {tokens:,} tokens{in_files}, but one training window needs "
+                f"{window:,} (model.block_size {block_size} + 1): use more data for this split or a smaller block_size"
+            )
+        counts.append(f"{split} {tokens:,}")
+    return f"data check: {', '.join(counts)} tokens; window {window} (block_size {block_size} + 1): ok"
+
+
+# --------------------------------------------------------------------------- logs
+
+def open_attempt_log(log: str | os.PathLike) -> Path:
+    """Send this process's stdout/stderr (and its children's) to a new ``{stem}.attempt-N.log``.
+
+    N is one more than the highest existing attempt (the file is created with ``O_EXCL``);
+    ``log`` becomes a hard link to it (symbolic link if hard links fail). Returns the attempt log.
+    """
+    log = Path(log)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f"{log.stem}.attempt-"
+    taken = [p.name[len(prefix):-len(log.suffix) or None] for p in log.parent.glob(f"{prefix}*{log.suffix}")]
+    n = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
+    while True:
+        attempt = log.with_name(f"{prefix}{n}{log.suffix}")
+        try:
+            fd = os.open(attempt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
+            break
+        except FileExistsError:
+            n += 1
+    with contextlib.suppress(FileNotFoundError):
+        log.unlink()
+    try:
+        os.link(attempt, log)
+    except OSError:
+        os.symlink(attempt.name, log)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    return attempt
+
+
+def start_trainer(trainer_argv: list[str], early: EarlySignals, import_first: bool = False) -> int:
+    """Start the trainer: as a fork of the warm server when the job has one (workflow.warm),
+    otherwise in this process (:func:`run_trainer_here`). Returns its exit status.
+
+    ``import_first`` (the workers): import torch while a preemption signal is only recorded,
+    and end with 75 without training if one came meanwhile.
+    """
+    if early.signum is not None:
+        return EXIT_PREEMPTED
+    code = warm_client.run_trainer(trainer_argv, early)
+    if code is not None:
+        return code
+    if import_first:
+        import workflow.model.gpt  # noqa: F401 (deferred heavy import, torch: imported while a signal is only recorded)
+
+        if early.signum is not None:
+            return EXIT_PREEMPTED
+    early.hand_over()
+    return run_trainer_here(trainer_argv)
+
+
+def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
+    """A worker started by torchrun / srun: the trainer in-process, its exit status recorded."""
+    exit_dir = Path(os.environ[EXIT_DIR_ENV])
+    rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"
+    code = 1
+    try:
+        lock = open(exit_dir / f"rank{rank}.lock", "w")  # held (flock) until this process is gone
+        with contextlib.suppress(OSError):  # a file system without flock: srun waits for its tasks anyway
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        code = start_trainer(trainer_argv, early, import_first=True)
+    finally:
+        (exit_dir / f"rank{rank}.exit").write_text(f"{code}\n")
+    return code
+
+
+def srun_prefix(nodes: int, nproc_per_node: int, cpus_per_proc: int, gpus_per_task: bool) -> list[str]:
+    """``srun`` arguments that place one task per process (per GPU) across ``nodes`` nodes."""
+    return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={nproc_per_node}",
+            *(["--gpus-per-task=1"] if gpus_per_task else []), f"--cpus-per-task={cpus_per_proc}",
+            "--kill-on-bad-exit=1"]
+
+
+def _wait_for_workers(exit_dir: Path, timeout_s: float) -> None:
+    """Block until no worker holds its lock (each worker's lock goes when its process ends)."""
+    def give_up(signum, frame):  # noqa: ARG001 (signal handler signature)
+        raise TimeoutError
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(max(1, int(timeout_s)))
+    try:
+        for path in sorted(exit_dir.glob("rank*.lock")):
+            with open(path) as handle, contextlib.suppress(OSError):
+                fcntl.flock(handle, fcntl.LOCK_EX)
+    except TimeoutError:
+        print(f"launch: a worker still runs {timeout_s:.0f} s after the launcher ended", file=sys.stderr, flush=True)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def job_exit_status(launcher_status: int, worker_codes: dict[int, int], world_size: int,
+                    preempt_signal: bool = False) -> int:
+    """The job's exit status from torchrun's / srun's status and the workers' recorded ones.
+
+    Args:
+        launcher_status: torchrun's / srun's return code (negative: killed by that signal).
+        worker_codes: rank -> the exit status that worker recorded (ranks that recorded none are
+            missing: not started yet, or killed).
+        world_size: number of workers.
+        preempt_signal: the launcher itself got SIGTERM / SIGUSR1.
+    Returns:
+        75 when all ``world_size`` workers exited 75, or when the launcher was sent a preemption
+        signal and no worker recorded anything but 75 (e.g. torchrun was still starting);
+        otherwise the launcher's status (0 stays 0; killed by signal s: 128 + s, as a shell says).
+    """
+    if len(worker_codes) == world_size and all(c == EXIT_PREEMPTED for c in worker_codes.values()):
+        return EXIT_PREEMPTED
+    if launcher_status == 0:
+        return 0
+    if preempt_signal and all(c == EXIT_PREEMPTED for c in worker_codes.values()):
+        return EXIT_PREEMPTED
+    if launcher_status < 0:
+        return 128 - launcher_status
+    return launcher_status
+
+
+def run_workers(cmd: list[str], world_size: int, exit_dir_parent: str | None = None,
+                early: EarlySignals | None = None) -> int:
+    """Run a multi-process launcher ``cmd`` (its workers: ``python -m workflow.launch --worker``).
+
+    Forwards SIGTERM / SIGUSR1 / SIGINT once (as SIGTERM) to it, waits for it and for every worker, and
+    returns :func:`job_exit_status`.
+    """
+    exit_dir = Path(tempfile.mkdtemp(prefix=".stagerun-exit-", dir=exit_dir_parent))
+    state: dict = {"proc": None, "signal": None, "preempt": False, "forwarded": False}
+
+    def forward(signum, frame=None):  # noqa: ARG001 (signal handler signature)
+        state["signal"] = state["signal"] or signum
+        state["preempt"] = state["preempt"] or signum in PREEMPT_SIGNALS
+        proc = state["proc"]
+        if proc is not None and not state["forwarded"] and proc.poll() is None:
+            state["forwarded"] = True
+            print(f"launch: {signal.Signals(signum).name}: SIGTERM to {Path(cmd[0]).name} (pid {proc.pid})",
+                  file=sys.stderr, flush=True)
+            proc.send_signal(signal.SIGTERM)
+
+    for sig in (*PREEMPT_SIGNALS, signal.SIGINT):
+        signal.signal(sig, forward)
+    if early is not None and early.signum is not None:  # came before the handlers above
+        shutil.rmtree(exit_dir, ignore_errors=True)
+        return EXIT_PREEMPTED
+    try:
+        state["proc"] = subprocess.Popen(cmd, env={**os.environ, EXIT_DIR_ENV: str(exit_dir)})
+        if state["signal"] is not None:  # it came while the launcher was starting
+            forward(state["signal"])
+        status = state["proc"].wait()
+        _wait_for_workers(exit_dir, WORKER_WAIT_S)
+        codes = {}
+        for path in exit_dir.glob("rank*.exit"):
+            with contextlib.suppress(ValueError):
+                codes[int(path.name[4:-5])] = int(path.read_text())
+        final = job_exit_status(status, codes, world_size, state["preempt"])
+        print(f"launch: {Path(cmd[0]).name} exited {status}; worker exit codes "
+              f"{dict(sorted(codes.items()))}; job exit status {final}", file=sys.stderr, flush=True)
+        return final
+    finally:
+        shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+def has_nvidia_gpu() -> bool:
+    """This machine has an NVIDIA GPU: a device node ``/dev/nvidia<N>`` (torch-free, instant)."""
+    import glob
+
+    return bool(glob.glob("/dev/nvidia[0-9]*"))
+
+
+def cap_processes(nproc_per_node: int, nodes: int, device: str, cpus: int | None = None,
+                  has_gpu: bool | None = None) -> int:
+    """Processes per node for a job that asked for ``nproc_per_node``: capped at the CPUs when it
+    runs on one node without a GPU (a study's ``gpus: 8`` on a laptop would otherwise start 8
+    gloo processes on 2 cores). GPU machines, several nodes and an explicit ``train.device``
+    keep the request: ``cuda`` fails loudly without a GPU, and ``cpu`` is a CPU-scale study that
+    asks for its gloo workers on purpose (``diloco_cpu.yaml``: 4 workers on 2 cores), whose
+    world size must not depend on the machine. Torch-free: a GPU is an NVIDIA device node
+    ``/dev/nvidia<N>``."""
+    if has_gpu is None:
+        has_gpu = has_nvidia_gpu()
+    if nodes > 1 or has_gpu or device in ("cuda", "cpu"):
+        return nproc_per_node
+    return max(1, min(nproc_per_node, cpus or os.cpu_count() or 1))

@@ -1,0 +1,145 @@
+"""Study configuration: schema defaults, semantic checks and resolved run configs.
+
+A *study* config (``config/config.yaml``, validated by Snakemake against
+``config/schema.yaml``) describes a baseline, its variants and the stages. A *run*
+config is what one training job needs: the study's ``model``/``train`` sections with
+the stage's and the variant's overrides merged in, plus the run's identity (stage,
+variant, seed). :func:`run_config` builds it; the trainer receives it as JSON.
+
+Merge order of ``train`` (later wins): study ``train`` < stage ``train`` < variant ``train``.
+Merge order of ``model``: study ``model`` < variant ``model``.
+"""
+
+from __future__ import annotations
+
+from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
+from workflow.study.model_config import build_model_config
+from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
+from workflow.study.resources import stage_resources
+from workflow.study.schedules import check_curriculum, resolve_depth_warm, steps_for_tokens
+from workflow.study.schema import ConfigError, load_schema, validate_section
+
+
+def check_study(config: dict) -> None:
+    """Semantic checks the schema cannot express; run before any job is scheduled.
+
+    Checks that the dataset is known (and its ``datasets.<name>`` options), that the baseline
+    is a variant, that every stage but the last has a gate, that a ``top_k`` gate's ``k`` does
+    not exceed the variants it ranks (all but the baseline), and that every (stage, variant)
+    resolves to a valid run config (unknown keys in a variant's ``train`` fail here, naming
+    the variant and key).
+
+    Raises:
+        ConfigError: naming the key at fault.
+    """
+
+    if config["dataset"] not in DATASETS:
+        raise ConfigError(
+            f"dataset: {config['dataset']!r} is not a known dataset (known: {', '.join(sorted(DATASETS))}; "
+            "docs/datasets.md)"
+        )
+    for name, options in (config.get("datasets") or {}).items():
+        if name not in DATASETS:
+            raise ConfigError(f"datasets.{name}: {name!r} is not a known dataset (known: {', '.join(sorted(DATASETS))})")
+        try:
+            dataset_options(name, options)
+        except UnknownNameError as err:
+            raise ConfigError(str(err)) from None
+    if config["baseline"] not in config["variants"]:
+        raise ConfigError(
+            f"baseline: {config['baseline']!r} is not one of the variants ({', '.join(config['variants'])})"
+        )
+    stages = stage_order(config)
+    for stage in stages[:-1]:
+        if "gate" not in config["stages"][stage]:
+            raise ConfigError(f"stages.{stage}.gate: required for every stage but the last ({stages[-1]})")
+    if "gate" in config["stages"][stages[-1]]:
+        raise ConfigError(f"stages.{stages[-1]}.gate: the last stage ends in the verdict and has no gate")
+    ranked = [v for v in config["variants"] if v != config["baseline"]]
+    for stage in stages[:-1]:
+        gate = validate_section(config["stages"][stage]["gate"], "gate", f"stages.{stage}.gate")
+        if gate["rule"] == "top_k" and gate["k"] > len(ranked):
+            raise ConfigError(
+                f"stages.{stage}.gate.k: {gate['k']}, but the study has {len(ranked)} variants besides the baseline "
+                f"({', '.join(ranked) or 'none'}); top_k would advance every one of them (k <= {len(ranked)})"
+            )
+    stride = config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"])
+    for stage in stages:
+        if config["stages"][stage]["seeds"] > stride:
+            raise ConfigError(
+                f"stages.{stage}.seeds: {config['stages'][stage]['seeds']} seeds exceed seed_stride "
+                f"({stride}): the stages' seed ranges would overlap"
+            )
+        stage_resources(config, stage)
+        for variant in config["variants"]:
+            run_config(config, stage, variant, stage_seeds(config, stage)[0])
+
+
+def variant_model_config(config: dict, variant: str):
+    """The torch-free ``GPTConfig`` of a variant (study ``model`` + the variant's), built with a
+    byte vocabulary (256: the vocabulary changes no block pattern or sync count).
+
+    Raises:
+        ValueError: the model section is invalid (``build_model_config``'s message).
+    """
+
+    model = deep_merge(config.get("model", {}), (config["variants"][variant] or {}).get("model"))
+    return build_model_config(resolve_depth_warm(model, None), 256)
+
+
+def comm_study_variants(config: dict) -> list[str]:
+    """Variants with tensor-parallel blocks (sync counts), in study order. Checks that real tensor
+    parallelism gets a multiple of ``tp_size`` processes per run in every stage.
+
+    Raises:
+        ConfigError: naming the variant, the stage and the process count at fault.
+    """
+    out = []
+    for variant in config["variants"]:
+        model = variant_model_config(config, variant)
+        if not model.tensor_parallel:
+            continue
+        out.append(variant)
+        for stage in stage_order(config):
+            res = stage_resources(config, stage)
+            if model.tp_mode == "real" and (res["nproc_per_node"] * res["nodes"]) % model.tp_size:
+                raise ConfigError(
+                    f"variants.{variant}.model: tp_mode real with tp_size {model.tp_size} needs a multiple of "
+                    f"{model.tp_size} processes per run, but stages.{stage}.resources give "
+                    f"{res['nproc_per_node'] * res['nodes']} (set nproc_per_node or gpus)"
+                )
+    return out
+
+
+def gpt2_scale(config: dict) -> bool:
+    """GPT-2 124M on GPT-2-tokenized web text: where the comm study's thresholds (all-TP baseline
+    3.28; < 3.35 and < 3.40 goals) mean something."""
+    return config["dataset"] in ("openwebtext", "fineweb10B") and all(
+        (c.n_layer, c.n_embd, c.n_head) == (12, 768, 12)
+        for c in (variant_model_config(config, v) for v in config["variants"]))
+
+
+def check_model_configs(config: dict, vocab_size: int = 256) -> None:
+    """Build every variant's model config once so unknown model keys fail before any job runs,
+    and check every (stage, variant)'s schedules against its model: a curriculum's last rung
+    equals block_size and starts before the end of the run; DepthWarm fractions are valid.
+
+    Raises:
+        ConfigError: naming the variant (and stage) and the key at fault.
+    """
+
+    for variant, overrides in config["variants"].items():
+        model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))
+        try:
+            block_size = build_model_config(resolve_depth_warm(model, 1), vocab_size).block_size
+        except (ValueError, TypeError, KeyError) as err:
+            raise ConfigError(f"variants.{variant}.model: {err}") from err
+        for stage in stage_order(config):
+            train = run_config(config, stage, variant, stage_seeds(config, stage)[0])["train"]
+            try:
+                if train.get("num_epochs") is None:  # epochs need the data's token count: checked by the trainer
+                    if train.get("num_tokens") is not None:
+                        train["num_iterations"] = steps_for_tokens(train, block_size, train["num_tokens"])
+                    check_curriculum(train, block_size)
+            except ValueError as err:
+                raise ConfigError(f"stages.{stage}.train + variants.{variant}.train: {err}") from err

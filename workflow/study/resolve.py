@@ -1,0 +1,130 @@
+"""resolve: split from workflow/study/resolve.py."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+from workflow.study.schema import ConfigError, _validator_with_defaults, load_schema, validate_section, validate_study
+
+#: Keys of a run config that identify a repeat rather than define the experiment;
+#: they are left out of :func:`config_hash` so all seeds of one setting share a hash.
+_IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir", "stage_seed_offset")
+
+
+
+def study_with_defaults(config: dict) -> dict:
+    """A copy of a study, validated (:func:`validate_study`'s errors) and with the schema's
+    defaults filled, as Snakemake's ``validate`` leaves it: for tools that read a study outside
+    Snakemake (``python -m workflow.plan``).
+
+    Raises:
+        ConfigError: naming the key at fault.
+    """
+    validate_study(config)
+    filled = copy.deepcopy(config)
+    for _ in _validator_with_defaults(load_schema()).iter_errors(filled):
+        pass
+    return filled
+
+def _copy(value):
+    """A deep copy of config data; plain containers (dict, list) are copied without
+    ``copy.deepcopy``'s bookkeeping (a big study merges thousands of sections)."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return copy.deepcopy(value)
+
+
+def deep_merge(base: dict, override: dict | None) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (dicts merge, other values replace)."""
+    merged = _copy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = _copy(value)
+    return merged
+
+
+def stage_order(config: dict) -> list[str]:
+    """Stage names in the order they run (the order written in the config)."""
+    return list(config["stages"])
+
+
+def stage_seed_offset(config: dict, stage: str) -> int:
+    """Offset of ``stage``'s seed range: ``seed_stride`` x the stage's 0-based position.
+
+    Each stage gets its own, disjoint seed range, so a later stage never re-tests the
+    initialisations and batch orders that selected a variant in an earlier stage (a
+    selected variant's lucky seeds would otherwise carry over into its confirmation).
+
+    Raises:
+        ConfigError: unknown stage.
+    """
+    stages = stage_order(config)
+    if stage not in stages:
+        raise ConfigError(f"stages.{stage}: no such stage (stages: {', '.join(stages)})")
+    return stages.index(stage) * int(config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"]))
+
+
+def stage_seeds(config: dict, stage: str) -> list[int]:
+    """Seeds of a stage's repeats: ``base_seed + stage_seed_offset(stage) + run_id`` for
+    ``run_id`` in ``range(stages.<stage>.seeds)``.
+
+    Example: base_seed 1337, seed_stride 1000, seeds A 2 / B 3 / C 5 give A = 1337, 1338;
+    B = 2337..2339; C = 3337..3341. Within a stage every variant runs the same seeds (so
+    runs can be paired by seed); across stages the ranges are disjoint (checked by
+    :func:`check_study`: ``seeds <= seed_stride``).
+    """
+    first = config["base_seed"] + stage_seed_offset(config, stage)
+    return [first + run_id for run_id in range(config["stages"][stage]["seeds"])]
+
+
+def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
+    """Resolved configuration of one training run.
+
+    Args:
+        config: the validated study config.
+        stage: stage name (key of ``config["stages"]``).
+        variant: variant name (key of ``config["variants"]``).
+        seed: the run's seed, one of :func:`stage_seeds` of ``stage``.
+    Returns:
+        ``{"study", "stage", "variant", "seed", "run_id", "stage_seed_offset", "dataset",
+        "model", "train", "wandb"}`` with ``model``/``train`` merged and defaults filled;
+        ``run_id = seed - base_seed - stage_seed_offset``.
+    Raises:
+        ConfigError: unknown stage/variant, or a merged section fails the schema.
+    """
+    if stage not in config["stages"]:
+        raise ConfigError(f"stages.{stage}: no such stage (stages: {', '.join(config['stages'])})")
+    if variant not in config["variants"]:
+        raise ConfigError(f"variants.{variant}: no such variant (variants: {', '.join(config['variants'])})")
+    overrides = config["variants"][variant] or {}
+    stage_cfg = config["stages"][stage]
+    train = deep_merge(deep_merge(config.get("train", {}), stage_cfg.get("train", {})), overrides.get("train"))
+    model = deep_merge(config.get("model", {}), overrides.get("model"))
+    offset = stage_seed_offset(config, stage)
+    return {
+        "study": config["study"],
+        "stage": stage,
+        "variant": variant,
+        "seed": int(seed),
+        "run_id": int(seed) - config["base_seed"] - offset,
+        "stage_seed_offset": offset,
+        "dataset": config["dataset"],
+        "model": validate_section(model, "model", f"variants.{variant}.model"),
+        "train": validate_section(train, "train", f"stages.{stage}.train + variants.{variant}.train"),
+        "wandb": copy.deepcopy(config.get("wandb", {})),
+    }
+
+
+def config_hash(run_cfg: dict) -> str:
+    """sha256 (first 16 hex digits) of the run config without its identity keys (seed, stage, ...)."""
+    defining = {k: v for k, v in run_cfg.items() if k not in _IDENTITY_KEYS}
+    canonical = json.dumps(defining, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

@@ -1,0 +1,83 @@
+"""resources: split from workflow/study/resolve.py."""
+
+from __future__ import annotations
+
+from workflow.study.schema import ConfigError, validate_section
+
+
+def stage_resources(config: dict, stage: str) -> dict:
+    """The stage's job resources with schema defaults filled in and ``nproc_per_node`` resolved.
+
+    ``nproc_per_node`` defaults to the GPUs per node (``torchrun --nproc_per_node`` equals
+    the GPUs granted), or 1 on CPU.
+
+    Raises:
+        ConfigError: ``nproc_per_node`` set and different from ``gpus`` on a GPU stage.
+    """
+    where = f"stages.{stage}.resources"
+    res = validate_section(config["stages"][stage].get("resources"), "resources", where)
+    if res["nproc_per_node"] is None:
+        res["nproc_per_node"] = res["gpus"] or 1
+    elif res["gpus"] and res["nproc_per_node"] != res["gpus"]:
+        raise ConfigError(
+            f"{where}.nproc_per_node: {res['nproc_per_node']} processes but gpus: {res['gpus']} per node "
+            "(one process per GPU; leave nproc_per_node unset)"
+        )
+    return res
+
+
+def launch_command(res: dict, python: str = "python") -> str:
+    """Command prefix of a training job (followed by ``--log``, ``--run-config`` ... of workflow.launch).
+
+    Always ``python -m workflow.launch`` (data check, one log per attempt, the job's exit status
+    is the trainer's: 75 = preempted). One process: the trainer runs inside it (no torchrun).
+    Several processes on one node: ``--nproc-per-node N`` (torchrun --standalone underneath).
+    Several nodes: ``--nodes M`` and the srun layout (one task per GPU, or per ``nproc_per_node``
+    on CPU); workflow.distributed reads SLURM's variables (SLURM_PROCID, SLURM_NTASKS,
+    SLURM_LOCALID, SLURM_JOB_NODELIST).
+
+    Args:
+        res: resolved stage resources (:func:`stage_resources`).
+        python: the Python interpreter to run.
+    """
+    cmd = f"{python} -m workflow.launch --nproc-per-node {res['nproc_per_node']}"
+    if res["nodes"] > 1:
+        cmd += f" --nodes {res['nodes']} --cpus-per-proc {res['cpus_per_proc']}"
+        if res["gpus"]:
+            cmd += " --gpus-per-task"
+    return cmd
+
+
+def slurm_resources(res: dict) -> dict:
+    """Snakemake resources for ``snakemake-executor-plugin-slurm`` (None = not set).
+
+    One node: ``gpu`` (-> ``--gpus``), ``gpu_model``, ``cpus_per_task`` for all processes.
+    Several nodes: ``gpu`` in total, ``nodes``, ``mpi="srun"`` (the plugin then runs the
+    command as is, and :func:`launch_command`'s srun places one task per GPU),
+    ``tasks_per_node`` (or ``tasks`` + ``tasks_per_gpu`` for one GPU per node, which the
+    plugin needs), ``cpus_per_task`` per process.
+    """
+    gpus, nodes, nproc = res["gpus"], res["nodes"], res["nproc_per_node"]
+    out = {
+        "gpu": gpus * nodes or None,
+        "gpu_model": res["gpu_model"] if gpus else None,
+        "nodes": nodes,
+        "cpus_per_task": nproc * res["cpus_per_proc"] if nodes == 1 else res["cpus_per_proc"],
+        "mem_mb": res["mem_mb"],
+        "runtime": res["runtime"],
+        "slurm_partition": res["slurm_partition"],
+        "mpi": None,
+        "tasks": None,
+        "tasks_per_gpu": None,
+        "tasks_per_node": None,
+        "slurm_extra": None,
+    }
+    if nodes > 1:
+        out["mpi"] = "srun"
+        if gpus:
+            out["slurm_extra"] = "--gpus-per-task=1"
+        if nproc == 1:
+            out["tasks"], out["tasks_per_gpu"] = nodes, (1 if gpus else None)
+        else:
+            out["tasks_per_node"] = nproc
+    return out
