@@ -1,4 +1,9 @@
-"""verdict: split from workflow/analysis/gates.py."""
+"""The study's verdict: the last stage's variants against the baseline, with Holm-adjusted p-values.
+
+Paired (seed-matched) one-sided t-tests by default, Welch otherwise (scipy.stats;
+statsmodels' ``multipletests`` for Holm). Failed runs count by the study's policy
+(docs/statistics.md).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""fingerprint: split from workflow/jobs/warm_server.py."""
+"""What a warm-start fork must share with a fresh process: interpreter, checkout, code, import-time environment.
+
+The server takes its fingerprint before it imports torch; a job whose fingerprint differs is
+refused and starts fresh (docs/performance.md, warm start). Torch-free.
+"""
 
 from __future__ import annotations
 

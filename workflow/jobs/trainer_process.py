@@ -1,4 +1,9 @@
-"""trainer_process: split from workflow/jobs/launcher.py."""
+"""The trainer inside the job's own process: signals that arrive while it starts, and running it.
+
+:class:`EarlySignals` records SIGTERM / SIGUSR1 that land before the trainer installs its own
+handler (during ``import torch``) and hands them over; :func:`run_trainer_here` runs
+``python -m workflow.train`` in this process (runpy). Torch-free at import.
+"""
 
 from __future__ import annotations
 

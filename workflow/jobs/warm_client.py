@@ -1,4 +1,10 @@
-"""warm_client: split from workflow/jobs/warm_server.py."""
+"""Warm start, the Snakemake and launcher side: start / stop the server, ask it for a trainer.
+
+The Snakefile's ``onstart`` calls :func:`start_server` (when :func:`why_not_start` says yes);
+each job's launcher calls :func:`run_trainer`, which sends its arguments, environment and
+stdio file descriptors over a Unix socket and forwards signals to the forked trainer.
+Torch-free (the Snakemake process imports it). The server is :mod:`workflow.jobs.warm_server`.
+"""
 
 from __future__ import annotations
 

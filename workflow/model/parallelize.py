@@ -1,4 +1,11 @@
-"""parallelize: split from workflow/model/tp_blocks.py."""
+"""Real tensor parallelism applied to a built GPT from outside (torchtitan's ``parallelize.py``).
+
+:func:`parallelize_gpt` shards a model over a 1-D tensor-parallel DeviceMesh (DTensor
+``ColwiseParallel`` / ``RowwiseParallel`` on tp blocks, weight slices on spd / parallel blocks);
+the state-dict helpers gather shards back into the unsharded layout; :func:`tp_comm_counts` and
+:func:`tp_reduce_grads` read the model's counters and reduce replicated gradients
+(docs/tensor_parallel.md).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""comm_mode: split from workflow/model/tp_blocks.py."""
+""":func:`TPCommMode`: torch's ``CommDebugMode`` that also sums payload bytes.
+
+It measures the collectives a model really issues, independently of stagerun's own counters
+(tests check that both agree).
+"""
 
 from __future__ import annotations
 

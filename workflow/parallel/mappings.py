@@ -1,4 +1,10 @@
-"""mappings: split from workflow/model/tp_blocks.py."""
+"""Tensor-parallel sync points as autograd functions (Megatron-LM ``mappings.py``: f and g).
+
+f: identity forward, all-reduce of the gradient backward; g: all-reduce forward, identity
+backward (Shoeybi et al. 2019, arXiv 1909.08053, section 3). Real mode runs the collectives
+over the tp process group; simulated mode sums over the shard dimension of one process.
+Every sync point counts into the model's :class:`TPCommCounter` (calls, bytes, phase).
+"""
 
 from __future__ import annotations
 

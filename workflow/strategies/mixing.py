@@ -1,4 +1,10 @@
-"""mixing: split from workflow/strategies/gossip.py."""
+"""Gossip communication: topologies, the ``mixing_matrix``, one gossip round, ``consensus_distance``.
+
+The mixing matrix W (doubly stochastic, symmetric) of a ring, exponential or complete graph over
+``world_size`` workers; :func:`gossip` computes x_i <- sum_j W_ij x_j with point-to-point
+``isend`` / ``irecv`` to the neighbours (or one all-reduce for a uniform W), counting every
+message. Koloskova et al. 2020 (arXiv 2003.10422); DeMuon's ``graph.py`` (MozarTuring/DeMuon).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""blocks: split from workflow/study/model_config.py."""
+"""Block types without torch: the built-in blocks, block patterns and tensor-parallel sync arithmetic.
+
+``BUILTIN_BLOCKS`` lists the block types that ship with stagerun and their static facts (default
+norm, tensor-parallel or not, forward all-reduces per layer). :func:`analytic_tp_syncs` counts the
+all-reduces of a pattern under workflow.model.tp_blocks' semantics; :func:`nominal_tp_syncs` is
+the seed write-up's rule (docs/tensor_parallel.md).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""explain: split from workflow/study/overrides.py."""
+"""``why_rerun``: which config keys changed for each finished run; the report path of a study file.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""printed_plan: split from workflow/study/overrides.py."""
+"""The plan printed at every start: per stage, its runs, steps and seeds (torch-free).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""resolve: split from workflow/study/resolve.py."""
+"""Study -> run configs: merge order, stage seeds, :func:`run_config` and :func:`config_hash`.
+
+A *run* config is what one training job needs: the study's ``model`` / ``train`` sections with
+the stage's and the variant's overrides merged in, plus the run's identity (stage, variant,
+seed). Merge order of ``train`` (later wins): study < stage < variant; of ``model``: study <
+variant. Torch-free.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""resources: split from workflow/study/resolve.py."""
+"""A stage's compute: resources, the launch command and the SLURM resources Snakemake submits with.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""schema: split from workflow/study/resolve.py."""
+"""The schema (config/schema.yaml), the one source of defaults, and schema errors people can read.
+
+:func:`validate_study` names the key, value, rule and the key's description in a few lines;
+:func:`validate_section` validates and fills in one section (the trainer's ``train``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""state: split from workflow/training/trainer.py."""
+"""A run's resumable state (:class:`RunState`), the preemption flag and per-step seeds.
+"""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ Variants the trainer carries (all from the run config):
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import math
 import platform
 import time
@@ -34,11 +33,10 @@ import torch
 import torch.distributed as dist
 
 from workflow.core.exits import EXIT_PREEMPTED
-from workflow.core.io import write_json_atomic, write_text_atomic
 from workflow.data.loader import TokenSplit, rank_slice, train_window_ids
 from workflow.model import GPT, depth_warm_state
-from workflow.model.parallelize import full_state_dict, parallelize_gpt, tp_comm_counts
-from workflow.parallel.comm import CommCounter, summarize
+from workflow.model.parallelize import parallelize_gpt
+from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext, init_tensor_parallel
 from workflow.strategies import build_strategy
 from workflow.study.length import resolve_num_iterations
@@ -54,13 +52,14 @@ from workflow.study.schedules import (
 from workflow.study.schema import validate_section
 from workflow.training import checkpoint
 from workflow.training.evaluation import Evaluator
-from workflow.training.metrics import MetricsLog, log_line
-from workflow.training.provenance import flops_per_token, git_state, peak_flops, slurm_job_id
+from workflow.training.metrics import MetricsLog
+from workflow.training.provenance import flops_per_token, peak_flops, slurm_job_id
+from workflow.training.records import RunRecords
 from workflow.training.state import RunState, _PreemptionFlag, _step_seed
 from workflow.training.tracking import Tracker
 
 
-class Trainer:
+class Trainer(RunRecords):
     """One training run. Build it, then call :meth:`run`.
 
     Args:
@@ -277,33 +276,6 @@ class Trainer:
         self.state.val_history.append((self.state.step, out["val_loss"]))
         return out
 
-    def _record_tp_comm(self, training: bool) -> None:
-        """Move the model's tensor-parallel counts (tp_comm_counts: measured at every sync point;
-        simulated: what one tp rank of a real run sends) into the run's CommCounter: kinds
-        ``tp_forward``, ``tp_backward``, ``tp_grad`` for training steps, ``eval`` for evaluation."""
-        counts = tp_comm_counts(self.model)
-        if counts is None:
-            return
-        if not training:
-            calls = sum(counts[p]["calls"] for p in ("forward", "backward", "grad"))
-            if calls:
-                self.comm.record("eval", calls, sum(counts[p]["bytes"] for p in ("forward", "backward", "grad")))
-            return
-        for phase in ("forward", "backward", "grad"):
-            if counts[phase]["calls"]:
-                self.comm.record(f"tp_{phase}", counts[phase]["calls"], counts[phase]["bytes"])
-        self.state.tp_passes += counts["passes"]
-        self.state.tp_forward_calls += counts["forward"]["calls"]
-        self.state.tp_backward_calls += counts["backward"]["calls"]
-
-    def tp_syncs_per_pass(self) -> tuple[float | None, float | None]:
-        """Measured tensor-parallel all-reduces per training forward and backward pass (None
-        without tensor-parallel blocks)."""
-        st = self.state
-        if self.model.tp is None or not st.tp_passes:
-            return None, None
-        return st.tp_forward_calls / st.tp_passes, st.tp_backward_calls / st.tp_passes
-
     # ----- the loop -------------------------------------------------------------------
     def run(self) -> dict:
         """Train to ``num_iterations`` (or the time budget); returns the result dict (also
@@ -383,134 +355,3 @@ class Trainer:
         evaluation = self.evaluate()
         self.state.last_val_loss = evaluation["val_loss"]
         return evaluation
-
-    def _emit_row(self, train_loss: float | None, evaluation: dict | None) -> None:
-        st = self.state
-        seconds = st.train_time_ms / 1000.0
-        mfu = None
-        if self.peak_flops and self._window_time_ms > 0:
-            achieved = self._window_flops / (self._window_time_ms / 1000.0)
-            mfu = round(achieved / (self.peak_flops * self.ctx.world_size), 5)
-        self._window_flops = self._window_time_ms = 0.0
-        evaluation = evaluation or {}
-        comm_calls, comm_bytes = self.comm.sent()
-        row = {
-            "step": st.step,
-            "train_loss": train_loss,
-            "val_loss": evaluation.get("val_loss"),
-            "val_loss_workers": evaluation.get("val_loss_workers"),
-            "consensus_distance": evaluation.get("consensus_distance"),
-            "lr": st.lr_mult * self.train_cfg["lr"],
-            "tokens_seen": st.tokens_seen,
-            "flops": st.flops,
-            "train_time_ms": round(st.train_time_ms, 3),
-            "step_avg_ms": round(st.train_time_ms / st.step, 3) if st.step else None,
-            "tokens_per_s": round(st.tokens_seen / seconds, 1) if seconds > 0 else None,
-            "seq_len": st.seq_len,
-            "active_layers": depth_warm_state(st.step, self.model_config)[0],
-            "mfu": mfu,
-            "comm_calls": comm_calls,  # sent so far by this worker (rank 0), checkpoints excluded
-            "comm_bytes": comm_bytes,
-        }
-        if self.model.tp is not None:  # measured tensor-parallel all-reduces per pass, run so far
-            row["tp_syncs_forward"], row["tp_syncs_backward"] = self.tp_syncs_per_pass()
-        self.metrics.write(row)
-        self.tracker.log(row)
-        self.log(log_line(row, self.train_cfg["num_iterations"]))
-
-    def _gather_comm(self) -> list[dict]:
-        """Every worker's communication snapshot (rank order). The gather itself is the last
-        counted message (kind ``metrics``)."""
-        if not self.ctx.distributed:
-            return [self.comm.snapshot()]
-        self.comm.record("metrics", 1, 0)
-        gathered: list = [None] * self.ctx.world_size
-        dist.all_gather_object(gathered, self.comm.snapshot())
-        return gathered
-
-    def _tensor_parallel_record(self) -> dict | None:
-        """result.json ``tensor_parallel``: pattern, tp_size, tp_mode, sync counts per pass
-        (nominal, analytic, measured) and parameters; None without tensor-parallel blocks."""
-        c = self.model_config
-        if self.model.tp is None:
-            return None
-        syncs = c.tp_syncs()
-        forward, backward = self.tp_syncs_per_pass()
-        return {"tp_size": c.tp_size, "tp_mode": c.tp_mode, "pattern": list(c.layer_block_types),
-                "syncs_nominal": syncs["nominal"], "syncs_analytic": syncs["forward"],
-                "syncs_analytic_backward": syncs["backward"], "syncs_measured": forward,
-                "syncs_measured_backward": backward, "training_passes": self.state.tp_passes,
-                "num_parameters": self.model.num_parameters()}
-
-    def _finish(self, reason: str | None, stopped_early: str | None, wall_seconds: float) -> dict:
-        st = self.state
-        success = reason is None
-        communication = summarize(self._gather_comm(), st.tokens_seen)
-        if success:
-            with self.strategy.scored_model(self.model) as scored:
-                # real tensor parallelism: every rank sends its shards, rank 0 writes the whole model
-                model_state = full_state_dict(self.model, lambda calls, nbytes: self.comm.record("checkpoint", calls, nbytes))
-                if self.ctx.is_main:
-                    checkpoint.save_final_model(
-                        self.final_model_path, model_state, dataclasses.asdict(self.model_config),
-                        {"scored_model": scored, "step": st.step, "seed": self.seed, "config_hash": self.config_hash,
-                         "active_layers": depth_warm_state(st.step, self.model_config)[0]},
-                    )
-        git = git_state()
-        seconds = st.train_time_ms / 1000.0
-        mfu = None
-        if self.peak_flops and seconds > 0:
-            mfu = round(st.flops / seconds / (self.peak_flops * self.ctx.world_size), 5)
-        result = {
-            "study": self.cfg.get("study"),
-            "stage": self.cfg.get("stage"),
-            "variant": self.cfg.get("variant"),
-            "seed": self.seed,
-            "run_id": self.cfg.get("run_id"),
-            "stage_seed_offset": self.cfg.get("stage_seed_offset"),
-            "dataset": self.cfg.get("dataset"),
-            "success": success,
-            "reason": reason,
-            "stopped_early": stopped_early,
-            "final_step": st.step,
-            "num_iterations": self.train_cfg["num_iterations"],
-            "num_tokens": self.train_cfg.get("num_tokens"),
-            "schedule_progress": schedule_progress(st.step, self.train_cfg["num_iterations"], st.schedule_ms / 1000.0,
-                                                   self.budget_s),
-            "final_val_loss": st.last_val_loss if success else None,
-            "final_train_loss": st.last_train_loss if math.isfinite(st.last_train_loss) else None,
-            "time_seconds": round(wall_seconds, 3),
-            "train_time_ms": round(st.train_time_ms, 3),
-            "tokens_seen": st.tokens_seen,
-            "flops": st.flops,
-            "tokens_per_s": round(st.tokens_seen / seconds, 1) if seconds > 0 else None,
-            "mfu": mfu,
-            "peak_flops": self.peak_flops,
-            "num_parameters": self.model.num_parameters(),
-            "world_size": self.ctx.world_size,
-            "strategy": self.train_cfg["strategy"]["name"],
-            "communication": communication,
-            "bytes_per_token": communication["bytes_per_token"],
-            "tensor_parallel": self._tensor_parallel_record(),
-            "slurm_job_id": slurm_job_id(),
-            "hostname": platform.node(),
-            "device": str(self.ctx.device),
-            "device_name": self.device_name,
-            "torch_version": torch.__version__,
-            "python_version": platform.python_version(),
-            "config_hash": self.config_hash,
-            "config": {"model": self.cfg.get("model"), "train": self.train_cfg},
-            "model_file": self.final_model_path.name if success else None,
-            "git_commit": git["commit"],
-            "git_dirty": git["dirty"],
-            "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
-        }
-        if self.ctx.is_main:  # (the gather above means every rank is past its last checkpoint)
-            if git["diff"]:
-                write_text_atomic(self.out_dir / "git_diff.patch", git["diff"])
-            self.metrics.finish()
-            write_json_atomic(self.out_dir / "result.json", result)
-            checkpoint.remove(self.out_dir)  # a finished run's rerun trains afresh
-            status = "finished" if success else f"FAILED ({reason})"
-            self.log(f"{status}: final val_loss {result['final_val_loss']}, {wall_seconds:.1f} s")
-        return result

@@ -1,4 +1,7 @@
-"""custom_text: split from workflow/data/writers.py."""
+"""The user's own text with a fixed character vocabulary (``charset``) -> token files.
+
+A character outside the charset is an error naming the file, line and byte offset.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""enwik8: split from workflow/data/writers.py."""
+"""enwik8 (the Hutter prize zip) -> byte-level token files (90M / 5M / 5M split).
+"""
 
 from __future__ import annotations
 

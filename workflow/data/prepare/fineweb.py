@@ -1,4 +1,5 @@
-"""fineweb: split from workflow/data/writers.py."""
+"""FineWeb-10B GPT-2 shards (modded-nanogpt's format: 256 int32 header, magic 20240520) -> meta.json over the shards as they are.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""multi30k: split from workflow/data/writers.py."""
+"""Multi30k en-de sentence pairs -> GPT-2 BPE token files, each pair formatted by ``pair_format``.
+"""
 
 from __future__ import annotations
 

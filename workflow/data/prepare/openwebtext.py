@@ -1,4 +1,5 @@
-"""openwebtext: split from workflow/data/writers.py."""
+"""OpenWebText (Hugging Face parquet shards) -> GPT-2 BPE token files, encoded in parallel worker processes.
+"""
 
 from __future__ import annotations
 

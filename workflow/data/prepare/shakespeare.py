@@ -1,4 +1,5 @@
-"""shakespeare: split from workflow/data/writers.py."""
+"""Tiny Shakespeare -> character-level or GPT-2 BPE token files (nanoGPT's 90 % / 10 % split).
+"""
 
 from __future__ import annotations
 
