@@ -37,6 +37,7 @@ report: install
 
 ## test: the whole test suite (what CI runs)
 test: install
+	lint-imports
 	python -m pytest
 
 ## bench: benchmarks (minutes; ratios against a reference measured in the same run)

@@ -79,7 +79,7 @@ rule verdict:
         ),
     params:
         baseline=BASELINE,
-        verdict=json.dumps(config["verdict"], sort_keys=True),
+        verdict=lambda w: json.dumps(config["verdict"], sort_keys=True),  # a function: values are data, never a template
     log:
         f"{RESULTS}/logs/verdict.log",
     conda:

@@ -87,7 +87,7 @@ rule compute_plan:
         ),
         json=f"{RESULTS}/plan.json",
     params:
-        study=json.dumps(config, sort_keys=True),
+        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
     log:
         f"{RESULTS}/logs/compute_plan.log",
     conda:
@@ -110,7 +110,7 @@ rule compute_table:
         markdown=f"{RESULTS}/compute.md",
     params:
         # the job derives the naive plan from the study (no model or pandas imports where Snakemake parses)
-        study=json.dumps(config, sort_keys=True),
+        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
     log:
         f"{RESULTS}/logs/compute_table.log",
     conda:
@@ -138,13 +138,13 @@ rule summary:
         ),
         landing=f"{RESULTS}/landing.rst",
     params:
-        study=config["study"],
+        study=lambda w: config["study"],  # a function: values are data, never a template
     log:
         f"{RESULTS}/logs/summary.log",
     conda:
         "../envs/analysis.yaml"
     shell:
-        "python -m workflow.summary --study {params.study} --verdict {input.verdict} --gates {input.gates} "
+        "python -m workflow.summary --study {params.study:q} --verdict {input.verdict} --gates {input.gates} "
         "--compute {input.compute} --figure {input.figure} --html {output.html} --landing {output.landing} > {log} 2>&1"
 
 

@@ -283,3 +283,13 @@ def tiny_study_run(tmp_path_factory, shared_data_server):
     report = results / "report.html"
     run_snakemake(workdir, "--report", str(report), mirror=shared_data_server)
     return workdir, results, shared_data_server, report
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test by its folder: ``-m unit`` (tests/unit/) or ``-m integration`` (tests/integration/)."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "unit" in parts:
+            item.add_marker(pytest.mark.unit)
+        elif "integration" in parts:
+            item.add_marker(pytest.mark.integration)

@@ -53,6 +53,7 @@ Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data chec
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -103,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --run-config and --out-dir are required (options of python -m workflow.train)", file=sys.stderr)
         return 2
     try:
-        import json
 
         text = Path(targs.run_config[1:]).read_text() if targs.run_config.startswith("@") else targs.run_config
         run_cfg = json.loads(text)

@@ -62,9 +62,9 @@ _MATMUL_PARAMS: dict[str, int] = {}
 def _matmul_params(model_cfg) -> int:
     """Parameters that take part in matmuls (blocks + lm_head), as the trainer counts them for
     ``flops_per_token``; the model is built on the meta device (no memory), once per config."""
-    import torch
+    import torch  # deferred heavy import: torch, only to count a model's parameters on the meta device
 
-    from workflow.model import GPT
+    from workflow.model import GPT  # deferred heavy import: torch (the model)
 
     key = json.dumps(dataclasses.asdict(model_cfg), sort_keys=True)
     if key not in _MATMUL_PARAMS:

@@ -322,7 +322,7 @@ def hf_download(repo_id: str, filename: str, dest: str | os.PathLike, *, repo_ty
         DownloadError: the Hub request failed (message names repo and file).
         SizeError, ChecksumError: as in :func:`download`.
     """
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # deferred heavy import: huggingface_hub, only for hf:// sources
 
     dest = Path(dest)
     staging = dest.parent / ".hf"

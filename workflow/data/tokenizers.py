@@ -142,12 +142,12 @@ def gpt2_encoding(ranks_file: str | os.PathLike | None = None):
             ``TIKTOKEN_CACHE_DIR``).
     Source: tiktoken_ext/openai_public.py (``gpt2`` / ``r50k_base``).
     """
-    import tiktoken
+    import tiktoken  # deferred heavy import: tiktoken, only for GPT-2 BPE
 
     if ranks_file is None:
         return tiktoken.get_encoding("gpt2")
-    import tiktoken_ext.openai_public as public
-    from tiktoken.load import load_tiktoken_bpe
+    import tiktoken_ext.openai_public as public  # deferred heavy import: tiktoken
+    from tiktoken.load import load_tiktoken_bpe  # deferred heavy import: tiktoken
 
     ranks = load_tiktoken_bpe(
         os.fspath(ranks_file),

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import shutil
 import signal
@@ -164,7 +165,7 @@ def start_trainer(trainer_argv: list[str], early: EarlySignals, import_first: bo
     if code is not None:
         return code
     if import_first:
-        import workflow.model.gpt  # noqa: F401 (deferred heavy import, torch: imported while a signal is only recorded)
+        import workflow.model.gpt  # noqa: F401  # deferred heavy import: torch, while a signal is only recorded
 
         if early.signum is not None:
             return EXIT_PREEMPTED
@@ -283,7 +284,6 @@ def run_workers(cmd: list[str], world_size: int, exit_dir_parent: str | None = N
 
 def has_nvidia_gpu() -> bool:
     """This machine has an NVIDIA GPU: a device node ``/dev/nvidia<N>`` (torch-free, instant)."""
-    import glob
 
     return bool(glob.glob("/dev/nvidia[0-9]*"))
 

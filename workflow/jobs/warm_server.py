@@ -82,10 +82,11 @@ from workflow.jobs.warm_client import _HEADER, FORWARDED_SIGNALS, MAX_REQUEST_BY
 
 def _preload() -> None:
     """Import what every trainer imports (torch, the trainer, the strategies, torch._dynamo)."""
-    import torch
-    import torch._dynamo  # noqa: F401 (what torch.optim's first optimizer imports)
+    # deferred heavy imports, the point of the server: what every trainer imports, once
+    import torch  # deferred heavy import: torch
+    import torch._dynamo  # noqa: F401  # deferred heavy import: what torch.optim's first optimizer imports
 
-    import workflow.training.trainer  # noqa: F401 (what workflow.train imports: the trainer, model, strategies)
+    import workflow.training.trainer  # noqa: F401  # deferred heavy import: the trainer, model, strategies
 
     del torch
 
@@ -121,7 +122,7 @@ def _child(request: dict, fds: list[int], close: list) -> None:
             sys.stdout.reconfigure(write_through=True)
         threads = os.environ.get("OMP_NUM_THREADS", "")
         if threads.isdigit() and int(threads) > 0:
-            import torch
+            import torch  # deferred heavy import: torch (preloaded in the server; a dict lookup here)
 
             torch.set_num_threads(int(threads))
         early.hand_over()

@@ -52,7 +52,11 @@ def parallelize_gpt(model: nn.Module, tp_mesh) -> nn.Module:
     Raises:
         ValueError: the model has no tensor-parallel blocks or tp_size != mesh size.
     """
-    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+    from torch.distributed.tensor.parallel import (  # deferred heavy import: DTensor, only in real tensor-parallel mode
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
 
     rt: TPRuntime | None = getattr(model, "tp", None)
     if rt is None:

@@ -93,7 +93,9 @@ class TPLinear(nn.Linear):
     _placements = None
 
     def localize(self) -> None:
-        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor import (
+            DTensor,  # deferred heavy import: DTensor, only in real tensor-parallel mode
+        )
 
         weight = self.weight
         if isinstance(weight, DTensor):
@@ -104,7 +106,7 @@ class TPLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self._placements is not None:
-            from torch.distributed.tensor import DTensor
+            from torch.distributed.tensor import DTensor  # deferred heavy import: DTensor, only in real tensor-parallel mode
 
             if isinstance(x, DTensor):
                 weight = DTensor.from_local(weight, self._mesh, self._placements, run_check=False)

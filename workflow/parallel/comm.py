@@ -141,7 +141,9 @@ class CommCounter:
         Usage: ``ddp.register_comm_hook(process_group, counter.ddp_hook())``.
         Source: https://pytorch.org/docs/stable/ddp_comm_hooks.html
         """
-        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        from torch.distributed.algorithms.ddp_comm_hooks import (
+            default_hooks,  # deferred heavy import: DDP comm hooks, only for DDP
+        )
 
         def hook(process_group, bucket):
             self.record(kind, 1, _nbytes(bucket.buffer()))

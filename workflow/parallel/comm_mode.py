@@ -18,8 +18,13 @@ def _collective_bytes(args) -> int:
 
 
 def _tp_comm_mode_class():
-    from torch.distributed.tensor.debug import CommDebugMode
-    from torch.distributed.tensor.debug._comm_mode import NATIVE_TO_PY_MAPPING, c10d_collective_ops
+    from torch.distributed.tensor.debug import (
+        CommDebugMode,  # deferred heavy import: DTensor debug tools, only when measuring
+    )
+    from torch.distributed.tensor.debug._comm_mode import (  # deferred heavy import: DTensor debug tools
+        NATIVE_TO_PY_MAPPING,
+        c10d_collective_ops,
+    )
 
     class _TPCommMode(CommDebugMode):
         def __enter__(self):

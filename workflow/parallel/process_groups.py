@@ -11,6 +11,7 @@ see ``workflow/strategies/``. Every message they send is counted by ``workflow.c
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import re
@@ -163,9 +164,10 @@ def init_tensor_parallel(ctx: DistContext, tp_size: int) -> DistContext:
     Raises:
         ValueError: world_size is not a multiple of tp_size (names both and the launch setting).
     """
-    import dataclasses
 
-    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.device_mesh import (
+        init_device_mesh,  # deferred heavy import: device mesh, only with tensor parallelism
+    )
 
     if tp_size < 2 or not ctx.distributed or ctx.world_size % tp_size:
         raise ValueError(

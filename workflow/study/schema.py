@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -111,7 +112,6 @@ def _short(value, limit: int = 80) -> str:
 
 def _describe_error(err: jsonschema.ValidationError) -> list[str]:
     """Two or three lines for one schema error: key = value, the rule it breaks, the key's description."""
-    import difflib
 
     path = [str(p) for p in err.absolute_path]
     where = ".".join(path)

@@ -75,7 +75,7 @@ class Tracker:
         secret = os.environ.get(API_KEY_ENV)
         if self.mode == "offline":
             os.environ.pop(API_KEY_ENV, None)  # not needed offline; keeps it out of every file
-        import wandb  # only now: disabled runs never import it
+        import wandb  # deferred heavy import: wandb, only now: disabled runs never import it
 
         wandb_dir = Path(os.environ.get("WANDB_DIR") or out_dir)
         wandb_dir.mkdir(parents=True, exist_ok=True)

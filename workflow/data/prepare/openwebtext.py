@@ -104,7 +104,7 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     every document encoded with encode_ordinary plus ``<|endoftext|>``, on ``workers``
     threads (:func:`parallel_encode`), streamed to disk. Source: nanoGPT data/openwebtext/prepare.py.
     """
-    import datasets
+    import datasets  # deferred heavy import: Hugging Face datasets, only for OpenWebText
 
     ranks = _gpt2_ranks(raw_dir, tokenizer_file)
     workers = workers or opts["num_proc"] or os.cpu_count() or 1

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-MARKER = "<!-- tests/test_readme_study.py"
+REPO = Path(__file__).resolve().parents[2]
+MARKER = "<!-- tests/integration/test_readme.py"
 
 pytestmark = pytest.mark.timeout(1500)
 

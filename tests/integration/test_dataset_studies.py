@@ -44,7 +44,7 @@ from workflow.data.registry import DATASETS, dataset_options
 from workflow.study.checks import check_model_configs, check_study
 from workflow.study.schema import load_schema, _validator_with_defaults
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "config" / "studies"
 WIKI_BYTES = 6_089_746
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"

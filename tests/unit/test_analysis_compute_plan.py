@@ -20,7 +20,7 @@ from workflow.analysis.stats import summarize_runs
 from workflow.analysis.tables import compute_table, naive_plan
 from workflow.training.provenance import flops_per_token
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SPEEDRUN = REPO / "config" / "studies" / "speedrun.yaml"
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 PIVOT = REPO / "tests" / "configs" / "tiny_pivot.yaml"
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

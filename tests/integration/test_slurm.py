@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PROFILE = REPO / "profiles" / "slurm-ci"
 
 

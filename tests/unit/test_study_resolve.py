@@ -14,7 +14,7 @@ from pathlib import Path
 
 from workflow.jobs.launcher import srun_prefix
 
-TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from workflow.training.provenance import flops_per_token, peak_flops
 
 from runs import TIMING_KEYS  # tests/runs.py
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ from workflow.training import checkpoint
 
 from runs import last_step, rows_without_timings  # tests/runs.py
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 pytestmark = pytest.mark.timeout(300)

@@ -185,7 +185,7 @@ def test_study_check_names_the_stage_whose_curriculum_never_reaches_full_length(
     from workflow.study.checks import check_model_configs
     from workflow.study.resolve import study_with_defaults
 
-    study = study_with_defaults(yaml.safe_load((Path(__file__).parent / "configs" / "tiny.yaml").read_text()))
+    study = study_with_defaults(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()))
     study["variants"]["cur"] = {"train": {"curriculum_block_sizes": [8, 16, 32], "curriculum_steps": [4, 10]}}
     with pytest.raises(ConfigError, match=r"stages\.A\.train \+ variants\.cur\.train: .*starts at step 10, not before the end"):
         check_model_configs(study, 65)

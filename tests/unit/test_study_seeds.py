@@ -20,7 +20,7 @@ from workflow.study.schema import ConfigError
 from workflow.study.checks import check_study
 from workflow.study.resolve import run_config, stage_seed_offset, stage_seeds
 
-TINY = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
+TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 counts == analytic counts, parameter parity of the comm study's six GPT-2 configurations,
 pattern validation.
 
-The real runs of every case happen in ONE ``torchrun --nproc_per_node 2 tests/tp_worker.py``
+The real runs of every case happen in ONE ``torchrun --nproc_per_node 2 tests/integration/tp_worker.py``
 launch (module fixture ``real_runs``); the simulated model is built here from the same seed.
 """
 
@@ -22,7 +22,7 @@ from workflow.study.model_config import build_model_config
 from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
 from workflow.model.parallelize import qkv_from_shard_major, qkv_to_shard_major, tp_sharded_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from tp_worker import BATCH, batch  # noqa: E402
@@ -70,7 +70,7 @@ def real_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp_real")
     proc = subprocess.run(
         [str(TORCHRUN), "--standalone", "--nnodes", "1", "--nproc_per_node", "2",
-         str(REPO / "tests" / "tp_worker.py"), json.dumps(CASES), str(out)],
+         str(REPO / "tests" / "integration" / "tp_worker.py"), json.dumps(CASES), str(out)],
         capture_output=True, text=True, timeout=300, cwd=out,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )

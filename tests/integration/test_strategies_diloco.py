@@ -24,7 +24,7 @@ from workflow.parallel.process_groups import DistContext
 from workflow.strategies.base import flat_parameters
 from workflow.strategies.diloco import DiLoCoStrategy
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 pytestmark = pytest.mark.timeout(300)

@@ -1,7 +1,7 @@
 """Real tensor-parallel forward/backward of many block patterns in ONE torchrun launch.
 
 Not a test module: tests/test_tensor_parallel.py runs
-``torchrun --nproc_per_node 2 tests/tp_worker.py CASES_JSON OUT_DIR`` (gloo, CPU) and compares
+``torchrun --nproc_per_node 2 tests/integration/tp_worker.py CASES_JSON OUT_DIR`` (gloo, CPU) and compares
 what every rank saves (``OUT_DIR/rank{r}.pt``) with the simulated model it builds itself.
 
 Per case (name -> model overrides): the full model is built with seed 0 on every rank, sharded

@@ -18,7 +18,7 @@ import torch
 from workflow.parallel.process_groups import DistContext
 from workflow.train import Trainer, configure_backends
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 pytestmark = pytest.mark.timeout(300)

@@ -16,7 +16,7 @@ from test_pipeline import snakemake
 from workflow.analysis.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
 from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "config" / "studies"
 COMM_TINY = REPO / "tests" / "configs" / "comm_tiny.yaml"
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -28,7 +28,7 @@ from workflow.jobs.launcher import EXIT_PREEMPTED
 
 from runs import last_step, rows_without_timings  # tests/runs.py
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = {
     "ddp": {"name": "ddp"},
     "diloco": {"name": "diloco", "tau": 7, "outer_lr": 0.7, "outer_momentum": 0.9},

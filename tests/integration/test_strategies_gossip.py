@@ -492,7 +492,7 @@ def test_trainer_with_gossip_on_exp_graph(tmp_path, shakespeare_char_meta):
            "train": {"batch_size": 8, "num_iterations": steps, "lr": 0.02, "schedule": "inv_sqrt", "grad_clip": 0,
                      "val_loss_every": 4, "log_every": 4, "val_tokens": 256, "device": "cpu",
                      "strategy": {"name": "gossip", "topology": "exp", "algorithm": "demuon", "msgn": 2}}}
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     cmd = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nnodes", "1", "--nproc_per_node",
            str(WORLD), "-m", "workflow.train", "--run-config", json.dumps(cfg), "--out-dir", str(tmp_path / "run"),
            "--meta", str(shakespeare_char_meta), "--threads", "1"]

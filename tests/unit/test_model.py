@@ -16,7 +16,7 @@ from workflow.study.blocks import BUILTIN_BLOCKS, TP_BLOCK_TYPES
 from workflow.study.model_config import MODEL_PRESETS, PRESET_REFERENCE_VOCAB, GPTConfig, build_model_config
 from workflow.optim.optimizers import build_optimizers
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(**overrides) -> GPTConfig:

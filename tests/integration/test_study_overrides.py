@@ -23,7 +23,7 @@ from workflow.study.resolve import run_config
 from workflow.study.overrides import apply_overrides, expand_sweep, prepare_study, set_path
 from workflow.study.printed_plan import format_plan, stage_plan
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SCHEMA = str(REPO / "config" / "schema.yaml")
 

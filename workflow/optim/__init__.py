@@ -1,0 +1,1 @@
+"""optim: optimizers (AdamW, Muon with Newton-Schulz, SGD) and their parameter groups."""
