@@ -19,6 +19,7 @@ from workflow.data.registry import (
     source_file,
     source_mirror,
     source_options,
+    study_meta_path,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
 from workflow.jobs.warm_client import start_server, why_not_start
@@ -110,7 +111,7 @@ def tokenize_options_json(wildcards):
 
 def dataset_meta(dataset=None):
     """meta.json of the study's (or the named) tokenized dataset."""
-    return f"{DATA}/tokens/{dataset or config['dataset']}/meta.json"
+    return study_meta_path(config, dataset)
 
 
 def run_dir(stage, variant, seed):

@@ -32,11 +32,12 @@ from pathlib import Path
 import pandas as pd
 
 from workflow.core.io import read_json
-from workflow.data.registry import DATASETS
+from workflow.data.registry import DATASETS, study_meta_path
+from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-from workflow.study.schedules import curriculum_marks, resolve_depth_warm, steps_for_tokens
+from workflow.study.schedules import curriculum_marks, resolve_depth_warm
 from workflow.training.provenance import flops_per_token, peak_flops
 
 #: vocab_size by tokenizer kind when the dataset is not tokenized yet (char: an upper bound).
@@ -88,9 +89,9 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
     cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
     train = cfg["train"]
     model_cfg = build_model_config(resolve_depth_warm(cfg["model"], None), vocab_size)
-    if train.get("num_epochs") is not None:
+    n = run_steps(cfg, study_train_tokens(study_meta_path(config)))
+    if n is None:  # in epochs, before tokenization
         return {"num_iterations": None, "tokens": None, "flops": None, "flops_per_token": None}
-    n = steps_for_tokens(train, model_cfg.block_size, train["num_tokens"]) if train.get("num_tokens") else train["num_iterations"]
     train = {**train, "num_iterations": n}
     matmul = _matmul_params(model_cfg)
     ladder = train.get("curriculum_block_sizes")

@@ -14,10 +14,11 @@ import pandas as pd
 
 from workflow.analysis.stats import compare_to_baseline, val_losses_by_seed
 from workflow.core.io import atomic_write, write_text_atomic
-from workflow.study.model_config import build_model_config
+from workflow.data.registry import study_meta_path
+from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-from workflow.study.schedules import resolve_depth_warm, steps_for_tokens, tokens_for_steps
+from workflow.study.schedules import tokens_for_steps
 
 
 def stage_table(stage: str, summaries: list[dict], baseline: str, decision: dict | None, test: str = "paired") -> pd.DataFrame:
@@ -201,14 +202,15 @@ def naive_plan(config: dict) -> dict:
 
     stages = stage_order(config)
     final = stages[-1]
+    train_tokens = study_train_tokens(study_meta_path(config))
     naive = {}
     for variant in config["variants"]:
         cfg = run_config(config, final, variant, stage_seeds(config, final)[0])
         train = cfg["train"]
-        block_size = build_model_config(resolve_depth_warm(cfg["model"], None), 256).block_size
+        block_size = model_block_size(cfg["model"])
         tokens = None
-        if train.get("num_epochs") is None:
-            n = steps_for_tokens(train, block_size, train["num_tokens"]) if train.get("num_tokens") else train["num_iterations"]
+        n = run_steps(cfg, train_tokens)
+        if n is not None:
             tokens = tokens_for_steps({**train, "num_iterations": n}, block_size, n)
         naive[variant] = {"runs": config["stages"][final]["seeds"], "tokens_per_run": tokens}
     cost = config.get("cost") or {}

@@ -346,6 +346,11 @@ def custom_text_files(folder: str, pattern: str = "*.txt") -> list[str]:
     return files
 
 
+def study_meta_path(config: Mapping[str, Any], dataset: str | None = None) -> str:
+    """``meta.json`` of a study's tokenized dataset (or of ``dataset``): ``{data_dir}/tokens/{dataset}/meta.json``."""
+    return os.path.join(config["data_dir"], "tokens", dataset or config["dataset"], "meta.json")
+
+
 def dataset_outputs(dataset: str, data_dir: str) -> list[str]:
     """Output files of the tokenize job: meta.json plus the static ``{split}.bin`` files."""
     ds = get_dataset(dataset)

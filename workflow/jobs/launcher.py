@@ -67,7 +67,7 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json
 from workflow.jobs import warm_client
 from workflow.jobs.trainer_process import PREEMPT_SIGNALS, EarlySignals, run_trainer_here
-from workflow.study.model_config import build_model_config
+from workflow.study.length import model_block_size
 
 EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
 WORKER_WAIT_S = 300  # longest wait for a worker that outlived torchrun (it is saving its checkpoint)
@@ -99,7 +99,7 @@ def check_token_windows(meta_path: str | os.PathLike, model_cfg: dict) -> str:
 
     meta_path = Path(meta_path)
     meta = read_json(meta_path)
-    block_size = build_model_config(model_cfg, int(meta["vocab_size"])).block_size
+    block_size = model_block_size(model_cfg)
     window = block_size + 1
     counts = []
     for split in WINDOW_SPLITS:

@@ -106,7 +106,9 @@ class TPLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
         if self._placements is not None:
-            from torch.distributed.tensor import DTensor  # deferred heavy import: DTensor, only in real tensor-parallel mode
+            from torch.distributed.tensor import (
+                DTensor,  # deferred heavy import: DTensor, only in real tensor-parallel mode
+            )
 
             if isinstance(x, DTensor):
                 weight = DTensor.from_local(weight, self._mesh, self._placements, run_check=False)

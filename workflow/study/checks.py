@@ -13,10 +13,11 @@ Merge order of ``model``: study ``model`` < variant ``model``.
 from __future__ import annotations
 
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
+from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-from workflow.study.schedules import check_curriculum, resolve_depth_warm, steps_for_tokens
+from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
 
 
@@ -131,15 +132,15 @@ def check_model_configs(config: dict, vocab_size: int = 256) -> None:
     for variant, overrides in config["variants"].items():
         model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))
         try:
-            block_size = build_model_config(resolve_depth_warm(model, 1), vocab_size).block_size
+            block_size = model_block_size(model)
         except (ValueError, TypeError, KeyError) as err:
             raise ConfigError(f"variants.{variant}.model: {err}") from err
         for stage in stage_order(config):
-            train = run_config(config, stage, variant, stage_seeds(config, stage)[0])["train"]
+            cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
+            train = cfg["train"]
             try:
-                if train.get("num_epochs") is None:  # epochs need the data's token count: checked by the trainer
-                    if train.get("num_tokens") is not None:
-                        train["num_iterations"] = steps_for_tokens(train, block_size, train["num_tokens"])
-                    check_curriculum(train, block_size)
+                steps = run_steps(cfg, None)  # None: in epochs, which need the data's token count (the trainer checks)
+                if steps is not None:
+                    check_curriculum({**train, "num_iterations": steps}, block_size)
             except ValueError as err:
                 raise ConfigError(f"stages.{stage}.train + variants.{variant}.train: {err}") from err

@@ -1,11 +1,56 @@
-"""How long a run trains: ``num_iterations``, ``num_tokens``, ``num_epochs``, or DiLoCo's ``outer_steps``."""
+"""How long a run trains, the one source: ``num_iterations``, ``num_tokens``, ``num_epochs``, DiLoCo's ``outer_steps``.
+
+The trainer (:func:`resolve_num_iterations`), the plan printed at every start, the compute plan
+and the tables all call :func:`run_steps` / :func:`resolve_num_iterations` with the block size of
+:func:`model_block_size`, so they agree on every run's steps (tests/unit/test_study_length.py).
+Torch-free.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Mapping
 
-from workflow.study.schedules import steps_for_tokens
+from workflow.core.io import read_json
+from workflow.study.model_config import build_model_config
+from workflow.study.schedules import resolve_depth_warm, steps_for_tokens
+
+
+def model_block_size(model_cfg: Mapping[str, Any]) -> int:
+    """Tokens per training sequence (``block_size``) of a ``model`` section: preset + overrides.
+
+    DepthWarm fractions do not change the architecture, so they are dropped first (the one
+    place that derives a block size from a model section; the launcher's data check, the plans
+    and the tables use it).
+
+    Raises:
+        ValueError: an invalid model section (names the key; from build_model_config).
+    """
+    return build_model_config(resolve_depth_warm(dict(model_cfg or {}), None), 256).block_size
+
+
+def study_train_tokens(meta_path: str | os.PathLike) -> int | None:
+    """Tokens in the training split of a tokenized dataset (its ``meta.json``); None before tokenization."""
+    if not os.path.isfile(meta_path):
+        return None
+    return int(read_json(meta_path)["splits"]["train"]["tokens"])
+
+
+def run_steps(run_cfg: Mapping[str, Any], train_tokens: int | None) -> int | None:
+    """Optimizer steps of a resolved run config (workflow.study.resolve.run_config).
+
+    Returns:
+        :func:`resolve_num_iterations` of its ``train`` section at :func:`model_block_size`; None
+        when the length is in epochs and the training split's token count is not known yet
+        (``train_tokens`` None: the dataset is not tokenized).
+    Raises:
+        ValueError: as :func:`resolve_num_iterations`.
+    """
+    train = run_cfg["train"]
+    if train.get("num_epochs") is not None and train_tokens is None:
+        return None
+    return resolve_num_iterations(train, train_tokens or 0, model_block_size(run_cfg["model"]))
 
 
 def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, block_size: int) -> int:

@@ -5,27 +5,31 @@ from __future__ import annotations
 
 import json
 
-from workflow.study.model_config import build_model_config
+from workflow.data.registry import study_meta_path
+from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-
-# ---- the plan up front ------------------------------------------------------------------
 
 
 def _block_size(model: dict) -> int | None:
     try:
-
-        return build_model_config(dict(model), 256).block_size
+        return model_block_size(model)
     except (ValueError, TypeError, KeyError):
         return None
 
 
-def stage_plan(config: dict) -> list[dict]:
+def stage_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
     """The most each stage can run: one dict per stage with ``stage``, ``variants`` (the most
     that can run: all in the first stage; after a ``top_k`` gate k + the baseline, ties at
     the cut aside; after ``beats_baseline`` every variant of the previous stage), ``seeds``,
     ``runs``, ``procs_per_run``, ``gpus_per_run``, ``steps`` (min, max over variants) and
-    ``tokens`` (the most tokens the stage trains: steps x batch_size x block_size per run)."""
+    ``tokens`` (the most tokens the stage trains: steps x batch_size x block_size per run).
+
+    Steps come from :func:`workflow.study.length.run_steps` (what the trainer runs); a length in
+    epochs needs ``train_tokens`` (the training split's tokens; default: from the study's
+    meta.json once tokenized): without it its steps are None and ``epochs`` gives the epochs."""
+    if train_tokens is None:
+        train_tokens = study_train_tokens(study_meta_path(config))
     stages = stage_order(config)
     n_variants = len(config["variants"])
     block_sizes = {}
@@ -43,16 +47,20 @@ def stage_plan(config: dict) -> list[dict]:
                 most, rule = previous, f"baseline + those of {stages[index - 1]} that pass {gate['rule']}"
         seeds = config["stages"][stage]["seeds"]
         res = stage_resources(config, stage)
-        steps, tokens = [], []
+        steps, tokens, epochs = [], [], []
         for variant in config["variants"]:
             cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
             train = cfg["train"]
             key = json.dumps(cfg["model"], sort_keys=True)
             if key not in block_sizes:
                 block_sizes[key] = _block_size(cfg["model"])
-            steps.append(train["num_iterations"])
+            n = run_steps(cfg, train_tokens)
+            if n is None:
+                epochs.append(train["num_epochs"])
+                continue
+            steps.append(n)
             if block_sizes[key] is not None:
-                tokens.append(train["num_iterations"] * train["batch_size"] * block_sizes[key])
+                tokens.append(n * train["batch_size"] * block_sizes[key])
         plan.append({
             "stage": stage,
             "variants": most,
@@ -61,7 +69,8 @@ def stage_plan(config: dict) -> list[dict]:
             "runs": most * seeds,
             "procs_per_run": res["nproc_per_node"] * res["nodes"],
             "gpus_per_run": res["gpus"] * res["nodes"],
-            "steps": (min(steps), max(steps)),
+            "steps": (min(steps), max(steps)) if steps else None,
+            "epochs": (min(epochs), max(epochs)) if epochs else None,
             "tokens": max(tokens) * most * seeds if tokens else None,
         })
         previous = most
@@ -75,11 +84,18 @@ def format_plan(config: dict) -> str:
     lines = [f"stagerun plan for study {config['study']!r}: {len(config['variants'])} variants, "
              f"at most {runs} training runs (later stages run only what the gates advance)"]
     for p in plan:
-        steps = f"{p['steps'][0]}" if p["steps"][0] == p["steps"][1] else f"{p['steps'][0]}-{p['steps'][1]}"
+        parts = []
+        if p["steps"]:
+            low, high = p["steps"]
+            parts.append(f"{low:,} steps" if low == high else f"{low:,}-{high:,} steps")
+        if p["epochs"]:
+            low, high = p["epochs"]
+            parts.append((f"{low:g}" if low == high else f"{low:g}-{high:g}") + " epochs (steps once tokenized)")
+        steps = " / ".join(parts)
         tokens = f", <= {p['tokens']:,} tokens" if p["tokens"] else ""
         gpus = f"{p['gpus_per_run']} GPU(s)" if p["gpus_per_run"] else "CPU"
         lines.append(f"  stage {p['stage']}: <= {p['variants']} variants ({p['which']}) x {p['seeds']} seeds = "
-                     f"<= {p['runs']} runs of {steps} steps, {p['procs_per_run']} process(es) and {gpus} each"
+                     f"<= {p['runs']} runs of {steps}, {p['procs_per_run']} process(es) and {gpus} each"
                      f"{tokens}")
     gpu_runs = sum(p["runs"] * p["gpus_per_run"] for p in plan)
     if gpu_runs:

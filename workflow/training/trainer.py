@@ -39,7 +39,7 @@ from workflow.model.parallelize import parallelize_gpt
 from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext, init_tensor_parallel
 from workflow.strategies import build_strategy
-from workflow.study.length import resolve_num_iterations
+from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import config_hash
 from workflow.study.schedules import (
@@ -85,8 +85,9 @@ class Trainer(RunRecords):
         self.train_split = TokenSplit(meta_path, "train")
         self.val_split = TokenSplit(meta_path, "val")
         model_cfg = dict(run_cfg.get("model", {}))
-        self.block_size = build_model_config(resolve_depth_warm(model_cfg, None), self.train_split.vocab_size).block_size
-        tc["num_iterations"] = resolve_num_iterations(tc, self.train_split.num_tokens, self.block_size)
+        # the one source of block size and run length (workflow.study.length): the plans use it too
+        self.block_size = model_block_size(model_cfg)
+        tc["num_iterations"] = run_steps({"train": tc, "model": model_cfg}, self.train_split.num_tokens)
         # DepthWarm fractions of the run -> steps of this run's length
         self.model_config = build_model_config(resolve_depth_warm(model_cfg, tc["num_iterations"]),
                                                self.train_split.vocab_size)
