@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from workflow.analysis.status import parse_sacct
+from workflow.analysis.status import SLURM_QUEUED, SLURM_RUNNING, parse_sacct
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -245,3 +246,39 @@ def test_parse_sacct_lines():
         "102": {"state": "CANCELLED", "node": "n2", "elapsed": "00:00:05"},
         "103_4": {"state": "PENDING", "node": "None assigned", "elapsed": "00:00:00"},
     }
+
+
+def test_sacct_gives_a_runs_job_state_and_node(tmp_path):
+    """A run whose log names a SLURM job (the trainer's ``SLURM job <id> on <node>`` line) gets that
+    job's state and node from the real ``sacct`` of this machine's cluster (any recent job of it)."""
+    if shutil.which("sacct") is None:
+        pytest.skip("no sacct: no SLURM here")
+    listing = subprocess.run(["sacct", "-X", "-n", "-P", "--format=JobID,State,NodeList,Elapsed", "-S", "now-7days"],
+                             capture_output=True, text=True, timeout=30)
+    jobs = {k: v for k, v in parse_sacct(listing.stdout).items() if v["node"] and "None" not in v["node"]}
+    if listing.returncode != 0 or not jobs:
+        pytest.skip(f"sacct lists no job with a node ({listing.stderr.strip()[:200]})")
+    job_id, job = list(jobs.items())[-1]
+    run_dir = tmp_path / "results" / "tiny" / "stage_A" / "baseline" / "seed_1337"
+    run_dir.mkdir(parents=True)
+    log = run_dir / "train.attempt-1.log"
+    log.write_text(f"launch: this attempt's log is {log}\n"
+                   "run tiny/A/baseline seed 1337: 104,832 parameters, num_iterations 8\n"
+                   f"SLURM job {job_id} on {job['node']}\nstep 0/8 val_loss 4.1857\n")
+    hour_ago = time.time() - 3600
+    os.utime(log, (hour_ago, hour_ago))
+    data = status_json(tmp_path, TINY)
+    assert data["slurm"] == {"sacct": True, "jobs": 1}
+    [run] = [r for r in data["runs"] if r["attempts"]]
+    assert (run["slurm_job"], run["node"], run["total"]) == (job_id, job["node"], 8)
+    state = parse_sacct(subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "--format=JobID,State,NodeList,Elapsed"],
+                                       capture_output=True, text=True, timeout=30).stdout)[job_id]["state"]
+    assert run["slurm_state"] == state
+    if state in SLURM_RUNNING:
+        assert run["state"] == "running"
+        assert job_id in status(tmp_path, TINY).stdout
+    elif state in SLURM_QUEUED:
+        assert run["state"] == "pending"
+    else:
+        assert run["state"] in ("failed", "preempted") and f"SLURM job {job_id}" in run["detail"]
+        assert f"SLURM job {job_id}" in status(tmp_path, TINY).stdout
