@@ -313,8 +313,9 @@ def attempt_logs(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(logs)]
 
 
-def _read_edges(path: Path, nbytes: int = 32768) -> tuple[str, str]:
-    """(head, tail) of a text file: its first and last ``nbytes`` (a long log is never read whole)."""
+def _read_edges(path: Path, nbytes: int = 32768) -> tuple[str, str, bool]:
+    """(head, tail, whole) of a text file: its first and last ``nbytes`` (a long log is never read
+    whole), and whether they are the whole file."""
     try:
         with open(path, "rb") as handle:
             head = handle.read(nbytes)
@@ -325,25 +326,37 @@ def _read_edges(path: Path, nbytes: int = 32768) -> tuple[str, str]:
                 handle.seek(max(0, size - nbytes))
                 tail = handle.read()
     except OSError:
-        return "", ""
-    return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace")
+        return "", "", True
+    return head.decode("utf-8", "replace"), tail.decode("utf-8", "replace"), size <= nbytes
 
 
-def metrics_rows(run_dir: Path) -> list[dict]:
-    """The run's metrics rows: ``metrics.partial.jsonl`` while it trains, else ``metrics.jsonl``.
-    A line being appended right now (not yet valid JSON) is skipped."""
+def _rows(text: str) -> list[dict]:
+    rows = []
+    for line in text.splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:  # a line being appended right now, or cut by the tail
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def metrics_rows(run_dir: Path, tail_bytes: int = 65536) -> list[dict]:
+    """The latest metrics rows of a run: ``metrics.partial.jsonl`` while it trains, else
+    ``metrics.jsonl``; only the file's last ``tail_bytes`` unless no row there has a val_loss
+    (a long run's file is not read whole on every refresh)."""
     for name in ("metrics.partial.jsonl", "metrics.jsonl"):
         path = run_dir / name
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError:
+        if not path.is_file():
             continue
-        rows = []
-        for line in text.splitlines():
+        _, tail, whole = _read_edges(path, tail_bytes)
+        rows = _rows(tail)
+        if not whole and not any(r.get("val_loss") is not None for r in rows):
             try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue
+                rows = _rows(path.read_text(encoding="utf-8"))
+            except OSError:
+                pass
         return rows
     return []
 
@@ -404,7 +417,7 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
             rs.detail = "starting"
         return rs
 
-    head, tail = _read_edges(log)
+    head, tail, _ = _read_edges(log)
     if m := _SLURM_LINE.search(head):
         rs.slurm_job, rs.node = m.group(1), m.group(2)
     steps = _STEP_LINE.findall(tail)
@@ -623,8 +636,9 @@ def _num(value: float | None, fmt: str = "{:.4f}") -> str:
 _STYLE = {"done": "green", "running": "cyan", "pending": "dim", "failed": "red", "preempted": "yellow"}
 
 
-def render(status: dict, interval_s: float | None = None) -> Group:
-    """The status as rich tables: stages, running runs, failed/preempted runs, gates, verdict."""
+def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> Group:
+    """The status as rich tables: stages, running runs, failed/preempted runs (the first
+    ``2 * max_rows``), gates (baseline, advanced and the first ``max_rows`` others), verdict."""
     parts: list = []
     head = Text.assemble(("study ", "bold"), (status["study"], "bold cyan"), f"  {status['results']}  {status['time']}")
     if status["snakemake"] is not None:
@@ -674,9 +688,12 @@ def render(status: dict, interval_s: float | None = None) -> Group:
         table = Table(title="failed / preempted", title_justify="left")
         for col in ("run", "state", "step", "why"):
             table.add_column(col)
-        for r in trouble:
+        for r in trouble[:2 * max_rows]:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
             table.add_row(r["name"], Text(r["state"], style=_STYLE[r["state"]]), step, r["detail"] or "")
+        if len(trouble) > 2 * max_rows:
+            table.add_row(Text(f"... {len(trouble) - 2 * max_rows} more (--json lists every run)", style="dim"),
+                          "", "", "")
         parts.append(table)
 
     if status["slurm"] and not status["slurm"]["sacct"]:
@@ -692,10 +709,16 @@ def render(status: dict, interval_s: float | None = None) -> Group:
             table.add_column("variant")
             table.add_column("mean", justify="right")
             table.add_column("reason")
-            for r in d["rows"]:
+            shown = [r for r in d["rows"] if r["baseline"] or r["advanced"]]
+            others = [r for r in d["rows"] if not (r["baseline"] or r["advanced"])]
+            shown += others[:max_rows]
+            for r in sorted(shown, key=d["rows"].index):
                 mark = Text("=", style="dim") if r["baseline"] else (
                     Text("+", style="green") if r["advanced"] else Text("-", style="red"))
                 table.add_row(mark, r["variant"], _num(r["mean"]), r["reason"])
+            if len(others) > max_rows:
+                table.add_row("", Text(f"... {len(others) - max_rows} more not advanced "
+                                       f"(gates/gate_{d['stage']}.json)", style="dim"), "", "")
             parts.append(table)
             if d["pivot"]:
                 parts.append(Text(f"  pivot: {d['pivot'][0] or 'none'}: {d['pivot'][1] or ''}", style="dim"))
@@ -712,4 +735,6 @@ def render(status: dict, interval_s: float | None = None) -> Group:
         for r in verdict["rows"]:
             table.add_row(Text("*", style="bold green") if r["winner"] else "", r["variant"], _num(r["mean"]), r["verdict"])
         parts.append(table)
+        if len(verdict["rows"]) < 2:  # nothing tested: say why
+            parts.append(Text(f"  {verdict['explanation']}", style="dim"))
     return Group(*parts)
