@@ -26,7 +26,9 @@ A run's state (:data:`STATES`), first match wins:
 2. no attempt log: ``pending`` (``running`` if a process already works in the folder);
 3. a live process for the folder, or its SLURM job RUNNING: ``running``;
 4. the latest attempt log ends in a preemption (``PREEMPTED``, job exit status 75): ``preempted``;
-   in a failure (traceback, ``error:``, another exit status): ``failed``;
+   in a failure (traceback, ``error:``, another exit status): ``failed``; in the trainer's last
+   line (``finished:``), although result.json is gone: ``pending`` (Snakemake removed the outputs
+   to run it again);
 5. its SLURM job ended (sacct FAILED, TIMEOUT, CANCELLED, ...): ``failed`` (``PREEMPTED``:
    ``preempted``); queued again (PENDING, REQUEUED): ``pending``;
 6. otherwise the folder's newest write decides: within ``stale_after_s`` (default 300 s) the run
@@ -83,6 +85,7 @@ _NUM_ITERATIONS = re.compile(r"num_iterations (\d+)")
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+)", re.M)
 _EXIT_STATUS = re.compile(r"job exit status (-?\d+)")
 _PREEMPTED = re.compile(r"PREEMPTED|job exit status 75\b")
+_ENDED = re.compile(r"^(finished: |FAILED \()", re.M)  # the trainer's last line, written with result.json
 _FAILED = re.compile(r"^Traceback \(most recent call last\)|^error: |^\S*Error: |job exit status (?!75\b|0\b)-?\d+", re.M)
 
 
@@ -450,6 +453,10 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
         rs.state = "running"
         return rs
     # rule 4: how the latest attempt ended, by its log
+    if _ENDED.search(tail):  # it wrote result.json, which Snakemake removed to run it again
+        rs.state = "pending"
+        rs.detail = f"to run again (attempt {rs.attempts or 1} ended; Snakemake removed its result.json)"
+        return rs
     preempted = [m.start() for m in _PREEMPTED.finditer(tail)]
     failed = [m.start() for m in _FAILED.finditer(tail)]
     if preempted and (not failed or preempted[-1] > failed[-1]):
