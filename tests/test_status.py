@@ -60,7 +60,7 @@ def env() -> dict:
 
 def status(workdir: Path, study: Path, *args: str) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "workflow.status", "--configfile", str(study), "--directory", str(workdir),
-                           *args], capture_output=True, text=True, cwd=REPO, env=env(), timeout=60)
+                           *args], check=False, capture_output=True, text=True, cwd=REPO, env=env(), timeout=60)
     assert proc.returncode == 0, proc.stderr
     return proc
 
@@ -106,7 +106,7 @@ def test_new_study_is_all_pending(tmp_path):
     venv = Path(sys.prefix)
     if (venv / ".installed").exists():
         make = subprocess.run(["make", "-s", "status", f"VENV={venv}", "-o", f"{venv}/.installed", f"STUDY={TINY}",
-                               f"ARGS=--directory {tmp_path}"], capture_output=True, text=True, cwd=REPO, timeout=60)
+                               f"ARGS=--directory {tmp_path}"], check=False, capture_output=True, text=True, cwd=REPO, timeout=60)
         assert make.returncode == 0, make.stderr
         assert "8 pending" in make.stdout and "after gate A" in make.stdout
 
@@ -125,7 +125,7 @@ def test_finished_study_shows_gates_and_verdict(tmp_path, shared_data_server, da
     study = write_study(tmp_path / "mini.yaml", "mini", steps=4)
     workdir = tmp_path / "w"
     proc = subprocess.run(snakemake_cmd(workdir, study, data_dir, shared_data_server, "verdict"),
-                          capture_output=True, text=True, env=env(), timeout=240)
+                          check=False, capture_output=True, text=True, env=env(), timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = workdir / "results" / "mini"
     data = status_json(workdir, study)
@@ -182,12 +182,16 @@ def test_status_while_snakemake_runs_then_after_a_crash(tmp_path, shared_data_se
     study = write_study(tmp_path / "live.yaml", "live", steps=100000)  # never finishes in the test
     workdir = tmp_path / "w"
     results = workdir / "results" / "live"
-    log = open(tmp_path / "snakemake.log", "w")
-    smk = subprocess.Popen(snakemake_cmd(workdir, study, data_dir, shared_data_server, "verdict"),
-                           stdout=log, stderr=subprocess.STDOUT, env=env())
+    log = tmp_path / "snakemake.log"
+    with open(log, "w") as handle:  # the child keeps its own descriptor
+        smk = subprocess.Popen(snakemake_cmd(workdir, study, data_dir, shared_data_server, "verdict"),
+                               stdout=handle, stderr=subprocess.STDOUT, env=env())
     pids: list[int] = []
     try:
-        _first_val_row(results, timeout_s=180)
+        try:
+            _first_val_row(results, timeout_s=180)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; snakemake's log:\n{log.read_text()[-4000:]}") from None
         data = status_json(workdir, study)
         assert [p["pid"] for p in data["snakemake"]] and smk.pid in [p["pid"] for p in data["snakemake"]]
         running = [r for r in data["runs"] if r["state"] == "running"]
@@ -235,7 +239,6 @@ def test_status_while_snakemake_runs_then_after_a_crash(tmp_path, shared_data_se
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        log.close()
 
 
 def test_parse_sacct_lines():
@@ -254,7 +257,7 @@ def test_sacct_gives_a_runs_job_state_and_node(tmp_path):
     if shutil.which("sacct") is None:
         pytest.skip("no sacct: no SLURM here")
     listing = subprocess.run(["sacct", "-X", "-n", "-P", "--format=JobID,State,NodeList,Elapsed", "-S", "now-7days"],
-                             capture_output=True, text=True, timeout=30)
+                             check=False, capture_output=True, text=True, timeout=30)
     jobs = {k: v for k, v in parse_sacct(listing.stdout).items() if v["node"] and "None" not in v["node"]}
     if listing.returncode != 0 or not jobs:
         pytest.skip(f"sacct lists no job with a node ({listing.stderr.strip()[:200]})")
@@ -271,8 +274,9 @@ def test_sacct_gives_a_runs_job_state_and_node(tmp_path):
     assert data["slurm"] == {"sacct": True, "jobs": 1}
     [run] = [r for r in data["runs"] if r["attempts"]]
     assert (run["slurm_job"], run["node"], run["total"]) == (job_id, job["node"], 8)
-    state = parse_sacct(subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "--format=JobID,State,NodeList,Elapsed"],
-                                       capture_output=True, text=True, timeout=30).stdout)[job_id]["state"]
+    again = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id, "--format=JobID,State,NodeList,Elapsed"],
+                           check=False, capture_output=True, text=True, timeout=30)
+    state = parse_sacct(again.stdout)[job_id]["state"]
     assert run["slurm_state"] == state
     if state in SLURM_RUNNING:
         assert run["state"] == "running"

@@ -45,15 +45,17 @@ Torch-free; the only third-party imports are yaml, psutil (processes) and rich (
 from __future__ import annotations
 
 import datetime
+import itertools
 import json
 import os
 import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import psutil
 import yaml
@@ -80,13 +82,14 @@ SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_
 SLURM_PREEMPTED = {"PREEMPTED"}
 
 _ATTEMPT = re.compile(r"\.attempt-(\d+)\.log$")
-_SLURM_LINE = re.compile(r"^SLURM job (\S+) on (\S+)", re.M)
+_SLURM_LINE = re.compile(r"^SLURM job (\S+) on (\S+)", re.MULTILINE)
 _NUM_ITERATIONS = re.compile(r"num_iterations (\d+)")
-_STEP_LINE = re.compile(r"^step (\d+)/(\d+)", re.M)
+_STEP_LINE = re.compile(r"^step (\d+)/(\d+)", re.MULTILINE)
 _EXIT_STATUS = re.compile(r"job exit status (-?\d+)")
 _PREEMPTED = re.compile(r"PREEMPTED|job exit status 75\b")
-_ENDED = re.compile(r"^(finished: |FAILED \()", re.M)  # the trainer's last line, written with result.json
-_FAILED = re.compile(r"^Traceback \(most recent call last\)|^error: |^\S*Error: |job exit status (?!75\b|0\b)-?\d+", re.M)
+_ENDED = re.compile(r"^(finished: |FAILED \()", re.MULTILINE)  # the trainer's last line, written with result.json
+_FAILED = re.compile(r"^Traceback \(most recent call last\)|^error: |^\S*Error: |job exit status (?!75\b|0\b)-?\d+",
+                     re.MULTILINE)
 
 
 # --------------------------------------------------------------------------- the study
@@ -187,7 +190,7 @@ def most_variants(config: dict, stage: str) -> int:
     """The most variants ``stage`` can run (workflow.sweep.stage_plan's count, without resolving runs)."""
     stages = stage_order(config)
     most = len(config["variants"])
-    for previous, current in zip(stages, stages[1:]):
+    for previous, current in itertools.pairwise(stages):
         gate = config["stages"][previous]["gate"]
         if gate["rule"] == "top_k":
             most = min(most, gate.get("k", 2) + 1)
@@ -223,7 +226,7 @@ def _is_snakemake(cmd: list[str]) -> bool:
         return True
     if len(cmd) > 1 and Path(cmd[1]).name == "snakemake":  # python .../bin/snakemake
         return True
-    return any(a == "-m" and b == "snakemake" for a, b in zip(cmd, cmd[1:]))
+    return any(a == "-m" and b == "snakemake" for a, b in itertools.pairwise(cmd))
 
 
 def scan_processes() -> Processes:
@@ -517,7 +520,9 @@ def _gate_entry(results: Path, stage: str) -> dict | None:
     out = []
     for i, decision in enumerate(entries):
         params = decision.get("params") or {}
-        rule = decision.get("rule", "?") + (f" k={params['k']}" if decision.get("rule") == "top_k" and "k" in params else "")
+        rule = decision.get("rule", "?")
+        if rule == "top_k" and "k" in params:
+            rule += f" k={params['k']}"
         out.append({
             "stage": stage,
             "kind": "pivot" if i else "gate",
@@ -630,7 +635,7 @@ def format_duration(seconds: float | None) -> str:
     """``1:02:03`` / ``2:03``; empty for None."""
     if seconds is None:
         return ""
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
@@ -668,15 +673,16 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
             continue
         variants = ", ".join(row["variants"]) if len(row["variants"]) <= 4 else f"{len(row['variants'])} variants"
         counts = row["counts"]
-        stages.add_row(row["stage"], variants or Text("none advanced", style="dim"), str(row["seeds"]), str(row["runs"]),
-                       *[Text(str(counts[s]), style=_STYLE[s] if counts[s] else "dim") for s in STATES])
+        stages.add_row(row["stage"], variants or Text("none advanced", style="dim"), str(row["seeds"]),
+                       str(row["runs"]), *[Text(str(counts[s]), style=_STYLE[s] if counts[s] else "dim") for s in STATES])
     parts.append(stages)
 
     running = [r for r in status["runs"] if r["state"] == "running"]
     if running:
         slurm = any(r["slurm_job"] for r in running)
         table = Table(title="running", title_justify="left")
-        for col in ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "sacct") if slurm else ())):
+        columns = ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "sacct") if slurm else ()))
+        for col in columns:
             table.add_column(col, justify="left" if col in ("run", "node", "sacct") else "right")
         for r in running:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
@@ -740,7 +746,8 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
         table.add_column("mean", justify="right")
         table.add_column("verdict")
         for r in verdict["rows"]:
-            table.add_row(Text("*", style="bold green") if r["winner"] else "", r["variant"], _num(r["mean"]), r["verdict"])
+            mark = Text("*", style="bold green") if r["winner"] else ""
+            table.add_row(mark, r["variant"], _num(r["mean"]), r["verdict"])
         parts.append(table)
         if len(verdict["rows"]) < 2:  # nothing tested: say why
             parts.append(Text(f"  {verdict['explanation']}", style="dim"))
