@@ -698,15 +698,17 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
 
     trouble = [r for r in status["runs"] if r["state"] in ("failed", "preempted")]
     if trouble:
+        slurm = any(r["slurm_job"] for r in trouble)
         table = Table(title="failed / preempted", title_justify="left")
-        for col in ("run", "state", "step", "why"):
+        for col in ("run", "state", "step", *(("job", "node") if slurm else ()), "why"):
             table.add_column(col)
         for r in trouble[:2 * max_rows]:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
-            table.add_row(r["name"], Text(r["state"], style=_STYLE[r["state"]]), step, r["detail"] or "")
+            job = [r["slurm_job"] or "", r["node"] or ""] if slurm else []
+            table.add_row(r["name"], Text(r["state"], style=_STYLE[r["state"]]), step, *job, r["detail"] or "")
         if len(trouble) > 2 * max_rows:
-            table.add_row(Text(f"... {len(trouble) - 2 * max_rows} more (--json lists every run)", style="dim"),
-                          "", "", "")
+            more = Text(f"... {len(trouble) - 2 * max_rows} more (--json lists every run)", style="dim")
+            table.add_row(more, *[""] * (len(table.columns) - 1))
         parts.append(table)
 
     if status["slurm"] and not status["slurm"]["sacct"]:
