@@ -84,6 +84,7 @@ SLURM_PREEMPTED = {"PREEMPTED"}
 _ATTEMPT = re.compile(r"\.attempt-(\d+)\.log$")
 _SLURM_LINE = re.compile(r"^SLURM job (\S+) on (\S+)", re.MULTILINE)
 _NUM_ITERATIONS = re.compile(r"num_iterations (\d+)")
+_RESUMED = re.compile(r"^resumed from \S+ at step (\d+)", re.MULTILINE)
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+)", re.MULTILINE)
 _EXIT_STATUS = re.compile(r"job exit status (-?\d+)")
 _PREEMPTED = re.compile(r"PREEMPTED|job exit status 75\b")
@@ -206,6 +207,7 @@ class Processes:
     """What runs on this machine: run folder (resolved) -> pid of its job, and Snakemake processes."""
 
     runs: dict[str, int] = field(default_factory=dict)
+    started: dict[str, float] = field(default_factory=dict)  # run folder -> its job's start (epoch seconds)
     snakemake: list[dict] = field(default_factory=list)  # {"pid", "directory"}
 
 
@@ -234,7 +236,7 @@ def scan_processes() -> Processes:
     process's working directory) and Snakemake processes (``--directory``, else the working
     directory) of this machine. Processes this user may not inspect are skipped."""
     found = Processes()
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmd = proc.info.get("cmdline") or []
         is_job = "--out-dir" in " ".join(cmd) and any(a in ("workflow.launch", "workflow.train") for a in cmd)
         is_snakemake = not is_job and _is_snakemake(cmd)
@@ -247,7 +249,9 @@ def scan_processes() -> Processes:
         if is_job:
             out_dir = _option(cmd, "--out-dir")
             if out_dir:
-                found.runs.setdefault(str(Path(cwd, out_dir).resolve()), proc.info["pid"])
+                key = str(Path(cwd, out_dir).resolve())
+                if key not in found.runs or proc.info["create_time"] < found.started[key]:  # the launcher
+                    found.runs[key], found.started[key] = proc.info["pid"], proc.info["create_time"]
         else:
             directory = _option(cmd, "--directory", "-d") or "."
             found.snakemake.append({"pid": proc.info["pid"], "directory": str(Path(cwd, directory).resolve())})
@@ -265,6 +269,21 @@ def parse_sacct(text: str) -> dict[str, dict]:
         job_id, state, node, elapsed = parts[:4]
         jobs[job_id] = {"state": (state.split() or ["UNKNOWN"])[0].rstrip("+"), "node": node, "elapsed": elapsed}
     return jobs
+
+
+def slurm_seconds(elapsed: str | None) -> float | None:
+    """sacct's ``[D-]HH:MM:SS`` / ``MM:SS`` as seconds; None if unreadable."""
+    try:
+        days, _, clock = (elapsed or "").rpartition("-")
+        parts = [float(p) for p in clock.split(":")]
+    except ValueError:
+        return None
+    if not 1 <= len(parts) <= 3:
+        return None
+    seconds = 0.0
+    for part in parts:
+        seconds = seconds * 60 + part
+    return seconds + (int(days) * 86400 if days else 0)
 
 
 def sacct_jobs(job_ids: Iterable[str], timeout_s: float = 15.0) -> dict[str, dict] | None:
@@ -437,8 +456,6 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
         rs.step, rs.tokens_per_s = last.get("step"), last.get("tokens_per_s")
         rs.train_loss = next((r["train_loss"] for r in reversed(rows) if r.get("train_loss") is not None), None)
         rs.val_loss = next((r["val_loss"] for r in reversed(rows) if r.get("val_loss") is not None), None)
-        if last.get("step_avg_ms") and rs.total and rs.step is not None:
-            rs.eta_s = max(0, rs.total - rs.step) * last["step_avg_ms"] / 1000.0
     rs.checkpoint_step = checkpoint_step(run_dir)
     mtimes = []
     for path in (log, run_dir / "metrics.partial.jsonl"):
@@ -450,6 +467,16 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
     job = (slurm or {}).get(rs.slurm_job) if rs.slurm_job else None
     if job:
         rs.slurm_state, rs.node = job["state"], job["node"] or rs.node
+    if rows and rs.total and rs.step is not None:
+        # ETA: the wall time per step of this attempt so far (its process's age, or the SLURM job's
+        # elapsed time; evaluations included), else the mean training step time of the metrics
+        first = int(m.group(1)) if (m := _RESUMED.search(head)) else 0
+        started = processes.started.get(resolved) if (processes and rs.pid) else None
+        elapsed = (now - started) if started else (slurm_seconds(job["elapsed"]) if job else None)
+        if elapsed and rs.step > first:
+            rs.eta_s = max(0, rs.total - rs.step) * elapsed / (rs.step - first)
+        elif rows[-1].get("step_avg_ms"):
+            rs.eta_s = max(0, rs.total - rs.step) * rows[-1]["step_avg_ms"] / 1000.0
 
     # rule 3: a live process or a running SLURM job
     if rs.pid or (job and job["state"] in SLURM_RUNNING):
