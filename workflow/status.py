@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from workflow.analysis.status import POLL_INTERVAL_S, STALE_AFTER_S, load_study, parse_config_args, render, study_status
-from workflow.config import ConfigError
+from workflow.study.schema import ConfigError
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
