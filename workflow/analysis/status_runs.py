@@ -156,7 +156,7 @@ def _age(seconds: float) -> str:
 def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_total: int | None = None,
                processes: Processes | None = None, slurm: dict[str, dict] | None = None,
                now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> RunStatus:
-    """The state and progress of one run from its folder (see the module docstring for the rules).
+    """The state and progress of one run from its folder (the rules: workflow/analysis/status.py's docstring).
 
     Args:
         run_dir: ``stage_<S>/<variant>/seed_<n>``.
@@ -164,7 +164,7 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
         processes: :func:`scan_processes` (None: not known, e.g. another machine).
         slurm: :func:`sacct_jobs` for the jobs the logs name (None: not known).
         now: the time (``time.time()``).
-        stale_after_s: see rule 6.
+        stale_after_s: rule 6.
     """
     now = time.time() if now is None else now
     rs = RunStatus(stage, variant, seed, total=planned_total, path=str(run_dir))
