@@ -66,8 +66,9 @@ from workflow.analysis.status_runs import (
 )
 from workflow.analysis.status_scheduler import sacct_jobs, scan_processes
 from workflow.analysis.status_view import render
+from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.overrides import parse_value, prepare_study
-from workflow.study.resolve import deep_merge, stage_order, stage_seeds, study_with_defaults
+from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds, study_with_defaults
 
 __all__ = ["POLL_INTERVAL_S", "STALE_AFTER_S", "STATES", "load_study", "parse_config_args", "render", "study_status"]
 
@@ -176,15 +177,13 @@ def most_variants(config: dict, stage: str) -> int:
     return most
 
 
-def _planned_total(config: dict, stage: str, variant: str) -> int | None:
-    """Steps the study gives a run (``num_iterations``; a token or epoch length is resolved by the
-    trainer, whose log names it)."""
-    train = deep_merge(deep_merge(config.get("train") or {}, config["stages"][stage].get("train") or {}),
-                       (config["variants"].get(variant) or {}).get("train"))
-    if train.get("num_tokens") is not None or train.get("num_epochs") is not None:
+def _planned_total(config: dict, stage: str, variant: str, train_tokens: int | None) -> int | None:
+    """Steps the study gives a run (workflow.study.length.run_steps, the trainer's own count); None
+    for a length in epochs before the dataset is tokenized (the trainer's log names it later)."""
+    try:
+        return run_steps(run_config(config, stage, variant, stage_seeds(config, stage)[0]), train_tokens)
+    except (ValueError, KeyError):
         return None
-    value = train.get("num_iterations")
-    return int(value) if isinstance(value, int) else None
 
 
 def _gate_entry(results: Path, stage: str) -> dict | None:
@@ -265,13 +264,15 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
                         job_ids.append(job)
     slurm = sacct_jobs(job_ids) if job_ids else None
 
+    data_dir = Path(directory) / config["data_dir"]  # a relative data_dir is relative to --directory, as results_dir
+    train_tokens = study_train_tokens(data_dir / "tokens" / config["dataset"] / "meta.json")
     runs: list[RunStatus] = []
     stage_rows = []
     for stage, variants, waiting in plan:
         seeds = stage_seeds(config, stage)
         counts = dict.fromkeys(STATES, 0)
         for variant in variants or []:
-            total = _planned_total(config, stage, variant)
+            total = _planned_total(config, stage, variant, train_tokens)
             for seed in seeds:
                 rs = run_status(results / f"stage_{stage}" / variant / f"seed_{seed}", stage, variant, seed,
                                 planned_total=total, processes=processes, slurm=slurm, now=now,
