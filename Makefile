@@ -13,7 +13,7 @@ STUDY_ARGS = $(if $(filter config/config.yaml,$(STUDY)),,--configfile $(STUDY))
 REPORT = $$(python -m workflow.sweep report-path $(STUDY))
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: install run report test bench lint clean
+.PHONY: install run report status test bench lint clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ run: install
 report: install
 	snakemake --report $(REPORT) $(STUDY_ARGS) $(ARGS)
 	@echo "report: $(REPORT)"
+
+## status: where the study stands (STUDY=...): runs per stage, running runs, gates, verdict;
+## from another shell while `make run` works; ARGS=--watch refreshes it, ARGS=--json for scripts
+status: install
+	python -m workflow.status $(STUDY_ARGS) $(ARGS)
 
 ## test: the whole test suite (what CI runs)
 test: install

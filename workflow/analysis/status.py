@@ -1,0 +1,312 @@
+"""Where a study stands: a table read at a glance (``python -m workflow.status``), like Ray Tune's
+progress table.
+
+It reads only what the study leaves on disk and what the scheduler says, never Snakemake's own
+state, so it works from another shell while Snakemake runs, after a crash (Snakemake gone, its
+jobs gone or orphaned) and on a study not yet started:
+
+- the study's stages, variants and seeds, resolved as the Snakefile resolves them
+  (:func:`load_study`: the study file(s), ``--config`` values, :func:`workflow.sweep.prepare_study`,
+  the schema's defaults; stage order and seeds from :mod:`workflow.config`);
+- per run folder ``{results_dir}/{study}/stage_<S>/<variant>/seed_<n>/`` (docs/architecture.md,
+  "Results layout"): ``result.json`` (a finished run: ``success`` true = done, false = failed
+  with its ``reason``), ``metrics.partial.jsonl`` (the rows of a run still training; renamed to
+  ``metrics.jsonl`` when it ends), the latest ``train.attempt-N.log`` (workflow.launch: one per
+  attempt; it holds ``PREEMPTED`` after exit 75, a traceback or ``error:`` after a failure, and
+  ``SLURM job <id> on <node>`` under SLURM) and ``checkpoint/{a,b}/manifest.json`` (the step a
+  preempted run resumes from);
+- ``gates/gate_<S>.json`` (+ ``gate_<S>_pivot.json``) and ``verdict.json``;
+- the scheduler: live processes on this machine (``psutil``: a job's ``python -m workflow.launch
+  ... --out-dir RUN``, and Snakemake processes working in the study's directory) and, when the
+  logs name SLURM jobs and ``sacct`` exists, one ``sacct`` call for their state and node.
+
+A run's state (:data:`STATES`), first match wins:
+
+1. ``result.json``: ``done`` (success) or ``failed`` (its reason);
+2. no attempt log: ``pending`` (``running`` if a process already works in the folder);
+3. a live process for the folder, or its SLURM job RUNNING: ``running``;
+4. the latest attempt log ends in a preemption (``PREEMPTED``, job exit status 75): ``preempted``;
+   in a failure (traceback, ``error:``, another exit status): ``failed``; in the trainer's last
+   line (``finished:``), although result.json is gone: ``pending`` (Snakemake removed the outputs
+   to run it again);
+5. its SLURM job ended (sacct FAILED, TIMEOUT, CANCELLED, ...): ``failed`` (``PREEMPTED``:
+   ``preempted``); queued again (PENDING, REQUEUED): ``pending``;
+6. otherwise the folder's newest write decides: within ``stale_after_s`` (default 300 s) the run
+   is ``running`` (on a host whose processes are not visible here), later ``failed`` (stopped
+   without a result: killed, or the machine went away).
+
+Stages after a gate list the variants it advanced once the gate ran (the baseline first, then the
+advanced ones, plus the gate's pivot variant: exactly ``rules/common.smk``'s ``stage_variants``);
+before, they wait ("after gate A") with the most runs they can hold.
+
+Torch-free; the only third-party imports are yaml, psutil (processes) and rich (rendering).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import asdict
+from pathlib import Path
+
+import yaml
+
+from workflow.analysis.status_runs import (
+    STALE_AFTER_S,
+    STATES,
+    RunStatus,
+    attempt_logs,
+    log_slurm_job,
+    read_json_or_none,
+    run_status,
+)
+from workflow.analysis.status_scheduler import sacct_jobs, scan_processes
+from workflow.analysis.status_view import render
+from workflow.study.length import run_steps, study_train_tokens
+from workflow.study.overrides import parse_value, prepare_study
+from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds, study_with_defaults
+
+__all__ = ["POLL_INTERVAL_S", "STALE_AFTER_S", "STATES", "load_study", "parse_config_args", "render", "study_status"]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_STUDY = "config/config.yaml"
+#: Default seconds between refreshes of ``--watch`` (each refresh: the run folders + one sacct call).
+POLL_INTERVAL_S = 5.0
+
+# --------------------------------------------------------------------------- the study
+
+def parse_config_args(items: Iterable[str]) -> dict:
+    """Snakemake's ``--config KEY=VALUE ...``: top-level keys, values parsed as YAML.
+
+    Raises:
+        ValueError: an item without ``=``.
+    """
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--config {item!r}: expected KEY=VALUE")
+        key, text = item.split("=", 1)
+        out[key.strip()] = parse_value(text)
+    return out
+
+
+def load_study(configfiles: Iterable[str | os.PathLike] = (), overrides: dict | None = None,
+               directory: str | os.PathLike = ".") -> dict:
+    """The study as the Snakefile resolves it: the study file(s) (``--configfile``; none: the
+    default ``config/config.yaml`` of ``directory``, else of the repository) merged in order,
+    ``--config`` values on top (Snakemake merges both recursively), then ``set`` overrides and the
+    sweep (:func:`workflow.sweep.prepare_study`), the schema checks and its defaults.
+
+    Raises:
+        workflow.config.ConfigError: the study is invalid (naming the key).
+        OSError: a study file cannot be read.
+    """
+    files = [Path(f) for f in configfiles]
+    if not files:
+        default = Path(directory) / DEFAULT_STUDY
+        files = [default if default.is_file() else REPO_ROOT / DEFAULT_STUDY]
+    config: dict = {}
+    for path in files:
+        with open(path, encoding="utf-8") as handle:
+            config = deep_merge(config, yaml.safe_load(handle) or {})
+    config = deep_merge(config, overrides or {})
+    prepare_study(config)
+    return study_with_defaults(config)
+
+
+def results_folder(config: dict, directory: str | os.PathLike = ".") -> Path:
+    """``{results_dir}/{study}`` (a relative results_dir is relative to Snakemake's ``--directory``)."""
+    return Path(directory) / config["results_dir"] / config["study"]
+
+
+def gate_decision(results: Path, stage: str) -> dict | None:
+    """The final decision of ``stage``'s gate (the pivot gate's when the gate pivoted), None until
+    it is known (rules/common.smk ``gate_decision``)."""
+    decision = read_json_or_none(results / "gates" / f"gate_{stage}.json")
+    if decision is not None and (decision.get("pivot") or {}).get("run"):
+        decision = read_json_or_none(results / "gates" / f"gate_{stage}_pivot.json")
+    return decision
+
+
+def stage_pivot(config: dict, results: Path, stage: str) -> str | None:
+    """The variant that runs ``stage`` as its gate's pivot, or None (rules/common.smk ``stage_pivot``)."""
+    gate = config["stages"][stage].get("gate")
+    if not gate or not gate.get("pivot"):
+        return None
+    pivot = (read_json_or_none(results / "gates" / f"gate_{stage}.json") or {}).get("pivot") or {}
+    return pivot.get("variant") if pivot.get("run") else None
+
+
+def stage_variants(config: dict, results: Path, stage: str) -> tuple[list[str] | None, str | None]:
+    """(variants that run ``stage``, None) once known, else (None, "gate <previous stage>").
+
+    All variants in the first stage; afterwards the baseline plus those the previous gate
+    advanced (none advanced: no runs), plus the stage's pivot variant (rules/common.smk
+    ``stage_variants``)."""
+    stages = stage_order(config)
+    index = stages.index(stage)
+    if index == 0:
+        variants = list(config["variants"])
+    else:
+        previous = stages[index - 1]
+        decision = gate_decision(results, previous)
+        if decision is None:
+            return None, f"gate {previous}"
+        if not decision.get("advanced"):
+            return [], None
+        baseline = config["baseline"]
+        variants = [baseline] + [v for v in decision["advanced"] if v != baseline]
+    pivot = stage_pivot(config, results, stage)
+    return variants + ([pivot] if pivot and pivot not in variants else []), None
+
+
+def most_variants(config: dict, stage: str) -> int:
+    """The most variants ``stage`` can run (workflow.sweep.stage_plan's count, without resolving runs)."""
+    stages = stage_order(config)
+    most = len(config["variants"])
+    for previous, current in itertools.pairwise(stages):
+        gate = config["stages"][previous]["gate"]
+        if gate["rule"] == "top_k":
+            most = min(most, gate.get("k", 2) + 1)
+        if current == stage:
+            break
+    return most
+
+
+def _planned_total(config: dict, stage: str, variant: str, train_tokens: int | None) -> int | None:
+    """Steps the study gives a run (workflow.study.length.run_steps, the trainer's own count); None
+    for a length in epochs before the dataset is tokenized (the trainer's log names it later)."""
+    try:
+        return run_steps(run_config(config, stage, variant, stage_seeds(config, stage)[0]), train_tokens)
+    except (ValueError, KeyError):
+        return None
+
+
+def _gate_entry(results: Path, stage: str) -> dict | None:
+    first = read_json_or_none(results / "gates" / f"gate_{stage}.json")
+    if not isinstance(first, dict):
+        return None
+    entries = [first]
+    pivot = first.get("pivot") or {}
+    if pivot.get("run"):
+        second = read_json_or_none(results / "gates" / f"gate_{stage}_pivot.json")
+        if isinstance(second, dict):
+            entries.append(second)
+    out = []
+    for i, decision in enumerate(entries):
+        params = decision.get("params") or {}
+        rule = decision.get("rule", "?")
+        if rule == "top_k" and "k" in params:
+            rule += f" k={params['k']}"
+        out.append({
+            "stage": stage,
+            "kind": "pivot" if i else "gate",
+            "rule": rule,
+            "advanced": list(decision.get("advanced") or []),
+            "rows": [{"variant": r.get("variant"), "advanced": bool(r.get("advanced")),
+                      "baseline": r.get("variant") == decision.get("baseline"), "mean": r.get("mean"),
+                      "reason": r.get("reason", "")} for r in decision.get("ranking") or []],
+            "pivot": (pivot.get("variant"), pivot.get("reason")) if i == 0 and pivot else None,
+        })
+    return {"stage": stage, "decisions": out}
+
+
+def _verdict_entry(results: Path) -> dict | None:
+    verdict = read_json_or_none(results / "verdict.json")
+    if not isinstance(verdict, dict):
+        return None
+    return {
+        "winners": list(verdict.get("winners") or []),
+        "explanation": verdict.get("explanation", ""),
+        "rows": [{"variant": e.get("variant"), "mean": e.get("mean"), "winner": bool(e.get("winner")),
+                  "verdict": e.get("verdict", "")} for e in verdict.get("results") or []],
+    }
+
+
+def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler: bool = True,
+                 stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> dict:
+    """Where the study stands, as a JSON-able dict (what ``--json`` prints and :func:`render` draws).
+
+    Returns:
+        ``{"study", "results", "time", "snakemake": [{"pid", "directory"}] | None, "slurm":
+        {"sacct": bool, "jobs": n} | None, "totals": {state: n}, "stages": [{"stage", "variants"
+        (None: after a gate), "waiting_for", "seeds", "runs", "most_runs", "counts": {state: n},
+        "gate"}], "runs": [RunStatus as dicts, every run of the known stages], "gates": [...],
+        "verdict": {...} | None}``.
+    Args:
+        scheduler: also ask the scheduler (processes of this machine, sacct); False: files only.
+    """
+    now = time.time() if now is None else now
+    directory = Path(directory)
+    results = results_folder(config, directory)
+    stages = stage_order(config)
+    processes = scan_processes() if scheduler else None
+
+    plan = []
+    for stage in stages:
+        variants, waiting = stage_variants(config, results, stage)
+        plan.append((stage, variants, waiting))
+    # SLURM job ids the logs name (one sacct call for all of them)
+    job_ids = []
+    if scheduler and shutil.which("sacct"):
+        for stage, variants, _ in plan:
+            for variant in variants or []:
+                for seed in stage_seeds(config, stage):
+                    run_dir = results / f"stage_{stage}" / variant / f"seed_{seed}"
+                    if (run_dir / "result.json").exists():
+                        continue
+                    logs = attempt_logs(run_dir)
+                    if logs and (job := log_slurm_job(logs[-1])):
+                        job_ids.append(job)
+    slurm = sacct_jobs(job_ids) if job_ids else None
+
+    data_dir = Path(directory) / config["data_dir"]  # a relative data_dir is relative to --directory, as results_dir
+    train_tokens = study_train_tokens(data_dir / "tokens" / config["dataset"] / "meta.json")
+    runs: list[RunStatus] = []
+    stage_rows = []
+    for stage, variants, waiting in plan:
+        seeds = stage_seeds(config, stage)
+        counts = dict.fromkeys(STATES, 0)
+        for variant in variants or []:
+            total = _planned_total(config, stage, variant, train_tokens)
+            for seed in seeds:
+                rs = run_status(results / f"stage_{stage}" / variant / f"seed_{seed}", stage, variant, seed,
+                                planned_total=total, processes=processes, slurm=slurm, now=now,
+                                stale_after_s=stale_after_s)
+                counts[rs.state] += 1
+                runs.append(rs)
+        stage_rows.append({
+            "stage": stage,
+            "variants": variants,
+            "waiting_for": waiting,
+            "seeds": len(seeds),
+            "runs": None if variants is None else len(variants) * len(seeds),
+            "most_runs": most_variants(config, stage) * len(seeds),
+            "counts": counts if variants is not None else None,
+            "gate": (config["stages"][stage].get("gate") or {}).get("rule"),
+        })
+    totals = dict.fromkeys(STATES, 0)
+    for rs in runs:
+        totals[rs.state] += 1
+    mine = None
+    if processes is not None:
+        where = str(directory.resolve())
+        mine = [p for p in processes.snakemake if p["directory"] == where]
+    return {
+        "study": config["study"],
+        "results": str(results),
+        "time": datetime.datetime.fromtimestamp(now).isoformat(timespec="seconds"),
+        "snakemake": mine,
+        "slurm": None if not job_ids else {"sacct": slurm is not None, "jobs": len(set(job_ids))},
+        "totals": totals,
+        "stages": stage_rows,
+        "runs": [asdict(rs) | {"name": rs.name} for rs in runs],
+        "gates": [g for stage in stages[:-1] if (g := _gate_entry(results, stage))],
+        "verdict": _verdict_entry(results),
+    }
+
+

@@ -1,0 +1,76 @@
+"""Where a study stands, read at a glance (library: workflow/analysis/status.py).
+
+CLI::
+
+    python -m workflow.status [--configfile STUDY.yaml ...] [--config KEY=VALUE ...] [--directory DIR]
+        [--watch [--interval 5]] [--json] [--files-only] [--stale-after 300]
+
+``make status STUDY=...`` runs it (``ARGS=--watch`` refreshes it in place). It reads the run
+folders, gates and verdict of ``{results_dir}/{study}`` under ``--directory`` (Snakemake's working
+directory; default: here) and asks the scheduler (this machine's processes; ``sacct`` for the SLURM
+jobs the logs name), so it works beside a running Snakemake, after a crash and before a study starts.
+Exit status: 0; 1 when the study is invalid (the message names the key).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from rich.console import Console
+from rich.live import Live
+
+from workflow.analysis.status import POLL_INTERVAL_S, STALE_AFTER_S, load_study, parse_config_args, render, study_status
+from workflow.study.schema import ConfigError
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workflow.status", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configfile", "--configfiles", nargs="+", action="extend", default=[],
+                        help="the study file(s), as given to snakemake (default: config/config.yaml)")
+    parser.add_argument("--config", "-C", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="the --config values given to snakemake (results_dir=..., set=..., ...)")
+    parser.add_argument("--directory", "-d", default=".", help="snakemake's --directory (where results_dir is)")
+    parser.add_argument("--watch", action="store_true", help="refresh the table in place until Ctrl-C")
+    parser.add_argument("--interval", type=float, default=POLL_INTERVAL_S,
+                        help=f"seconds between refreshes with --watch (default {POLL_INTERVAL_S:g})")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON (for scripts)")
+    parser.add_argument("--files-only", action="store_true", help="read the run folders only: no processes, no sacct")
+    parser.add_argument("--stale-after", type=float, default=STALE_AFTER_S,
+                        help="a run without a process or SLURM job whose folder was written this many seconds "
+                             f"ago still counts as running (default {STALE_AFTER_S:g})")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    try:
+        config = load_study(args.configfile, parse_config_args(args.config), args.directory)
+    except (ConfigError, ValueError, OSError) as err:
+        print(f"workflow.status: {err}", file=sys.stderr)
+        return 1
+
+    def collect() -> dict:
+        return study_status(config, args.directory, scheduler=not args.files_only, stale_after_s=args.stale_after)
+
+    if args.json:
+        print(json.dumps(collect(), indent=1))
+        return 0
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    if not args.watch:
+        console.print(render(collect()))
+        return 0
+    try:
+        with Live(render(collect(), args.interval), console=console, auto_refresh=False) as live:
+            while True:
+                time.sleep(args.interval)
+                live.update(render(collect(), args.interval), refresh=True)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
