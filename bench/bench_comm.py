@@ -39,11 +39,11 @@ import torch.distributed as dist
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.model import GPT, tp_comm_counts, tp_reduce_grads  # noqa: E402
-from workflow.study.model_config import build_model_config
-from workflow.model.parallelize import parallelize_gpt  # noqa: E402
-
 import yaml  # noqa: E402
+
+from workflow.model import GPT, tp_comm_counts, tp_reduce_grads  # noqa: E402
+from workflow.model.parallelize import parallelize_gpt  # noqa: E402
+from workflow.study.model_config import build_model_config
 
 #: The study's block patterns, read from the study itself (one source): variant -> block_pattern.
 PATTERNS = {name: variant["model"]["block_pattern"]

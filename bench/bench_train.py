@@ -50,10 +50,11 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.parallel.process_groups import DistContext, init_distributed  # noqa: E402
 from workflow.model import GPT  # noqa: E402
+from workflow.parallel.process_groups import DistContext, init_distributed  # noqa: E402
 from workflow.study.model_config import build_model_config
-from workflow.train import Trainer, configure_backends  # noqa: E402
+from workflow.train import configure_backends
+from workflow.training.trainer import Trainer  # noqa: E402
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
 

@@ -29,16 +29,15 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from runs import rows_without_timings, wait_for_step  # tests/runs.py
 
-from workflow.study.schema import ConfigError
+from workflow.core.io import atomic_write, write_json_atomic, write_text_atomic
+from workflow.data.prepare import prepare
+from workflow.data.writers import DataError
+from workflow.jobs.launcher import EXIT_PREEMPTED, job_exit_status
 from workflow.study.checks import check_study
 from workflow.study.resources import launch_command
-from workflow.core.io import atomic_write, write_json_atomic, write_text_atomic
-from workflow.jobs.launcher import EXIT_PREEMPTED, job_exit_status
-from workflow.data.writers import DataError
-from workflow.data.prepare import prepare
-
-from runs import rows_without_timings, wait_for_step  # tests/runs.py
+from workflow.study.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from scipy import stats as sps
-
 from test_pipeline import snakemake
+
 from workflow.analysis.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
 from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern
 

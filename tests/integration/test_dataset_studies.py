@@ -42,7 +42,7 @@ import yaml
 
 from workflow.data.registry import DATASETS, dataset_options
 from workflow.study.checks import check_model_configs, check_study
-from workflow.study.schema import load_schema, _validator_with_defaults
+from workflow.study.schema import _validator_with_defaults, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "config" / "studies"
@@ -232,6 +232,7 @@ def test_every_registered_dataset_has_a_study_case():
 @pytest.mark.parametrize("dataset", sorted(CASES))
 def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path):
     import torch
+
     from workflow.data.loader import TokenSplit
     from workflow.model import GPT
     from workflow.study.model_config import build_model_config

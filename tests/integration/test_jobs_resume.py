@@ -23,12 +23,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from runs import last_step, rows_without_timings  # tests/runs.py
 
 from workflow.parallel.process_groups import DistContext
-from workflow.train import Trainer, configure_backends
+from workflow.train import configure_backends
 from workflow.training import checkpoint
-
-from runs import last_step, rows_without_timings  # tests/runs.py
+from workflow.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -144,7 +144,7 @@ def _train(cfg: dict, out_dir: Path, meta: Path, steps: int | None = None) -> Tr
     if steps is None:
         trainer.run()
         return trainer
-    from workflow.train import _PreemptionFlag
+    from workflow.training.state import _PreemptionFlag
 
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
     trainer.preemption = _PreemptionFlag()

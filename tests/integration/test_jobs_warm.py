@@ -22,11 +22,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from runs import last_step, rows_without_timings  # tests/runs.py
 
 from workflow import warm
 from workflow.jobs.launcher import EXIT_PREEMPTED
-
-from runs import last_step, rows_without_timings  # tests/runs.py
 
 REPO = Path(__file__).resolve().parents[2]
 STRATEGIES = {

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from workflow.parallel.process_groups import DistContext
-from workflow.train import Trainer, configure_backends
+from workflow.train import configure_backends
+from workflow.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"

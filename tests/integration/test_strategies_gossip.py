@@ -23,9 +23,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from workflow.parallel.comm import CommCounter
-from workflow.study.schema import validate_section
 from workflow.parallel.process_groups import DistContext
 from workflow.strategies import STRATEGIES, build_strategy
+from workflow.strategies.gossip import GossipOptimizer, msgn
 from workflow.strategies.mixing import (
     TOPOLOGIES,
     consensus_distance,
@@ -34,7 +34,7 @@ from workflow.strategies.mixing import (
     mixing_matrix,
     neighbours,
 )
-from workflow.strategies.gossip import GossipOptimizer, msgn
+from workflow.study.schema import validate_section
 
 WORLD = 4
 DIM = 37            # length of the vectors the workers mix

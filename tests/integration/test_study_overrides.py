@@ -17,11 +17,11 @@ import pytest
 import yaml
 from snakemake.utils import validate
 
-from workflow.study.schema import ConfigError
 from workflow.study.checks import check_study
-from workflow.study.resolve import run_config
 from workflow.study.overrides import apply_overrides, expand_sweep, prepare_study, set_path
 from workflow.study.printed_plan import format_plan, stage_plan
+from workflow.study.resolve import run_config
+from workflow.study.schema import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from workflow.model import GPT, BLOCK_TYPES, TPCommMode, tp_comm_counts, tp_reduce_grads
-from workflow.study.model_config import build_model_config
-from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
+from workflow.model import BLOCK_TYPES, GPT, TPCommMode, tp_comm_counts, tp_reduce_grads
 from workflow.model.parallelize import qkv_from_shard_major, qkv_to_shard_major, tp_sharded_params
+from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
+from workflow.study.model_config import build_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"
@@ -279,8 +279,9 @@ def test_real_tp_training_on_a_dp_x_tp_mesh_equals_simulated(real_tp_reference, 
     from test_resume import rows_without_timings
 
     from workflow.parallel.process_groups import DistContext
+    from workflow.train import configure_backends
     from workflow.training.sampling import load_model
-    from workflow.train import Trainer, configure_backends
+    from workflow.training.trainer import Trainer
 
     ctx = DistContext()
     configure_backends(ctx)

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from workflow.parallel.process_groups import DistContext
-from workflow.model import GPT
-from workflow.study.model_config import GPTConfig
-from workflow.optim.optimizers import Muon
-from workflow.sample import main as sample_main
-from workflow.train import Trainer, configure_backends
-from workflow.training.provenance import flops_per_token, peak_flops
-
 from runs import TIMING_KEYS  # tests/runs.py
+
+from workflow.model import GPT
+from workflow.optim.optimizers import Muon
+from workflow.parallel.process_groups import DistContext
+from workflow.sample import main as sample_main
+from workflow.study.model_config import GPTConfig
+from workflow.train import configure_backends
+from workflow.training.provenance import flops_per_token, peak_flops
+from workflow.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from workflow.analysis.compute_plan import compute_plan, plan_markdown, run_estimate
-from workflow.plan import load_study
 from workflow.analysis.stats import summarize_runs
 from workflow.analysis.tables import compute_table, naive_plan
+from workflow.plan import load_study
 from workflow.training.provenance import flops_per_token
 
 REPO = Path(__file__).resolve().parents[2]

@@ -8,10 +8,10 @@ import pytest
 from scipy import stats as sps
 from statsmodels.stats.multitest import multipletests
 
-from workflow.study.schema import validate_section
 from workflow.analysis.gates import choose_pivot, decide_gate
-from workflow.analysis.verdict import decide_verdict, verdict_markdown
 from workflow.analysis.stats import summarize_runs
+from workflow.analysis.verdict import decide_verdict, verdict_markdown
+from workflow.study.schema import validate_section
 
 
 def gate(**values):

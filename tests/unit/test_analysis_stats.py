@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 from scipy import stats as sps
-
 from statsmodels.stats.multitest import multipletests
 
 from workflow.analysis.stats import (

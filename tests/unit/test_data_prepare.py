@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from workflow.data.fetch import fetch_source_file
-from workflow.data.writers import DataError
 from workflow.data.prepare import prepare
 from workflow.data.prepare.fineweb import read_fineweb_header
 from workflow.data.tokenizers import GPT2Tokenizer
+from workflow.data.writers import DataError
 
 WIKI_BYTES = 6_089_746
 #: a test archive is not the registry's enwik8.zip: its size check is switched off (raw_files override)

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from workflow.data.tokenizers import CharTokenizer, CharsetTokenizer, GPT2Tokenizer, TokenizeError, token_dtype
+from workflow.data.tokenizers import CharsetTokenizer, CharTokenizer, GPT2Tokenizer, TokenizeError, token_dtype
 
 SHAKESPEARE_SHA = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 
 from workflow.model import GPT
-from workflow.study.model_config import build_model_config
 from workflow.optim.optimizers import Muon, build_optimizers, split_muon_params, zeropower_via_newtonschulz5
+from workflow.study.model_config import build_model_config
 from workflow.study.schedules import curriculum_block_size, lr_multiplier, set_lr
 
 # Band of the singular values after 5 quintic Newton–Schulz steps with (3.4445, -4.7750, 2.0315).

@@ -9,8 +9,6 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import pytest
-
 from workflow.analysis.compute_plan import compute_plan, run_estimate
 from workflow.analysis.tables import naive_plan
 from workflow.data.loader import TokenSplit

@@ -1,18 +1,16 @@
 """Study config resolution: merge order, seeds, config errors naming keys, launch and SLURM resources."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import yaml
 
-from workflow.study.schema import ConfigError, validate_section
+from workflow.jobs.launcher import srun_prefix
 from workflow.study.checks import check_model_configs, check_study
 from workflow.study.resolve import config_hash, run_config, stage_seeds
 from workflow.study.resources import launch_command, slurm_resources, stage_resources
-
-from pathlib import Path
-
-from workflow.jobs.launcher import srun_prefix
+from workflow.study.schema import ConfigError, validate_section
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

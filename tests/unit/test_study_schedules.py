@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from workflow.parallel.process_groups import DistContext
+from workflow.study.length import resolve_num_iterations
 from workflow.study.schedules import (
     check_curriculum,
     curriculum_block_size,
@@ -24,8 +25,8 @@ from workflow.study.schedules import (
     steps_for_tokens,
     tokens_for_steps,
 )
-from workflow.train import Trainer, configure_backends
-from workflow.study.length import resolve_num_iterations
+from workflow.train import configure_backends
+from workflow.training.trainer import Trainer
 
 CURRICULUM = {"batch_size": 32, "curriculum_block_sizes": [8, 16, 32], "curriculum_advance": "steps"}
 
@@ -181,9 +182,9 @@ def test_study_check_names_the_stage_whose_curriculum_never_reaches_full_length(
     """Absolute curriculum steps right for a long stage are checked for every stage before any job runs."""
     import yaml
 
-    from workflow.study.schema import ConfigError
     from workflow.study.checks import check_model_configs
     from workflow.study.resolve import study_with_defaults
+    from workflow.study.schema import ConfigError
 
     study = study_with_defaults(yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text()))
     study["variants"]["cur"] = {"train": {"curriculum_block_sizes": [8, 16, 32], "curriculum_steps": [4, 10]}}

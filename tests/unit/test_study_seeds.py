@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from scipy import stats as sps
 
-from workflow.study.schema import ConfigError
 from workflow.study.checks import check_study
 from workflow.study.resolve import run_config, stage_seed_offset, stage_seeds
+from workflow.study.schema import ConfigError
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 
