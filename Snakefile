@@ -37,6 +37,7 @@ validate(config, "config/schema.yaml")
 
 
 include: "rules/common.smk"
+include: "rules/env.smk"
 
 
 wildcard_constraints:
@@ -51,20 +52,7 @@ include: "rules/train.smk"
 include: "rules/gates.smk"
 include: "rules/comm.smk"
 include: "rules/report.smk"
-
-
-# Training jobs run here (local executor) start as forks of one process that has imported
-# torch already, ~3 s less per job here (workflow/warm.py; `warm_start: off` in the study turns it off).
-onstart:
-    start_warm_server()
-
-
-onsuccess:
-    stop_warm_server()
-
-
-onerror:
-    stop_warm_server()
+include: "rules/warm.smk"
 
 
 rule all:

@@ -22,7 +22,6 @@ from workflow.data.registry import (
     study_meta_path,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
-from workflow.jobs.warm_client import start_server, why_not_start
 from workflow.study.checks import check_model_configs, check_study, comm_study_variants, gpt2_scale
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
@@ -35,12 +34,6 @@ if workflow.is_main_process:
     check_model_configs(config)
     print(format_plan(config), file=sys.stderr)  # the most each stage can run, once at the start
 
-# Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
-# (first on PATH, so a conda env activated for a rule still takes precedence).
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
-    PATH=os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])),
-)
 
 DATA = config["data_dir"]
 RESULTS = f"{config['results_dir']}/{config['study']}"
@@ -65,11 +58,6 @@ TRAIN_VAL_TEST_DATASETS = sorted(
 SHARD_DATASETS = sorted(n for n, d in DATASETS.items() if not d.static_split_files)
 PARALLEL_TOKENIZE_DATASETS = {"openwebtext"}  # their tokenizer uses several processes
 
-# The mirror of every source reaches the download CLI through the environment (a JSON map
-# source -> mirror or null), never through params or the command text: a file's identity is its
-# public URL + sha256/size, so switching mirrors neither reruns downloads nor changes the
-# `snakemake --cache` key. Job subprocesses inherit it; remote executors re-parse this file.
-os.environ.update(STAGERUN_MIRRORS=json.dumps({name: source_mirror(name, config) for name in SOURCES}))
 
 
 def raw_file_options(wildcards):
@@ -300,34 +288,3 @@ def all_targets():
         lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt" for v in stage_variants(FINAL_STAGE)],
         *comm_targets(),  # rules/comm.smk
     ]
-
-
-# --------------------------------------------------------------------------- warm start
-# Snakefile's onstart / onsuccess / onerror: training jobs of a local run start as forks of one
-# process that has imported torch already (workflow/warm.py; the study's `warm_start`).
-_WARM_SERVER = []
-
-
-def start_warm_server():
-    """Start the warm server when this invocation runs training jobs (or gates that add them)
-    on this machine (:func:`workflow.jobs.warm_client.why_not_start`); say why not otherwise."""
-    has_training = any(job.rule.name == "train" or job.is_checkpoint for job in workflow.dag.needrun_jobs())
-    reason = why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
-    if reason is not None:
-        if has_training:
-            print(f"stagerun: warm start off: {reason}", file=sys.stderr)
-        return
-    log = f"{RESULTS}/logs/warm_server.log"
-    try:
-        _WARM_SERVER.append(start_server(log))
-    except OSError as err:  # no temporary folder, no interpreter: the jobs start fresh
-        print(f"stagerun: warm start off: cannot start the server ({err})", file=sys.stderr)
-        return
-    print(f"stagerun: warm start: training processes fork from one that imports torch once (log: {log})",
-          file=sys.stderr)
-
-
-def stop_warm_server():
-    """Stop the warm server, if this invocation started one."""
-    while _WARM_SERVER:
-        _WARM_SERVER.pop().stop()

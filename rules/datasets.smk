@@ -35,24 +35,10 @@ rule download_checked:
         "--out {output.raw:q} --options-json {params.checks:q} 2>&1 | tee {log:q}"
 
 
-rule download_unchecked:
+use rule download_checked as download_unchecked with:
     """Raw file of a source without a registry sha256 (size check where known; FineWeb via HF hub)."""
     output:
         raw=f"{DATA}/raw/{{source}}/{{filename}}",
     wildcard_constraints:
         source="|".join(UNCHECKED_SOURCES),
         filename=r"[^/]+",
-    params:
-        url=lambda wc: raw_file_spec(wc).url,
-        sha256=lambda wc: raw_file_spec(wc).sha256,
-        bytes=lambda wc: raw_file_spec(wc).bytes,
-        checks=raw_file_checks,
-    log:
-        f"{DATA}/logs/download/{{source}}/{{filename}}.log",
-    conda:
-        "../envs/data.yaml"
-    cache: "omit-software"
-    retries: 2
-    shell:
-        "python -m workflow.download --source {wildcards.source:q} --file {wildcards.filename:q} "
-        "--out {output.raw:q} --options-json {params.checks:q} 2>&1 | tee {log:q}"

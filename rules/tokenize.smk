@@ -1,6 +1,6 @@
 # Tokenize rules: raw files -> {data_dir}/tokens/{dataset}/meta.json (+ {split}.bin).
 #
-# Three rules that differ only in their static split files (Snakemake needs the same
+# Three rules (one, and two `use rule ... with:` copies) that differ only in their static split files (Snakemake needs the same
 # outputs for every value of a wildcard): train/val datasets, train/val/test datasets,
 # and FineWeb, whose meta.json points at the raw shards (no split files of its own).
 # The mirror is not part of params (per-dataset options are, without "mirror").
@@ -30,9 +30,8 @@ rule tokenize:
         "--out-dir {params.out_dir:q} --options-json {params.options:q} --workers {threads} 2>&1 | tee {log:q}"
 
 
-rule tokenize_with_test:
+use rule tokenize as tokenize_with_test with:
     """Datasets with train.bin, val.bin and test.bin."""
-    input: tokenize_inputs
     output:
         meta=f"{DATA}/tokens/{{dataset}}/meta.json",
         train=f"{DATA}/tokens/{{dataset}}/train.bin",
@@ -40,36 +39,13 @@ rule tokenize_with_test:
         test=f"{DATA}/tokens/{{dataset}}/test.bin",
     wildcard_constraints:
         dataset="|".join(TRAIN_VAL_TEST_DATASETS),
-    params:
-        raw_dir=tokenize_raw_dir,
-        options=tokenize_options_json,
-        out_dir=lambda wc, output: os.path.dirname(output.meta),
     threads: 1
-    log:
-        f"{DATA}/logs/tokenize/{{dataset}}.log",
-    conda:
-        "../envs/data.yaml"
-    shell:
-        "python -m workflow.tokenize --dataset {wildcards.dataset:q} --raw-dir {params.raw_dir:q} "
-        "--out-dir {params.out_dir:q} --options-json {params.options:q} --workers {threads} 2>&1 | tee {log:q}"
 
 
-rule tokenize_shards:
+use rule tokenize as tokenize_shards with:
     """Pre-tokenized shard datasets (FineWeb): only meta.json, pointing at the raw shards."""
-    input: tokenize_inputs
     output:
         meta=f"{DATA}/tokens/{{dataset}}/meta.json",
     wildcard_constraints:
         dataset="|".join(SHARD_DATASETS),
-    params:
-        raw_dir=tokenize_raw_dir,
-        options=tokenize_options_json,
-        out_dir=lambda wc, output: os.path.dirname(output.meta),
     threads: 1
-    log:
-        f"{DATA}/logs/tokenize/{{dataset}}.log",
-    conda:
-        "../envs/data.yaml"
-    shell:
-        "python -m workflow.tokenize --dataset {wildcards.dataset:q} --raw-dir {params.raw_dir:q} "
-        "--out-dir {params.out_dir:q} --options-json {params.options:q} --workers {threads} 2>&1 | tee {log:q}"
