@@ -30,7 +30,7 @@ counts every message, the evaluations' too (they depend on ``val_loss_every``, n
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Iterable, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -42,6 +42,49 @@ BOOKKEEPING_KINDS = ("eval", "checkpoint")
 
 def _nbytes(tensor: torch.Tensor) -> int:
     return tensor.numel() * tensor.element_size()
+
+
+class CommRecorder(Protocol):
+    """What counts a message: :class:`CommCounter` (or any object with this ``record``)."""
+
+    def record(self, kind: str, calls: int, nbytes: int) -> None: ...
+
+
+def counted_all_reduce(tensor: torch.Tensor, kind: str, counter: CommRecorder | None = None,
+                       op=dist.ReduceOp.SUM, group=None) -> torch.Tensor:
+    """All-reduce ``tensor`` in place over ``group`` and count it: one call of
+    ``numel x element_size`` payload bytes under ``kind`` (None: not counted). Returns ``tensor``."""
+    dist.all_reduce(tensor, op=op, group=group)
+    if counter is not None:
+        counter.record(kind, 1, _nbytes(tensor))
+    return tensor
+
+
+def counted_exchange(send: torch.Tensor, send_to: Sequence[int], recv_from: Sequence[int], kind: str,
+                     counter: CommRecorder | None = None, group=None) -> dict[int, torch.Tensor]:
+    """Send ``send`` to every rank of ``send_to`` and receive one tensor of its shape from every
+    rank of ``recv_from`` (ranks of ``group``), as point-to-point messages posted together
+    (``batch_isend_irecv``) and awaited: no collective involves other ranks.
+
+    Counting: each message sent is one call of ``numel x element_size`` bytes under ``kind``; each
+    received under ``kind + "_recv"`` (so the sent total is not counted twice).
+
+    Returns:
+        ``{rank: received tensor}`` for the ranks of ``recv_from``.
+    """
+    send = send.detach().contiguous()
+    received = {j: torch.empty_like(send) for j in recv_from}
+    ops = [dist.P2POp(dist.isend, send, group=group, group_peer=k) for k in send_to]
+    ops += [dist.P2POp(dist.irecv, received[j], group=group, group_peer=j) for j in recv_from]
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+    if counter is not None:
+        for _ in send_to:
+            counter.record(kind, 1, _nbytes(send))
+        for j in recv_from:
+            counter.record(kind + "_recv", 1, _nbytes(received[j]))
+    return received
 
 
 class CommCounter:
@@ -90,10 +133,10 @@ class CommCounter:
 
     # ---- collectives ----------------------------------------------------------------
     def all_reduce(self, tensor: torch.Tensor, kind: str, op=dist.ReduceOp.SUM, group=None) -> torch.Tensor:
-        """All-reduce ``tensor`` in place (``op`` over ``group``, default the world), counted once."""
+        """All-reduce ``tensor`` in place (``op`` over ``group``, default the world), counted once
+        (:func:`counted_all_reduce`); a no-op without a process group."""
         if self.enabled:
-            self.record(kind, 1, _nbytes(tensor))
-            dist.all_reduce(tensor, op=op, group=group)
+            counted_all_reduce(tensor, kind, self, op=op, group=group)
         return tensor
 
     def broadcast(self, tensor: torch.Tensor, src: int, kind: str, group=None) -> torch.Tensor:
@@ -108,30 +151,6 @@ class CommCounter:
         if self.enabled:
             self.record(kind, 1, 0)
             dist.barrier()
-
-    def exchange(self, send: torch.Tensor, peers: Sequence[int], kind: str) -> list[torch.Tensor]:
-        """Send ``send`` to every peer and receive one tensor of the same shape from each.
-
-        Point-to-point only (``isend``/``irecv`` batched with ``batch_isend_irecv``): no
-        collective involves ranks outside ``peers``. Each send is one call of
-        ``numel * element_size`` bytes under ``kind``; receives are counted under
-        ``kind + "_recv"`` (so the sent total is not double counted).
-
-        Returns:
-            the received tensors, in the order of ``peers``.
-        """
-        received = [torch.empty_like(send) for _ in peers]
-        if not peers:
-            return received
-        ops = []
-        for peer, buffer in zip(peers, received):
-            ops.append(dist.P2POp(dist.isend, send, peer))
-            ops.append(dist.P2POp(dist.irecv, buffer, peer))
-        for work in dist.batch_isend_irecv(ops):
-            work.wait()
-        self.record(kind, len(peers), len(peers) * _nbytes(send))
-        self.record(kind + "_recv", len(peers), len(peers) * _nbytes(send))
-        return received
 
     # ---- DDP --------------------------------------------------------------------------
     def ddp_hook(self, kind: str = "grad_all_reduce"):

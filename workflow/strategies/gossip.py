@@ -52,8 +52,9 @@ import torch
 from torch import nn
 
 from workflow.optim.optimizers import zeropower_via_newtonschulz5
+from workflow.parallel.comm import CommRecorder
 from workflow.strategies.base import Strategy, flat_parameters, load_flat_parameters
-from workflow.strategies.mixing import CommRecorder, gossip, mixing_matrix, neighbours
+from workflow.strategies.mixing import gossip, mixing_matrix, neighbours
 
 __all__ = [
     "ALGORITHMS",

@@ -9,18 +9,14 @@ message. Koloskova et al. 2020 (arXiv 2003.10422); DeMuon's ``graph.py`` (MozarT
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 
+from workflow.parallel.comm import CommRecorder, counted_all_reduce, counted_exchange
+
 TOPOLOGIES = ("ring", "exp", "complete")
-
-
-class CommRecorder(Protocol):
-    """What :func:`gossip` reports to (workflow.comm.CommCounter has this method)."""
-
-    def record(self, kind: str, calls: int, nbytes: int) -> None: ...
 
 
 class Neighbours(NamedTuple):
@@ -108,9 +104,6 @@ def neighbours(topology: str, n: int, rank: int) -> Neighbours:
 # --------------------------------------------------------------------------------------
 
 
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
 
 def _is_uniform(W: torch.Tensor) -> bool:
     n = W.size(0)
@@ -136,9 +129,7 @@ def all_reduce_mean(x: torch.Tensor, counter: CommRecorder | None = None, kind: 
     n = _group_size(group)
     if n == 1:
         return out
-    dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-    if counter is not None:
-        counter.record(kind, 1, _nbytes(out))
+    counted_all_reduce(out, kind, counter, group=group)
     return out.div_(n)
 
 
@@ -182,17 +173,7 @@ def gossip(x: torch.Tensor, W: torch.Tensor, counter: CommRecorder | None = None
     rank = dist.get_rank(group)
     x = x.detach().contiguous()
     peers = _neighbours_of(W, rank)
-    received = {j: torch.empty_like(x) for j in peers.recv_from}
-    ops = [dist.P2POp(dist.isend, x, group=group, group_peer=k) for k in peers.send_to]
-    ops += [dist.P2POp(dist.irecv, received[j], group=group, group_peer=j) for j in peers.recv_from]
-    if ops:
-        for work in dist.batch_isend_irecv(ops):
-            work.wait()
-    if counter is not None:
-        for _ in peers.send_to:
-            counter.record(kind, 1, _nbytes(x))
-        for j in peers.recv_from:
-            counter.record(kind + "_recv", 1, _nbytes(received[j]))
+    received = counted_exchange(x, peers.send_to, peers.recv_from, kind, counter, group=group)
     row = W[rank].tolist()
     out = torch.zeros_like(x)
     for j in range(n):

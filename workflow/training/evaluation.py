@@ -26,6 +26,7 @@ from workflow.data.loader import TokenSplit, rank_slice, val_window_ids
 from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext
 from workflow.strategies.base import Strategy, flat_parameters
+from workflow.strategies.mixing import distributed_consensus_distance
 
 
 class Evaluator:
@@ -68,11 +69,8 @@ class Evaluator:
             mean_own = torch.tensor([float(own[0] / own[1])], dtype=torch.float64, device=self.ctx.device)
             self.comm.all_reduce(mean_own, "eval", group=self.ctx.dp_group)
             out["val_loss_workers"] = float(mean_own) / self.ctx.dp_size
-            theta = flat_parameters(model).double()
-            mean = self.comm.all_reduce(theta.clone(), "eval", group=self.ctx.dp_group) / self.ctx.dp_size
-            dist2 = ((theta - mean) ** 2).sum().reshape(1)
-            self.comm.all_reduce(dist2, "eval", group=self.ctx.dp_group)
-            out["consensus_distance"] = float(dist2) / self.ctx.dp_size
+            out["consensus_distance"] = distributed_consensus_distance(
+                flat_parameters(model), self.comm, "eval", group=self.ctx.dp_group)
         with strategy.scored_model(model) as name:
             local_ids = rank_slice(self.window_ids, self.ctx.dp_rank, self.ctx.dp_size)
             totals = self._loss_sums(forward, local_ids)
