@@ -1,22 +1,6 @@
 """Communication-vs-loss report assets: the comm table and figures (rules/comm.smk).
 
-Inputs are the final stage's ``summary.json`` files (workflow.stats: ``val_loss``,
-``tokens_per_s``, ``bytes_per_token``, ``tensor_parallel`` = the trainer's record with the
-pattern and the nominal / analytic / measured sync counts per forward pass).
-
-CLI::
-
-    python -m workflow.comm_report table --baseline 24comm --summaries ... --csv comm.csv --markdown comm.md
-    python -m workflow.comm_report comm-vs-loss --summaries ... --output comm_vs_loss.png [--thresholds 3.28 3.35 3.40]
-    python -m workflow.comm_report tokens-per-s --summaries ... --output tokens_per_s_vs_comm.png
-    python -m workflow.comm_report bytes-per-token --summaries ... --output bytes_per_token_vs_loss.png
-
-Statistics: means, std and the Student-t 95 % CI from ``workflow.stats.describe``; the p-value
-against the baseline is Welch's two-sided t-test (``scipy.stats.ttest_ind(equal_var=False)``:
-does the loss differ?); the trend is a least-squares fit of every run's final val_loss on the
-measured syncs per forward, linear (``loss = a + b * syncs``) and logarithmic
-(``loss = a + b * ln syncs``), both with ``scipy.stats.linregress``; the figure draws the one
-with the higher R^2 and the table names both.
+The library part; the CLI is ``python -m workflow.comm_report`` (workflow/comm_report.py).
 """
 
 from __future__ import annotations

@@ -1,26 +1,7 @@
 """The compute plan of a study, before any training: FLOPs, GPU-hours and dollars per stage
 against the naive plan (every variant with the last stage's seeds and length).
 
-Per run: tokens = ``batch_size x`` each step's sequence length over the run's steps (a
-curriculum's shorter sequences included, :func:`workflow.optim.tokens_for_steps`; run length
-from ``num_iterations`` / ``num_tokens``), FLOPs = tokens x the trainer's ``flops_per_token``
-(``6 N + 12 L H Q T``, workflow.training.provenance). GPU-hours = FLOPs / (peak FLOP/s of the
-stage's ``gpu_model`` x ``cost.planning_mfu``) / 3600; dollars = GPU-hours x
-``cost.gpu_hour_usd[gpu_model]`` (CPU stages: process-hours are unknown ahead, dollars 0).
-
-Which variants run after a gate is decided only by the gate; the plan assumes ``top_k``
-advances k variants and ``beats_baseline`` / ``beats_baseline_ci`` pass every variant that
-reached them (an upper bound), each at the mean cost of the non-baseline variants. The
-baseline runs in every stage (the reference at equal length and seeds): the plan counts it,
-and also shows seed 001's count, which leaves the baseline's later-stage runs out.
-
-Warnings: the staged plan costs more than the naive one (staging does not pay off), staged
-plan + reserve exceed ``cost.budget_usd``, or the reserve does not pay for a gate's pivot.
-
-CLI (needs no data and no training; reads the dataset's meta.json for vocab_size when it
-exists, else estimates it from the tokenizer)::
-
-    python -m workflow.plan --configfile config/studies/speedrun.yaml [--json plan.json] [--markdown plan.md]
+The library part; the CLI is ``python -m workflow.plan`` (workflow/plan.py).
 """
 
 from __future__ import annotations

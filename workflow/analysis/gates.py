@@ -1,50 +1,6 @@
 """Gate decisions between stages and the final verdict.
 
-A gate reads the per-variant summaries of a stage (``summary.json``, see
-:func:`workflow.stats.summarize_runs`) and decides which variants advance. The
-baseline is never "advanced": it runs in every stage as the reference.
-
-Eligibility (every rule): at least ``min_successful_runs`` successful seeds (with fewer,
-the seed-to-seed variance cannot be estimated) and at most ``max_failed_fraction`` of the
-runs failed (default 0: a diverged seed is a result of the variant, not noise to drop).
-
-Rules (``stages.<S>.gate.rule``):
-
-``top_k``
-    Eligible variants are ranked by mean val_loss, ties broken by lower std, then name.
-    The k best advance, and so does every variant whose mean is within ``tie_tolerance``
-    of the k-th mean (a tie at the cut is not broken by noise: all tied variants advance).
-``beats_baseline``
-    Eligible variants whose mean val_loss is strictly below the baseline's mean
-    advance. The one-sided p-value against the baseline (``verdict.test``) is reported, not
-    required: significance is asked of the last stage by the verdict. If the baseline itself
-    has too few successful runs, nothing advances (there is no reference).
-``beats_baseline_ci``
-    Seed 001's B -> C rule: the mean is below the baseline's AND the trend is consistent:
-    the variant's 95 % CI of the mean lies entirely below the baseline's (the intervals do
-    not overlap; with equal standard errors about a two-sided p < 0.006).
-
-Pivot (``gate.pivot: true``): when no variant passes, the next-best variant of the previous
-gate's ranking (eligible, not advanced there) runs this stage once and is gated again
-(``gate_<S>_pivot.json``), provided its estimated cost (the mean measured cost of a run of
-this stage x its seeds) fits in ``cost.reserve_usd``.
-
-The verdict (last stage) follows modded-nanogpt's record rule and a referee's: a one-sided
-test of each variant against the baseline (``verdict.test``: paired on seed-matched runs or
-Welch) and a one-sided one-sample t-test against ``target_val_loss``; each family is Holm
-adjusted over the variants tested (``verdict.correction``), decisions use the adjusted
-p-values at ``alpha``; ``verdict.winners`` says which test(s) a winner must pass; a variant
-with a failed seed cannot win (``failed_run_policy: disqualify``) unless failed runs are
-counted at a penalty loss (``penalty``). See docs/statistics.md.
-
-CLI::
-
-    python -m workflow.gates gate --stage A --gate-json '{"rule": "top_k", "k": 2}' \
-        --baseline baseline --summaries s1.json s2.json --output gate_A.json
-    python -m workflow.gates pivot --stage B --gate-json '{...}' --baseline baseline \
-        --decision gate_B.json --summaries ... --output gate_B_pivot.json
-    python -m workflow.gates verdict --baseline baseline --verdict-json '{"alpha": 0.01, ...}' \
-        --summaries ... --output verdict.json --markdown verdict.md [--meta meta.json]
+The library part; the CLI is ``python -m workflow.gates`` (workflow/gates.py).
 """
 
 from __future__ import annotations

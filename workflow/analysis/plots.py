@@ -1,9 +1,6 @@
 """Report figures (matplotlib, Agg backend, PNG written atomically).
 
-CLI (rules/report.smk)::
-
-    python -m workflow.plots curves --stage A --metrics .../metrics.jsonl ... --output curves_stage_A.png
-    python -m workflow.plots val-loss --summaries .../summary.json ... --output val_loss_by_stage.png
+The library part; the CLI is ``python -m workflow.plots`` (workflow/plots.py).
 """
 
 from __future__ import annotations

@@ -1,17 +1,6 @@
 """Summaries of seeded repeats and the significance tests the gates and verdict use.
 
-All statistics come from :mod:`numpy`, :mod:`scipy.stats` and :mod:`statsmodels`: sample
-standard deviation (ddof=1), the Student-t 95 % confidence interval of the mean
-(``scipy.stats.t.interval``), Welch's unequal-variance t-test
-(``scipy.stats.ttest_ind(equal_var=False)``), the paired t-test on seed-matched runs
-(``scipy.stats.ttest_rel``), the one-sample t-test (``scipy.stats.ttest_1samp``), as
-modded-nanogpt uses for its record rule ("p < 0.01 that the mean val_loss is below the
-target"), and Holm's step-down correction (``statsmodels.stats.multitest.multipletests``).
-See docs/statistics.md.
-
-CLI (what rules/gates.smk runs)::
-
-    python -m workflow.stats --results r1/result.json r2/result.json --output summary.json
+The library part; the CLI is ``python -m workflow.stats`` (workflow/stats.py).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """The study's one-page summary: the first thing the HTML report shows.
 
-``summary.html`` (self-contained: tables as HTML, the figure as a data URI) holds, in order:
-the winners in one sentence, the verdict table with every p-value column the verdict has
-(raw and adjusted), the gate decisions with each variant's one-line reason, the
-val_loss-by-stage figure, and compute staged vs naive (``compute.csv``). ``landing.rst`` is
-the same answer in two lines of reStructuredText for the report's landing page
-(``report/workflow.rst`` includes it).
-
-The tables render whatever columns ``verdict.json`` / ``gate_<S>.json`` / ``compute.csv``
-have (nested keys flattened as ``vs_baseline.p_value``), so new statistics appear without
-changes here.
-
-CLI (rules/report.smk)::
-
-    python -m workflow.summary --study NAME --verdict verdict.json --gates gate_A.json gate_B.json \
-        --compute compute.csv --figure val_loss_by_stage.png --html summary.html --landing landing.rst
+The library part; the CLI is ``python -m workflow.summary`` (workflow/summary.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
 """Stage tables and compute accounting for the report (pandas).
 
-CLI (rules/report.smk)::
-
-    python -m workflow.tables stage --stage A --baseline baseline --summaries ... \
-        [--decision gate_A.json | verdict.json] [--test paired] --csv table.csv --markdown table.md
-    python -m workflow.tables compute --plan-json '{...}' | --config-json '{study}' --summaries ... \
-        --csv compute.csv --markdown compute.md
+The library part; the CLI is ``python -m workflow.tables`` (workflow/tables.py).
 """
 
 from __future__ import annotations

@@ -1,33 +1,6 @@
 """Download one raw data file: HTTP(S) / file:// / local folder, resume, verify, atomic.
 
-Flow of :func:`download` (the only thing the rules call, through the CLI below):
-
-1. ``dest.part`` (same folder as ``dest``) collects the bytes. If it exists from an
-   interrupted earlier attempt, the download resumes from its size with an HTTP
-   ``Range: bytes=N-`` request; a server that ignores ``Range`` (status 200 instead of
-   206) makes us start over from byte 0.
-2. Connection errors, timeouts, truncated bodies, HTTP 429 and 5xx are retried with
-   exponential backoff (``backoff * 2**attempt`` seconds); other HTTP errors are not.
-3. The finished partial file is checked against ``expected_bytes`` and ``sha256``
-   (:func:`workflow.io.sha256_file`); on a mismatch the partial is deleted and
-   :class:`ChecksumError` / :class:`SizeError` names the URL and both values, so nothing
-   is left at ``dest``.
-4. ``os.replace(dest.part, dest)``: ``dest`` appears complete or not at all.
-
-Mirrors: :func:`mirror_url` maps ``(mirror, source, filename)`` to
-``{mirror}/{source}/{filename}`` (the layout of a local copy such as /work/shared/data);
-a mirror may be an ``http(s)://`` or ``file://`` base URL or a plain folder path.
-
-CLI::
-
-    python -m workflow.download --source tinyshakespeare --file input.txt \\
-        --out data/raw/tinyshakespeare/input.txt [--mirror M] [--options-json '{}']
-
-Without ``--mirror`` the mirror comes from the environment: ``STAGERUN_MIRRORS``, a JSON
-object ``{source: mirror or null}`` (rules/datasets.smk sets it at parse time from the
-study config, so that the mirror never becomes part of a job's parameters, command or
-cache key; a source listed with null means the public URL), else ``STAGERUN_MIRROR``.
-Exit status 1 with a one-line ``error: ...`` on failure.
+The library part; the CLI is ``python -m workflow.download`` (workflow/download.py).
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
-"""Raw files -> token files + meta.json (docs/architecture.md, "Data layout").
+"""Token files: the split writers (atomic, checked), raw-file verification, meta.json pieces.
 
-CLI::
-
-    python -m workflow.tokenize --dataset shakespeare_char --raw-dir data/raw/tinyshakespeare \\
-        --out-dir data/tokens/shakespeare_char [--options-json '{}'] [--tokenizer-file F] [--workers N]
-
-Writes ``{split}.bin`` (little-endian ``dtype`` ids, no header) for each split of the
-dataset and LAST ``meta.json``; every file is written atomically (workflow.io), and a
-stale meta.json is deleted before anything else, so a failed run never leaves a
-meta.json that describes missing or different token files. FineWeb writes only
-meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.data).
-
-``--tokenizer-file``: GPT-2 BPE ranks (tiktoken ``r50k_base.tiktoken``); default
-``{raw-dir}/../gpt2/r50k_base.tiktoken`` when it exists, else tiktoken's own download/cache.
-Exit status 1 with a one-line ``error: ...`` naming the file / line / byte at fault.
+Every preparer (workflow/data/prepare/) writes through :class:`SplitWriters`; the CLI is
+``python -m workflow.tokenize`` (workflow/tokenize.py, which documents the formats).
 """
 
 from __future__ import annotations

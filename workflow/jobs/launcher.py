@@ -1,53 +1,7 @@
-"""The command of a training job: checks the data, starts the trainer, keeps every attempt's log,
-and makes the job's own exit status the trainer's (75 = preempted).
+"""A training job's launcher: the data check, one log per attempt, the trainer in this process
+(or a warm fork) for one process, torchrun / srun workers for several, exit 75 when preempted.
 
-CLI (what rules/train.smk runs; :func:`workflow.config.launch_command` builds the prefix)::
-
-    python -m workflow.launch [--nproc-per-node N] [--nodes M --cpus-per-proc C [--gpus-per-task]]
-        [--log results/.../train.log] --run-config '<json>' --out-dir DIR --meta META [--threads T]
-
-Every option but the launcher's own goes to ``python -m workflow.train`` unchanged.
-
-1. **Log** (``--log PATH``): stdout and stderr of this process and of every process it starts go to
-   a new ``{stem}.attempt-N.log`` next to ``PATH`` (N = 1, 2, ...: one file per attempt, claimed
-   with ``O_EXCL``), and ``PATH`` is made a hard link to it (a symbolic link where the file
-   system has no hard links). Snakemake deletes a job's log before it reruns the job; that
-   removes only the ``PATH`` name, so the log of a preempted or failed attempt survives.
-2. **Data check** (:func:`check_token_windows`): every split the trainer reads (train, val) must
-   hold one full window of ``model.block_size + 1`` tokens in one file, otherwise the job stops
-   with one line naming the split, its token count and the window (no traceback in training).
-3. **Start**:
-
-   - one process (``--nproc-per-node 1``, one node): the trainer runs in this very process
-     (``runpy``, exactly ``python -m workflow.train``): no torchrun, no extra interpreter, and
-     the trainer's exit status (0, 1, 75 after SIGTERM/SIGUSR1) is the job's;
-   - several processes on one node: ``torchrun --standalone`` with every worker started as
-     ``python -m workflow.launch --worker`` (which runs the trainer in-process and records its
-     exit status); several nodes: ``srun`` with one such worker task per process.
-
-   torchrun itself exits 1 whatever its workers did (its agent turns a signal into an error), so
-   each worker writes its exit status to ``rank{R}.exit`` in a private folder named by
-   ``$STAGERUN_EXIT_DIR`` and holds an exclusive ``flock`` on ``rank{R}.lock`` while it lives.
-   After torchrun ends, the launcher waits for every lock (the kernel releases it when the worker
-   is gone, also after SIGKILL), then: **75 if every rank exited 75**, 0 if torchrun exited 0,
-   otherwise torchrun's status (128 + signal when it was killed).
-
-   SIGTERM, SIGUSR1 or SIGINT to the launcher is forwarded once, as SIGTERM, to torchrun / srun,
-   which passes it to the workers; a signal that also reaches the workers directly (SLURM signals
-   every process of the job) is harmless: they checkpoint once and exit 75.
-
-   **Warm start** (workflow.warm): when Snakemake runs the job locally with a warm server (its
-   ``onstart``), the trainer of a one-process job, and of each torchrun worker, runs as a fork
-   of that server, which has imported torch already (no 3-4 s of imports per process); this process
-   forwards SIGTERM / SIGUSR1 / SIGINT to it and exits with its status. Without a server, or if
-   the server refuses (edited code), the trainer runs here as described.
-
-   A preemption signal while the job starts (:class:`EarlySignals`) is only recorded, never raised
-   inside an import: before the trainer starts the job ends with 75 at once (nothing to save);
-   once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
-   installed (it checkpoints and exits 75).
-
-Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
+The CLI is ``python -m workflow.launch`` (workflow/launch.py, which documents the behaviour).
 """
 
 from __future__ import annotations

@@ -1,20 +1,6 @@
 """Text samples from a trained checkpoint, decoded with the dataset's tokenizer.
 
-    python -m workflow.sample --model results/<study>/stage_C/<variant>/seed_1337/model.pt \
-        --meta data/tokens/<dataset>/meta.json --output sample.txt \
-        --max-new-tokens 300 --top-k 20 --seed 1337
-
-The model is rebuilt from the checkpoint's ``model_config`` (written by workflow.train) with
-its DepthWarm state, put in eval mode and sampled autoregressively with top-k sampling
-(nanoGPT's ``sample.py``/``GPT.generate``) from a fixed ``torch.Generator`` seed, so the same
-checkpoint and arguments give the same text. The prompt is the tokenizer's document start:
-``bos_id`` (fixed charset), ``<|endoftext|>`` (GPT-2 BPE), a newline (character level, if in the
-vocabulary), else token 0. With ``--result`` a failed run (``success: false``, no final
-checkpoint) gives a one-line note instead of failing the workflow.
-
-Decoding (meta.json ``tokenizer.kind``): ``char`` / ``charset`` from the recorded ``vocab``,
-``byte`` as UTF-8, ``gpt2`` with tiktoken (ranks from ``--gpt2-ranks``, else
-``{data_dir}/raw/gpt2/r50k_base.tiktoken`` next to the token folder, else tiktoken's cache).
+The library part; the CLI is ``python -m workflow.sample`` (workflow/sample.py).
 """
 
 from __future__ import annotations
