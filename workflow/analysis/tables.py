@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pandas as pd
 
+from workflow.analysis.compute_plan import stage_hardware
 from workflow.analysis.stats import compare_to_baseline, val_losses_by_seed
 from workflow.core.io import atomic_write, write_text_atomic
 from workflow.data.registry import study_meta_path
 from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
-from workflow.study.resources import stage_resources
 from workflow.study.schedules import tokens_for_steps
 
 
@@ -208,14 +208,11 @@ def naive_plan(config: dict) -> dict:
         if n is not None:
             tokens = tokens_for_steps({**train, "num_iterations": n}, block_size, n)
         naive[variant] = {"runs": config["stages"][final]["seeds"], "tokens_per_run": tokens}
-    cost = config.get("cost") or {}
+    # one source of prices: the compute plan's stage hardware (workflow.analysis.compute_plan)
     prices = {}
     for stage in stages:
-        res = stage_resources(config, stage)
-        if res["gpus"]:
-            prices[stage] = {"unit": "gpu", "hour_usd": (cost.get("gpu_hour_usd") or {}).get(res["gpu_model"], 0.0)}
-        else:
-            prices[stage] = {"unit": "process", "hour_usd": cost.get("cpu_hour_usd", 0.0)}
+        hardware = stage_hardware(config, stage)
+        prices[stage] = {"unit": hardware["unit"], "hour_usd": hardware["hour_usd"]}
     return {"stages": stages, "first_stage": stages[0], "final_stage": final, "naive": naive, "prices": prices}
 
 
