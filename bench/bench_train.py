@@ -19,7 +19,7 @@ config and for the best default found (see FAST_CONFIG), both run here; target r
 ``muon``: the cost of a Muon step at the baby config on one core: the trainer's step time
 (step_avg_ms, evaluations excluded) with ``optimizer: muon`` against ``adamw`` (runs
 interleaved in halves; target: ratio as low as the Newton-Schulz FLOPs allow), and the
-optimizer step alone on the baby model's real gradients: ``workflow.optim.Muon`` against a
+optimizer step alone on the baby model's real gradients: ``workflow.optim.optimizers.Muon`` against a
 per-matrix reference loop (Newton-Schulz one matrix at a time with plain matmuls, the
 algorithm as first written) and against ``torch.optim.AdamW``, interleaved repeats (median).
 

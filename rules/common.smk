@@ -192,7 +192,7 @@ def train_resources(stage):
     """Resources of a training job of ``stage`` (config ``stages.<S>.resources``); validated
     once per stage, not once per job and resource. A GPU stage whose jobs would run on this
     machine (local executor) while it has no GPU gets a warning here when its ``train.device`` is
-    ``auto``; the job's launcher then caps its processes at the CPUs (workflow.launch.cap_processes). The DAG keeps the study's
+    ``auto``; the job's launcher then caps its processes at the CPUs (workflow.jobs.launcher.cap_processes). The DAG keeps the study's
     resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
     if (res["gpus"] and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu()

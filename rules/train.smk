@@ -3,7 +3,7 @@
 # several nodes: one `srun` task per GPU), and exits with the trainer's status (75 = preempted).
 # The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
 # runs it affects (Snakemake's params rerun trigger).
-# SLURM resources come from the study (stages.<S>.resources) via workflow.config.slurm_resources.
+# SLURM resources come from the study (stages.<S>.resources) via workflow.study.resources.slurm_resources.
 
 rule train:
     input:

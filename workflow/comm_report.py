@@ -11,7 +11,7 @@ CLI::
     python -m workflow.comm_report tokens-per-s --summaries ... --output tokens_per_s_vs_comm.png
     python -m workflow.comm_report bytes-per-token --summaries ... --output bytes_per_token_vs_loss.png
 
-Statistics: means, std and the Student-t 95 % CI from ``workflow.stats.describe``; the p-value
+Statistics: means, std and the Student-t 95 % CI from ``workflow.analysis.stats.describe``; the p-value
 against the baseline is Welch's two-sided t-test (``scipy.stats.ttest_ind(equal_var=False)``:
 does the loss differ?); the trend is a least-squares fit of every run's final val_loss on the
 measured syncs per forward, linear (``loss = a + b * syncs``) and logarithmic

@@ -9,7 +9,7 @@ Flow of :func:`download` (the only thing the rules call, through the CLI below):
 2. Connection errors, timeouts, truncated bodies, HTTP 429 and 5xx are retried with
    exponential backoff (``backoff * 2**attempt`` seconds); other HTTP errors are not.
 3. The finished partial file is checked against ``expected_bytes`` and ``sha256``
-   (:func:`workflow.io.sha256_file`); on a mismatch the partial is deleted and
+   (:func:`workflow.core.io.sha256_file`); on a mismatch the partial is deleted and
    :class:`ChecksumError` / :class:`SizeError` names the URL and both values, so nothing
    is left at ``dest``.
 4. ``os.replace(dest.part, dest)``: ``dest`` appears complete or not at all.
@@ -42,7 +42,7 @@ from workflow.data.fetch import MIRROR_ENV, MIRRORS_ENV, DownloadError, download
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; see the module docstring. Returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m workflow.download", description=__doc__.split("\n")[0])
-    parser.add_argument("--source", help="source name in workflow.datasets.SOURCES")
+    parser.add_argument("--source", help="source name in workflow.data.registry.SOURCES")
     parser.add_argument("--file", help="file name within the source")
     parser.add_argument("--url", help="download this URL instead of a registry file")
     parser.add_argument("--sha256", help="expected sha256 (with --url)")

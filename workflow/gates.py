@@ -1,7 +1,7 @@
 """Gate decisions between stages and the final verdict.
 
 A gate reads the per-variant summaries of a stage (``summary.json``, see
-:func:`workflow.stats.summarize_runs`) and decides which variants advance. The
+:func:`workflow.analysis.stats.summarize_runs`) and decides which variants advance. The
 baseline is never "advanced": it runs in every stage as the reference.
 
 Eligibility (every rule): at least ``min_successful_runs`` successful seeds (with fewer,

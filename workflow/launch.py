@@ -1,7 +1,7 @@
 """The command of a training job: checks the data, starts the trainer, keeps every attempt's log,
 and makes the job's own exit status the trainer's (75 = preempted).
 
-CLI (what rules/train.smk runs; :func:`workflow.config.launch_command` builds the prefix)::
+CLI (what rules/train.smk runs; :func:`workflow.study.resources.launch_command` builds the prefix)::
 
     python -m workflow.launch [--nproc-per-node N] [--nodes M --cpus-per-proc C [--gpus-per-task]]
         [--log results/.../train.log] --run-config '<json>' --out-dir DIR --meta META [--threads T]

@@ -2,7 +2,7 @@
 against the naive plan (every variant with the last stage's seeds and length).
 
 Per run: tokens = ``batch_size x`` each step's sequence length over the run's steps (a
-curriculum's shorter sequences included, :func:`workflow.optim.tokens_for_steps`; run length
+curriculum's shorter sequences included, :func:`workflow.study.schedules.tokens_for_steps`; run length
 from ``num_iterations`` / ``num_tokens``), FLOPs = tokens x the trainer's ``flops_per_token``
 (``6 N + 12 L H Q T``, workflow.training.provenance). GPU-hours = FLOPs / (peak FLOP/s of the
 stage's ``gpu_model`` x ``cost.planning_mfu``) / 3600; dollars = GPU-hours x
@@ -41,7 +41,7 @@ def load_study(configfiles: list[str], overrides: list[str] | None = None) -> di
     plus ``key=value`` overrides (YAML values), validated with defaults filled.
 
     Raises:
-        workflow.config.ConfigError: naming the key at fault.
+        workflow.study.schema.ConfigError: naming the key at fault.
     """
     config: dict = {}
     for path in configfiles:

@@ -6,10 +6,10 @@ CLI::
         --out-dir data/tokens/shakespeare_char [--options-json '{}'] [--tokenizer-file F] [--workers N]
 
 Writes ``{split}.bin`` (little-endian ``dtype`` ids, no header) for each split of the
-dataset and LAST ``meta.json``; every file is written atomically (workflow.io), and a
+dataset and LAST ``meta.json``; every file is written atomically (workflow.core.io), and a
 stale meta.json is deleted before anything else, so a failed run never leaves a
 meta.json that describes missing or different token files. FineWeb writes only
-meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.data).
+meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.data.loader).
 
 ``--tokenizer-file``: GPT-2 BPE ranks (tiktoken ``r50k_base.tiktoken``); default
 ``{raw-dir}/../gpt2/r50k_base.tiktoken`` when it exists, else tiktoken's own download/cache.

@@ -1,4 +1,4 @@
-"""Tests of workflow.optim: Newton–Schulz, Muon, optimizer grouping, LR schedules, curriculum."""
+"""Tests of workflow.optim.optimizers: Newton–Schulz, Muon, optimizer grouping, LR schedules, curriculum."""
 
 from __future__ import annotations
 

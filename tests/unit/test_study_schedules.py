@@ -1,7 +1,7 @@
 """Issue 11 items 6, 7, 10: schedules that follow a time budget, curriculum and DepthWarm in
 fractions of the run (the same treatment at every stage length), run length in tokens.
 
-Pure functions of workflow.optim / workflow.training.length first, then the real trainer on
+Pure functions of workflow.optim.optimizers / workflow.study.length first, then the real trainer on
 tiny Shakespeare (characters, nanogpt-small, block 32)."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Issue 11 item 2: each stage has its own seed range, disjoint from the earlier stages'.
 
 A confirmation that re-uses the seeds which selected a variant re-tests the luck that won
-the selection. The simulation below takes the seeds of every stage from `workflow.config.stage_seeds` and
+the selection. The simulation below takes the seeds of every stage from `workflow.study.resolve.stage_seeds` and
 applies the default study's gate rules and verdict test (vectorized) to identical variants
 whose per-seed luck carries over between stages (correlation 0.8): with fresh seeds per stage,
 false winners stay at the nominal rate; with the old `base_seed + i` in every stage they

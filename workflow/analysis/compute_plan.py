@@ -135,7 +135,7 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
     """The study's compute plan (see the module docstring).
 
     Args:
-        config: the study, validated with defaults (:func:`workflow.config.study_with_defaults`).
+        config: the study, validated with defaults (:func:`workflow.study.resolve.study_with_defaults`).
         vocab_size: the dataset's vocabulary size.
     Returns:
         ``{"study", "vocab_size", "stages": [{stage, hardware, seeds, variants (non-baseline),

@@ -6,8 +6,8 @@ state, so it works from another shell while Snakemake runs, after a crash (Snake
 jobs gone or orphaned) and on a study not yet started:
 
 - the study's stages, variants and seeds, resolved as the Snakefile resolves them
-  (:func:`load_study`: the study file(s), ``--config`` values, :func:`workflow.sweep.prepare_study`,
-  the schema's defaults; stage order and seeds from :mod:`workflow.config`);
+  (:func:`load_study`: the study file(s), ``--config`` values, :func:`workflow.study.overrides.prepare_study`,
+  the schema's defaults; stage order and seeds from :mod:`workflow.study`);
 - per run folder ``{results_dir}/{study}/stage_<S>/<variant>/seed_<n>/`` (docs/architecture.md,
   "Results layout"): ``result.json`` (a finished run: ``success`` true = done, false = failed
   with its ``reason``), ``metrics.partial.jsonl`` (the rows of a run still training; renamed to
@@ -99,10 +99,10 @@ def load_study(configfiles: Iterable[str | os.PathLike] = (), overrides: dict | 
     """The study as the Snakefile resolves it: the study file(s) (``--configfile``; none: the
     default ``config/config.yaml`` of ``directory``, else of the repository) merged in order,
     ``--config`` values on top (Snakemake merges both recursively), then ``set`` overrides and the
-    sweep (:func:`workflow.sweep.prepare_study`), the schema checks and its defaults.
+    sweep (:func:`workflow.study.overrides.prepare_study`), the schema checks and its defaults.
 
     Raises:
-        workflow.config.ConfigError: the study is invalid (naming the key).
+        workflow.study.schema.ConfigError: the study is invalid (naming the key).
         OSError: a study file cannot be read.
     """
     files = [Path(f) for f in configfiles]
@@ -165,7 +165,7 @@ def stage_variants(config: dict, results: Path, stage: str) -> tuple[list[str] |
 
 
 def most_variants(config: dict, stage: str) -> int:
-    """The most variants ``stage`` can run (workflow.sweep.stage_plan's count, without resolving runs)."""
+    """The most variants ``stage`` can run (workflow.study.printed_plan.stage_plan's count, without resolving runs)."""
     stages = stage_order(config)
     most = len(config["variants"])
     for previous, current in itertools.pairwise(stages):

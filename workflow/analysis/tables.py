@@ -192,7 +192,7 @@ def naive_plan(config: dict) -> dict:
         ``{"stages", "first_stage", "final_stage", "naive": {variant: {"runs", "tokens_per_run"}},
         "prices": {stage: {"unit": "gpu" | "process", "hour_usd"}}}``; tokens per run =
         ``batch_size x`` each step's sequence length over the final stage's run
-        (workflow.optim.tokens_for_steps), None when the length needs the data (num_epochs).
+        (workflow.study.schedules.tokens_for_steps), None when the length needs the data (num_epochs).
     """
 
     stages = stage_order(config)

@@ -76,7 +76,7 @@ def mirror_url(mirror: str, source: str, filename: str) -> str:
 
     Args:
         mirror: ``http(s)://host/base``, ``file:///folder`` or a folder path.
-        source: source name (a key of :data:`workflow.datasets.SOURCES`).
+        source: source name (a key of :data:`workflow.data.registry.SOURCES`).
         filename: file name within the source.
     Returns:
         A URL for URL mirrors, a path string for folder mirrors.
@@ -318,7 +318,7 @@ def fetch_source_file(source: str, filename: str, dest: str | os.PathLike, *,
                       progress: bool = True) -> Path:
     """Download ``filename`` of registry source ``source`` to ``dest`` (what the rule runs).
 
-    Looks up url / sha256 / bytes with :func:`workflow.datasets.source_file`; with a
+    Looks up url / sha256 / bytes with :func:`workflow.data.registry.source_file`; with a
     ``mirror`` the file comes from :func:`mirror_url` instead of the public URL. Hugging
     Face sources without a mirror go through :func:`hf_download`.
 

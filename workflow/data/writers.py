@@ -116,7 +116,7 @@ def _file_meta(path: Path, url: str | None = None, filename: str | None = None) 
 
 
 def verify_raw_file(path: Path, source: str, filename: str, opts: Mapping[str, Any] | None = None) -> None:
-    """Check a raw file against the registry's size and sha256 (workflow.datasets.SOURCES).
+    """Check a raw file against the registry's size and sha256 (workflow.data.registry.SOURCES).
 
     The download checked the same values; this catches a file changed since (a corrupted disk,
     an edited cache, a partial copy from another machine). ``opts``' ``raw_files`` overrides apply.

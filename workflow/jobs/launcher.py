@@ -38,7 +38,7 @@ def check_token_windows(meta_path: str | os.PathLike, model_cfg: dict) -> str:
     """Check that the train and val splits each hold one ``block_size + 1``-token window.
 
     Training and evaluation read windows of ``model.block_size + 1`` tokens that never cross a
-    file boundary (workflow.data.TokenSplit), so some file of the split must be that long.
+    file boundary (workflow.data.loader.TokenSplit), so some file of the split must be that long.
 
     Args:
         meta_path: the dataset's ``meta.json`` (workflow.tokenize).

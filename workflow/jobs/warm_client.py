@@ -167,7 +167,7 @@ def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_
 
     Args:
         trainer_argv: the trainer's arguments.
-        early: the launcher's :class:`workflow.launch.EarlySignals` (a preemption signal that
+        early: the launcher's :class:`workflow.jobs.trainer_process.EarlySignals` (a preemption signal that
             came before: 75 at once); None if there is none.
         wait_s: longest wait for a server that is still starting.
     Returns:

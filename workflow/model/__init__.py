@@ -14,7 +14,7 @@ Modules (``workflow.model.<name>``):
 
 ``from workflow.model import GPT, GPTConfig, build_model_config, depth_warm_state, BLOCK_TYPES``
 keeps working: names are re-exported lazily (PEP 562 ``__getattr__``), so importing this
-package or ``workflow.model.config`` never imports torch; asking for a torch name (GPT,
+package or ``workflow.study.model_config`` never imports torch; asking for a torch name (GPT,
 BLOCK_TYPES, ...) imports ``gpt`` (and with it every built-in block, so ``BLOCK_TYPES`` is
 complete).
 

@@ -3,7 +3,7 @@
 ``BLOCK_TYPES`` maps a block name to its class (``register_block``). Built in here:
 ``sequential`` (GPT-2 / nanoGPT pre-norm) and ``palm`` (PaLM's parallel attention + MLP).
 The tensor-parallel blocks ``tp``, ``spd`` and ``parallel`` register from
-``workflow.model.tensor_parallel`` (imported by ``workflow.model.gpt``).
+``workflow.model.tp_blocks`` (imported by ``workflow.model.gpt``).
 
 Shapes: B = batch size (sequences), T = sequence length (tokens), C = n_embd.
 Nothing is printed on import or anywhere else in this module.
@@ -108,7 +108,7 @@ BLOCK_TYPES: dict[str, type["Block"]] = {}
 def register_block(name: str):
     """Class decorator: register a ``Block`` subclass in ``BLOCK_TYPES`` under ``name``.
 
-    A built-in name (``workflow.model.config.BUILTIN_BLOCKS``) takes its class attributes
+    A built-in name (``workflow.study.blocks.BUILTIN_BLOCKS``) takes its class attributes
     ``default_norm``, ``tensor_parallel`` and ``comm_syncs_per_layer`` from that table (one
     source for the torch-free config check and the classes).
 

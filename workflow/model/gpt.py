@@ -39,7 +39,7 @@ class GPT(nn.Module):
     Linear C -> Vp (weight tied to wte when ``tie_embeddings``).
 
     Tensor parallelism: with tp / spd / parallel layers, ``self.tp`` is the
-    :class:`~workflow.model.tensor_parallel.TPRuntime` all those blocks share (simulated until
+    :class:`~workflow.parallel.mappings.TPRuntime` all those blocks share (simulated until
     ``tensor_parallel.parallelize_gpt`` shards the model for real mode); its counter holds the
     collectives of the passes (``tensor_parallel.tp_comm_counts``). Otherwise ``self.tp`` is None.
 

@@ -6,7 +6,7 @@ GPU started by ``srun``, SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LO
 master = first host of ``SLURM_JOB_NODELIST``). Backend: NCCL on CUDA, gloo on CPU.
 
 How workers communicate during training (DDP, DiLoCo, gossip) is a strategy:
-see ``workflow/strategies/``. Every message they send is counted by ``workflow.comm``.
+see ``workflow/strategies/``. Every message they send is counted by ``workflow.parallel.comm``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class DistContext:
             dimension (the workers that see different data). Without tensor parallelism
             they equal rank, world_size and the world group (None).
         tp_rank, tp_size, tp_group, mesh: the tensor-parallel dimension and the 2-D
-            ``DeviceMesh`` (dp x tp) when a model is sharded (workflow.model.tensor_parallel);
+            ``DeviceMesh`` (dp x tp) when a model is sharded (workflow.model.tp_blocks);
             tp_size 1 and mesh None otherwise.
     """
 

@@ -16,7 +16,7 @@ mean of the workers' own val_loss and the ``consensus_distance``.
 A strategy is built from its own config section, ``train.strategy`` (schema
 ``definitions/strategy_<name>``: defaults live there, not here), and holds per-worker state
 (:meth:`state_dict`) that goes into every rank's checkpoint. Every message goes through the
-run's :class:`workflow.comm.CommCounter`.
+run's :class:`workflow.parallel.comm.CommCounter`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Communication (:func:`gossip`): one ``torch.distributed`` point-to-point message
 irecv, batched with :func:`torch.distributed.batch_isend_irecv`) per graph edge and call,
 never a collective; on ``complete`` (W = 1/n everywhere) the same average is one all-reduce,
 which :func:`gossip` uses unless ``all_reduce_if_complete=False``. Each message is reported
-to a counter (workflow.comm.CommCounter) with ``counter.record(kind, calls, nbytes)``: a send
+to a counter (workflow.parallel.comm.CommCounter) with ``counter.record(kind, calls, nbytes)``: a send
 under ``kind`` (``"gossip"`` for parameters, ``"gossip_tracker"`` for DeMuon's trackers), a
 receive under ``kind + "_recv"``, the all-reduce shortcut under ``kind``; nbytes = payload.
 
@@ -81,7 +81,7 @@ def msgn(x: torch.Tensor, mode: int, ns_steps: int = 5) -> torch.Tensor:
 
     Modes:
         0: plain, ``x`` itself (no orthogonalization; every shape).
-        1: Newton-Schulz: workflow.optim.zeropower_via_newtonschulz5 (Muon's quintic
+        1: Newton-Schulz: workflow.optim.optimizers.zeropower_via_newtonschulz5 (Muon's quintic
            iteration, ``ns_steps`` iterations; singular values land near, not at, 1).
         2: exact: reduced SVD x = U S V^T, returns U V^T over the singular values above
            max(m, n) * eps * S_max (so msgn of a zero matrix is zero, not a random basis).
@@ -141,7 +141,7 @@ class GossipOptimizer(torch.optim.Optimizer):
     (M_i at the end of the last step, i.e. the previous local momentum of the next step) and,
     for demuon, ``tracker`` (V_i): plain tensors, so ``state_dict()`` survives
     ``torch.save`` / ``torch.load(weights_only=True)``. The param group carries ``lr`` and
-    ``initial_lr`` so workflow.optim.set_lr applies the run's schedule.
+    ``initial_lr`` so workflow.study.schedules.set_lr applies the run's schedule.
 
     Args:
         params: the worker's parameters (one param group).

@@ -102,7 +102,7 @@ def expand_block_pattern(pattern: Sequence[str] | None, n_layer: int, block_type
 def analytic_tp_syncs(layer_types: Sequence[str], tp_size: int) -> dict[str, int]:
     """Tensor-parallel all-reduces of one forward and one backward pass of a layer pattern.
 
-    Exact semantics of ``workflow.model.tensor_parallel`` (``docs/tensor_parallel.md``): the
+    Exact semantics of ``workflow.model.tp_blocks`` (``docs/tensor_parallel.md``): the
     residual stream is either replicated or split into per-shard streams.
 
     * ``tp`` (Megatron-LM): a split stream is merged first (1 forward); then 2 forward

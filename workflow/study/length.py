@@ -57,7 +57,7 @@ def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, bloc
     """Optimizer steps of the run.
 
     - ``num_tokens`` set: the fewest steps whose training tokens reach it
-      (:func:`workflow.optim.steps_for_tokens`: ``batch_size x`` each step's sequence length, a
+      (:func:`workflow.study.schedules.steps_for_tokens`: ``batch_size x`` each step's sequence length, a
       curriculum's shorter sequences included), so variants compare at equal data;
     - ``num_epochs`` set: the same with ``num_tokens = num_epochs * train_tokens`` (one epoch =
       as many tokens as the training split holds; batches are sampled, so an epoch is a token

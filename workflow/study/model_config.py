@@ -18,7 +18,7 @@ checks that the classes agree with ``BUILTIN_BLOCKS``.
 Sync arithmetic (tensor-parallel blocks, ``docs/tensor_parallel.md``)
 --------------------------------------------------------------------
 :func:`analytic_tp_syncs` counts the tensor-parallel all-reduces one forward and one backward
-pass make for a per-layer pattern under the exact semantics of ``workflow.model.tensor_parallel``;
+pass make for a per-layer pattern under the exact semantics of ``workflow.model.tp_blocks``;
 :func:`nominal_tp_syncs` is the seed write-up's rule (tp 2, spd 1, parallel 0 per layer, plus 2
 at the model boundaries when any parallel block is present).
 """

@@ -34,7 +34,7 @@ def launch_command(res: dict, python: str = "python") -> str:
     is the trainer's: 75 = preempted). One process: the trainer runs inside it (no torchrun).
     Several processes on one node: ``--nproc-per-node N`` (torchrun --standalone underneath).
     Several nodes: ``--nodes M`` and the srun layout (one task per GPU, or per ``nproc_per_node``
-    on CPU); workflow.distributed reads SLURM's variables (SLURM_PROCID, SLURM_NTASKS,
+    on CPU); workflow.parallel.process_groups reads SLURM's variables (SLURM_PROCID, SLURM_NTASKS,
     SLURM_LOCALID, SLURM_JOB_NODELIST).
 
     Args:

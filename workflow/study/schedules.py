@@ -1,6 +1,6 @@
 """Torch-free schedules of a run: learning rate, sequence-length curriculum, DepthWarm fractions,
 run lengths in tokens. The Snakemake main process plans studies with these without importing
-torch; ``workflow.optim`` re-exports them beside the optimizers."""
+torch; ``workflow.optim.optimizers`` re-exports them beside the optimizers."""
 
 from __future__ import annotations
 
@@ -132,7 +132,7 @@ def set_lr(optimizers: Sequence[Any], step: int,
         for group in opt.param_groups:
             if "initial_lr" not in group:
                 raise KeyError("param group has no 'initial_lr'; build optimizers with "
-                               "workflow.optim.build_optimizers")
+                               "workflow.optim.optimizers.build_optimizers")
             group["lr"] = group["initial_lr"] * mult
     return mult
 

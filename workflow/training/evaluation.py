@@ -1,6 +1,6 @@
 """Evaluation: which model is scored, on which windows, and how far the workers disagree.
 
-Every run of a study scores the same validation windows (``workflow.data.val_window_ids``:
+Every run of a study scores the same validation windows (``workflow.data.loader.val_window_ids``:
 evenly spaced full ``block_size`` windows covering about ``val_tokens`` tokens, independent of
 the seed), so val_loss values are comparable across variants and strategies.
 

@@ -41,7 +41,7 @@ class RunState:
     lr_mult: float = 0.0
     seq_len: int = 0
     schedule_ms: float = 0.0  # training time the schedules follow: the workers' mean, identical on every rank
-    # tensor-parallel collectives of the training passes (workflow.model.tensor_parallel)
+    # tensor-parallel collectives of the training passes (workflow.model.tp_blocks)
     tp_passes: int = 0
     tp_forward_calls: int = 0
     tp_backward_calls: int = 0

@@ -1,6 +1,6 @@
 """Optional Weights & Biases logging of a training run (``metrics.jsonl`` stays the source of truth).
 
-Config (study ``wandb`` section, copied into every run config by workflow.config.run_config)::
+Config (study ``wandb`` section, copied into every run config by workflow.study.resolve.run_config)::
 
     wandb: {mode: disabled | offline | online, project: stagerun, entity: null}
 

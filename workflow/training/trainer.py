@@ -8,7 +8,7 @@ run needs lives in :class:`RunState` plus the model, optimizers, strategy and RN
 Variants the trainer carries (all from the run config):
 
 - strategies (``train.strategy``, workflow/strategies/): DDP, DiLoCo, gossip;
-- ``train.optimizer``: adamw, muon (AdamW + Muon), sgd (workflow.optim);
+- ``train.optimizer``: adamw, muon (AdamW + Muon), sgd (workflow.optim.optimizers);
 - a sequence-length curriculum (``train.curriculum_*``): every step samples the same full
   ``block_size + 1`` windows (a pure function of (seed, step), independent of the world size)
   and crops them; evaluation always uses the full block_size;
@@ -63,13 +63,13 @@ class Trainer(RunRecords):
     """One training run. Build it, then call :meth:`run`.
 
     Args:
-        run_cfg: resolved run config (workflow.config.run_config); ``train`` is validated
+        run_cfg: resolved run config (workflow.study.resolve.run_config); ``train`` is validated
             against the schema here, so the trainer also works standalone.
         out_dir: folder of the run's outputs.
         meta_path: the dataset's meta.json.
         ctx: the process's :class:`DistContext`.
     Raises:
-        workflow.config.ConfigError: invalid ``train`` keys (named).
+        workflow.study.schema.ConfigError: invalid ``train`` keys (named).
         ValueError: ``batch_size`` not divisible by ``dp_size * device_batch_size``; a
             curriculum rung longer than ``model.block_size`` (names the keys).
     """

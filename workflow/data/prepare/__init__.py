@@ -40,7 +40,7 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     """Tokenize ``dataset`` from ``raw_dir`` into ``out_dir``; returns the meta.json dict.
 
     Args:
-        dataset: key of workflow.datasets.DATASETS.
+        dataset: key of workflow.data.registry.DATASETS.
         raw_dir: folder of the raw files (``{data_dir}/raw/{source}``; custom_text: its folder).
         out_dir: ``{data_dir}/tokens/{dataset}``; gets ``{split}.bin`` and meta.json (last).
         options: the study's ``datasets.<dataset>`` options (merged over the defaults).

@@ -72,7 +72,7 @@ def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, worker
 
     Args:
         batches: lists of document texts.
-        ranks_file: GPT-2 BPE ranks (see :func:`workflow.tokenizers.gpt2_encoding`).
+        ranks_file: GPT-2 BPE ranks (see :func:`workflow.data.tokenizers.gpt2_encoding`).
         workers: threads (<= 1: encode in the calling thread).
     Yields:
         One uint16 array per batch: every document's ids followed by ``<|endoftext|>`` (50256).
