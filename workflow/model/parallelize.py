@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from workflow.model.tp_blocks import TensorParallelBlock, TPBlockBase
 from workflow.parallel.mappings import TPRuntime
+from workflow.study.blocks import known_block_types
 from workflow.study.model_config import GPTConfig
 
 # --------------------------------------------------------------------------------------
@@ -26,7 +27,7 @@ def tp_sharded_params(config: GPTConfig) -> dict[str, int]:
     """State-dict names of the sharded weights -> the dimension split over shards (real mode)."""
     out = {}
     for i, name in enumerate(config.layer_block_types):
-        if name in ("tp", "spd", "parallel"):
+        if known_block_types()[name].tensor_parallel:  # the registry, not a list of names
             for key, dim in (("attn.c_attn", 0), ("attn.c_proj", 1), ("mlp.c_fc", 0), ("mlp.c_proj", 1)):
                 out[f"transformer.h.{i}.{key}.weight"] = dim
     return out

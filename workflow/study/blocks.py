@@ -26,7 +26,7 @@ class BlockInfo(NamedTuple):
     comm_syncs_per_layer: int
 
 
-#: Built-in block types (see the classes in blocks.py / tensor_parallel.py).
+#: Built-in block types (see the classes in workflow/model/blocks.py and tp_blocks.py).
 BUILTIN_BLOCKS: dict[str, BlockInfo] = {
     "sequential": BlockInfo("layernorm", False, 0),  # GPT-2 / nanoGPT pre-norm block
     "palm": BlockInfo("rmsnorm", False, 0),          # PaLM parallel attention + MLP
