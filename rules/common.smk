@@ -14,15 +14,19 @@ from workflow.core.io import read_json
 from workflow.data.registry import (
     DATASETS,
     SOURCES,
+    RUNTIME_OPTIONS,
     dataset_raw_dir,
     dataset_raw_inputs,
     source_file,
     source_mirror,
     source_options,
     study_meta_path,
+    token_options,
+    tokens_dataset,
+    tokens_dir_name,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
-from workflow.study.checks import check_model_configs, check_study, comm_study_variants, gpt2_scale
+from workflow.study.checks import check_data_vocab, check_model_configs, check_study, comm_study_variants, gpt2_scale
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import launch_command, slurm_resources, stage_resources
@@ -78,28 +82,56 @@ def raw_file_checks(wildcards):
     return json.dumps({"raw_files": {wildcards.filename: {"sha256": spec.sha256, "bytes": spec.bytes}}})
 
 
+def tokens_dir_pattern(datasets):
+    """Wildcard constraint of ``{tokens}``: one of ``datasets``, with an options hash or not."""
+    return "(?:" + "|".join(datasets) + ")(?:-[0-9a-f]{12})?" if datasets else "(?!)"
+
+
 def study_dataset_options(wildcards):
-    """The study's options of ``wildcards.dataset`` (config ``datasets.<name>``)."""
-    return dict((config.get("datasets") or {}).get(wildcards.dataset) or {})
+    """The study's options of the dataset of ``wildcards.tokens`` (config ``datasets.<name>``);
+    checked against the folder's name, so a folder is only ever made with the options it names."""
+    dataset = tokens_dataset(wildcards.tokens)
+    options = dict((config.get("datasets") or {}).get(dataset) or {})
+    if tokens_dir_name(dataset, options) != wildcards.tokens:
+        raise ValueError(
+            f"{DATA}/tokens/{wildcards.tokens}: the study's datasets.{dataset} options name the folder "
+            f"{tokens_dir_name(dataset, options)!r}; tokens of other options are made by the study that has them"
+        )
+    return options
 
 
 def tokenize_inputs(wildcards):
-    return dataset_raw_inputs(wildcards.dataset, DATA, study_dataset_options(wildcards))
+    return dataset_raw_inputs(tokens_dataset(wildcards.tokens), DATA, study_dataset_options(wildcards))
 
 
 def tokenize_raw_dir(wildcards):
-    return dataset_raw_dir(wildcards.dataset, DATA, study_dataset_options(wildcards))
+    return dataset_raw_dir(tokens_dataset(wildcards.tokens), DATA, study_dataset_options(wildcards))
 
 
 def tokenize_options_json(wildcards):
-    options = study_dataset_options(wildcards)
-    options.pop("mirror", None)
-    return json.dumps(options, sort_keys=True)
+    """``--options-json`` of the tokenize job (a param, so the same for every study of the folder):
+    the options that change the tokens (workflow.data.registry.token_options, defaults left out).
+    Those that only change speed reach the job through STAGERUN_TOKENIZE_RUNTIME (below)."""
+    return json.dumps(token_options(tokens_dataset(wildcards.tokens), study_dataset_options(wildcards)), sort_keys=True)
+
+
+# Options that change no token (num_proc, batch_docs, chunk_bytes) reach workflow.tokenize through
+# the environment, like the mirrors: changing them neither reruns tokenization nor the runs after it.
+os.environ.update(STAGERUN_TOKENIZE_RUNTIME=json.dumps({
+    name: {k: v for k, v in (options or {}).items() if k in RUNTIME_OPTIONS and k != "mirror"}
+    for name, options in (config.get("datasets") or {}).items()
+}))
 
 
 def dataset_meta(dataset=None):
-    """meta.json of the study's (or the named) tokenized dataset."""
+    """meta.json of the study's (or the named) tokenized dataset, in the folder the study's options name."""
     return study_meta_path(config, dataset)
+
+
+# The data's vocabulary against the model's, at parse when the tokens exist (else the job's launcher
+# checks it before training: workflow.jobs.launcher.check_data).
+if workflow.is_main_process and os.path.exists(dataset_meta()):
+    check_data_vocab(config, read_json(dataset_meta()), dataset_meta())
 
 
 def run_dir(stage, variant, seed):

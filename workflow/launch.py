@@ -13,7 +13,7 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    with ``O_EXCL``), and ``PATH`` is made a hard link to it (a symbolic link where the file
    system has no hard links). Snakemake deletes a job's log before it reruns the job; that
    removes only the ``PATH`` name, so the log of a preempted or failed attempt survives.
-2. **Data check** (:func:`check_token_windows`): every split the trainer reads (train, val) must
+2. **Data check** (:func:`check_data`: the run's tokens and vocabulary): every split the trainer reads (train, val) must
    hold one full window of ``model.block_size + 1`` tokens in one file, otherwise the job stops
    with one line naming the split, its token count and the window (no traceback in training).
 3. **Start**:
@@ -59,10 +59,11 @@ import sys
 from pathlib import Path
 
 from workflow.core.exits import EXIT_PREEMPTED
+from workflow.data.registry import tokens_dir
 from workflow.jobs.launcher import (
     _worker,
     cap_processes,
-    check_token_windows,
+    check_data,
     open_attempt_log,
     run_workers,
     srun_prefix,
@@ -107,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
         text = Path(targs.run_config[1:]).read_text() if targs.run_config.startswith("@") else targs.run_config
         run_cfg = json.loads(text)
-        meta = targs.meta or os.path.join(targs.data_dir, "tokens", run_cfg["dataset"], "meta.json")
-        print(check_token_windows(meta, run_cfg.get("model") or {}), flush=True)
+        meta = targs.meta or os.path.join(tokens_dir(run_cfg["dataset"], targs.data_dir, run_cfg.get("dataset_options")), "meta.json")
+        print(check_data(meta, run_cfg), flush=True)
     except (ValueError, KeyError, OSError) as err:
         print(f"error: {err}".replace("\n", " "), file=sys.stderr, flush=True)
         return 1

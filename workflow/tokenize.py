@@ -13,6 +13,9 @@ meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.d
 
 ``--tokenizer-file``: GPT-2 BPE ranks (tiktoken ``r50k_base.tiktoken``); default
 ``{raw-dir}/../gpt2/r50k_base.tiktoken`` when it exists, else tiktoken's own download/cache.
+Options that change no token (``num_proc``, ``batch_docs``, ``chunk_bytes``) may also come from
+``$STAGERUN_TOKENIZE_RUNTIME`` (JSON ``{dataset: {option: value}}``; rules/common.smk sets it),
+so they are no Snakemake param: changing them reruns nothing.
 Exit status 1 with a one-line ``error: ...`` naming the file / line / byte at fault.
 """
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from workflow.data.prepare import prepare
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
             options = json.loads(args.options_json)
         except json.JSONDecodeError as err:
             raise ValueError(f"--options-json: invalid JSON at column {err.colno}: {err.msg}") from None
+        runtime = json.loads(os.environ.get("STAGERUN_TOKENIZE_RUNTIME") or "{}").get(args.dataset) or {}
+        options = {**runtime, **options}
         meta = prepare(args.dataset, args.raw_dir, args.out_dir, options,
                        tokenizer_file=args.tokenizer_file, workers=args.workers)
     except (UnknownNameError, ValueError, OSError) as err:

@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from workflow.core.exits import EXIT_PREEMPTED  # noqa: F401 (re-exported)
+from workflow.data.registry import tokens_dir
 from workflow.parallel.process_groups import DistContext, init_distributed, shutdown
 from workflow.study.schema import validate_section
 from workflow.training.trainer import Trainer
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     except json.JSONDecodeError as err:
         print(f"--run-config: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}", file=sys.stderr)
         return 1
-    meta = args.meta or Path(args.data_dir) / "tokens" / run_cfg["dataset"] / "meta.json"
+    meta = args.meta or Path(tokens_dir(run_cfg["dataset"], str(args.data_dir), run_cfg.get("dataset_options"))) / "meta.json"
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     ctx = init_distributed(validate_section(run_cfg.get("train"), "train", "train")["device"])

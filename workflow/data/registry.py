@@ -3,7 +3,8 @@
 ``SOURCES[name]`` says where raw files come from (public URL, sha256 and/or size);
 they are downloaded to ``{data_dir}/raw/{source}/{filename}`` by rules/datasets.smk.
 ``DATASETS[name]`` says how a dataset is made from a source: tokenizer kind, split
-recipe and default options; workflow.tokenize writes ``{data_dir}/tokens/{name}/``.
+recipe and default options; workflow.tokenize writes ``{data_dir}/tokens/{name}/`` (with
+non-default token options ``{name}-{hash}/``: :func:`tokens_dir_name`).
 
 Per-dataset options come from the study config (``datasets: {name: {...}}``) and are
 merged over :attr:`Dataset.defaults` by :func:`dataset_options`; every dataset also
@@ -19,6 +20,8 @@ The functions used by the Snakemake rules (rules/common.smk, datasets.smk, token
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping
@@ -90,6 +93,9 @@ class Dataset:
 
 
 COMMON_OPTIONS = ("mirror", "raw_files")
+#: Options that change where raw files come from or how fast a dataset is tokenized, never its
+#: tokens: they are not part of the tokens' folder name (:func:`tokens_dir_name`).
+RUNTIME_OPTIONS = ("mirror", "num_proc", "batch_docs", "chunk_bytes")
 
 FINEWEB_URL = "https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main/{}"
 OPENWEBTEXT_HF_NAME = "Skylion007/openwebtext"
@@ -347,18 +353,71 @@ def custom_text_files(folder: str, pattern: str = "*.txt") -> list[str]:
 
 
 def study_meta_path(config: Mapping[str, Any], dataset: str | None = None) -> str:
-    """``meta.json`` of a study's tokenized dataset (or of ``dataset``): ``{data_dir}/tokens/{dataset}/meta.json``."""
-    return os.path.join(config["data_dir"], "tokens", dataset or config["dataset"], "meta.json")
+    """``meta.json`` of a study's tokenized dataset (or of ``dataset``), in the folder the study's options
+    of it name: ``{data_dir}/tokens/{tokens_dir_name}/meta.json``."""
+    dataset = dataset or config["dataset"]
+    return os.path.join(tokens_dir(dataset, config["data_dir"], (config.get("datasets") or {}).get(dataset)), "meta.json")
 
 
-def dataset_outputs(dataset: str, data_dir: str) -> list[str]:
+def dataset_outputs(dataset: str, data_dir: str, options: Mapping[str, Any] | None = None) -> list[str]:
     """Output files of the tokenize job: meta.json plus the static ``{split}.bin`` files."""
     ds = get_dataset(dataset)
-    folder = os.path.join(data_dir, "tokens", dataset)
+    folder = tokens_dir(dataset, data_dir, options)
     outs = [os.path.join(folder, "meta.json")]
     if ds.static_split_files:
         outs += [os.path.join(folder, f"{split}.bin") for split in ds.splits]
     return outs
+
+
+def token_options(dataset: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The options of ``dataset`` that change its tokens and differ from its defaults, sorted
+    by key (``{}`` for the defaults, however they are spelled): what names its tokens' folder.
+
+    Raises:
+        UnknownNameError: unknown dataset or option.
+    """
+    merged = dataset_options(dataset, options)
+    defaults = dataset_options(dataset)
+    return {k: merged[k] for k in sorted(merged) if k not in RUNTIME_OPTIONS and merged[k] != defaults[k]}
+
+
+def tokens_dir_name(dataset: str, options: Mapping[str, Any] | None = None) -> str:
+    """Folder name of the tokens of ``dataset`` made with ``options``, under ``{data_dir}/tokens/``:
+    ``{dataset}`` with the default options, else ``{dataset}-{sha256 of the token options, 12 hex}``,
+    so two studies with different splits of one dataset never share (or rewrite) a folder."""
+    key = token_options(dataset, options)
+    if not key:
+        return dataset
+    canonical = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{dataset}-{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+def tokens_dir(dataset: str, data_dir: str, options: Mapping[str, Any] | None = None) -> str:
+    """``{data_dir}/tokens/{tokens_dir_name}``: the folder of meta.json and the split files."""
+    return os.path.join(data_dir, "tokens", tokens_dir_name(dataset, options))
+
+
+def tokens_dataset(name: str) -> str:
+    """The dataset of a tokens folder name (:func:`tokens_dir_name`): the part before ``-``."""
+    return name.split("-", 1)[0]
+
+
+def tokens_mismatch(meta: Mapping[str, Any], dataset: str, options: Mapping[str, Any] | None) -> str | None:
+    """Why tokens described by ``meta`` (a meta.json) are not those of ``dataset`` with
+    ``options``, or None when they are. Options that change no token (:data:`RUNTIME_OPTIONS`)
+    and defaults however spelled do not count; tokens whose meta.json records no options count as
+    made with the defaults."""
+    if meta.get("dataset") != dataset:
+        return f"they are dataset {meta.get('dataset')!r}, not {dataset!r}"
+    try:
+        made = token_options(dataset, meta.get("options"))
+    except UnknownNameError as err:
+        return f"they were made with options this version does not know ({err})"
+    wanted = token_options(dataset, options)
+    if made != wanted:
+        return (f"they were made with datasets.{dataset} options {json.dumps(made, sort_keys=True)}, "
+                f"but the study gives {json.dumps(wanted, sort_keys=True)} (defaults left out)")
+    return None
 
 
 def source_options(source: str, config: Mapping[str, Any]) -> dict[str, Any]:

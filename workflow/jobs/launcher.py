@@ -19,8 +19,10 @@ from pathlib import Path
 
 from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json
+from workflow.data.registry import tokens_mismatch
 from workflow.jobs import warm_client
 from workflow.jobs.trainer_process import PREEMPT_SIGNALS, EarlySignals, run_trainer_here
+from workflow.study.checks import vocab_size_error
 from workflow.study.length import model_block_size
 
 EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
@@ -70,6 +72,26 @@ def check_token_windows(meta_path: str | os.PathLike, model_cfg: dict) -> str:
             )
         counts.append(f"{split} {tokens:,}")
     return f"data check: {', '.join(counts)} tokens; window {window} (block_size {block_size} + 1): ok"
+
+
+def check_data(meta_path: str | os.PathLike, run_cfg: dict) -> str:
+    """The launcher's data check: the tokens are the run's (dataset and the options that change
+    tokens, ``run_cfg["dataset_options"]``, absent = the defaults), the model's ``vocab_size``
+    covers the data's symbols, and both splits hold a window (:func:`check_token_windows`).
+
+    Raises:
+        DataCheckError: naming meta.json and what differs (options, vocabulary, split).
+    """
+    meta = read_json(meta_path)
+    why = tokens_mismatch(meta, run_cfg.get("dataset", meta.get("dataset")), run_cfg.get("dataset_options"))
+    if why:
+        raise DataCheckError(f"{meta_path}: these tokens are not this run's: {why}; the study's tokens are made "
+                             "in their own folder (workflow.data.registry.tokens_dir_name)")
+    error = vocab_size_error((run_cfg.get("model") or {}).get("vocab_size"), int(meta["vocab_size"]),
+                             "model.vocab_size", str(meta_path))
+    if error:
+        raise DataCheckError(error)
+    return check_token_windows(meta_path, run_cfg.get("model") or {})
 
 
 # --------------------------------------------------------------------------- logs

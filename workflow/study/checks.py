@@ -15,10 +15,15 @@ from __future__ import annotations
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
+from workflow.study.length import resolve_num_iterations
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
+
+
+#: Study keys that are folders (every output path starts with one): no braces.
+PATH_KEYS = ("data_dir", "results_dir")
 
 
 def check_study(config: dict) -> None:
@@ -34,6 +39,13 @@ def check_study(config: dict) -> None:
         ConfigError: naming the key at fault.
     """
 
+    for key in PATH_KEYS:
+        value = str(config.get(key, ""))
+        if "{" in value or "}" in value:
+            raise ConfigError(
+                f"{key}: {value!r} has a brace, but it becomes part of every output path, where Snakemake reads "
+                "braces as wildcards: it cannot be a path (name the folder without '{' and '}')"
+            )
     if config["dataset"] not in DATASETS:
         raise ConfigError(
             f"dataset: {config['dataset']!r} is not a known dataset (known: {', '.join(sorted(DATASETS))}; "
@@ -144,3 +156,81 @@ def check_model_configs(config: dict, vocab_size: int = 256) -> None:
                     check_curriculum({**train, "num_iterations": steps}, block_size)
             except ValueError as err:
                 raise ConfigError(f"stages.{stage}.train + variants.{variant}.train: {err}") from err
+
+
+def vocab_size_error(model_vocab, data_vocab: int, key: str, where: str) -> str | None:
+    """Why a model with ``model_vocab`` token ids (None: the data's own) cannot read data of
+    ``data_vocab`` symbols (``where``: its meta.json), or None when it can."""
+    if model_vocab is None or int(model_vocab) >= data_vocab:
+        return None
+    return (f"{key}: {model_vocab}, but the data ({where}) has {data_vocab} symbols (token ids 0..{data_vocab - 1}): "
+            f"the model would have no embedding row for ids >= {model_vocab}; set {key} >= {data_vocab}, "
+            "or leave it out (null: the data's own)")
+
+
+def check_data_vocab(config: dict, meta: dict, where: str) -> None:
+    """Every variant's ``model.vocab_size`` (when set) covers the symbols of the study's data.
+
+    Raises:
+        ConfigError: naming the variant's key, its value and the data's symbols.
+    """
+    for variant, overrides in config["variants"].items():
+        model = deep_merge(config.get("model", {}), (overrides or {}).get("model"))
+        key = "model.vocab_size" if "vocab_size" in (config.get("model") or {}) else f"variants.{variant}.model.vocab_size"
+        error = vocab_size_error(model.get("vocab_size"), int(meta["vocab_size"]), key, where)
+        if error:
+            raise ConfigError(error)
+
+
+def _run_steps(train: dict, model: dict) -> int | None:
+    """Steps of a run with these sections, where the study alone says (None: num_epochs, which
+    needs the data's size, or a model section that does not build)."""
+    if train.get("num_epochs") is not None:
+        return None
+    try:
+        block_size = build_model_config(resolve_depth_warm(model, None), 256).block_size
+        return resolve_num_iterations(train, 0, block_size)
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def plan_warnings(config: dict) -> list[str]:
+    """Legal studies that are probably not meant; printed with the plan (:func:`format_plan`).
+
+    - a DiLoCo run whose ``strategy.outer_steps x tau`` replaces ``train.num_iterations``, and whose
+      length then differs from the baseline's in the stage (its gate compares unequal runs);
+    - gossip with one worker per run: no neighbours, no communication;
+    - a last stage of fewer than 2 seeds: no verdict test has data, so no variant can win.
+    """
+    out = []
+    stages = stage_order(config)
+    baseline = config["baseline"]
+    for stage in stages:
+        res = stage_resources(config, stage)
+        workers = res["nproc_per_node"] * res["nodes"]
+        cfgs = {v: run_config(config, stage, v, stage_seeds(config, stage)[0]) for v in config["variants"]}
+        base_steps = _run_steps(cfgs[baseline]["train"], cfgs[baseline]["model"])
+        for variant, cfg in cfgs.items():
+            train = cfg["train"]
+            strategy = train.get("strategy") or {}
+            if strategy.get("name") == "diloco" and strategy.get("outer_steps") is not None:
+                steps = _run_steps(train, cfg["model"])
+                outer = f"strategy.outer_steps {strategy['outer_steps']} x tau {strategy['tau']}"
+                if steps is not None and train.get("num_tokens") is None and steps != train["num_iterations"]:
+                    out.append(f"stages.{stage} + variants.{variant}: {outer} = {steps} steps replaces "
+                               f"train.num_iterations {train['num_iterations']}: the run trains {steps} steps")
+                if variant != baseline and None not in (steps, base_steps) and steps != base_steps:
+                    out.append(f"stages.{stage} + variants.{variant}: trains {steps} steps ({outer}), the baseline "
+                               f"{baseline!r} {base_steps}: the stage compares runs of different lengths")
+            if strategy.get("name") == "gossip" and workers < 2:
+                out.append(f"stages.{stage} + variants.{variant}: strategy gossip with {workers} worker per run "
+                           f"(stages.{stage}.resources): no neighbours, so it trains alone like ddp on one process "
+                           "and is no communication variant; give the stage nproc_per_node >= 2")
+    last = stages[-1]
+    seeds = config["stages"][last]["seeds"]
+    if seeds < 2:
+        test = (config.get("verdict") or {}).get("test", "paired")
+        need = "2 seed-matched pairs" if test == "paired" else "2 runs on each side"
+        out.append(f"stages.{last}.seeds: {seeds}, but the verdict's {test} t-test needs at least {need} (and the "
+                   f"target test 2 runs): no variant can win this study; give the last stage seeds >= 2")
+    return out

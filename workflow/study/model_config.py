@@ -175,6 +175,10 @@ class GPTConfig:
         if self.depth_warm_start_layers < 1:
             raise ValueError("GPTConfig.depth_warm_start_layers must be >= 1, "
                              f"got {self.depth_warm_start_layers!r}")
+        if self.depth_warm and self.depth_warm_start_layers > self.n_layer:
+            raise ValueError(f"depth_warm_start_layers: {self.depth_warm_start_layers}, but n_layer is {self.n_layer}: "
+                             "DepthWarm cannot start with more layers than the model has "
+                             f"(depth_warm_start_layers <= {self.n_layer})")
         if self.depth_warm_steps < 0 or self.depth_warm_drop_until < 0:
             raise ValueError("GPTConfig.depth_warm_steps and depth_warm_drop_until must be >= 0")
         if self.tp_mode not in ("simulated", "real"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from workflow.data.registry import study_meta_path
+from workflow.study.checks import plan_warnings
 from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
@@ -100,4 +101,5 @@ def format_plan(config: dict) -> str:
     gpu_runs = sum(p["runs"] * p["gpus_per_run"] for p in plan)
     if gpu_runs:
         lines.append(f"  GPUs: at most {gpu_runs} GPU-run slots over the study (runs x GPUs per run)")
+    lines += [f"  WARNING: {warning}" for warning in plan_warnings(config)]  # legal, but probably not meant
     return "\n".join(lines)

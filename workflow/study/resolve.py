@@ -12,6 +12,7 @@ import copy
 import hashlib
 import json
 
+from workflow.data.registry import DATASETS, token_options
 from workflow.study.schema import ConfigError, _validator_with_defaults, load_schema, validate_section, validate_study
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
@@ -102,7 +103,9 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     Returns:
         ``{"study", "stage", "variant", "seed", "run_id", "stage_seed_offset", "dataset",
         "model", "train", "wandb"}`` with ``model``/``train`` merged and defaults filled;
-        ``run_id = seed - base_seed - stage_seed_offset``.
+        ``run_id = seed - base_seed - stage_seed_offset``; plus ``dataset_options`` (the
+        options that change the tokens, workflow.data.registry.token_options) when they are not
+        the defaults: the launcher refuses tokens made with others.
     Raises:
         ConfigError: unknown stage/variant, or a merged section fails the schema.
     """
@@ -115,7 +118,10 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     train = deep_merge(deep_merge(config.get("train", {}), stage_cfg.get("train", {})), overrides.get("train"))
     model = deep_merge(config.get("model", {}), overrides.get("model"))
     offset = stage_seed_offset(config, stage)
-    return {
+    dataset_opts = {}
+    if config["dataset"] in DATASETS:  # an unknown dataset is check_study's error
+        dataset_opts = token_options(config["dataset"], (config.get("datasets") or {}).get(config["dataset"]))
+    cfg = {
         "study": config["study"],
         "stage": stage,
         "variant": variant,
@@ -127,6 +133,9 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
         "train": validate_section(train, "train", f"stages.{stage}.train + variants.{variant}.train"),
         "wandb": copy.deepcopy(config.get("wandb", {})),
     }
+    if dataset_opts:  # absent for the defaults: runs of default data keep their config (and results)
+        cfg["dataset_options"] = dataset_opts
+    return cfg
 
 
 def config_hash(run_cfg: dict) -> str:

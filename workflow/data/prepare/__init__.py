@@ -13,15 +13,15 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from workflow.core.io import write_json_atomic
+from workflow.core.io import read_json, write_json_atomic
 from workflow.data.prepare.custom_text import prepare_custom_text
 from workflow.data.prepare.enwik8 import prepare_enwik8
 from workflow.data.prepare.fineweb import prepare_fineweb10B
 from workflow.data.prepare.multi30k import prepare_multi30k_en_de
 from workflow.data.prepare.openwebtext import prepare_openwebtext
 from workflow.data.prepare.shakespeare import prepare_shakespeare_char, prepare_shakespeare_gpt2
-from workflow.data.registry import dataset_options, get_dataset
-from workflow.data.writers import verify_raw_files
+from workflow.data.registry import dataset_options, get_dataset, tokens_mismatch
+from workflow.data.writers import DataError, verify_raw_files
 
 PREPARERS = {
     "shakespeare_char": prepare_shakespeare_char,
@@ -42,7 +42,7 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     Args:
         dataset: key of workflow.data.registry.DATASETS.
         raw_dir: folder of the raw files (``{data_dir}/raw/{source}``; custom_text: its folder).
-        out_dir: ``{data_dir}/tokens/{dataset}``; gets ``{split}.bin`` and meta.json (last).
+        out_dir: ``{data_dir}/tokens/{tokens_dir_name}``; gets ``{split}.bin`` and meta.json (last).
         options: the study's ``datasets.<dataset>`` options (merged over the defaults).
         tokenizer_file: GPT-2 BPE ranks file (see module docstring).
         workers: processes for GPT-2 BPE of large corpora (default: option num_proc / all CPUs).
@@ -50,11 +50,23 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
         UnknownNameError: unknown dataset or option.
         DataError / TokenizeError / FileNotFoundError: bad or missing raw data (names file and place);
             a raw file that differs from the registry's size / sha256 (:func:`verify_raw_files`);
-            a split with no room for a training window (:class:`SplitWriters`).
+            a split with no room for a training window (:class:`SplitWriters`);
+            ``out_dir`` holds finished tokens made with other options (DataError: a finished
+            tokens folder is never rewritten with different options; nothing is touched).
     """
     ds = get_dataset(dataset)
     opts = dataset_options(dataset, options)
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    finished = out_dir / "meta.json"
+    if finished.is_file():
+        try:
+            why = tokens_mismatch(read_json(finished), dataset, opts)
+        except ValueError:  # an unreadable meta.json describes nothing: it is rewritten
+            why = None
+        if why:
+            raise DataError(f"{out_dir}: holds finished tokens, but {why}; a tokens folder is never rewritten "
+                            "with different options (each set of options has its own folder: "
+                            "workflow.data.registry.tokens_dir_name)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
     verify_raw_files(dataset, raw_dir, opts, tokenizer_file)
