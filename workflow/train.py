@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from workflow.core.exits import EXIT_PREEMPTED  # noqa: F401 (re-exported)
+from workflow.core.io import DiskFullError
 from workflow.data.registry import tokens_dir
 from workflow.parallel.process_groups import DistContext, init_distributed, shutdown
 from workflow.study.schema import validate_section
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_backends(ctx)
     try:
         Trainer(run_cfg, args.out_dir, meta, ctx).run()
+    except DiskFullError as err:  # the folder and its free space, not a trace through torch.save
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
     finally:
         shutdown(ctx)
     return 0

@@ -86,6 +86,7 @@ def decide_verdict(
         for e, p_adj in zip(members, adjusted):
             e[key]["p_value_adjusted"] = p_adj
             e[key]["family_size"] = sum(p is not None for p in raw)
+    base_failure = baseline_failure(base, baseline, base_losses)
     for e in results:
         p_base = (e["vs_baseline"] or {}).get("p_value_adjusted")
         p_target = (e["vs_target"] or {}).get("p_value_adjusted")
@@ -93,14 +94,14 @@ def decide_verdict(
         if e["variant"] == baseline:
             e["beats_baseline"] = None
             e["winner"] = False
-            e["verdict"] = "reference"
+            e["verdict"] = "reference" + (f"; {base_failure}" if base_failure else "")
             continue
         e["beats_baseline"] = p_base is not None and p_base < alpha
         needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
         e["winner"] = all(needed) and not e["disqualified"]
         parts = []
         if p_base is None:
-            parts.append(f"not testable against {baseline} (fewer than 2 {'seed-matched pairs' if test == 'paired' else 'successful runs on one side'})")
+            parts.append(f"not testable against {baseline} ({base_failure or untestable_reason(e, test)})")
         else:
             raw = e["vs_baseline"]["p_value"]
             verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
@@ -131,6 +132,8 @@ def decide_verdict(
         )
     else:
         explanation = "No variant reached the last stage: nothing to test against the baseline."
+    if base_failure and n_tested:
+        explanation = f"No variant can be tested against {baseline}: {base_failure}. " + explanation
     return {
         "baseline": baseline,
         "alpha": alpha,
@@ -144,6 +147,28 @@ def decide_verdict(
         "winners": [e["variant"] for e in results if e["winner"]],
         "explanation": explanation,
     }
+
+
+def baseline_failure(base: dict | None, baseline: str, base_losses: Mapping[int, float]) -> str | None:
+    """Why the baseline gives the tests nothing to compare with (None: it has 2 or more runs that count).
+
+    ``the baseline 'b' failed on every seed (3 of 3: diverged ...)`` when no run of it counts."""
+    if base is None:
+        return f"the baseline {baseline!r} has no summary in the last stage"
+    if len(base_losses) >= 2:
+        return None
+    failed = base.get("failed_runs") or []
+    reason = f": {failed[0]['reason']}" if failed else ""
+    if not base_losses:
+        return f"the baseline {baseline!r} failed on every seed ({len(failed)} of {base['n_runs']}{reason})"
+    return f"the baseline {baseline!r} has only {len(base_losses)} run that counts ({len(failed)} of {base['n_runs']} failed{reason})"
+
+
+def untestable_reason(entry: dict, test: str) -> str:
+    """Why a variant's test against a baseline that has runs gave no p-value."""
+    if entry["n"] < 2:
+        return f"the variant has {entry['n']} run(s) that count, fewer than 2"
+    return f"fewer than 2 {'seed-matched pairs' if test == 'paired' else 'successful runs on one side'}"
 
 
 def verdict_markdown(verdict: dict) -> str:

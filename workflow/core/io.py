@@ -11,10 +11,12 @@ of :func:`tempfile.mkstemp`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -38,17 +40,60 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
         raise ValueError(f"atomic_write supports modes 'w' and 'wb', not {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_sibling(path)
+    try:
+        fd, tmp = _create_sibling(path)
+    except OSError as err:
+        raise (disk_full_error(path, err) if is_disk_full(err) else err) from None
     try:
         with os.fdopen(fd, mode, **open_kwargs) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
+        written = None
+        with contextlib.suppress(OSError):
+            written = os.path.getsize(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and is_disk_full(err):
+            raise disk_full_error(path, err, written) from None  # one line, not the writer's (torch's) trace
         raise
+
+
+class DiskFullError(OSError):
+    """A write found its file system full: the message names the folder and its free space."""
+
+    def __str__(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else super().__str__()
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """``err`` says the file system (or the user's quota) is full: ``Errno 28`` ENOSPC or EDQUOT."""
+    return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:,} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n}"  # pragma: no cover
+
+
+def disk_full_error(path: str | os.PathLike, err: OSError, written: int | None = None) -> DiskFullError:
+    """A :class:`DiskFullError` for a failed write of ``path``: ``[Errno 28] <folder>: no space left
+    on device writing <name> (<written> written before it filled); <free> free of <total> there now``."""
+    folder = Path(path).parent
+    try:
+        usage = shutil.disk_usage(folder)
+        space = f"{_size(usage.free)} free of {_size(usage.total)} there now"
+    except OSError:
+        space = "free space unknown"
+    what = "no space left on device" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    partial = f" ({_size(written)} written before it filled; removed)" if written else ""
+    return DiskFullError(err.errno, f"[Errno {err.errno}] {folder}: {what} writing {Path(path).name}{partial}; "
+                                    f"{space}: free space or move the folder (results_dir / data_dir)")
 
 
 def _create_sibling(path: Path) -> tuple[int, str]:

@@ -80,21 +80,52 @@ def override_entries(value: Any) -> list[str]:
         raise ConfigError(f"set: expected KEY=VALUE or a list of them, got {value!r}")
     out = []
     for entry in entries:
+        if isinstance(entry, str) and entry.strip().startswith("[") != entry.strip().endswith("]"):
+            missing = "closing ']'" if entry.strip().startswith("[") else "opening '['"
+            raise ConfigError(
+                f"set: {entry!r} has no {missing}: an unclosed list is read as one string; write the whole list, "
+                "set='[KEY=VALUE, KEY=VALUE]', or one KEY=VALUE"
+            )
         if not isinstance(entry, str) or "=" not in entry:
             raise ConfigError(f"set: {entry!r} is not KEY=VALUE (e.g. set='stages.C.train.num_iterations=350')")
         out.append(entry)
     return out
 
 
+#: Sections whose keys are names the study defines: ``set`` changes them, never adds one (a typo
+#: would otherwise add a stage or a variant, and the error that follows would blame another key).
+NAMED_SECTIONS = {"stages": "stage", "variants": "variant"}
+
+
+def _check_named_entry(config: dict, dotted: str, entry: str) -> None:
+    """``stages.<S>...`` / ``variants.<V>...`` must name an existing stage / variant.
+
+    Raises:
+        ConfigError: naming the entry, the unknown name and the known ones.
+    """
+    section, _, rest = dotted.partition(".")
+    if section not in NAMED_SECTIONS or not rest or not isinstance(config.get(section), dict):
+        return
+    name, _ = _split_path(config[section], rest.split("."))
+    if name not in config[section]:
+        kind = NAMED_SECTIONS[section]
+        raise ConfigError(
+            f"set {entry!r}: the study has no {kind} {name!r} ({section}: {', '.join(config[section])}); "
+            f"set changes existing {section} and adds none (write a new {kind} in the study file)"
+        )
+
+
 def apply_overrides(config: dict) -> list[tuple[str, Any]]:
     """Apply the study's ``set`` entries in place; returns the (key, value) pairs applied.
 
     Raises:
-        ConfigError: an entry is not ``KEY=VALUE``, or its key cannot be set.
+        ConfigError: an entry is not ``KEY=VALUE`` (an unclosed list: with a hint about the bracket),
+            its key cannot be set, or it names a stage or variant the study does not have.
     """
     applied = []
     for entry in override_entries(config.get("set") or []):
         key, text = entry.split("=", 1)
+        _check_named_entry(config, key.strip(), entry)
         value = parse_value(text)
         set_path(config, key.strip(), value, where=f"set {entry!r}")
         applied.append((key.strip(), value))

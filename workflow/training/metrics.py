@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from workflow.core.io import write_text_atomic
+from workflow.core.io import disk_full_error, is_disk_full, write_text_atomic
 
 
 class MetricsLog:
@@ -39,8 +39,13 @@ class MetricsLog:
 
     def write(self, row: dict) -> None:
         if self.is_main:
-            with open(self.partial, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
+            try:
+                with open(self.partial, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row) + "\n")
+            except OSError as err:
+                if is_disk_full(err):
+                    raise disk_full_error(self.partial, err) from None
+                raise
 
     def finish(self) -> None:
         if self.is_main and self.partial.exists():
