@@ -304,3 +304,29 @@ def test_pivot_to_the_next_best_of_the_previous_gate_within_the_reserve():
     assert short["variant"] == "second" and short["run"] is False and "exceed the reserve $7.00" in short["reason"]
     # no pivot when the gate is not configured for it, or when something advanced
     assert choose_pivot(decide_gate("B", gate(rule="beats_baseline_ci"), b, "baseline"), gate_a, 3, 10.0, 30.0) is None
+
+
+# ---- issue 19, item 10: only the baseline diverges
+
+@pytest.mark.parametrize("test", ["paired", "welch"])
+def test_verdict_says_the_baseline_failed_on_every_seed(test):
+    s = {"baseline": summary("baseline", [None, None, None], "C"),
+         "a": summary("a", [1.9, 1.95, 1.92], "C"), "b": summary("b", [2.0, 2.1, 2.05], "C")}
+    v = decide_verdict(s, "baseline", verdict_settings(test=test, target_val_loss=None))
+    rows = {e["variant"]: e for e in v["results"]}
+    failed = "the baseline 'baseline' failed on every seed (3 of 3: diverged: train_loss is nan at step 5)"
+    assert rows["a"]["verdict"].startswith(f"not testable against baseline ({failed})"), rows["a"]["verdict"]
+    assert "fewer than 2" not in rows["a"]["verdict"] and "fewer than 2" not in rows["b"]["verdict"]
+    assert rows["baseline"]["verdict"] == f"reference; {failed}"
+    assert v["explanation"].startswith(f"No variant can be tested against baseline: {failed}.")
+    assert v["winners"] == [] and failed in verdict_markdown(v)
+
+
+def test_verdict_names_a_baseline_with_one_run_and_a_variant_with_too_few():
+    s = {"baseline": summary("baseline", [2.0, None, None], "C"), "a": summary("a", [1.9, 1.95, 1.92], "C")}
+    v = decide_verdict(s, "baseline", verdict_settings(target_val_loss=None))
+    assert "the baseline 'baseline' has only 1 run that counts (2 of 3 failed" in v["results"][1]["verdict"]
+    s = {"baseline": summary("baseline", [2.0, 2.1, 2.05], "C"), "a": summary("a", [1.9, None, None], "C")}
+    v = decide_verdict(s, "baseline", verdict_settings(target_val_loss=None))
+    row = [e for e in v["results"] if e["variant"] == "a"][0]
+    assert "not testable against baseline (the variant has 1 run(s) that count, fewer than 2)" in row["verdict"]
