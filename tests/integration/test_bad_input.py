@@ -371,3 +371,150 @@ def test_snakemake_rerun_after_preemption_keeps_every_attempts_log(shared_data_s
     assert (run / "train.attempt-1.log").read_text() == attempt1  # the first attempt's log survived the rerun
     assert os.path.samefile(run / "train.log", run / "train.attempt-2.log")
     assert json.loads((run / "result.json").read_text())["final_step"] == 150
+
+
+# ================================================================== issue 19: bad input, second round
+# (in-process checks: tests/unit/test_study_checks.py; here the real Snakefile, launcher and trainer)
+
+def _tiny_edit(**changes):
+    def edit(cfg):
+        for dotted, value in changes.items():
+            node = cfg
+            *parents, last = dotted.split("/")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = value
+    return edit
+
+
+# Item 1: every user string is data. Each study plans (`snakemake -n`); a folder with braces stops
+# with the key named. Items 7-9, 5: set= errors and plan warnings through the real parse.
+@pytest.mark.parametrize("study_file, edit, args, expect_ok, expected", [
+    (None, _tiny_edit(**{"variants/lr-6e-3/description": "lr {x} test"}), (), True, None),
+    (None, _tiny_edit(**{"variants/lr-6e-3/description": "double {{x}} braces"}), (), True, None),
+    (None, _tiny_edit(wandb={"project": "p{a}"}), (), True, None),
+    (None, _tiny_edit(**{"datasets/shakespeare_char/train_fraction": 0.8}), (), True, None),
+    ("gossip.yaml", None, (), True, None),
+    ("multi30k.yaml", None, (), True, None),
+    (None, _tiny_edit(results_dir="res{x}"), (), False, "results_dir: 'res{x}' has a brace, but it becomes part of "
+                                                        "every output path"),
+    (None, _tiny_edit(data_dir="data/{x}"), (), False, "data_dir: 'data/{x}' has a brace"),
+    (None, None, ("--config", "set=stages.Z.seeds=2"), False,
+     "set 'stages.Z.seeds=2': the study has no stage 'Z' (stages: A, B, C)"),
+    (None, None, ("--config", "set=[train.lr=3e-3, stages.A.seeds=3"), False,
+     "set: '[train.lr=3e-3, stages.A.seeds=3' has no closing ']'"),
+    (None, _tiny_edit(**{"stages/C/seeds": 1}), (), True,
+     "WARNING: stages.C.seeds: 1, but the verdict's paired t-test needs at least 2 seed-matched pairs"),
+    (None, _tiny_edit(**{"variants/lr-6e-3/train/strategy": {"name": "gossip"}}), (), True,
+     "WARNING: stages.A + variants.lr-6e-3: strategy gossip with 1 worker per run"),
+], ids=["description", "description_escaped", "wandb_project", "dataset_options", "gossip_yaml", "multi30k_yaml",
+        "results_dir", "data_dir", "set_unknown_stage", "set_unclosed_list", "one_seed_verdict", "gossip_one_worker"])
+def test_user_strings_plan_and_bad_studies_stop_at_parse(study_file, edit, args, expect_ok, expected, tmp_path):
+    config = REPO / "config" / "studies" / study_file if study_file else _write_study(tmp_path, "s.yaml", edit)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(config), *args, check=False)
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == expect_ok, out[-4000:]
+    assert "WildcardError" not in out and "Traceback" not in out
+    if expect_ok:
+        assert re.search(r"^train\s+\d+$", out, re.M), out[-3000:]
+    else:
+        assert len(out.splitlines()) < 40, out
+        assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+    if expected:
+        assert expected in out, out[-4000:]
+
+
+# Item 3 and item 2's run-side check: the launcher's data check stops the job before the trainer
+# (no torch trace) when the model's vocab_size is below the data's symbols, or when the tokens were
+# made with other options than the run's study gives.
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"preset": "nanogpt-small", "vocab_size": 10}},
+     "model.vocab_size: 10, but the data ({meta}) has 65 symbols (token ids 0..64)"),
+    ({"dataset_options": {"train_fraction": 0.99999}},
+     "{meta}: these tokens are not this run's: they were made with datasets.shakespeare_char options {{}}, but the "
+     'study gives {{"train_fraction": 0.99999}}'),
+], ids=["vocab_size", "token_options"])
+def test_launcher_data_check_names_the_mismatch_before_training(change, message, shakespeare_char_meta, tmp_path):
+    out = tmp_path / "run"
+    cmd = [*launcher({"nodes": 1, "nproc_per_node": 1}), "--log", str(out / "train.log"),
+           *trainer_args({**run_cfg(4), **change}, out, shakespeare_char_meta)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=240)
+    log = (out / "train.log").read_text()
+    assert proc.returncode == 1, log
+    assert message.format(meta=shakespeare_char_meta) in log, log
+    assert "Traceback" not in log and "IndexError" not in log and not (out / "result.json").exists()
+
+
+def test_vocab_size_below_the_data_stops_the_dry_run_when_the_tokens_exist(shakespeare_char_meta, tmp_path):
+    tokens = tmp_path / "data" / "tokens" / "shakespeare_char"
+    tokens.mkdir(parents=True)
+    (tokens / "meta.json").write_text(shakespeare_char_meta.read_text())
+    study = _write_study(tmp_path, "s.yaml", _tiny_edit(model={"preset": "nanogpt-small", "vocab_size": 10}))
+    proc = snakemake(tmp_path, "-n", "--configfile", str(study), check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "model.vocab_size: 10, but the data (data/tokens/shakespeare_char/meta.json) has 65 symbols" in out, out
+    assert not (tmp_path / "results").exists()
+
+
+# Item 2: two studies with different train_fraction on one data_dir keep their own tokens and results.
+def test_two_studies_with_different_splits_keep_separate_tokens_and_results(shared_data_server, tmp_path):
+    def edit(name, options):
+        def apply(cfg):
+            cfg.update(study=name, mirror=shared_data_server, variants={"baseline": {}, "lr-6e-3": cfg["variants"]["lr-6e-3"]})
+            cfg["stages"]["A"]["train"] = {"num_iterations": 4, "val_loss_every": 0}
+            if options:
+                cfg["datasets"] = {"shakespeare_char": options}
+        return apply
+
+    studies = {"one": {}, "two": {"train_fraction": 0.8}}
+    results = {}
+    for name, options in studies.items():
+        study = _write_study(tmp_path, f"{name}.yaml", edit(name, options))
+        target = f"results/{name}/stage_A/baseline/seed_1337/result.json"
+        snakemake(tmp_path, "--cores", "1", "--configfile", str(study), "--", target)
+        results[name] = json.loads((tmp_path / target).read_text())
+        if name == "one":
+            first = {p.name: p.read_bytes() for p in (tmp_path / "data" / "tokens" / "shakespeare_char").iterdir()}
+    folders = sorted(p.name for p in (tmp_path / "data" / "tokens").iterdir())
+    assert folders[0] == "shakespeare_char" and re.fullmatch(r"shakespeare_char-[0-9a-f]{12}", folders[1]), folders
+    metas = {f: json.loads((tmp_path / "data" / "tokens" / f / "meta.json").read_text()) for f in folders}
+    assert metas[folders[0]]["options"]["train_fraction"] == 0.9 and metas[folders[1]]["options"]["train_fraction"] == 0.8
+    assert metas[folders[0]]["splits"]["val"]["tokens"] == 111540 and metas[folders[1]]["splits"]["val"]["tokens"] == 223079
+    # the first study's tokens were not touched, and its finished run is not invalidated
+    assert {p.name: p.read_bytes() for p in (tmp_path / "data" / "tokens" / folders[0]).iterdir()} == first
+    again = snakemake(tmp_path, "-n", "--configfile", str(tmp_path / "one.yaml"), "--",
+                      "results/one/stage_A/baseline/seed_1337/result.json")
+    assert "Nothing to be done" in again.stdout + again.stderr, again.stdout[-2000:]
+    assert results["one"]["final_val_loss"] != results["two"]["final_val_loss"]  # different val splits
+
+
+# Full disk: `Errno 28` names the folder and its free space, not a trace through torch.save; no file
+# that looks finished is left. A real full file system: a 256 KiB tmpfs (root), which holds the run's
+# metrics but not its model.
+def test_full_disk_names_the_folder_and_the_free_space(shakespeare_char_meta, tmp_path):
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        out = small / "run"
+        log = tmp_path / "train.log"
+        cmd = [*launcher({"nodes": 1, "nproc_per_node": 1}), "--log", str(log),
+               *trainer_args(run_cfg(4), out, shakespeare_char_meta)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=240)
+        text = log.read_text()
+        assert proc.returncode == 1, text[-3000:]
+        error = [line for line in text.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1, text[-3000:]
+        assert re.fullmatch(rf"error: \[Errno 28\] {re.escape(str(out))}\S*: no space left on device writing \S+ "
+                            r"\([\d.,]+ (bytes|KiB) written before it filled; removed\); [\d.,]+ (bytes|KiB) free of "
+                            r"256\.0 KiB there now: free space or move the folder \(results_dir / data_dir\)", error[0]), error
+        assert "Traceback" not in text and "torch" not in error[0]
+        assert not (out / "result.json").exists() and not (out / "model.pt").exists()
+        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

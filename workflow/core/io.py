@@ -56,8 +56,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", **open_kwargs: Any) -
             written = os.path.getsize(tmp)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and is_disk_full(err):
-            raise disk_full_error(path, err, written) from None  # one line, not the writer's (torch's) trace
+        full = _disk_full_cause(err)
+        if full is not None:  # torch.save turns it into a RuntimeError ("unexpected pos") whose context it is
+            raise disk_full_error(path, full, written) from None  # one line, not the writer's (torch's) trace
         raise
 
 
@@ -71,6 +72,17 @@ class DiskFullError(OSError):
 def is_disk_full(err: BaseException) -> bool:
     """``err`` says the file system (or the user's quota) is full: ``Errno 28`` ENOSPC or EDQUOT."""
     return isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _disk_full_cause(err: BaseException | None) -> OSError | None:
+    """The ENOSPC / EDQUOT error that ``err`` is or was raised from (its cause or context chain)."""
+    for _ in range(16):
+        if err is None:
+            return None
+        if is_disk_full(err):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _size(n: int) -> str:
