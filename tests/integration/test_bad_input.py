@@ -399,9 +399,9 @@ def _tiny_edit(**changes):
     (None, _tiny_edit(results_dir="res{x}"), (), False, "results_dir: 'res{x}' has a brace, but it becomes part of "
                                                         "every output path"),
     (None, _tiny_edit(data_dir="data/{x}"), (), False, "data_dir: 'data/{x}' has a brace"),
-    (None, None, ("--config", "set=stages.Z.seeds=2"), False,
+    (None, _tiny_edit(), ("--config", "set=stages.Z.seeds=2"), False,
      "set 'stages.Z.seeds=2': the study has no stage 'Z' (stages: A, B, C)"),
-    (None, None, ("--config", "set=[train.lr=3e-3, stages.A.seeds=3"), False,
+    (None, _tiny_edit(), ("--config", "set=[train.lr=3e-3, stages.A.seeds=3"), False,
      "set: '[train.lr=3e-3, stages.A.seeds=3' has no closing ']'"),
     (None, _tiny_edit(**{"stages/C/seeds": 1}), (), True,
      "WARNING: stages.C.seeds: 1, but the verdict's paired t-test needs at least 2 seed-matched pairs"),
