@@ -24,12 +24,13 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 import yaml
-from runs import rows_without_timings, wait_for_step  # tests/runs.py
+from runs import last_step, rows_without_timings, wait_for_step  # tests/runs.py
 
 from workflow.core.io import atomic_write, write_json_atomic, write_text_atomic
 from workflow.data.prepare import prepare
@@ -518,3 +519,75 @@ def test_full_disk_names_the_folder_and_the_free_space(shakespeare_char_meta, tm
         assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
     finally:
         subprocess.run(["umount", str(small)], check=True)
+
+
+# The kill test, landing inside training: warm start on, kill -9 of Snakemake's whole process group
+# while stage A's trainers are mid-run (after a metrics row past a checkpoint, not after a fixed
+# time), then `snakemake --unlock` and a rerun: the results equal an uninterrupted run's bit for bit,
+# and no process of the killed invocation outlives it (psutil, by an environment marker that every
+# process it starts inherits, warm-server forks included).
+def _processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get("STAGERUN_TEST_MARKER") == marker:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def _wait_until_gone(marker: str, timeout: float = 60) -> list:
+    deadline = time.monotonic() + timeout
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [(p.pid, " ".join(p.cmdline())) for p in _processes_with(marker)]
+
+
+def test_kill_9_of_snakemake_mid_training_with_warm_start_then_rerun_is_exact(shared_data_server, tmp_path):
+    def edit(cfg):
+        cfg.update(mirror=shared_data_server, warm_start="on")
+        cfg["variants"] = {"baseline": {}, "lr-6e-3": cfg["variants"]["lr-6e-3"]}
+        cfg["stages"]["A"].update(seeds=1, train={"num_iterations": 150, "val_loss_every": 50, "checkpoint_every": 20})
+
+    study = _write_study(tmp_path, "study.yaml", edit)
+    runs = {v: f"results/tiny/stage_A/{v}/seed_1337" for v in ("baseline", "lr-6e-3")}
+    targets = ["--", *(f"{r}/result.json" for r in runs.values())]
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    marker = f"kill-{os.getpid()}-{time.time_ns()}"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(killed),
+           "--cores", "2", "--configfile", str(study), *targets]
+    killed.mkdir()
+    with open(tmp_path / "first.out", "w") as out:
+        first = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env={**env(), "STAGERUN_TEST_MARKER": marker},
+                                 start_new_session=True)  # its own process group, as a terminal's job
+    try:
+        partials = [killed / r / "metrics.partial.jsonl" for r in runs.values()]
+        deadline = time.monotonic() + 300
+        while max(last_step(p) for p in partials) < 24 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert first.poll() is None, (tmp_path / "first.out").read_text()[-3000:]
+        steps = [last_step(p) for p in partials]
+        assert 24 <= max(steps) < 150, steps  # inside training, past the checkpoint of step 20
+        trainers = [p for p in _processes_with(marker) if "workflow.warm" in " ".join(p.cmdline())]
+        assert trainers, "no warm server: the trainers did not fork from it"
+        os.killpg(first.pid, signal.SIGKILL)  # kill -9 of Snakemake's process group
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    assert "warm start: training processes fork" in (tmp_path / "first.out").read_text()
+    assert _wait_until_gone(marker) == []  # no trainer, launcher or warm server outlives the kill
+
+    snakemake(killed, "--unlock", "--configfile", str(study))
+    snakemake(killed, "--cores", "2", "--configfile", str(study), *targets)
+    watched = killed / runs["baseline" if steps[0] >= steps[1] else "lr-6e-3"]
+    assert "resumed from" in (watched / "train.attempt-2.log").read_text()
+    reference.mkdir()
+    snakemake(reference, "--cores", "2", "--configfile", str(study), *targets)
+    for run in runs.values():
+        a, b = (json.loads((d / run / "result.json").read_text()) for d in (killed, reference))
+        assert (a["final_val_loss"], a["final_train_loss"], a["final_step"]) == \
+            (b["final_val_loss"], b["final_train_loss"], b["final_step"]) and a["final_step"] == 150
+        assert rows_without_timings(killed / run / "metrics.jsonl") == rows_without_timings(reference / run / "metrics.jsonl")
+    assert _wait_until_gone(marker, timeout=10) == []

@@ -40,7 +40,7 @@ import numpy as np
 import pytest
 import yaml
 
-from workflow.data.registry import DATASETS, dataset_options
+from workflow.data.registry import DATASETS, dataset_options, tokens_dir
 from workflow.study.checks import check_model_configs, check_study
 from workflow.study.schema import _validator_with_defaults, load_schema
 
@@ -128,41 +128,41 @@ class Case:
     global_mirror: bool = True          # pass --config mirror=<shared data server>
     env: Callable[[dict], dict] = lambda m: {}
     raw: tuple[str, ...] = ()           # files expected under data/raw/
-    check: Callable[[dict, dict, Path], None] = lambda meta, m, work: None
+    check: Callable[[dict, dict, Path], None] = lambda meta, m, tokens: None  # tokens: its folder
 
 
 def _check_counts(meta, **tokens):
     assert {s: meta["splits"][s]["tokens"] for s in tokens} == tokens
 
 
-def _check_enwik8(meta, m, work):
+def _check_enwik8(meta, m, tokens):
     n_train, n_val = int(WIKI_BYTES * 0.9), int(WIKI_BYTES * 0.05)
     assert [meta["splits"][s]["tokens"] for s in ("train", "val", "test")] == \
         [n_train, n_val, WIKI_BYTES - n_train - n_val]
 
 
-def _check_fineweb(meta, m, work):
+def _check_fineweb(meta, m, tokens):
     tokens = m["fineweb_tokens"]
     assert meta["splits"]["val"]["tokens"] == tokens["fineweb_val_000000.bin"]
     assert meta["splits"]["train"]["tokens"] == tokens["fineweb_train_000001.bin"] + tokens["fineweb_train_000002.bin"]
-    assert sorted(p.name for p in (work / "data" / "tokens" / "fineweb10B").iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in tokens.iterdir()) == ["meta.json"]
     hub_gets = [r for r in m["hub"].requests if r[0] == "GET" and f"/datasets/{FINEWEB_REPO}/resolve/" in r[1]]
     assert len(hub_gets) >= 3, m["hub"].requests
 
 
-def _check_openwebtext(meta, m, work):
+def _check_openwebtext(meta, m, tokens):
     assert meta["source"]["name"] == "local"
     assert sum(meta["documents"].values()) == m["owt_docs"]
 
 
-def _check_custom(meta, m, work):
+def _check_custom(meta, m, tokens):
     assert meta["documents"] == {"train": 270, "val": 30}
     assert meta["tokenizer"]["bos_id"] == 17
 
 
-def _check_multi30k(meta, m, work):
+def _check_multi30k(meta, m, tokens):
     from workflow.data.loader import TokenSplit
-    val = TokenSplit(work / "data" / "tokens" / "multi30k_en_de" / "meta.json", "val").files[0].tokens
+    val = TokenSplit(tokens / "meta.json", "val").files[0].tokens
     assert int((np.asarray(val) == 50256).sum()) == 1014  # one <|endoftext|> per official val pair
 
 
@@ -249,10 +249,11 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
 
     for rel in case.raw:
         assert (workdir / "data" / "raw" / rel).stat().st_size > 0, rel
-    meta_path = workdir / "data" / "tokens" / dataset / "meta.json"
+    # the folder the study's options name (issue 19: {dataset}-{hash} unless they are the defaults)
+    meta_path = Path(tokens_dir(dataset, str(workdir / "data"), study["datasets"][dataset])) / "meta.json"
     meta = json.loads(meta_path.read_text())
     assert meta["dataset"] == dataset and meta["vocab_size"] == case.vocab_size and meta["dtype"] == case.dtype
-    case.check(meta, mirrors, workdir)
+    case.check(meta, mirrors, meta_path.parent)
 
     result = json.loads((run_dir / "result.json").read_text())
     assert result["success"] is True and result["dataset"] == dataset and result["final_step"] == STEPS, result

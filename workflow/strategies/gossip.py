@@ -294,5 +294,7 @@ class GossipStrategy(Strategy):
 
     def describe(self) -> str:
         peers = neighbours(self.cfg["topology"], self.ctx.dp_size, self.ctx.dp_rank)
+        alone = ("; WARNING: one worker: no neighbours, so no communication (it trains like ddp on one process)"
+                 if self.ctx.dp_size < 2 else "")
         return (super().describe() + f"; worker {self.ctx.dp_rank} of {self.ctx.dp_size} receives from "
-                f"{peers.recv_from}, sends to {peers.send_to}")
+                f"{peers.recv_from}, sends to {peers.send_to}{alone}")
