@@ -128,41 +128,41 @@ class Case:
     global_mirror: bool = True          # pass --config mirror=<shared data server>
     env: Callable[[dict], dict] = lambda m: {}
     raw: tuple[str, ...] = ()           # files expected under data/raw/
-    check: Callable[[dict, dict, Path], None] = lambda meta, m, tokens: None  # tokens: its folder
+    check: Callable[[dict, dict, Path], None] = lambda meta, m, folder: None  # folder: the tokens folder
 
 
 def _check_counts(meta, **tokens):
     assert {s: meta["splits"][s]["tokens"] for s in tokens} == tokens
 
 
-def _check_enwik8(meta, m, tokens):
+def _check_enwik8(meta, m, folder):
     n_train, n_val = int(WIKI_BYTES * 0.9), int(WIKI_BYTES * 0.05)
     assert [meta["splits"][s]["tokens"] for s in ("train", "val", "test")] == \
         [n_train, n_val, WIKI_BYTES - n_train - n_val]
 
 
-def _check_fineweb(meta, m, tokens):
+def _check_fineweb(meta, m, folder):
     tokens = m["fineweb_tokens"]
     assert meta["splits"]["val"]["tokens"] == tokens["fineweb_val_000000.bin"]
     assert meta["splits"]["train"]["tokens"] == tokens["fineweb_train_000001.bin"] + tokens["fineweb_train_000002.bin"]
-    assert sorted(p.name for p in tokens.iterdir()) == ["meta.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json"]
     hub_gets = [r for r in m["hub"].requests if r[0] == "GET" and f"/datasets/{FINEWEB_REPO}/resolve/" in r[1]]
     assert len(hub_gets) >= 3, m["hub"].requests
 
 
-def _check_openwebtext(meta, m, tokens):
+def _check_openwebtext(meta, m, folder):
     assert meta["source"]["name"] == "local"
     assert sum(meta["documents"].values()) == m["owt_docs"]
 
 
-def _check_custom(meta, m, tokens):
+def _check_custom(meta, m, folder):
     assert meta["documents"] == {"train": 270, "val": 30}
     assert meta["tokenizer"]["bos_id"] == 17
 
 
-def _check_multi30k(meta, m, tokens):
+def _check_multi30k(meta, m, folder):
     from workflow.data.loader import TokenSplit
-    val = TokenSplit(tokens / "meta.json", "val").files[0].tokens
+    val = TokenSplit(folder / "meta.json", "val").files[0].tokens
     assert int((np.asarray(val) == 50256).sum()) == 1014  # one <|endoftext|> per official val pair
 
 
