@@ -48,7 +48,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m workflow.train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-config", required=True, help="run config as JSON text, or @path/to/file.json")
     parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument("--meta", type=Path, help="dataset meta.json (default: {data_dir}/tokens/{dataset}/meta.json)")
+    parser.add_argument("--meta", type=Path, help="dataset meta.json (default: {data_dir}/tokens/{dataset}[-{options hash}]/meta.json)")
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0: torch's default)")
     return parser.parse_args(argv)

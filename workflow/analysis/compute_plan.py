@@ -28,7 +28,7 @@ TOKENIZER_VOCAB = {"gpt2": 50257, "pretokenized": 50257, "byte": 256, "char": 25
 def planning_vocab_size(config: dict) -> tuple[int, str]:
     """The study dataset's vocab_size and where it came from (``meta.json`` or ``estimate``)."""
 
-    meta = Path(config["data_dir"]) / "tokens" / config["dataset"] / "meta.json"
+    meta = Path(study_meta_path(config))  # the folder the study's dataset options name
     if meta.is_file():
         return int(read_json(meta)["vocab_size"]), str(meta)
     dataset = DATASETS[config["dataset"]]

@@ -66,6 +66,7 @@ from workflow.analysis.status_runs import (
 )
 from workflow.analysis.status_scheduler import sacct_jobs, scan_processes
 from workflow.analysis.status_view import render
+from workflow.data.registry import study_meta_path
 from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.overrides import parse_value, prepare_study
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds, study_with_defaults
@@ -265,7 +266,7 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
     slurm = sacct_jobs(job_ids) if job_ids else None
 
     data_dir = Path(directory) / config["data_dir"]  # a relative data_dir is relative to --directory, as results_dir
-    train_tokens = study_train_tokens(data_dir / "tokens" / config["dataset"] / "meta.json")
+    train_tokens = study_train_tokens(Path(study_meta_path({**config, "data_dir": str(data_dir)})))
     runs: list[RunStatus] = []
     stage_rows = []
     for stage, variants, waiting in plan:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
-from workflow.study.length import resolve_num_iterations
+from workflow.study.length import run_steps
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
@@ -182,14 +182,11 @@ def check_data_vocab(config: dict, meta: dict, where: str) -> None:
             raise ConfigError(error)
 
 
-def _run_steps(train: dict, model: dict) -> int | None:
-    """Steps of a run with these sections, where the study alone says (None: num_epochs, which
-    needs the data's size, or a model section that does not build)."""
-    if train.get("num_epochs") is not None:
-        return None
+def _run_steps(cfg: dict) -> int | None:
+    """Steps of a resolved run where the study alone says (:func:`workflow.study.length.run_steps`;
+    None: num_epochs, which needs the data's size, or a model section that does not build)."""
     try:
-        block_size = build_model_config(resolve_depth_warm(model, None), 256).block_size
-        return resolve_num_iterations(train, 0, block_size)
+        return run_steps(cfg, None)
     except (ValueError, TypeError, KeyError):
         return None
 
@@ -209,12 +206,12 @@ def plan_warnings(config: dict) -> list[str]:
         res = stage_resources(config, stage)
         workers = res["nproc_per_node"] * res["nodes"]
         cfgs = {v: run_config(config, stage, v, stage_seeds(config, stage)[0]) for v in config["variants"]}
-        base_steps = _run_steps(cfgs[baseline]["train"], cfgs[baseline]["model"])
+        base_steps = _run_steps(cfgs[baseline])
         for variant, cfg in cfgs.items():
             train = cfg["train"]
             strategy = train.get("strategy") or {}
             if strategy.get("name") == "diloco" and strategy.get("outer_steps") is not None:
-                steps = _run_steps(train, cfg["model"])
+                steps = _run_steps(cfg)
                 outer = f"strategy.outer_steps {strategy['outer_steps']} x tau {strategy['tau']}"
                 if steps is not None and train.get("num_tokens") is None and steps != train["num_iterations"]:
                     out.append(f"stages.{stage} + variants.{variant}: {outer} = {steps} steps replaces "
