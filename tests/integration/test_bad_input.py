@@ -539,7 +539,7 @@ def _processes_with(marker: str) -> list[psutil.Process]:
 
 def _wait_until_gone(marker: str, timeout: float = 60) -> list:
     deadline = time.monotonic() + timeout
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+    while _processes_with(marker) and time.monotonic() < deadline:
         time.sleep(0.2)
     return [(p.pid, " ".join(p.cmdline())) for p in _processes_with(marker)]
 

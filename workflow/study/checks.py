@@ -15,7 +15,6 @@ from __future__ import annotations
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
-from workflow.study.length import run_steps
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
