@@ -279,7 +279,7 @@ def _gpu_run(args, compiled: bool, meta: Path, out_dir: Path, ctx: DistContext) 
     train = {"batch_size": args.batch_size, "device_batch_size": args.device_batch_size,
              "num_iterations": args.steps, "device": ctx.device.type, "dtype": "bfloat16", "compile": compiled,
              "optimizer": args.optimizer, "lr": 6e-4, "schedule": "constant", "val_loss_every": 0,
-             "val_tokens": 65536, "log_every": 10}
+             "val_tokens": args.val_tokens, "log_every": 10}
     if cuda:
         torch.cuda.reset_peak_memory_stats(ctx.device)
     result, rows = run_trainer({"preset": args.preset}, train, meta, out_dir, ctx)
@@ -347,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-batch-size", type=int, default=16, help="gpu: sequences per micro-step")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
     parser.add_argument("--preset", default="gpt2-124m", help="gpu: model preset")
+    parser.add_argument("--val-tokens", type=int, default=65536, help="gpu: tokens of the final evaluation")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                         help="gpu: cpu runs the same code on the CPU (checks the benchmark, measures nothing)")
     parser.add_argument("--compile", default="both", choices=["both", "on", "off"],
