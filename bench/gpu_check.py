@@ -131,7 +131,7 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001 (signal handler signatur
 
 def gpu_count() -> int:
     """CUDA devices (with GPU_CHECK_DEVICE=cpu: 2, the gloo workers of a harness self-test)."""
-    import torch
+    import torch  # deferred: torch is heavy, and summarize never needs it
 
     if DEVICE == "cpu":
         return 2
@@ -141,7 +141,7 @@ def gpu_count() -> int:
 # ----- parts ---------------------------------------------------------------------------------
 
 def part_env(args) -> dict:
-    import torch
+    import torch  # deferred: torch is heavy, and summarize never needs it
 
     out = {"python": platform.python_version(), "torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
            "cuda_version": torch.version.cuda, "gpus": [], "nccl": None, "cxx": shutil.which("g++") or shutil.which("c++"),
@@ -173,7 +173,7 @@ def part_env(args) -> dict:
 def nccl_self_test() -> str:
     """One NCCL all-reduce in a 1-rank process group on GPU 0 ("ok" or the error): NCCL's
     library loads and runs even where one GPU leaves the multi-process runs skipped."""
-    import torch
+    import torch  # deferred: torch is heavy, and summarize never needs it
     import torch.distributed as dist
 
     try:
@@ -242,7 +242,7 @@ def _runs_status(runs: dict) -> tuple[str, str | None]:
 
 
 def part_plan(args) -> dict:
-    from workflow.model import build_model_config
+    from workflow.model import build_model_config  # deferred with torch (see gpu_count)
 
     checked = []
     for name, (train, model) in BLOCK_RUNS.items():
@@ -353,7 +353,8 @@ def part_warm(args) -> dict:
         rc = run_command(cmds[name], args.limit / 2 - 5, args.out / "parts" / f"{name}.log", cwd=REPO)
         runs[name] = {"rc": rc, "seconds": round(time.monotonic() - start, 1)}
         if rc != 0:
-            return {"status": "failed", "reason": f"{name}: snakemake exit {rc} (parts/{name}.log)", "results": runs}
+            why = f"snakemake exit {rc}" if rc is not None else f"no end after {args.limit / 2 - 5:.0f} s"
+            return {"status": "failed", "reason": f"{name}: {why} (parts/{name}.log)", "results": runs}
         losses[name] = _final_losses(args.out / "studies" / name / "results" / "shakespeare-char")
     on, off = losses["warm_on"], losses["warm_off"]
     diffs = {k: abs(on[k] - off[k]) / abs(off[k]) for k in off if k in on}
@@ -376,7 +377,8 @@ def part_study(args) -> dict:
     results_dir = args.out / "studies" / "study" / "results" / "shakespeare-char"
     out = {"rc": rc, "seconds": round(time.monotonic() - start, 1)}
     if rc != 0:
-        return {"status": "failed", "reason": f"snakemake exit {rc} (parts/study.log)", "results": out}
+        why = f"snakemake exit {rc}" if rc is not None else f"no end after {args.limit - 40:.0f} s"
+        return {"status": "failed", "reason": f"{why} (parts/study.log)", "results": out}
     report = results_dir / "report.html"
     report_rc = run_command(cmd + ["--report", str(report)], max(20, args.limit - 10 - (time.monotonic() - start)),
                             args.out / "parts" / "study_report.log", cwd=REPO)
