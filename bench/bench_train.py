@@ -308,7 +308,7 @@ def bench_gpu(args) -> dict:
     (6 N + 12 L T C per token, nanoGPT's estimate; workflow.training.provenance) over the GPU's
     dense bf16 peak, first_10_steps_s (includes compilation), peak_memory_gib. Skipped (with the
     reason) without CUDA. ``--device cpu`` (with a small ``--preset``) runs the same code on the
-    CPU: a check of this benchmark itself (tests/test_gpu_check.py), not a measurement."""
+    CPU: a check of this benchmark itself (tests/integration/test_bench_gpu_check.py), not a measurement."""
     if args.device == "cuda" and not torch.cuda.is_available():
         return {"bench": "gpu", "skipped": "torch.cuda.is_available() is False"}
     ctx = init_distributed(args.device)

@@ -45,7 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.config import validate_section  # noqa: E402  (torch-free)
+from workflow.study.model_config import build_model_config  # noqa: E402  (torch-free)
+from workflow.study.schema import validate_section  # noqa: E402  (torch-free)
 
 PARTS = ("env", "plan", "cpu_smoke", "bench", "blocks", "strategies", "warm", "study")
 CUDA_PARTS = ("bench", "blocks", "strategies", "warm", "study")
@@ -242,7 +243,6 @@ def _runs_status(runs: dict) -> tuple[str, str | None]:
 
 
 def part_plan(args) -> dict:
-    from workflow.model import build_model_config  # deferred with torch (see gpu_count)
 
     checked = []
     for name, (train, model) in BLOCK_RUNS.items():

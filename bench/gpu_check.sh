@@ -10,7 +10,7 @@
 # GPU_CHECK_BUDGET_S (default 450 s): a hang costs one part, never the slice; a part that no
 # longer fits is reported skipped with that reason.
 #
-# --dry: the same script on a CPU machine (CI: tests/test_gpu_check.py). The CPU parts run; every
+# --dry: the same script on a CPU machine (CI: tests/integration/test_bench_gpu_check.py). The CPU parts run; every
 # CUDA part is reported skipped with its reason. Without --dry and without CUDA, the CUDA parts
 # are skipped too ("no CUDA device") and the exit status is 1.
 # Exit status: 0 when every part is ok (or, with --dry, ok or skipped), else 1.
