@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_train.py cpu  [--iters 2000] [--json out.json]
     .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
     .venv/bin/python bench/bench_train.py muon [--iters 200]
-    python bench/bench_train.py gpu [--steps 40] [--data synthetic|<meta.json>]
+    python bench/bench_train.py gpu [--steps 40] [--compile both|on|off] [--data synthetic|<meta.json>]
 
 ``cpu``: steps/s of workflow.train.Trainer at nanoGPT's CPU "baby" config (README: block 64,
 batch 12, 4 layers, 4 heads, n_embd 128, dropout 0, 2000 iterations, lr 1e-3 -> 1e-4 cosine
@@ -23,9 +23,11 @@ optimizer step alone on the baby model's real gradients: ``workflow.optim.optimi
 per-matrix reference loop (Newton-Schulz one matrix at a time with plain matmuls, the
 algorithm as first written) and against ``torch.optim.AdamW``, interleaved repeats (median).
 
-``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU (bf16 autocast,
-torch.compile), on synthetic tokens (default) or a tokenized dataset's meta.json; the first
-10 steps (compilation) are left out. Prints one JSON line.
+``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU, bf16 autocast, eager and
+then torch.compile'd (``--compile both``), on synthetic tokens (default) or a tokenized
+dataset's meta.json; the first 10 steps (compilation, warm-up) are left out. Prints one JSON
+line (``runs.eager`` / ``runs.compiled``, ``tokens_per_s_*``, ``mfu_*``, ``compile_speedup``).
+bench/gpu_check.sh runs it as one of its parts.
 
 All modes print one JSON line (and write it to ``--json``). Needs the shared data for
 ``cpu``/``fast`` (``$STAGERUN_SHARED_DATA`` or ``../shared/data``).
@@ -55,6 +57,7 @@ from workflow.parallel.process_groups import DistContext, init_distributed  # no
 from workflow.study.model_config import build_model_config
 from workflow.train import configure_backends
 from workflow.training.trainer import Trainer  # noqa: E402
+from workflow.training.provenance import peak_flops  # noqa: E402
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
 
@@ -269,33 +272,63 @@ def synthetic_meta(folder: Path, tokens: int, vocab: int = 50257) -> Path:
     return folder / "meta.json"
 
 
-def bench_gpu(args) -> dict:
-    if not torch.cuda.is_available():
-        return {"bench": "gpu", "skipped": "torch.cuda.is_available() is False"}
-    ctx = init_distributed("cuda")
-    configure_backends(ctx)
-    with tempfile.TemporaryDirectory() as tmp:
-        meta = Path(args.data) if args.data != "synthetic" else synthetic_meta(Path(tmp), 1 << 25)
-        train = {"batch_size": args.batch_size, "device_batch_size": args.device_batch_size,
-                 "num_iterations": args.steps, "device": "cuda", "dtype": "bfloat16", "compile": not args.no_compile,
-                 "optimizer": args.optimizer, "lr": 6e-4, "schedule": "constant", "val_loss_every": 0,
-                 "val_tokens": 65536, "log_every": 10}
-        result, rows = run_trainer({"preset": "gpt2-124m"}, train, meta, Path(tmp) / "run", ctx)
-    steady = [r for r in rows if r["step"] > 10]
+def _gpu_run(args, compiled: bool, meta: Path, out_dir: Path, ctx: DistContext) -> dict:
+    """One GPT-2 124M run of ``args.steps`` steps (bf16 autocast); numbers over the steps after
+    the first 10 (compilation, cuDNN / cuBLAS autotuning and allocator warm-up are left out)."""
+    cuda = ctx.device.type == "cuda"
+    train = {"batch_size": args.batch_size, "device_batch_size": args.device_batch_size,
+             "num_iterations": args.steps, "device": ctx.device.type, "dtype": "bfloat16", "compile": compiled,
+             "optimizer": args.optimizer, "lr": 6e-4, "schedule": "constant", "val_loss_every": 0,
+             "val_tokens": args.val_tokens, "log_every": 10}
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(ctx.device)
+    result, rows = run_trainer({"preset": args.preset}, train, meta, out_dir, ctx)
+    steady = [r for r in rows if r["step"] >= 10]
     first, last = steady[0], steady[-1]
     tokens = last["tokens_seen"] - first["tokens_seen"]
     ms = last["train_time_ms"] - first["train_time_ms"]
     mfus = [r["mfu"] for r in steady[1:] if r["mfu"] is not None]
     return {
-        "bench": "gpu", "device": result["device_name"], "steps": args.steps, "compile": not args.no_compile,
-        "dtype": "bfloat16", "optimizer": args.optimizer,
-        "tokens_per_step": args.batch_size * 1024, "device_batch_size": args.device_batch_size,
+        "compile": compiled,
         "step_ms": round(ms / (last["step"] - first["step"]), 2),
         "tokens_per_s": round(tokens / (ms / 1000.0), 1),
         "mfu": round(float(np.mean(mfus)), 4) if mfus else None,
-        "peak_flops": result["peak_flops"], "final_train_loss": result["final_train_loss"],
-        "torch": torch.__version__,
+        "first_10_steps_s": round(first["train_time_ms"] / 1000.0, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated(ctx.device) / 2**30, 2) if cuda else None,
+        "tokens_per_step": tokens // (last["step"] - first["step"]),
+        "final_train_loss": result["final_train_loss"],
+        "compile_stats": result.get("compile"),
     }
+
+
+def bench_gpu(args) -> dict:
+    """GPT-2 124M on one CUDA GPU, bf16 autocast, eager and then compiled (``--compile both``,
+    the default) in this process, on the same data and seed. Per mode: step_ms and tokens_per_s
+    over steps 10..steps (tokens = batch_size x 1024 per step), MFU = achieved model FLOP/s
+    (6 N + 12 L T C per token, nanoGPT's estimate; workflow.training.provenance) over the GPU's
+    dense bf16 peak, first_10_steps_s (includes compilation), peak_memory_gib. Skipped (with the
+    reason) without CUDA. ``--device cpu`` (with a small ``--preset``) runs the same code on the
+    CPU: a check of this benchmark itself (tests/integration/test_bench_gpu_check.py), not a measurement."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        return {"bench": "gpu", "skipped": "torch.cuda.is_available() is False"}
+    ctx = init_distributed(args.device)
+    configure_backends(ctx)
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}["off" if args.no_compile else args.compile]
+    device_name = torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda" else platform.machine()
+    out = {"bench": "gpu", "device": device_name, "preset": args.preset, "steps": args.steps, "dtype": "bfloat16",
+           "optimizer": args.optimizer, "batch_size": args.batch_size,
+           "device_batch_size": args.device_batch_size, "torch": torch.__version__, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = Path(args.data) if args.data != "synthetic" else synthetic_meta(Path(tmp), 1 << 25)
+        for compiled in modes:
+            name = "compiled" if compiled else "eager"
+            out["runs"][name] = _gpu_run(args, compiled, meta, Path(tmp) / name, ctx)
+            out[f"tokens_per_s_{name}"] = out["runs"][name]["tokens_per_s"]
+            out[f"mfu_{name}"] = out["runs"][name]["mfu"]
+    out["peak_flops"] = peak_flops(out["device"])
+    if len(out["runs"]) == 2:
+        out["compile_speedup"] = round(out["tokens_per_s_compiled"] / out["tokens_per_s_eager"], 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,7 +346,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="gpu: global sequences per step")
     parser.add_argument("--device-batch-size", type=int, default=16, help="gpu: sequences per micro-step")
     parser.add_argument("--optimizer", default="adamw", choices=["adamw", "muon"])
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--preset", default="gpt2-124m", help="gpu: model preset")
+    parser.add_argument("--val-tokens", type=int, default=65536, help="gpu: tokens of the final evaluation")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                        help="gpu: cpu runs the same code on the CPU (checks the benchmark, measures nothing)")
+    parser.add_argument("--compile", default="both", choices=["both", "on", "off"],
+                        help="gpu: eager then compiled (both), or one of them")
+    parser.add_argument("--no-compile", action="store_true", help="gpu: same as --compile off")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu}[args.mode](args)

@@ -9,11 +9,14 @@ Outputs in ``--out-dir`` (rank 0 writes, all atomically):
 
 - ``metrics.jsonl``: one row per log step: step, train_loss, val_loss (null between
   evaluations), val_loss_workers and consensus_distance (strategies whose workers differ),
-  lr, tokens_seen, flops, train_time_ms, step_avg_ms, tokens_per_s, comm_calls, comm_bytes.
+  lr, tokens_seen, flops, train_time_ms, step_avg_ms, tokens_per_s, comm_calls, comm_bytes;
+  with ``train.compile`` also compiled_frames (dynamo frames compiled so far, recompilations
+  included: constant once the first train step and evaluation have compiled).
 - ``result.json``: final_val_loss, final_train_loss, time_seconds, final_step, success,
   reason, seed, config_hash, communication (calls and bytes per worker and kind,
   bytes_per_token), git commit (+ ``git_diff.patch`` when the tree is dirty), torch version,
-  device, world_size, num_parameters, ...
+  device, world_size, num_parameters, compile (with ``train.compile``: frames, graphs and
+  graph_breaks of torch.compile in this run; else null), ...
 - ``model.pt``: the finished run's scored model (for samples), ``weights_only``-loadable.
 - ``checkpoint/{a,b}/rank-<r>.pt`` while the run is unfinished: every rank's state, written
   every ``train.checkpoint_every`` steps and on SIGTERM/SIGUSR1 (workflow.training.checkpoint).

@@ -10,7 +10,7 @@ Modules (``workflow.model.<name>``):
 ``tensor_parallel``  the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
                      communication counters (docs/tensor_parallel.md).
 ``depth_warm``       the DepthWarm schedule ``depth_warm_state`` (no torch).
-``gpt``              the ``GPT`` model.
+``gpt``              the ``GPT`` model and ``compile_gpt`` (how ``train.compile`` compiles it).
 
 ``from workflow.model import GPT, GPTConfig, build_model_config, depth_warm_state, BLOCK_TYPES``
 keeps working: names are re-exported lazily (PEP 562 ``__getattr__``), so importing this
@@ -47,6 +47,7 @@ _EXPORTS = {
     "register_block": "workflow.model.blocks",
     "make_norm": "workflow.model.blocks",
     "GPT": "workflow.model.gpt",
+    "compile_gpt": "workflow.model.gpt",
     "TensorParallelBlock": "workflow.model.tp_blocks",
     "SPDBlock": "workflow.model.tp_blocks",
     "ParallelStreamsBlock": "workflow.model.tp_blocks",

@@ -27,7 +27,7 @@ from workflow.model.tp_blocks import TPBlockBase, describe_pattern
 from workflow.parallel.mappings import ShardedStream, TPRuntime
 from workflow.study.model_config import GPTConfig
 
-__all__ = ["GPT"]
+__all__ = ["GPT", "compile_gpt"]
 
 
 class GPT(nn.Module):
@@ -234,3 +234,35 @@ class GPT(nn.Module):
                f"block_type={c.block_type}" if c.block_pattern is None else
                f"pattern={','.join(c.layer_block_types)}")
         )
+
+
+def compile_gpt(model: GPT) -> nn.Module:
+    """``torch.compile`` a GPT for training (``train.compile``); returns the module forward
+    passes run through. Parameters stay ``model``'s own (no copies).
+
+    * Default: the whole model, ``torch.compile(model)``: one graph per mode (train and eval)
+      covering embeddings, every block, ``ln_f``, the head and the loss. The sync points of
+      tensor-parallel blocks (``workflow.parallel.mappings.TPRuntime``: ``split``, ``merge``,
+      ``count_f``, ``count_g``) are ``torch.compiler.disable``d: the graph breaks there and
+      they run eagerly (their counters
+      are Python side effects, also in the backward pass), so a tp / spd / parallel pattern
+      compiles as one graph per stretch between sync points.
+    * DepthWarm (``config.depth_warm``): regional compilation. Each block is compiled on its
+      own (``nn.Module.compile``: blocks of one class share one compiled graph per mode) and
+      ``GPT.forward`` stays eager. Which blocks run is decided per step in Python (the active
+      depth grows, stochastic depth draws a random subset with ``.item()``); compiling the
+      whole model would specialize on every subset and recompile until dynamo's recompile
+      limit (8) sends the model back to eager.
+
+    Returns:
+        ``torch.compile(model)`` (an ``OptimizedModule`` wrapping ``model``), or ``model``
+        itself with compiled blocks (DepthWarm).
+
+    Source: https://pytorch.org/tutorials/recipes/regional_compilation.html (regional
+    compilation); docs/performance.md "torch.compile" (where the graph breaks and why).
+    """
+    if model.config.depth_warm:
+        for block in model.transformer.h:
+            block.compile()
+        return model
+    return torch.compile(model)

@@ -20,7 +20,6 @@ from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
 
-
 #: Study keys that are folders (every output path starts with one): no braces.
 PATH_KEYS = ("data_dir", "results_dir")
 

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+from torch._dynamo.utils import counters as _dynamo_counters
+
 from workflow.core.io import disk_full_error, is_disk_full, write_text_atomic
 
 
@@ -50,6 +52,25 @@ class MetricsLog:
     def finish(self) -> None:
         if self.is_main and self.partial.exists():
             os.replace(self.partial, self.final)
+
+
+def compile_counts() -> dict[str, int]:
+    """This process's ``torch.compile`` work so far (TorchDynamo's counters, process-global):
+
+    * ``frames``: Python frames dynamo compiled, recompilations included (a recompilation is
+      a second entry for a frame whose guards failed: new shapes, a changed attribute, ...);
+    * ``graphs``: FX graphs handed to the backend (inductor) - one per frame, or more where a
+      frame breaks into pieces;
+    * ``graph_breaks``: graph breaks (calls dynamo cannot trace, e.g. a
+      ``torch.compiler.disable``d function).
+
+    Take differences of two snapshots (other models compiled in the same process count too).
+    Source: ``torch._dynamo.utils.counters`` (``frames/total``, ``stats/unique_graphs``,
+    ``graph_break``).
+    """
+    return {"frames": int(_dynamo_counters["frames"]["total"]),
+            "graphs": int(_dynamo_counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(_dynamo_counters["graph_break"].values()))}
 
 
 def log_line(row: dict, num_iterations: int) -> str:

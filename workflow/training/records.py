@@ -21,7 +21,7 @@ from workflow.model.parallelize import full_state_dict, tp_comm_counts
 from workflow.parallel.comm import summarize
 from workflow.study.schedules import schedule_progress
 from workflow.training import checkpoint
-from workflow.training.metrics import log_line
+from workflow.training.metrics import compile_counts, log_line
 from workflow.training.provenance import git_state, slurm_job_id
 
 
@@ -83,11 +83,23 @@ class RunRecords:
             "comm_calls": comm_calls,  # sent so far by this worker (rank 0), checkpoints excluded
             "comm_bytes": comm_bytes,
         }
+        if self._compile_base is not None:  # torch.compile work of this run so far (recompiles show here)
+            row["compiled_frames"] = self.compile_stats()["frames"]
         if self.model.tp is not None:  # measured tensor-parallel all-reduces per pass, run so far
             row["tp_syncs_forward"], row["tp_syncs_backward"] = self.tp_syncs_per_pass()
         self.metrics.write(row)
         self.tracker.log(row)
         self.log(log_line(row, self.train_cfg["num_iterations"]))
+
+    def compile_stats(self) -> dict[str, int] | None:
+        """``torch.compile`` work since this trainer was built (``metrics.compile_counts``
+        differences: frames compiled incl. recompilations, graphs, graph breaks); None without
+        ``train.compile``. A run that compiles nothing after its first train step and first
+        evaluation has a constant ``frames`` from then on (metrics.jsonl ``compiled_frames``)."""
+        if self._compile_base is None:
+            return None
+        now = compile_counts()
+        return {key: now[key] - self._compile_base[key] for key in now}
 
     def _gather_comm(self) -> list[dict]:
         """Every worker's communication snapshot (rank order). The gather itself is the last
@@ -163,6 +175,7 @@ class RunRecords:
             "communication": communication,
             "bytes_per_token": communication["bytes_per_token"],
             "tensor_parallel": self._tensor_parallel_record(),
+            "compile": self.compile_stats(),
             "slurm_job_id": slurm_job_id(),
             "hostname": platform.node(),
             "device": str(self.ctx.device),

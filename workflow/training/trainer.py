@@ -35,6 +35,7 @@ import torch.distributed as dist
 from workflow.core.exits import EXIT_PREEMPTED
 from workflow.data.loader import TokenSplit, rank_slice, train_window_ids
 from workflow.model import GPT, depth_warm_state
+from workflow.model.gpt import compile_gpt
 from workflow.model.parallelize import parallelize_gpt
 from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext, init_tensor_parallel
@@ -52,7 +53,7 @@ from workflow.study.schedules import (
 from workflow.study.schema import validate_section
 from workflow.training import checkpoint
 from workflow.training.evaluation import Evaluator
-from workflow.training.metrics import MetricsLog
+from workflow.training.metrics import MetricsLog, compile_counts
 from workflow.training.provenance import flops_per_token, peak_flops, slurm_job_id
 from workflow.training.records import RunRecords
 from workflow.training.state import RunState, _PreemptionFlag, _step_seed
@@ -118,15 +119,18 @@ class Trainer(RunRecords):
         if ctx.mesh is not None:  # real tensor parallelism: keep this rank's shards
             parallelize_gpt(self.model, ctx.mesh["tp"])
         self.depth_generator = torch.Generator(device="cpu")
-        # Forward passes run through the compiled model when train.compile (same parameters).
-        self.fwd_model = torch.compile(self.model) if tc["compile"] else self.model
+        # Forward passes run through the compiled model when train.compile (same parameters;
+        # whole model, or block by block with DepthWarm: workflow.model.gpt.compile_gpt).
+        self._compile_base = compile_counts() if tc["compile"] else None
+        self.fwd_model = compile_gpt(self.model) if tc["compile"] else self.model
         self.comm = CommCounter(enabled=ctx.distributed)
         self.strategy = build_strategy(tc, ctx, self.comm)
         self.module = self.strategy.wrap(self.fwd_model, find_unused_parameters=self.model_config.depth_warm)
         self.optimizers = self.strategy.build_optimizers(self.model)
         self.strategy.setup(self.model)
 
-        use_bf16 = tc["dtype"] == "bfloat16" and ctx.device.type == "cuda"
+        # bf16 autocast on CUDA and on CPU alike (on CPU it checks the numerics, it is not faster)
+        use_bf16 = tc["dtype"] == "bfloat16"
         self.autocast = lambda: torch.autocast(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=use_bf16)
         self.device_name = (
             torch.cuda.get_device_name(ctx.device) if ctx.device.type == "cuda"
