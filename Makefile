@@ -53,6 +53,7 @@ bench: install
 	python bench/bench_train.py muon
 	python bench/bench_dag.py
 	python bench/bench_job_overhead.py
+	python bench/bench_script_capture.py
 
 lint: install
 	snakemake --lint

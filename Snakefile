@@ -49,6 +49,7 @@ wildcard_constraints:
 include: "rules/datasets.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
+include: "rules/script.smk"
 include: "rules/gates.smk"
 include: "rules/comm.smk"
 include: "rules/report.smk"

@@ -26,10 +26,13 @@ from workflow.data.registry import (
     tokens_dir_name,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
-from workflow.study.checks import check_data_vocab, check_model_configs, check_study, comm_study_variants, gpt2_scale
+from workflow.study.checks import (
+    check_data_vocab, check_model_configs, check_study, check_trainers, comm_study_variants, gpt2_scale,
+)
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import launch_command, slurm_resources, stage_resources
+from workflow.study.trainer_section import needs_nanogpt_data
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
 # (in the main process only: job steps on a cluster node re-read this file).
@@ -62,6 +65,51 @@ TRAIN_VAL_TEST_DATASETS = sorted(
 SHARD_DATASETS = sorted(n for n, d in DATASETS.items() if not d.static_split_files)
 PARALLEL_TOKENIZE_DATASETS = {"openwebtext"}  # their tokenizer uses several processes
 
+
+
+# ---- issue 17: your own training script as a variant (workflow/study/trainer_section.py) -----
+# The folder of the study file (the last --configfile): relative trainer.workdir starts there.
+STUDY_DIR = (os.path.dirname(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
+             else os.path.join(workflow.basedir, "config"))
+# (stage, variant) -> its path-resolved trainer, for the runs that run a script; placeholders and
+# files checked here, before any job (an unknown placeholder or a missing script stops the study).
+SCRIPT_TRAINERS = check_trainers(config, STUDY_DIR, check_files=workflow.is_main_process)
+if any(needs_nanogpt_data(t) for t in SCRIPT_TRAINERS.values()) and config["dataset"] in SHARD_DATASETS:
+    raise ValueError(
+        f"trainer: {{nanogpt_data_dir}} asked for, but {config['dataset']} is a shard dataset whose shards stay in "
+        "modded-nanogpt's format: use {train_files} / {val_files} (README, 'Your own training script')")
+
+
+def script_trainer(wildcards):
+    """The run's script trainer (paths absolute), or None for the built-in trainer."""
+    return SCRIPT_TRAINERS.get((wildcards.stage, wildcards.variant))
+
+
+def script_job_inputs(wildcards):
+    """Inputs of a script run besides meta.json: the script and trainer.inputs (their edits rerun
+    exactly the runs that use them) and, when asked for, the dataset in nanoGPT's layout."""
+    trainer = script_trainer(wildcards)
+    if trainer is None:
+        return []
+    files = [p for p in [trainer.get("script"), *trainer["inputs"]] if p]
+    if needs_nanogpt_data(trainer):
+        files.append(os.path.join(os.path.dirname(dataset_meta()), "nanogpt", "meta.pkl"))
+    return files
+
+
+def script_launch_command(res):
+    """Command prefix of a script run (workflow.jobs.script_runner; followed by --log, --run-config ...)."""
+    return (f"python -m workflow.jobs.script_runner --nproc-per-node {res['nproc_per_node']} --nodes {res['nodes']} "
+            f"--cpus-per-proc {res['cpus_per_proc']} --gpus {res['gpus']}")
+
+
+def train_launcher():
+    """The train rule's ``launcher`` param: workflow.launch for built-in runs, the script runner
+    for script runs (per job only when the study has script runs)."""
+    if not SCRIPT_TRAINERS:
+        return train_rule_setting(launch_command)
+    return per_job(lambda w: (script_launch_command if script_trainer(w) else launch_command)(train_resources(w.stage)))
+# ---- end issue 17 ------------------------------------------------------------------------
 
 
 def raw_file_options(wildcards):
@@ -209,6 +257,8 @@ def run_config_json(stage, variant, seed):
     JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
     cfg = dict(_first_seed_run_config(stage, variant))
     cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
+    if "trainer" in cfg:  # issue 17: the script trainer with absolute paths
+        cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
     return json.dumps(cfg, sort_keys=True)
 
 
@@ -228,7 +278,8 @@ def train_resources(stage):
     resources, so a dry run shows what a cluster would be asked for."""
     res = stage_resources(config, stage)
     if (res["gpus"] and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu()
-            and _first_seed_run_config(stage, BASELINE)["train"]["device"] == "auto"):
+            and _first_seed_run_config(stage, BASELINE)["train"]["device"] == "auto"
+            and (stage, BASELINE) not in SCRIPT_TRAINERS):  # a script decides its device itself (issue 17)
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
@@ -317,6 +368,8 @@ def all_targets():
         f"{RESULTS}/plots/val_loss_by_stage.png",
         *[f"{RESULTS}/stage_{stage}/table.csv" for stage in STAGES],
         *[f"{RESULTS}/plots/curves_stage_{stage}.png" for stage in STAGES],
-        lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt" for v in stage_variants(FINAL_STAGE)],
+        # (script runs leave no model.pt to sample from: issue 17)
+        lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt"
+                   for v in stage_variants(FINAL_STAGE) if (FINAL_STAGE, v) not in SCRIPT_TRAINERS],
         *comm_targets(),  # rules/comm.smk
     ]

@@ -3,11 +3,15 @@
 # several nodes: one `srun` task per GPU), and exits with the trainer's status (75 = preempted).
 # The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
 # runs it affects (Snakemake's params rerun trigger).
+# A variant whose resolved `trainer` has a script or command runs workflow.jobs.script_runner instead
+# (same options and outputs); its script and trainer.inputs are inputs (issue 17).
 # SLURM resources come from the study (stages.<S>.resources) via workflow.study.resources.slurm_resources.
 
 rule train:
     input:
         meta=dataset_meta(),
+        # issue 17: a script run's script, trainer.inputs and nanoGPT data (none for the built-in trainer)
+        script=script_job_inputs,
     output:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
         metrics=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/metrics.jsonl",
@@ -16,7 +20,7 @@ rule train:
     params:
         run_config=per_job(lambda w: run_config_json(w.stage, w.variant, int(w.seed))),
         out_dir=per_job(lambda w, output: os.path.dirname(output.result)),
-        launcher=train_rule_setting(launch_command),
+        launcher=train_launcher(),  # workflow.launch, or workflow.jobs.script_runner for script runs
         threads_per_proc=train_rule_setting(lambda r: r["cpus_per_proc"]),
     threads: train_rule_setting(lambda r: r["nproc_per_node"] * r["cpus_per_proc"])
     resources:

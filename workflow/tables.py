@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         plan = json.loads(args.plan_json) if args.plan_json else naive_plan(json.loads(args.config_json))
         frame, warnings = compute_table(summaries, plan)
         notes = [
-            "FLOPs: the trainer's flops_per_token x tokens seen, summed over resumed attempts. GPU-hours: training time "
+            "FLOPs: the trainer's flops_per_token x tokens seen, summed over resumed attempts (a training script's: "
+            "the flops or tokens it reports, or the study's trainer.flops_per_token / tokens_per_step; otherwise "
+            "\"unknown\"). GPU-hours: training time "
             "x GPUs (CPU stages: process-hours). Dollars: hours x cost.gpu_hour_usd of the stage's gpu_model "
             "(cpu_hour_usd on CPU). Naive: every variant at the last stage's seeds and length, from its measured FLOPs "
             "per token and the last stage's measured FLOPs per hour.",

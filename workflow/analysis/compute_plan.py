@@ -56,6 +56,17 @@ def _matmul_params(model_cfg) -> int:
     return _MATMUL_PARAMS[key]
 
 
+def script_run_estimate(cfg: dict) -> dict:
+    """:func:`run_estimate` of a run of the user's own script: tokens = ``num_iterations`` x
+    ``trainer.tokens_per_step`` and FLOPs = tokens x ``trainer.flops_per_token`` where the study
+    gives them, otherwise None ("unknown": never the built-in model's numbers)."""
+    n = cfg["train"]["num_iterations"]
+    per_step, per_token = cfg["trainer"].get("tokens_per_step"), cfg["trainer"].get("flops_per_token")
+    tokens = n * per_step if per_step else None
+    flops = tokens * per_token if tokens is not None and per_token else None
+    return {"num_iterations": n, "tokens": tokens, "flops": flops, "flops_per_token": per_token if flops else None}
+
+
 def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dict:
     """Tokens and FLOPs of one run of ``variant`` in ``stage``.
 
@@ -69,6 +80,8 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
 
     cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
     train = cfg["train"]
+    if "trainer" in cfg:  # issue 17: a script's cost is known only from what the study says about it
+        return script_run_estimate(cfg)
     model_cfg = build_model_config(resolve_depth_warm(cfg["model"], None), vocab_size)
     n = run_steps(cfg, study_train_tokens(study_meta_path(config)))
     if n is None:  # in epochs, before tokenization

@@ -80,6 +80,8 @@ def decide_gate(
                 f"{failed} of {summ['n_runs']} runs failed ({frac:.0%} > max_failed_fraction={max_failed:.0%}; "
                 f"{summ['failed_runs'][0]['reason']}): a failed seed is a result of the variant, not eligible"
             )
+        if summ.get("seed_ignored"):  # issue 17: said in the reason; no CI and no winner on such repeats
+            row["seed_ignored"] = summ["seed_ignored_reason"]
         if name != baseline and base_losses and row["eligible"]:
             row["p_vs_baseline"] = compare_to_baseline(val_losses_by_seed(summ), base_losses, test)["p_value"]
         rows.append(row)
@@ -163,6 +165,18 @@ def decide_gate(
                 "their 95 % CI of the mean lies entirely below the baseline's (a consistent improvement, seed 001's "
                 f"B -> C rule). {eligibility}"
             )
+
+    for row in rows:  # issue 17: the seed-ignoring variants (and baseline) say so
+        if row.get("seed_ignored"):
+            if rule == "beats_baseline_ci" and row["advanced"]:
+                row["advanced"] = False
+                row["reason"] += "; not advanced: a confidence interval of identical repeats means nothing"
+            row["reason"] += f"; {row['seed_ignored']}"
+    if rule == "beats_baseline_ci" and base_row is not None and base_row.get("seed_ignored"):
+        for row in candidates:
+            if row["advanced"]:
+                row["advanced"] = False
+                row["reason"] += "; not advanced: the baseline's repeats are identical (it ignores the seed)"
 
     order = {row["variant"]: i for i, row in enumerate(candidates)}
     rows.sort(key=lambda r: (r["variant"] != baseline, order.get(r["variant"], len(order)), r["variant"]))

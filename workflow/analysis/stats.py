@@ -195,6 +195,24 @@ def comparable_reason(result: dict) -> str | None:
     return None
 
 
+def seed_ignored(ok_results: Sequence[dict]) -> bool:
+    """True when two or more successful runs with different seeds gave bit-identical losses:
+    the same ``loss_fingerprint`` (a script run's captured loss sequence, workflow.jobs.script_runner)
+    or, without one, the same ``final_val_loss`` bits. The training ignores its seed, and the
+    repeats are one run counted several times."""
+    seeds = {r.get("seed") for r in ok_results}
+    if len(ok_results) < 2 or len(seeds) < 2:
+        return False
+    prints = {r.get("loss_fingerprint") or repr(float(r["final_val_loss"])) for r in ok_results}
+    return len(prints) == 1
+
+
+def seed_ignored_text(n: int) -> str:
+    """The reason text of :func:`seed_ignored`, for the gates and the verdict."""
+    return (f"the script ignores the seed: its {n} seeds gave bit-identical losses, so the repeats prove "
+            "nothing (one run counted several times)")
+
+
 def summarize_runs(results: Sequence[dict]) -> dict:
     """Summary of one variant's runs in one stage (the content of ``summary.json``).
 
@@ -234,6 +252,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         else:
             status[i] = ("ok", None)
     ok = [r for i, r in enumerate(results) if status[i][0] == "ok"]
+    ignored = seed_ignored(ok)
     times = [float(r["time_seconds"]) for r in results]
     time_summary = describe(times)
     time_summary["total"] = float(sum(times))
@@ -259,7 +278,12 @@ def summarize_runs(results: Sequence[dict]) -> dict:
             "val_loss": {k: val_loss[k] for k in ("mean", "std", "min", "max", "median", "ci_95")},
             "time": {"mean": time_summary["mean"], "std": time_summary["std"], "total": time_summary["total"]},
         },
-        "tokens_seen_total": int(sum(r.get("tokens_seen", 0) for r in results)),
+        "tokens_seen_total": int(sum(r.get("tokens_seen") or 0 for r in results)),
+        # issue 17: scripts may report no FLOPs ("unknown", never a made-up number) and may ignore the seed
+        "flops_unknown_runs": sum(1 for r in results if r.get("flops_known") is False),
+        "tokens_unknown_runs": sum(1 for r in results if "tokens_seen" in r and r["tokens_seen"] is None),
+        "seed_ignored": ignored,
+        "seed_ignored_reason": seed_ignored_text(len(ok)) if ignored else None,
         # communication and tensor parallelism (read defensively: older results lack them)
         "tokens_per_s": describe([r["tokens_per_s"] for r in ok if r.get("tokens_per_s") is not None]),
         "tensor_parallel": next((r["tensor_parallel"] for r in ok if r.get("tensor_parallel")), None),

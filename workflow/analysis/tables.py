@@ -70,9 +70,12 @@ def stage_table(stage: str, summaries: list[dict], baseline: str, decision: dict
             "time_mean_s": summ["time_seconds"]["mean"],
             "time_std_s": summ["time_seconds"]["std"],
             "time_total_s": summ["time_seconds"]["total"],
-            "tokens_per_run": summ["tokens_seen_total"] / n,
-            "flops_per_run": summ.get("flops_total", 0.0) / n,
+            # None ("unknown") where a training script reported no tokens / FLOPs (issue 17)
+            "tokens_per_run": None if summ.get("tokens_unknown_runs") else summ["tokens_seen_total"] / n,
+            "flops_per_run": None if summ.get("flops_unknown_runs") else summ.get("flops_total", 0.0) / n,
         })
+        if summ.get("seed_ignored"):
+            row["seed_ignored"] = summ["seed_ignored_reason"]
         if any(s.get("bytes_per_token") is not None for s in summaries):
             row["bytes_per_token"] = summ.get("bytes_per_token")
         row["outcome"] = outcome.get(summ["variant"], "")
@@ -170,6 +173,23 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
     frame["fraction_of_naive_flops"] = [r["flops"] / naive_flops if naive_flops and r["flops"] is not None else None
                                         for r in [*rows, total, naive, saving]]
     frame.loc[frame.index[-1], "fraction_of_naive_flops"] = None
+    # issue 17: a script that reports no tokens / FLOPs leaves them "unknown", never a made-up 0
+    unknown = {"flops": "flops_unknown_runs", "tokens": "tokens_unknown_runs"}
+    for key, count in unknown.items():
+        stages = [i for i, stage in enumerate(plan["stages"])
+                  if any(s.get(count) for s in summaries if s["stage"] == stage)]
+        if stages:
+            frame[key] = frame[key].astype(object)
+            for i in [*stages, len(rows), len(rows) + 1, len(rows) + 2]:  # those stages, total, naive, saving
+                frame.loc[frame.index[i], key] = "unknown"
+            if key == "flops":  # the naive plan extrapolates from FLOPs: its hours and dollars are unknown too
+                for other in ("gpu_hours", "process_hours", "usd"):
+                    frame[other] = frame[other].astype(object)
+                    for i in (len(rows) + 1, len(rows) + 2):
+                        frame.loc[frame.index[i], other] = "unknown"
+                frame["fraction_of_naive_flops"] = frame["fraction_of_naive_flops"].astype(object)
+                for i in [*stages, len(rows)]:
+                    frame.loc[frame.index[i], "fraction_of_naive_flops"] = None
     warnings = []
     dearer = [k for k in ("flops", "gpu_hours", "process_hours", "usd")
               if naive[k] and total[k] > naive[k]]
@@ -205,7 +225,7 @@ def naive_plan(config: dict) -> dict:
         block_size = model_block_size(cfg["model"])
         tokens = None
         n = run_steps(cfg, train_tokens)
-        if n is not None:
+        if n is not None and "trainer" not in cfg:  # a script's tokens are what it reports (issue 17)
             tokens = tokens_for_steps({**train, "num_iterations": n}, block_size, n)
         naive[variant] = {"runs": config["stages"][final]["seeds"], "tokens_per_run": tokens}
     # one source of prices: the compute plan's stage hardware (workflow.analysis.compute_plan)
@@ -219,6 +239,10 @@ def naive_plan(config: dict) -> dict:
 def _write_frame(frame: pd.DataFrame, csv_path: str, md_path: str, title: str, notes: list[str] = ()) -> None:
     with atomic_write(csv_path, "w", encoding="utf-8", newline="") as handle:
         frame.to_csv(handle, index=False)
-    body = frame.to_markdown(index=False, floatfmt=".4g") if len(frame) else "(no runs)"
+    shown = frame.copy()
+    for column in shown.columns:  # columns with "unknown" cells (issue 17): their numbers as floatfmt would
+        if shown[column].dtype == object:
+            shown[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in shown[column]]
+    body = shown.to_markdown(index=False, floatfmt=".4g") if len(frame) else "(no runs)"
     extra = "".join(f"\n{note}\n" for note in notes)
     write_text_atomic(md_path, f"# {title}\n\n{body}\n{extra}")

@@ -77,6 +77,7 @@ def decide_verdict(
             "vs_target": one_sample_ttest(list(losses.values()), target, "less") if target is not None else None,
             "vs_baseline": None if name == baseline else compare_to_baseline(losses, base_losses, test),
             "disqualified": policy == "disqualify" and bool(failed),
+            "seed_ignored": summ.get("seed_ignored_reason") if summ.get("seed_ignored") else None,  # issue 17
         }
         results.append(entry)
     # Holm over each family: variants vs the baseline; every tested variant vs the target.
@@ -94,11 +95,14 @@ def decide_verdict(
         if e["variant"] == baseline:
             e["beats_baseline"] = None
             e["winner"] = False
-            e["verdict"] = "reference" + (f"; {base_failure}" if base_failure else "")
+            e["verdict"] = ("reference" + (f"; {base_failure}" if base_failure else "")
+                            + (f"; {e['seed_ignored']}" if e["seed_ignored"] else ""))
             continue
         e["beats_baseline"] = p_base is not None and p_base < alpha
         needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
-        e["winner"] = all(needed) and not e["disqualified"]
+        base_entry = next((b for b in results if b["variant"] == baseline), None)
+        base_ignores = base_entry is not None and base_entry["seed_ignored"]
+        e["winner"] = all(needed) and not e["disqualified"] and not e["seed_ignored"] and not base_ignores
         parts = []
         if p_base is None:
             parts.append(f"not testable against {baseline} ({base_failure or untestable_reason(e, test)})")
@@ -114,6 +118,9 @@ def decide_verdict(
                 f"cannot win: {len(e['failed_runs'])} of {e['n_runs']} seeds failed ({e['failed_runs'][0]['reason']}); "
                 "a failed seed is a result of the variant (failed_run_policy: disqualify)"
             )
+        elif e["seed_ignored"] or base_ignores:  # issue 17: no winner on repeats that prove nothing
+            who = e["seed_ignored"] if e["seed_ignored"] else f"{baseline}: {base_entry['seed_ignored']}"
+            parts.append(f"cannot win: {who}")
         elif not e["winner"]:
             parts.append(f"not a winner (winners: {rule})")
         e["verdict"] = ("WINNER: " if e["winner"] else "") + "; ".join(parts)

@@ -12,6 +12,8 @@ Merge order of ``model``: study ``model`` < variant ``model``.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
@@ -19,6 +21,8 @@ from workflow.study.resolve import deep_merge, run_config, stage_order, stage_se
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
+from workflow.study.trainer_section import TrainerConfigError, check_placeholders, resolve_paths
+from workflow.study.trainer_section import check_files as check_trainer_files
 
 #: Study keys that are folders (every output path starts with one): no braces.
 PATH_KEYS = ("data_dir", "results_dir")
@@ -228,4 +232,36 @@ def plan_warnings(config: dict) -> list[str]:
         need = "2 seed-matched pairs" if test == "paired" else "2 runs on each side"
         out.append(f"stages.{last}.seeds: {seeds}, but the verdict's {test} t-test needs at least {need} (and the "
                    f"target test 2 runs): no variant can win this study; give the last stage seeds >= 2")
+
+
+def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True) -> dict[tuple[str, str], dict]:
+    """Check every (stage, variant)'s script trainer before any job (issue 17): its placeholders
+    name known values, launcher python is not asked for several processes per node, and
+    (``check_files``) its workdir, script and inputs exist. ``study_dir``: the folder of the study
+    file (relative workdirs start there).
+
+    Returns:
+        (stage, variant) -> the path-resolved trainer, for the runs that use a script.
+    Raises:
+        ConfigError: naming the stage, variant, key and the placeholder or file at fault.
+    """
+    out = {}
+    for stage in stage_order(config):
+        for variant in config["variants"]:
+            cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
+            if "trainer" not in cfg:
+                continue
+            where = f"stages.{stage} + variants.{variant}"
+            trainer = resolve_paths(cfg["trainer"], study_dir)
+            res = stage_resources(config, stage)
+            if trainer["launcher"] == "python" and res["nproc_per_node"] > 1 and res["nodes"] == 1:
+                raise ConfigError(f"{where}.trainer.launcher: python runs one process, but stages.{stage}.resources "
+                                  f"ask for {res['nproc_per_node']} per node: use launcher torchrun")
+            try:
+                check_placeholders(trainer, cfg["train"], where)
+                if check_files:
+                    check_trainer_files(trainer, where)
+            except TrainerConfigError as err:
+                raise ConfigError(str(err)) from None
+            out[(stage, variant)] = trainer
     return out

@@ -14,6 +14,7 @@ import json
 
 from workflow.data.registry import DATASETS, token_options
 from workflow.study.schema import ConfigError, _validator_with_defaults, load_schema, validate_section, validate_study
+from workflow.study.trainer_section import TrainerConfigError, check_section, is_script_trainer
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
 #: they are left out of :func:`config_hash` so all seeds of one setting share a hash.
@@ -135,7 +136,36 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     }
     if dataset_opts:  # absent for the defaults: runs of default data keep their config (and results)
         cfg["dataset_options"] = dataset_opts
+    # ---- issue 17: your own training script (workflow/study/trainer_section.py) ----
+    trainer = run_trainer(config, stage, variant)
+    if trainer is not None:
+        cfg["trainer"] = trainer
     return cfg
+
+
+def run_trainer(config: dict, stage: str, variant: str) -> dict | None:
+    """The resolved ``trainer`` section of (stage, variant): study < stage < variant, validated
+    with the schema's defaults, paths as written (relative); None for the built-in trainer (no
+    section, or neither ``script`` nor ``command``), so built-in run configs never change.
+
+    Raises:
+        ConfigError: the merged section fails the schema or trainer_section.check_section.
+    """
+    parts = [config.get("trainer"), config["stages"][stage].get("trainer"), (config["variants"][variant] or {}).get("trainer")]
+    if not any(parts):
+        return None
+    merged: dict = {}
+    for part in parts:
+        merged = deep_merge(merged, part)
+    where = f"stages.{stage} + variants.{variant}"
+    trainer = validate_section(merged, "trainer", f"{where}.trainer")
+    if not is_script_trainer(trainer):
+        return None
+    try:
+        check_section(trainer, where)
+    except TrainerConfigError as err:
+        raise ConfigError(str(err)) from None
+    return trainer
 
 
 def config_hash(run_cfg: dict) -> str:

@@ -1,0 +1,412 @@
+"""The command of a training job whose variant is the user's own script (issue 17; torch-free).
+
+CLI (what rules/train.smk runs for a run whose resolved ``trainer`` has a script or command)::
+
+    python -m workflow.jobs.script_runner [--nproc-per-node N] [--nodes M --cpus-per-proc C] [--gpus G]
+        --log results/.../train.log --run-config '<json>' --out-dir DIR --meta META [--threads T]
+
+``--run-config`` is the run's resolved config (workflow.study.resolve.run_config) with its ``trainer``
+paths absolute (rules/common.smk). What it does:
+
+1. **Log**: every attempt writes its own ``train.attempt-N.log``; ``train.log`` links to the
+   latest (workflow.jobs.launcher.open_attempt_log). The script's stdout and stderr go into it whole,
+   in the order written (one pipe).
+2. **Start**: ``python script args`` (launcher python), ``torchrun --standalone --nproc_per_node
+   N script args`` (torchrun), or the ``command`` line (command), in ``trainer.workdir``, never
+   through a shell. Several nodes: ``srun`` with one task per process (python) or one torchrun
+   per node with a c10d rendezvous on the first node (torchrun). Placeholders are expanded
+   (workflow.study.trainer_section); the environment gets ``STAGE_<KEY>``, ``STAGERUN_*`` and
+   ``trainer.env``; ``PYTHONUNBUFFERED=1`` (so lines arrive while they are printed) and
+   ``OMP_NUM_THREADS`` = ``--threads`` unless the job's environment sets them.
+3. **Capture** (workflow.jobs.capture): every output line and every row appended to
+   ``$STAGERUN_METRICS`` as they come; rows go to ``metrics.partial.jsonl`` while the script runs.
+4. **Signals**: SIGTERM, SIGUSR1 and SIGINT are forwarded, as received, to the script's
+   process group (it runs in a session of its own). After such a signal, or when the script
+   exits 75 by itself, the job exits **75 (preempted)** and writes no result: the captured rows
+   and the attempt's time are kept (``script_state.json``), and the rerun continues them
+   (a script that checkpoints in ``{out_dir}`` resumes; the first row it logs again replaces the
+   earlier attempts' rows from that step on).
+5. **Result**: ``metrics.jsonl`` (the built-in trainer's schema) and ``result.json`` with
+   ``success`` and ``reason``. Failures are results (the job exits 0 so the DAG goes on, as for a
+   diverged run): the script exited non-zero (its status and the log's last lines), it exited 0
+   but no val_loss was captured (the preset or patterns and the log's last lines), or a captured
+   loss is NaN/inf. result.json also records ``final_val_loss`` (the last captured val_loss),
+   ``final_step``, ``time_seconds`` (wall time, summed over attempts), the script's and the
+   inputs' sha256, the exact command, the environment's *names* (never values), the git commit of
+   the script's repository and its diff (``script_git_diff.patch``), and FLOPs only where the
+   script reports tokens or flops (or the study gives ``tokens_per_step`` / ``flops_per_token``):
+   otherwise ``flops`` is None ("unknown").
+
+Warm start (workflow.jobs.warm_client) never applies to scripts. Exit status: 0 (a result was written),
+75 (preempted), 2 (bad arguments or a run config that cannot start the script).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import json
+import os
+import re
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from workflow.core.exits import EXIT_PREEMPTED
+from workflow.core.io import read_json, write_json_atomic, write_text_atomic
+from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
+from workflow.jobs.launcher import open_attempt_log, srun_prefix
+from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record
+from workflow.study.trainer_section import (
+    TrainerConfigError,
+    command_line,
+    expand,
+    needs_nanogpt_data,
+    stage_env,
+    stagerun_env,
+)
+
+FORWARD_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+TAIL_LINES = 20
+STATE_FILE = "script_state.json"
+PARTIAL_FILE = "metrics.partial.jsonl"
+SCRIPT_METRICS_FILE = "script_metrics.jsonl"
+CHECKPOINT_DIR = "checkpoint"
+RDZV_PORT = 29400
+#: seconds the runner lets a script's output gather before reading it (capture latency; one wake-up
+#: per batch instead of per line keeps the capture's cost per line small: bench/bench_script_capture.py)
+BATCH_S = 0.02
+
+
+# --------------------------------------------------------------------------- the command
+
+def split_files(meta_path: Path, split: str) -> str | None:
+    """The token files of ``split`` in meta.json: one absolute path, or a glob of the shards
+    (digits of the first file name replaced by ``*``), None when the split is missing."""
+    try:
+        files = (read_json(meta_path).get("splits") or {}).get(split, {}).get("files") or []
+    except (OSError, ValueError):
+        return None
+    if not files:
+        return None
+    first = (meta_path.parent / files[0]["path"]).resolve()
+    if len(files) == 1:
+        return str(first)
+    return str(first.parent / re.sub(r"\d+(?=\.bin$)", "*", first.name))
+
+
+def placeholder_values(run_cfg: dict, out_dir: Path, meta: Path, res: dict, attempt: int) -> dict:
+    """Every placeholder's value for this run (trainer_section.RUN_PLACEHOLDERS + train keys);
+    paths absolute."""
+    trainer = run_cfg["trainer"]
+    tokens_dir = meta.parent.resolve()
+    values = dict(run_cfg["train"])
+    values.update(
+        seed=run_cfg["seed"], stage=run_cfg["stage"], variant=run_cfg["variant"], run_id=run_cfg["run_id"],
+        study=run_cfg["study"], dataset=run_cfg["dataset"], out_dir=str(out_dir),
+        metrics_file=str(out_dir / SCRIPT_METRICS_FILE), checkpoint_dir=str(out_dir / CHECKPOINT_DIR),
+        data_dir=str(tokens_dir.parent.parent),
+        tokens_dir=str(tokens_dir),
+        nanogpt_data_dir=str(tokens_dir / "nanogpt") if needs_nanogpt_data(trainer) else None,
+        train_files=split_files(meta, "train"), val_files=split_files(meta, "val"),
+        workdir=trainer["workdir"], script=trainer.get("script"),
+        nproc_per_node=res["nproc_per_node"], nodes=res["nodes"], world_size=res["nproc_per_node"] * res["nodes"],
+        gpus=res["gpus"], attempt=attempt,
+    )
+    return values
+
+
+def launch_prefix(launcher: str, python: str, res: dict) -> list[str]:
+    """What comes before the script (launchers python / torchrun):
+
+    - python, one node: nothing (the command starts with the interpreter);
+    - python, several nodes: ``srun`` with one task per process (workflow.jobs.launcher.srun_prefix);
+    - torchrun, one node: ``python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node N``;
+    - torchrun, several nodes: ``srun`` with one task per node, each a torchrun with a c10d
+      rendezvous on the allocation's first node (``SLURM_JOB_NODELIST`` via ``scontrol``).
+
+    Raises:
+        TrainerConfigError: launcher python with several processes per node; several nodes
+            outside a SLURM allocation.
+    """
+    nproc, nodes = res["nproc_per_node"], res["nodes"]
+    if launcher == "python":
+        if nproc > 1 and nodes == 1:
+            raise TrainerConfigError(
+                f"launcher python runs one process, but the stage asks for nproc_per_node {nproc}: use launcher torchrun")
+        return [] if nodes == 1 else srun_prefix(nodes, nproc, res["cpus_per_proc"], bool(res["gpus"]))
+    torchrun = [python, "-m", "torch.distributed.run"]
+    if nodes == 1:
+        return [*torchrun, "--standalone", "--nnodes", "1", "--nproc_per_node", str(nproc)]
+    nodelist = os.environ.get("SLURM_JOB_NODELIST")
+    if not nodelist:
+        raise TrainerConfigError(f"torchrun on {nodes} nodes needs a SLURM allocation (SLURM_JOB_NODELIST is not set)")
+    head = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.split()[0]
+    job = os.environ.get("SLURM_JOB_ID", "stagerun")
+    return ["srun", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={nproc * res['cpus_per_proc']}",
+            "--kill-on-bad-exit=1", *torchrun, "--nnodes", str(nodes), "--nproc_per_node", str(nproc),
+            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"{head}:{RDZV_PORT}", "--rdzv_id", job]
+
+
+def full_command(run_cfg: dict, values: dict, res: dict) -> list[str]:
+    """The whole command line of the run (launcher prefix + the script's own command)."""
+    trainer = run_cfg["trainer"]
+    python = trainer.get("python") or sys.executable
+    launcher = trainer.get("launcher", "python")
+    own = command_line(trainer, values, python)
+    if launcher == "command":
+        return own
+    prefix = launch_prefix(launcher, python, res)
+    if launcher == "torchrun":
+        return [*prefix, *own[1:]]  # torchrun takes the script, not the interpreter
+    return [*prefix, *own]
+
+
+def script_env(run_cfg: dict, values: dict, threads: int) -> tuple[dict, list[str]]:
+    """(the script's environment, the names stagerun set in it, sorted): the job's environment,
+    ``STAGE_<KEY>``, ``STAGERUN_*``, ``trainer.env`` expanded (later wins), ``PYTHONUNBUFFERED``
+    and ``OMP_NUM_THREADS`` unless already set."""
+    trainer = run_cfg["trainer"]
+    own = {**stage_env(run_cfg["train"]), **stagerun_env(values)}
+    for key, value in (trainer.get("env") or {}).items():
+        own[key] = expand(value, values) if isinstance(value, str) else str(value)
+    env = {**os.environ, **own}
+    env.pop("STAGERUN_EXIT_DIR", None)  # the built-in launcher's, not the script's
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    if threads > 0:
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+    return env, sorted(own)
+
+
+# --------------------------------------------------------------------------- running
+
+class Forwarder:
+    """Forwards SIGTERM / SIGUSR1 / SIGINT to the script's process group (each as received).
+    Signals before the script starts are recorded (the job then ends with 75 at once)."""
+
+    def __init__(self) -> None:
+        self.pgid: int | None = None
+        self.received: list[int] = []
+        for sig in FORWARD_SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:  # noqa: ARG002 (signal handler signature)
+        self.received.append(signum)
+        name = signal.Signals(signum).name
+        if self.pgid is None:
+            print(f"script_runner: {name} before the script started", file=sys.stderr, flush=True)
+            return
+        print(f"script_runner: {name}: forwarded to the script's process group {self.pgid}", file=sys.stderr, flush=True)
+        try:
+            os.killpg(self.pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    @property
+    def preempted(self) -> bool:
+        return any(s in (*PREEMPT_SIGNALS, signal.SIGINT) for s in self.received)
+
+
+def _die_with_parent() -> None:
+    """preexec: the script's session gets SIGKILL when this process dies (Linux prctl)."""
+    os.setsid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def run_script(cmd: list[str], cwd: str, env: dict, capture: MetricsCapture, metrics_file: Path,
+               live: LiveRows, forwarder: Forwarder, tail: collections.deque) -> int:
+    """Run ``cmd`` in its own session, copy its output to this process's stdout (the attempt
+    log) and feed the capture; returns its exit status (negative: killed by that signal)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    forwarder.pgid = proc.pid
+    for signum in forwarder.received:  # came while it was starting
+        os.killpg(proc.pid, signum)
+    out_fd, pipe = sys.stdout.fileno(), proc.stdout.fileno()
+    os.set_blocking(pipe, False)
+    pending = b""
+    metrics_pos, metrics_pending = 0, ""
+    next_tail = 0.0
+    busy = False
+
+    def read_metrics_file() -> None:
+        nonlocal metrics_pos, metrics_pending
+        try:
+            with open(metrics_file, encoding="utf-8") as handle:
+                handle.seek(metrics_pos)
+                text = handle.read()
+                metrics_pos = handle.tell()
+        except FileNotFoundError:
+            return
+        text = metrics_pending + text
+        lines = text.split("\n")
+        metrics_pending = lines.pop()
+        for line in lines:
+            warning = capture.feed_json(line)
+            if warning:
+                print(f"script_runner: {warning}", file=sys.stderr, flush=True)
+
+    while True:
+        try:
+            ready, _, _ = select.select([pipe], [], [], 0.5)
+        except InterruptedError:
+            ready = []
+        eof = False
+        if ready:
+            if not busy:
+                time.sleep(BATCH_S)  # let lines gather: one wake-up per batch, not per printed line
+            chunks = []
+            while True:
+                try:
+                    chunk = os.read(pipe, 1 << 16)
+                except BlockingIOError:
+                    break
+                if chunk == b"":
+                    eof = True
+                    break
+                chunks.append(chunk)
+            busy = sum(map(len, chunks)) >= 1 << 15  # a burst: read again at once, the pipe is filling
+            if chunks:
+                data = b"".join(chunks)
+                view = memoryview(data)
+                while view:  # the attempt log keeps the output whole
+                    view = view[os.write(out_fd, view):]
+                lines = (pending + data).split(b"\n")
+                pending = lines.pop()
+                for raw in lines:
+                    line = raw.decode("utf-8", "replace")
+                    tail.append(line)
+                    capture.feed_line(line)
+        now = time.monotonic()
+        if eof or now >= next_tail:
+            read_metrics_file()
+            live.flush()
+            next_tail = now + 0.5
+        if eof:
+            break
+    if pending:
+        line = pending.decode("utf-8", "replace")
+        tail.append(line)
+        capture.feed_line(line)
+    status = proc.wait()
+    if metrics_pending.strip():
+        metrics_pending += "\n"
+    read_metrics_file()
+    if metrics_pending.strip():
+        capture.feed_json(metrics_pending)
+    return status
+
+
+# --------------------------------------------------------------------------- CLI
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m workflow.jobs.script_runner", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nproc-per-node", type=int, default=1)
+    parser.add_argument("--nodes", type=int, default=1)
+    parser.add_argument("--cpus-per-proc", type=int, default=1)
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
+    parser.add_argument("--log", type=Path, help="Snakemake's log; each attempt writes {stem}.attempt-N.log")
+    parser.add_argument("--run-config", required=True, help="the run config as JSON, or @file")
+    parser.add_argument("--out-dir", required=True, type=Path)
+    parser.add_argument("--meta", required=True, type=Path, help="the dataset's meta.json")
+    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the script unless set (0: none)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point (see the module docstring); returns the job's exit status."""
+    forwarder = Forwarder()
+    args = _parse(argv)
+    if args.log is not None:
+        attempt_log = open_attempt_log(args.log)
+        print(f"script_runner: this attempt's log is {attempt_log}", flush=True)
+    text = Path(args.run_config[1:]).read_text() if args.run_config.startswith("@") else args.run_config
+    run_cfg = json.loads(text)
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    res = {"nproc_per_node": args.nproc_per_node, "nodes": args.nodes, "cpus_per_proc": args.cpus_per_proc,
+           "gpus": args.gpus}
+    state_path = out_dir / STATE_FILE
+    state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
+    attempt = int(state["attempts"]) + 1
+    trainer = run_cfg["trainer"]
+    try:
+        values = placeholder_values(run_cfg, out_dir, args.meta, res, attempt)
+        cmd = full_command(run_cfg, values, res)
+        env, env_keys = script_env(run_cfg, values, args.threads)
+    except (TrainerConfigError, subprocess.SubprocessError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    metrics = trainer.get("metrics", "nanogpt")
+    partial = out_dir / PARTIAL_FILE
+    capture = MetricsCapture(metrics, prior=load_rows(partial) if attempt > 1 else ())
+    if attempt == 1:  # a fresh run: nothing of an earlier (finished or abandoned) run carries over
+        for stale in (partial, out_dir / SCRIPT_METRICS_FILE):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    else:  # the script's rows of earlier attempts are in the partial file already
+        (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
+    (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+    hashes = file_hashes(trainer)
+    git: dict = {}  # read while the script runs (two git calls: tens of ms of start-up otherwise)
+    git_thread = threading.Thread(target=lambda: git.update(git_record(Path(trainer["workdir"]))), daemon=True)
+    git_thread.start()
+    print(f"script_runner: attempt {attempt}; in {trainer['workdir']}: {shlex.join(cmd)}", flush=True)
+    print(f"script_runner: environment set by stagerun: {', '.join(env_keys)}", flush=True)
+    if forwarder.preempted:
+        print("script_runner: PREEMPTED before the script started", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    live = LiveRows(partial, capture)
+    tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
+    start = time.monotonic()
+    try:
+        status = run_script(cmd, trainer["workdir"], env, capture, out_dir / SCRIPT_METRICS_FILE, live, forwarder, tail)
+    except OSError as err:  # the interpreter or command is missing
+        status = 127
+        tail.append(f"cannot start {cmd[0]}: {err}")
+        print(f"script_runner: cannot start {cmd[0]}: {err}", file=sys.stderr, flush=True)
+    finally:
+        live.close()
+    seconds = float(state["seconds"]) + time.monotonic() - start
+    git_thread.join(timeout=60)
+    git = git or {"commit": None, "dirty": None, "diff": ""}
+    preempted = status == EXIT_PREEMPTED or (forwarder.preempted and status != 0)
+    if preempted:
+        write_json_atomic(state_path, {"attempts": attempt, "seconds": seconds})
+        why = "exited 75" if status == EXIT_PREEMPTED else f"ended ({status}) after " + ", ".join(
+            signal.Signals(s).name for s in forwarder.received)
+        print(f"script_runner: PREEMPTED: the script {why}; {len(capture.rows)} rows kept, the rerun continues "
+              "(exit 75)", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
+    trainer_cfg = trainer
+    rows = capture.sorted_rows(trainer_cfg.get("tokens_per_step"), trainer_cfg.get("flops_per_token"))
+    reason = failure_reason(status, capture, metrics, tail)
+    result = build_result(run_cfg, res, status, reason, rows, capture, seconds, attempt, cmd, env_keys, hashes, git,
+                          out_dir)
+    if git["diff"]:
+        write_text_atomic(out_dir / "script_git_diff.patch", git["diff"])
+    write_text_atomic(out_dir / "metrics.jsonl", "".join(json_line(r) for r in rows))
+    write_json_atomic(out_dir / "result.json", result)
+    for done in (state_path, partial):
+        done.unlink(missing_ok=True)
+    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)  # a finished run's rerun starts afresh
+    status_text = "finished" if reason is None else f"FAILED ({reason})"
+    print(f"script_runner: {status_text}: final val_loss {result['final_val_loss']}, final step "
+          f"{result['final_step']}, {seconds:.1f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
