@@ -21,6 +21,7 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json
 from workflow.data.registry import tokens_mismatch
 from workflow.jobs import warm_client
+from workflow.jobs.job_common import open_attempt_log, srun_prefix  # noqa: F401 (re-exported; light for script jobs)
 from workflow.jobs.trainer_process import PREEMPT_SIGNALS, EarlySignals, run_trainer_here
 from workflow.study.checks import vocab_size_error
 from workflow.study.length import model_block_size
@@ -96,38 +97,6 @@ def check_data(meta_path: str | os.PathLike, run_cfg: dict) -> str:
 
 # --------------------------------------------------------------------------- logs
 
-def open_attempt_log(log: str | os.PathLike) -> Path:
-    """Send this process's stdout/stderr (and its children's) to a new ``{stem}.attempt-N.log``.
-
-    N is one more than the highest existing attempt (the file is created with ``O_EXCL``);
-    ``log`` becomes a hard link to it (symbolic link if hard links fail). Returns the attempt log.
-    """
-    log = Path(log)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f"{log.stem}.attempt-"
-    taken = [p.name[len(prefix):-len(log.suffix) or None] for p in log.parent.glob(f"{prefix}*{log.suffix}")]
-    n = 1 + max((int(t) for t in taken if t.isdigit()), default=0)
-    while True:
-        attempt = log.with_name(f"{prefix}{n}{log.suffix}")
-        try:
-            fd = os.open(attempt, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o666)
-            break
-        except FileExistsError:
-            n += 1
-    with contextlib.suppress(FileNotFoundError):
-        log.unlink()
-    try:
-        os.link(attempt, log)
-    except OSError:
-        os.symlink(attempt.name, log)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    return attempt
-
-
 def start_trainer(trainer_argv: list[str], early: EarlySignals, import_first: bool = False) -> int:
     """Start the trainer: as a fork of the warm server when the job has one (workflow.warm),
     otherwise in this process (:func:`run_trainer_here`). Returns its exit status.
@@ -162,13 +131,6 @@ def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
     finally:
         (exit_dir / f"rank{rank}.exit").write_text(f"{code}\n")
     return code
-
-
-def srun_prefix(nodes: int, nproc_per_node: int, cpus_per_proc: int, gpus_per_task: bool) -> list[str]:
-    """``srun`` arguments that place one task per process (per GPU) across ``nodes`` nodes."""
-    return ["srun", f"--nodes={nodes}", f"--ntasks-per-node={nproc_per_node}",
-            *(["--gpus-per-task=1"] if gpus_per_task else []), f"--cpus-per-task={cpus_per_proc}",
-            "--kill-on-bad-exit=1"]
 
 
 def _wait_for_workers(exit_dir: Path, timeout_s: float) -> None:

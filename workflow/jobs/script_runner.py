@@ -9,7 +9,7 @@ CLI (what rules/train.smk runs for a run whose resolved ``trainer`` has a script
 paths absolute (rules/common.smk). What it does:
 
 1. **Log**: every attempt writes its own ``train.attempt-N.log``; ``train.log`` links to the
-   latest (workflow.jobs.launcher.open_attempt_log). The script's stdout and stderr go into it whole,
+   latest (workflow.jobs.job_common.open_attempt_log). The script's stdout and stderr go into it whole,
    in the order written (one pipe).
 2. **Start**: ``python script args`` (launcher python), ``torchrun --standalone --nproc_per_node
    N script args`` (torchrun), or the ``command`` line (command), in ``trainer.workdir``, never
@@ -62,7 +62,7 @@ from pathlib import Path
 from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
-from workflow.jobs.launcher import open_attempt_log, srun_prefix
+from workflow.jobs.job_common import open_attempt_log, srun_prefix
 from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record
 from workflow.study.trainer_section import (
     TrainerConfigError,
@@ -128,7 +128,7 @@ def launch_prefix(launcher: str, python: str, res: dict) -> list[str]:
     """What comes before the script (launchers python / torchrun):
 
     - python, one node: nothing (the command starts with the interpreter);
-    - python, several nodes: ``srun`` with one task per process (workflow.jobs.launcher.srun_prefix);
+    - python, several nodes: ``srun`` with one task per process (workflow.jobs.job_common.srun_prefix);
     - torchrun, one node: ``python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node N``;
     - torchrun, several nodes: ``srun`` with one task per node, each a torchrun with a c10d
       rendezvous on the allocation's first node (``SLURM_JOB_NODELIST`` via ``scontrol``).
