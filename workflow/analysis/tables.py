@@ -70,9 +70,9 @@ def stage_table(stage: str, summaries: list[dict], baseline: str, decision: dict
             "time_mean_s": summ["time_seconds"]["mean"],
             "time_std_s": summ["time_seconds"]["std"],
             "time_total_s": summ["time_seconds"]["total"],
-            # None ("unknown") where a training script reported no tokens / FLOPs (issue 17)
-            "tokens_per_run": None if summ.get("tokens_unknown_runs") else summ["tokens_seen_total"] / n,
-            "flops_per_run": None if summ.get("flops_unknown_runs") else summ.get("flops_total", 0.0) / n,
+            # "unknown" where a training script reported no tokens / FLOPs (issue 17)
+            "tokens_per_run": "unknown" if summ.get("tokens_unknown_runs") else summ["tokens_seen_total"] / n,
+            "flops_per_run": "unknown" if summ.get("flops_unknown_runs") else summ.get("flops_total", 0.0) / n,
         })
         if summ.get("seed_ignored"):
             row["seed_ignored"] = summ["seed_ignored_reason"]

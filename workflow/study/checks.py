@@ -232,6 +232,7 @@ def plan_warnings(config: dict) -> list[str]:
         need = "2 seed-matched pairs" if test == "paired" else "2 runs on each side"
         out.append(f"stages.{last}.seeds: {seeds}, but the verdict's {test} t-test needs at least {need} (and the "
                    f"target test 2 runs): no variant can win this study; give the last stage seeds >= 2")
+    return out
 
 
 def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True) -> dict[tuple[str, str], dict]:
