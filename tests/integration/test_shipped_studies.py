@@ -18,7 +18,7 @@ from conftest import REPO_ROOT, run_snakemake
 STUDIES = sorted(p.name for p in (REPO_ROOT / "config" / "studies").glob("*.yaml"))
 # CPU-sized studies (the default config/config.yaml too): run end to end, cut short
 CPU_STUDIES = ["config.yaml", "speedrun_cpu.yaml", "diloco_cpu.yaml", "gossip_cpu.yaml", "comm_study_cpu.yaml",
-               "custom_vocab.yaml"]
+               "custom_vocab.yaml", "script_example.yaml"]
 
 
 def study_path(name: str) -> Path:
