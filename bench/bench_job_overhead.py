@@ -55,7 +55,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from workflow import warm  # noqa: E402 (torch-free)
+from workflow.jobs import warm_client as warm  # noqa: E402 (torch-free)
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
 TORCH_AND_OPTIMIZER = "import torch; torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))])"

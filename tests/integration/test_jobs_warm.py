@@ -24,7 +24,8 @@ import psutil
 import pytest
 from runs import last_step, rows_without_timings  # tests/runs.py
 
-from workflow import warm
+from workflow.jobs import warm_client as warm
+from workflow.jobs.fingerprint import fingerprint, fingerprint_mismatch
 from workflow.jobs.launcher import EXIT_PREEMPTED
 
 REPO = Path(__file__).resolve().parents[2]
@@ -162,17 +163,17 @@ def test_fingerprint_sees_edited_code_and_import_time_variables_only(tmp_path):
     package = tmp_path / "workflow"
     (package / "sub").mkdir(parents=True)
     (package / "sub" / "a.py").write_text("x = 1\n")
-    base = warm.fingerprint({"TORCH_LOGS": "", "HOME": "/h"}, package)
-    assert warm.fingerprint_mismatch(base, warm.fingerprint({"TORCH_LOGS": "", "HOME": "/other"}, package)) is None
+    base = fingerprint({"TORCH_LOGS": "", "HOME": "/h"}, package)
+    assert fingerprint_mismatch(base, fingerprint({"TORCH_LOGS": "", "HOME": "/other"}, package)) is None
     # torchrun sets TORCH_NCCL_* for its workers; torch reads it when the process group starts
-    assert warm.fingerprint_mismatch(base, warm.fingerprint(
+    assert fingerprint_mismatch(base, fingerprint(
         {"TORCH_LOGS": "", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "TORCHELASTIC_RUN_ID": "x"}, package)) is None
-    assert warm.fingerprint_mismatch(base, warm.fingerprint({"TORCH_LOGS": "+dynamo"}, package)) == \
+    assert fingerprint_mismatch(base, fingerprint({"TORCH_LOGS": "+dynamo"}, package)) == \
         "environment variables differ from the server's: TORCH_LOGS"
     os.utime(package / "sub" / "a.py", ns=(1, 1))
-    assert "changed since the server started" in warm.fingerprint_mismatch(
-        base, warm.fingerprint({"TORCH_LOGS": ""}, package))
-    assert "another checkout" in warm.fingerprint_mismatch(base, warm.fingerprint({"TORCH_LOGS": ""}, REPO / "workflow"))
+    assert "changed since the server started" in fingerprint_mismatch(
+        base, fingerprint({"TORCH_LOGS": ""}, package))
+    assert "another checkout" in fingerprint_mismatch(base, fingerprint({"TORCH_LOGS": ""}, REPO / "workflow"))
 
 
 def test_when_a_snakemake_run_starts_a_server():
@@ -200,12 +201,12 @@ def test_a_trainer_stays_in_the_slurm_job_of_its_launcher(server, shakespeare_ch
                   job_env(server, SLURM_JOB_ID="4242"))
     assert "server refused (environment variables differ from the server's: SLURM_JOB_ID); starting fresh" in log
     assert not warm_pids(log) and "finished: final val_loss" in log
-    assert "SLURM_JOB_ID" in warm.fingerprint_mismatch(warm.fingerprint({"SLURM_JOB_ID": "1"}),
-                                                       warm.fingerprint({"SLURM_JOB_ID": "2"}))
+    assert "SLURM_JOB_ID" in fingerprint_mismatch(fingerprint({"SLURM_JOB_ID": "1"}),
+                                                       fingerprint({"SLURM_JOB_ID": "2"}))
 
 
 def test_the_server_goes_when_its_parent_is_gone(tmp_path):
-    code = ("import sys; from workflow import warm; "
+    code = ("import sys; from workflow.jobs import warm_client as warm; "
             f"h = warm.start_server({str(tmp_path / 'server.log')!r}, export=False); print(h.proc.pid, h.socket_dir)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60).stdout.split()
