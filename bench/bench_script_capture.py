@@ -9,7 +9,7 @@ busy loop would measure the machine's other load, not the capture) and prints on
 evaluation line (``step N: train loss X, val loss Y``) every 100 steps: 10,100 lines in all.
 
 - **bare**: ``python script.py > file`` (Python's own block buffering: the cheapest way to run it);
-- **stagerun**: ``python -m workflow.jobs.script_runner`` on the same script, as a training job
+- **stagerun**: ``python -m workflow.run_script`` on the same script, as a training job
   runs it: attempt log, ``PYTHONUNBUFFERED=1`` (lines arrive as printed), every line parsed by the
   ``nanogpt`` preset, rows written live to ``metrics.partial.jsonl``, then ``metrics.jsonl`` and
   ``result.json`` (sha256 of the script, git state of its folder).
@@ -67,7 +67,7 @@ def time_bare(script: Path, lines: int, work_us: float, out: Path) -> float:
 
 
 def time_stagerun(cfg: dict, out_dir: Path) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "workflow.jobs.script_runner", "--log", str(out_dir / "train.log"),
+    cmd = [sys.executable, "-m", "workflow.run_script", "--log", str(out_dir / "train.log"),
            "--run-config", json.dumps(cfg), "--out-dir", str(out_dir), "--meta", str(out_dir / "none" / "meta.json")]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL)

@@ -98,8 +98,8 @@ def script_job_inputs(wildcards):
 
 
 def script_launch_command(res):
-    """Command prefix of a script run (workflow.jobs.script_runner; followed by --log, --run-config ...)."""
-    return (f"python -m workflow.jobs.script_runner --nproc-per-node {res['nproc_per_node']} --nodes {res['nodes']} "
+    """Command prefix of a script run (workflow.run_script; followed by --log, --run-config ...)."""
+    return (f"python -m workflow.run_script --nproc-per-node {res['nproc_per_node']} --nodes {res['nodes']} "
             f"--cpus-per-proc {res['cpus_per_proc']} --gpus {res['gpus']}")
 
 

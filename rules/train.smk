@@ -3,7 +3,7 @@
 # several nodes: one `srun` task per GPU), and exits with the trainer's status (75 = preempted).
 # The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
 # runs it affects (Snakemake's params rerun trigger).
-# A variant whose resolved `trainer` has a script or command runs workflow.jobs.script_runner instead
+# A variant whose resolved `trainer` has a script or command runs workflow.run_script instead
 # (same options and outputs); its script and trainer.inputs are inputs (issue 17).
 # SLURM resources come from the study (stages.<S>.resources) via workflow.study.resources.slurm_resources.
 
@@ -20,7 +20,7 @@ rule train:
     params:
         run_config=per_job(lambda w: run_config_json(w.stage, w.variant, int(w.seed))),
         out_dir=per_job(lambda w, output: os.path.dirname(output.result)),
-        launcher=train_launcher(),  # workflow.launch, or workflow.jobs.script_runner for script runs
+        launcher=train_launcher(),  # workflow.launch, or workflow.run_script for script runs
         threads_per_proc=train_rule_setting(lambda r: r["cpus_per_proc"]),
     threads: train_rule_setting(lambda r: r["nproc_per_node"] * r["cpus_per_proc"])
     resources:

@@ -48,7 +48,7 @@ def run_config(trainer: dict, *, seed: int = 1337, variant: str = "v", train: di
 
 
 def runner_cmd(cfg: dict, out_dir: Path, meta: Path) -> list[str]:
-    return [sys.executable, "-m", "workflow.jobs.script_runner", "--log", str(out_dir / "train.log"),
+    return [sys.executable, "-m", "workflow.run_script", "--log", str(out_dir / "train.log"),
             "--run-config", json.dumps(cfg), "--out-dir", str(out_dir), "--meta", str(meta)]
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "workflow"
 MAX_LINES = 450
 STEPS = ("download", "tokenize", "launch", "train", "warm", "stats", "gates", "tables", "plots", "plan",
-         "summary", "sample", "comm_report", "sweep", "status")
+         "summary", "sample", "comm_report", "sweep", "status", "run_script")
 
 
 def test_import_linter_contracts_are_kept():

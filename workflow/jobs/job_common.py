@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+
 def open_attempt_log(log: str | os.PathLike) -> Path:
     """Send this process's stdout/stderr (and its children's) to a new ``{stem}.attempt-N.log``.
 
