@@ -166,6 +166,7 @@ class RunRecords:
             "schedule_progress": schedule_progress(st.step, self.train_cfg["num_iterations"], st.schedule_ms / 1000.0,
                                                    self.budget_s),
             "final_val_loss": st.last_val_loss if success else None,
+            "final_val_loss_workers": st.last_val_loss_workers if success else None,
             "final_train_loss": st.last_train_loss if math.isfinite(st.last_train_loss) else None,
             "time_seconds": round(wall_seconds, 3),
             "train_time_ms": round(st.train_time_ms, 3),

@@ -361,4 +361,5 @@ class Trainer(RunRecords):
     def _evaluate_and_track(self) -> dict:
         evaluation = self.evaluate()
         self.state.last_val_loss = evaluation["val_loss"]
+        self.state.last_val_loss_workers = evaluation.get("val_loss_workers")
         return evaluation
