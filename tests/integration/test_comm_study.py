@@ -155,3 +155,15 @@ def test_real_tp_study_with_too_few_processes_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "variants.24comm.model: tp_mode real with tp_size 2 needs a multiple of 2 processes" in out, out[-2000:]
     assert "stages.A.resources give 1" in out
+
+
+def test_real_tp_comm_study_dry_run_lists_4dp_x_2tp_jobs(tmp_path):
+    """comm_study_real.yaml: every pattern as real tensor parallelism on 8 GPUs (4 dp x 2 tp),
+    both merge rules for the seed's corrected patterns, and the throughput figure."""
+    out = dry_run(tmp_path, STUDIES / "comm_study_real.yaml")
+    jobs = train_jobs(out)
+    assert len(jobs) == 11 * 2, out[-3000:]
+    assert all("gpu=8" in j and "nproc_per_node=8" in j for j in jobs), jobs[:2]
+    assert out.count('"tp_mode": "real"') >= 22 and '"parallel_merge": "reference"' in out
+    assert re.search(r"^tokens_per_s_vs_comm_plot\s+1\b", out, re.M) and re.search(r"^comm_table\s+1\b", out, re.M)
+    assert '"num_iterations": 500' in out and '"compile": false' in out

@@ -36,7 +36,7 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
     merge rule, measured = counted while training)
     and per backward pass (measured), parameters, final val_loss (runs, mean, std, CI95), the
     mean per-seed difference to ``baseline`` and its two-sided p-value, tokens_per_s (mean,
-    ratio to the baseline's). Every block type has the same parameters, so run ``seed`` of each
+    ratio to the baseline's), step_ms (mean training step time, ms). Every block type has the same parameters, so run ``seed`` of each
     variant starts from the same weights and sees the same batches: the comparison is paired
     (``scipy.stats.ttest_rel`` on the shared seeds, as the study's verdict); variants that share
     fewer than 2 seeds with the baseline fall back to Welch's test (``test_vs_baseline`` says which).
@@ -85,6 +85,7 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
             "test_vs_baseline": test,
             "tokens_per_s": tps,
             "tokens_per_s_vs_baseline": tps / base_tps if tps and base_tps else None,
+            "step_ms": (summ.get("step_ms") or {}).get("mean"),
         })
     return pd.DataFrame(out, columns=list(out[0]) if out else ["variant"])
 

@@ -232,8 +232,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         variant, see the gates' max_failed_fraction and the verdict's failed_run_policy);
         *excluded* when it finished but is not comparable. Times are seconds; FLOPs are the
         trainer's ``flops`` (summed over a run's resumed attempts); GPU-hours are
-        ``train_time_ms`` x GPUs. Also ``tokens_per_s`` (describe over ok runs; n 0 when not
-        recorded) and ``tensor_parallel`` (result.json's record of the first ok run with
+        ``train_time_ms`` x GPUs. Also ``tokens_per_s`` and ``step_ms`` (train_time_ms /
+        final_step; describe over ok runs; n 0 when not recorded) and ``tensor_parallel`` (result.json's record of the first ok run with
         tensor-parallel blocks, or None).
     Raises:
         ValueError: the results mix stages or variants.
@@ -289,6 +289,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "seed_ignored_reason": seed_ignored_text(len(ok)) if ignored else None,
         # communication and tensor parallelism (read defensively: older results lack them)
         "tokens_per_s": describe([r["tokens_per_s"] for r in ok if r.get("tokens_per_s") is not None]),
+        # mean training step time (ms: train_time_ms / final_step, evaluations excluded)
+        "step_ms": describe([r["train_time_ms"] / r["final_step"] for r in ok if r.get("train_time_ms") and r.get("final_step")]),
         "tensor_parallel": next((r["tensor_parallel"] for r in ok if r.get("tensor_parallel")), None),
         "process_seconds_total": float(sum(r["time_seconds"] * r.get("world_size", 1) for r in results)),
         "flops_total": float(sum(r.get("flops") or 0.0 for r in results)),
