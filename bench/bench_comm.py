@@ -43,11 +43,16 @@ import yaml  # noqa: E402
 
 from workflow.model import GPT, tp_comm_counts, tp_reduce_grads  # noqa: E402
 from workflow.model.parallelize import parallelize_gpt  # noqa: E402
-from workflow.study.model_config import build_model_config
+from workflow.study.blocks import analytic_tp_syncs  # noqa: E402
+from workflow.study.model_config import build_model_config  # noqa: E402
 
-#: The study's block patterns, read from the study itself (one source): variant -> block_pattern.
-PATTERNS = {name: variant["model"]["block_pattern"]
-            for name, variant in yaml.safe_load((REPO / "config" / "studies" / "comm_study.yaml").read_text())["variants"].items()}
+#: The study's block patterns, read from the study itself (one source): variant -> (block_pattern,
+#: parallel_merge); every pattern with parallel blocks also as ``<name>-ref`` under the seed code's
+#: merge (model.parallel_merge: reference, docs/tensor_parallel.md).
+_STUDY = yaml.safe_load((REPO / "config" / "studies" / "comm_study.yaml").read_text())["variants"]
+PATTERNS = {name: (v["model"]["block_pattern"], v["model"].get("parallel_merge", "sum")) for name, v in _STUDY.items()}
+PATTERNS.update({f"{name}-ref": (pattern, "reference") for name, (pattern, merge) in list(PATTERNS.items())
+                 if "parallel" in pattern and merge == "sum"})
 COLLECTIVE_EVENTS = ("c10d::allreduce_", "_c10d_functional::wait_tensor")
 
 
@@ -60,8 +65,8 @@ def bench_pattern(name: str, args, mesh, device: torch.device) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     cfg = build_model_config({"preset": "nanogpt-small", "n_layer": 12, "n_embd": args.n_embd, "n_head": args.n_head,
-                              "block_size": args.block_size, "block_pattern": PATTERNS[name], "tp_size": 2,
-                              "tp_mode": "real"}, 65)
+                              "block_size": args.block_size, "block_pattern": PATTERNS[name][0], "tp_size": 2,
+                              "tp_mode": "real", "parallel_merge": PATTERNS[name][1]}, 65)
     torch.manual_seed(0)
     model = parallelize_gpt(GPT(cfg).to(device), mesh["tp"])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -104,6 +109,7 @@ def bench_pattern(name: str, args, mesh, device: torch.device) -> dict:
         "syncs_forward": counts["forward"]["calls"] / counts["passes"],
         "syncs_backward": counts["backward"]["calls"] / counts["passes"],
         "syncs_nominal": cfg.tp_syncs()["nominal"],
+        "syncs_reference_code": analytic_tp_syncs(cfg.layer_block_types, 2, "reference")["forward"],
         "syncs_analytic": cfg.tp_syncs()["forward"],
     }
 
@@ -143,9 +149,11 @@ def report(rounds: dict[str, list[dict]], args, device: torch.device) -> None:
             for name, m in med.items()
         },
     }
-    print(f"{'pattern':18} {'nominal':>7} {'measured f/b':>12} {'tokens/s':>9} {'vs 24comm':>9} {'comm share':>10} {'vs 24comm':>9}")
+    print(f"{'pattern':18} {'nominal':>7} {'ref code':>8} {'measured f/b':>12} {'tokens/s':>9} {'vs 24comm':>9} "
+          f"{'comm share':>10} {'vs 24comm':>9}")
     for name, m in out["patterns"].items():
-        print(f"{name:18} {m['syncs_nominal']:7.0f} {m['syncs_forward']:5.0f}/{m['syncs_backward']:<6.0f} "
+        print(f"{name:18} {m['syncs_nominal']:7.0f} {m['syncs_reference_code']:8.0f} "
+              f"{m['syncs_forward']:5.0f}/{m['syncs_backward']:<6.0f} "
               f"{m['tokens_per_s']:9.0f} {m['tokens_per_s_vs_24comm']:9.3f} {m['comm_share']:10.3f} "
               f"{m['comm_share_vs_24comm'] if m['comm_share_vs_24comm'] is not None else float('nan'):9.3f}")
     line = json.dumps(out, sort_keys=True)

@@ -39,7 +39,7 @@ def train_jobs(out: str) -> list[str]:
 def test_gpu_comm_study_dry_run_lists_gpt2_jobs_with_gpus(tmp_path):
     out = dry_run(tmp_path, STUDIES / "comm_study.yaml")
     jobs = train_jobs(out)
-    assert len(jobs) == 7 * 3, out[-3000:]  # six configurations + the clustered control, 3 seeds
+    assert len(jobs) == 9 * 3, out[-3000:]  # eight configurations + the clustered control, 3 seeds
     assert all("gpu=8" in j and "nproc_per_node=8" in j and "gpu_model=h100" in j for j in jobs), jobs[:2]
     for rule in ("comm_table", "comm_vs_loss_plot", "tokens_per_s_vs_comm_plot", "bytes_per_token_plot"):
         assert re.search(rf"^{rule}\s+1\b", out, re.M), rule
@@ -50,10 +50,11 @@ def test_gpu_comm_study_dry_run_lists_gpt2_jobs_with_gpus(tmp_path):
 def test_cpu_comm_study_dry_run_lists_cpu_jobs_and_the_comm_target(tmp_path):
     out = dry_run(tmp_path, STUDIES / "comm_study_cpu.yaml")
     jobs = train_jobs(out)
-    assert len(jobs) == 7 * 3
+    assert len(jobs) == 13 * 3  # 9 patterns + the 4 with parallel blocks under the reference merge
+    assert out.count('"parallel_merge": "reference"') >= 4 * 3
     assert all("gpu=" not in j and "nproc_per_node=1" in j for j in jobs), jobs[:2]
     target = dry_run(tmp_path, STUDIES / "comm_study_cpu.yaml", "comm_study")
-    assert re.search(r"^train\s+21\b", target, re.M) and re.search(r"^comm_study\s+1\b", target, re.M)
+    assert re.search(r"^train\s+39\b", target, re.M) and re.search(r"^comm_study\s+1\b", target, re.M)
     assert "sample_text" not in target  # only what the comm assets need
 
 
@@ -154,3 +155,15 @@ def test_real_tp_study_with_too_few_processes_stops_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "variants.24comm.model: tp_mode real with tp_size 2 needs a multiple of 2 processes" in out, out[-2000:]
     assert "stages.A.resources give 1" in out
+
+
+def test_real_tp_comm_study_dry_run_lists_4dp_x_2tp_jobs(tmp_path):
+    """comm_study_real.yaml: every pattern as real tensor parallelism on 8 GPUs (4 dp x 2 tp),
+    both merge rules for the seed's corrected patterns, and the throughput figure."""
+    out = dry_run(tmp_path, STUDIES / "comm_study_real.yaml")
+    jobs = train_jobs(out)
+    assert len(jobs) == 11 * 2, out[-3000:]
+    assert all("gpu=8" in j and "nproc_per_node=8" in j for j in jobs), jobs[:2]
+    assert out.count('"tp_mode": "real"') >= 22 and '"parallel_merge": "reference"' in out
+    assert re.search(r"^tokens_per_s_vs_comm_plot\s+1\b", out, re.M) and re.search(r"^comm_table\s+1\b", out, re.M)
+    assert '"num_iterations": 500' in out and '"compile": false' in out

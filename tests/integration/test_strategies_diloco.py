@@ -5,7 +5,10 @@
   updates, which for SGD is the update of the averaged gradient);
 - the pseudo-gradient's sign: the outer step moves the global model TOWARD the workers' mean;
 - the measured all-reduces: exactly one parameter all-reduce per outer step and worker, no
-  gradient all-reduce, plus the counted loss reductions.
+  gradient all-reduce, plus the counted loss reductions;
+- a partial last round (25 steps at tau 10) ends with an outer step: 3 outer all-reduces per
+  worker, and the final model is the global model after all 25 steps;
+- tau 1 equals DDP only with clipping off (DiLoCo clips each worker's gradient, DDP the mean).
 """
 
 from __future__ import annotations
@@ -110,3 +113,61 @@ def test_pseudo_gradient_sign_moves_the_global_model_toward_the_workers():
     assert torch.allclose(strategy.global_params.grad, torch.full_like(start, -1.0))
     assert torch.allclose(strategy.global_params, start + 0.5)  # halfway toward the workers (outer_lr 0.5)
     assert torch.allclose(flat_parameters(model), start + 0.5)  # every worker restarts from the global model
+
+
+def test_partial_last_round_ends_with_an_outer_step(tmp_path, shakespeare_char_meta):
+    """25 steps at tau 10 on 2 gloo workers: rounds of 10, 10 and 5 steps, 3 outer all-reduces
+    per worker counted by the run's CommCounter, and the final evaluation scores a global model
+    every worker holds (consensus distance 0, the workers' val_loss == the global one)."""
+    run = cfg({"name": "diloco", "tau": 10, "outer_lr": 0.7, "outer_momentum": 0.9, "nesterov": True},
+              num_iterations=25, val_loss_every=0)
+    result = torchrun(run, tmp_path / "run", shakespeare_char_meta)
+    assert result["final_step"] == 25
+    comm = result["communication"]
+    assert comm["calls_by_kind"]["outer_all_reduce"] == 2 * 3  # 3 outer steps x 2 workers
+    assert comm["bytes_by_kind"]["outer_all_reduce"] == 2 * 3 * result["num_parameters"] * 4
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in rows if r["val_loss"] is not None][-1]
+    assert final["step"] == 25
+    assert final["consensus_distance"] == pytest.approx(0.0, abs=1e-12)  # workers reset to the global model
+    assert final["val_loss_workers"] == pytest.approx(final["val_loss"], rel=1e-6)
+
+
+def test_end_training_steps_the_partial_round_into_the_global_model():
+    """Single worker, arithmetic: every inner step moves every parameter by +1; with outer_lr 1
+    and no momentum the global model follows the worker exactly, so after 25 steps at tau 10
+    it must be start + 25 (it is start + 20 when the partial round is dropped)."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    strategy = DiLoCoStrategy({"name": "diloco", "tau": 10, "outer_lr": 1.0, "outer_momentum": 0.0, "nesterov": False},
+                              {"grad_clip": 0.0}, DistContext(), CommCounter(enabled=False))
+    strategy.setup(model)
+    start = flat_parameters(model)
+    for step in range(25):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        strategy.after_optimizer_step(model, step)
+    assert strategy.rounds == 2 and torch.allclose(strategy.global_params, start + 20)
+    strategy.end_training(model, 25)
+    assert strategy.rounds == 3
+    assert torch.allclose(strategy.global_params, start + 25)
+    assert torch.allclose(flat_parameters(model), start + 25)
+    strategy.end_training(model, 30)  # a whole number of rounds: nothing more
+    assert strategy.rounds == 3
+
+
+def test_tau_1_equals_ddp_only_without_clipping(tmp_path, shakespeare_char_meta):
+    """With grad_clip > 0 DiLoCo clips each worker's gradient before its inner step and DDP the
+    all-reduced one: at a clip below the gradient norms the loss curves part (with clipping off
+    they agree to 1e-5: test_tau_1_outer_lr_1_no_momentum_equals_ddp...)."""
+    meta = shakespeare_char_meta
+    ddp = torchrun(cfg({"name": "ddp"}, grad_clip=0.05, num_iterations=12), tmp_path / "ddp", meta)
+    diloco = torchrun(cfg({"name": "diloco", "tau": 1, "outer_lr": 1.0, "outer_momentum": 0.0, "nesterov": False},
+                          grad_clip=0.05, num_iterations=12), tmp_path / "diloco", meta)
+    assert ddp["final_step"] == diloco["final_step"] == 12
+    train_ddp, _ = losses(tmp_path / "ddp")
+    train_dl, _ = losses(tmp_path / "diloco")
+    assert train_dl[0] == pytest.approx(train_ddp[0], rel=1e-6)  # same model, same first batch
+    gap = max(abs(a - b) / abs(b) for a, b in zip(train_dl[1:], train_ddp[1:]))
+    assert gap > 1e-3, gap  # clipped per worker != clipped mean: not DDP any more

@@ -38,16 +38,26 @@ STUDY_PATTERNS = {
     "8comm": ["spd", "parallel"],
     "6comm": ["spd", "parallel", "parallel"],
     "18comm-clustered": ["spd"] * 6 + ["tp"] * 6,
+    # the seed's corrected patterns (NanoTransformer commit "configs corrected")
+    "6comm-final": ["spd", "parallel", "parallel", "parallel"],
+    "9comm": ["spd", "parallel", "parallel", "spd"],
 }
 #: Measured forward / backward all-reduces per pass at 12 layers, tp_size 2 (docs/tensor_parallel.md).
 EXPECTED_SYNCS = {"24comm": 24, "18comm": 18, "16comm": 16, "12comm": 12, "8comm": 7, "6comm": 5,
-                  "18comm-clustered": 18}
+                  "18comm-clustered": 18, "6comm-final": 4, "9comm": 6}
+#: The same under ``parallel_merge: reference`` (NanoTransformer's tensor_parallel_model.py: every
+#: run of parallel blocks closes with its own all-reduce): the reference code's counts.
+REFERENCE_SYNCS = {"8comm": 12, "6comm": 8, "6comm-final": 6, "9comm": 9}
 SMALL = dict(n_head=4, n_embd=32, block_size=BATCH["T"], tp_size=2)
 CASES = {
     **{f"block-{name}": {**SMALL, "n_layer": 3, "block_type": name} for name in ("tp", "spd", "parallel")},
     **{name: {**SMALL, "n_layer": 12, "block_pattern": pattern} for name, pattern in STUDY_PATTERNS.items()},
     # split streams merged before unsharded blocks, a tp block after a parallel block
     "mixed": {**SMALL, "n_layer": 6, "block_pattern": ["parallel", "sequential", "parallel", "tp", "spd", "palm"]},
+    **{f"{name}-reference": {**SMALL, "n_layer": 12, "block_pattern": STUDY_PATTERNS[name], "parallel_merge": "reference"}
+       for name in REFERENCE_SYNCS},
+    "mixed-reference": {**SMALL, "n_layer": 6, "parallel_merge": "reference",
+                        "block_pattern": ["parallel", "parallel", "sequential", "parallel", "tp", "spd"]},
 }
 
 
@@ -105,7 +115,7 @@ def test_measured_counts_equal_counters_and_analytic(name, real_runs):
     """CommDebugMode's count of the collectives that ran (DTensor's and the hand-written
     ones) == the model's counters == the analytic count from the pattern; bytes too."""
     cfg, _, logits, _, _, sim_counted = simulated(name)
-    analytic = analytic_tp_syncs(cfg.layer_block_types, cfg.tp_size)
+    analytic = analytic_tp_syncs(cfg.layer_block_types, cfg.tp_size, cfg.parallel_merge)
     act_bytes = logits.shape[0] * logits.shape[1] * cfg.n_embd * 4  # one [B, T, C] float32
     for runs in real_runs.values():
         real = runs[name]
@@ -119,6 +129,9 @@ def test_measured_counts_equal_counters_and_analytic(name, real_runs):
         assert real["grad_counted"] == {"calls": 1, "bytes": (2 * n_local * cfg.n_embd + 1) * 4}
     if name in EXPECTED_SYNCS:
         assert analytic == {"forward": EXPECTED_SYNCS[name], "backward": EXPECTED_SYNCS[name]}
+    if name.endswith("-reference") and name[: -len("-reference")] in REFERENCE_SYNCS:
+        expected = REFERENCE_SYNCS[name[: -len("-reference")]]  # 12 / 8 / 6 / 9, measured on 2 gloo ranks
+        assert analytic == {"forward": expected, "backward": expected}
 
 
 def test_simulated_forward_count_equals_analytic_for_every_pattern():
@@ -220,7 +233,7 @@ def test_pattern_validation_errors():
 def test_nominal_and_analytic_counts_of_the_study():
     nominal = {name: nominal_tp_syncs(expand_block_pattern(p, 12)) for name, p in STUDY_PATTERNS.items()}
     assert nominal == {"24comm": 24, "18comm": 18, "16comm": 16, "12comm": 12, "8comm": 8, "6comm": 6,
-                       "18comm-clustered": 18}
+                       "18comm-clustered": 18, "6comm-final": 5, "9comm": 8}  # the write-up's rule
     for name, pattern in STUDY_PATTERNS.items():
         assert analytic_tp_syncs(expand_block_pattern(pattern, 12), 2)["forward"] == EXPECTED_SYNCS[name]
     assert analytic_tp_syncs(expand_block_pattern(["spd"], 12), 1) == {"forward": 0, "backward": 0}

@@ -330,3 +330,39 @@ def test_verdict_names_a_baseline_with_one_run_and_a_variant_with_too_few():
     v = decide_verdict(s, "baseline", verdict_settings(target_val_loss=None))
     row = [e for e in v["results"] if e["variant"] == "a"][0]
     assert "not testable against baseline (the variant has 1 run(s) that count, fewer than 2)" in row["verdict"]
+
+
+def workers_summary(variant, losses, workers):
+    """Like :func:`summary`, with each run's final_val_loss_workers (None: the workers share one
+    model, as DDP's do)."""
+    runs = [
+        {"stage": "A", "variant": variant, "seed": 1000 + i, "success": True, "reason": None,
+         "final_val_loss": loss, "final_val_loss_workers": w, "time_seconds": 1.0, "tokens_seen": 10, "world_size": 1}
+        for i, (loss, w) in enumerate(zip(losses, workers))
+    ]
+    return summarize_runs(runs)
+
+
+def test_gate_and_verdict_metric_val_loss_workers():
+    """gate.metric / verdict.metric choose which final loss is compared: the averaged model's
+    val_loss (default) or the mean of the workers' own losses (DeMuon's reported number); a run
+    without the record (DDP) counts its val_loss for both."""
+    s = {
+        "ddp": workers_summary("ddp", [2.00, 2.02, 2.01], [None, None, None]),
+        # gossip "a": a good average model but poor workers; "b": the other way round
+        "a": workers_summary("a", [1.80, 1.81, 1.79], [2.30, 2.31, 2.29]),
+        "b": workers_summary("b", [1.95, 1.96, 1.94], [1.90, 1.91, 1.89]),
+    }
+    assert s["ddp"]["val_loss_workers"]["mean"] == pytest.approx(2.01)
+    assert s["a"]["val_loss_workers"]["mean"] == pytest.approx(2.30)
+    by_avg = decide_gate("A", gate(rule="top_k", k=1), s, "ddp")
+    by_workers = decide_gate("A", gate(rule="top_k", k=1, metric="val_loss_workers"), s, "ddp")
+    assert by_avg["advanced"] == ["a"] and by_workers["advanced"] == ["b"]
+    assert by_variant(by_workers)["a"]["mean"] == pytest.approx(2.30)
+    assert by_workers["params"]["metric"] == "val_loss_workers" and "val_loss_workers" in by_workers["explanation"]
+    v_avg = decide_verdict(s, "ddp", verdict_settings(alpha=0.05))
+    v_workers = decide_verdict(s, "ddp", verdict_settings(alpha=0.05, metric="val_loss_workers"))
+    assert set(v_avg["winners"]) == {"a", "b"}
+    assert v_workers["winners"] == ["b"] and v_workers["metric"] == "val_loss_workers"
+    with pytest.raises(Exception, match="val_loss_workerz|is not one of"):
+        gate(rule="top_k", metric="val_loss_workerz")

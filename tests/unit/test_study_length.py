@@ -9,6 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pytest
+
 from workflow.analysis.compute_plan import compute_plan, run_estimate
 from workflow.analysis.tables import naive_plan
 from workflow.data.loader import TokenSplit
@@ -69,11 +71,21 @@ def _assert_all_agree(config: dict) -> list[int]:
     return seen
 
 
+def _in_epochs(config: dict, epoch: str = "tokens") -> dict:
+    """gossip.yaml with its length in epochs (it ships the reference's 8,844 rounds): 12 epochs,
+    stage A 4, as the study offers in its header (``train.epoch``: what an epoch counts)."""
+    config["train"].update(num_epochs=12, epoch=epoch)
+    config["stages"]["A"]["train"] = {"num_epochs": 4}
+    return config
+
+
 def test_gossip_study_in_epochs_agrees(tmp_path, shared_data, gpt2_ranks):
     config = _tokenized("gossip.yaml", tmp_path, shared_data, gpt2_ranks,
                         {"multi30k": ["train.en.gz", "train.de.gz", "val.en.gz", "val.de.gz",
                                       "test_2016_flickr.en.gz", "test_2016_flickr.de.gz"]})
-    steps = _assert_all_agree(config)
+    steps = _assert_all_agree(_in_epochs(config))
+    stride_1 = _assert_all_agree(_in_epochs(config, "stride_1"))  # DeMuon's epoch: every stride-1 window
+    assert min(stride_1) > 8_844 > max(steps)  # en+de GPT-2 tokens: 12 stride-1 epochs exceed the reference's rounds
     # the same epochs give more steps in a longer stage: the length comes from the data, not num_iterations
     assert len(set(steps)) > 1 and all(s != 100 for s in steps)
 
@@ -92,7 +104,32 @@ def test_num_tokens_study_agrees(tmp_path, shared_data, gpt2_ranks):
 
 
 def test_printed_plan_says_epochs_before_tokenization(tmp_path):
-    config = load_study([str(REPO / "config" / "studies" / "gossip.yaml")])
+    config = _in_epochs(load_study([str(REPO / "config" / "studies" / "gossip.yaml")]))
     config["data_dir"] = str(tmp_path / "nothing")
     text = format_plan(config)
     assert "epochs (steps once tokenized)" in text and "runs of 100 steps" not in text
+
+
+def test_stride_1_epoch_reproduces_demuons_rounds():
+    """MozarTuring/DeMuon: one epoch = every stride-1 window; 12 epochs at 8 workers x batch 64
+    are 8,844 rounds on its split (377,344 windows of 64 tokens = 377,408 training tokens)."""
+    from workflow.study.schema import validate_section
+
+    def train(**values):
+        return validate_section(values, "train", "train")
+
+    cfg = train(num_epochs=12, epoch="stride_1", batch_size=512)
+    assert resolve_num_iterations(cfg, 377_408, 64) == 8_844
+    # stagerun's default epoch (one pass of the split's tokens) is 64x shorter at block 64
+    assert resolve_num_iterations(train(num_epochs=12, batch_size=512), 377_408, 64) == 139
+    assert train()["epoch"] == "tokens"
+    with pytest.raises(Exception, match="is not one of"):
+        train(epoch="windows")
+
+
+def test_gossip_study_ships_the_references_rounds():
+    config = load_study([str(REPO / "config" / "studies" / "gossip.yaml")])
+    final = stage_order(config)[-1]
+    for variant in config["variants"]:
+        cfg = run_config(config, final, variant, stage_seeds(config, final)[0])
+        assert run_steps(cfg, None) == 8_844, variant

@@ -30,11 +30,13 @@ def comm_variants(summaries: list[dict]) -> list[dict]:
 
 
 def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
-    """One row per variant with sync counts: pattern, tp_size / tp_mode, syncs per forward pass
-    (nominal = the seed's rule, analytic = from the pattern, measured = counted while training)
+    """One row per variant with sync counts: pattern, tp_size / tp_mode / parallel_merge, syncs per
+    forward pass (nominal = the seed write-up's rule, reference_code = what the seed's
+    tensor_parallel_model.py runs for the pattern, analytic = from the pattern under the run's
+    merge rule, measured = counted while training)
     and per backward pass (measured), parameters, final val_loss (runs, mean, std, CI95), the
     mean per-seed difference to ``baseline`` and its two-sided p-value, tokens_per_s (mean,
-    ratio to the baseline's). Every block type has the same parameters, so run ``seed`` of each
+    ratio to the baseline's), step_ms (mean training step time, ms). Every block type has the same parameters, so run ``seed`` of each
     variant starts from the same weights and sees the same batches: the comparison is paired
     (``scipy.stats.ttest_rel`` on the shared seeds, as the study's verdict); variants that share
     fewer than 2 seeds with the baseline fall back to Welch's test (``test_vs_baseline`` says which).
@@ -66,7 +68,9 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
             "pattern": _pattern_text(tp.get("pattern") or []),
             "tp_size": tp.get("tp_size"),
             "tp_mode": tp.get("tp_mode"),
+            "parallel_merge": tp.get("parallel_merge", "sum"),
             "syncs_nominal": tp.get("syncs_nominal"),
+            "syncs_reference_code": tp.get("syncs_reference_code"),
             "syncs_analytic": tp.get("syncs_analytic"),
             "syncs_measured": tp.get("syncs_measured"),
             "syncs_measured_backward": tp.get("syncs_measured_backward"),
@@ -81,8 +85,17 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
             "test_vs_baseline": test,
             "tokens_per_s": tps,
             "tokens_per_s_vs_baseline": tps / base_tps if tps and base_tps else None,
+            "step_ms": (summ.get("step_ms") or {}).get("mean"),
         })
     return pd.DataFrame(out, columns=list(out[0]) if out else ["variant"])
+
+
+def _legend_label(summary: dict) -> str:
+    """``variant: nominal N / reference code R / measured M`` (syncs per forward pass)."""
+    tp = _tp(summary)
+    ref = tp.get("syncs_reference_code")
+    return (f"{summary['variant']}: nominal {tp.get('syncs_nominal')} / reference code "
+            f"{ref if ref is not None else '?'} / measured {tp.get('syncs_measured')}")
 
 
 def _pattern_text(layers: list[str]) -> str:
@@ -147,9 +160,12 @@ def write_table(summaries: list[dict], baseline: str, csv_path: str, md_path: st
     write_text_atomic(md_path, (
         f"# Communication vs val_loss (final stage)\n\n{body}\n"
         "\n## Trend of final val_loss on measured syncs per forward\n\n" + _fit_text(fit_trend(summaries)) +
-        "\n\nsyncs: tensor-parallel all-reduces of one [B, T, C] activation per forward pass. nominal = the seed's "
-        "count (tp 2, spd 1, parallel 0 per layer, + 2 at the model boundaries with parallel blocks); analytic = "
-        "from the pattern under the blocks' exact semantics; measured = counted at every sync point while training "
+        "\n\nsyncs: tensor-parallel all-reduces of one [B, T, C] activation per forward pass. nominal = the seed "
+        "write-up's count (tp 2, spd 1, parallel 0 per layer, + 2 at the model boundaries with parallel blocks); "
+        "reference_code = what eduardburlacu/NanoTransformer's tensor_parallel_model.py runs for the pattern (every "
+        "run of parallel blocks closes with its own all-reduce); analytic = from the pattern under the run's "
+        "parallel_merge rule (sum: a parallel run's merge folds into the next spd block's all-reduce; reference: "
+        "the reference code's wiring); measured = counted at every sync point while training "
         "(docs/tensor_parallel.md). delta_vs_baseline: mean over seeds of the final val_loss minus "
         f"{baseline}'s with the same seed (same initial weights and batches); p_vs_baseline: its two-sided "
         "paired t-test (test_vs_baseline; Welch's test when fewer than 2 seeds are shared).\n"))
@@ -187,8 +203,7 @@ def plot_comm_vs_loss(summaries: list[dict], output: str, thresholds: list[float
         x = _tp(summ)["syncs_measured"]
         losses = successful_val_losses(summ)
         ax.scatter([x] * len(losses), losses, s=10, alpha=0.35, color=colours[summ["variant"]])
-        _errorbar(ax, x, summ, colours[summ["variant"]],
-                  f"{summ['variant']} (nominal {_tp(summ).get('syncs_nominal')})")
+        _errorbar(ax, x, summ, colours[summ["variant"]], _legend_label(summ))
     fit = fit_trend(summaries)
     if fit is not None:
         xs = np.linspace(min(_tp(s)["syncs_measured"] for s in rows), max(_tp(s)["syncs_measured"] for s in rows), 100)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from workflow.analysis.stats import compare_to_baseline, val_losses_by_seed
+from workflow.analysis.stats import compare_to_baseline, metric_view, val_losses_by_seed
 
 GATE_RULES = ("top_k", "beats_baseline", "beats_baseline_ci")
 
@@ -28,9 +28,11 @@ def decide_gate(
     Args:
         stage: stage name, e.g. ``"A"``.
         gate: the stage's gate section with schema defaults filled: ``{"rule": "top_k" |
-            "beats_baseline" | "beats_baseline_ci", "k", "min_successful_runs", "tie_tolerance",
-            "max_failed_fraction", "pivot"}`` (missing keys raise KeyError: defaults live in
-            config/schema.yaml only).
+            "beats_baseline" | "beats_baseline_ci", "metric": "val_loss" | "val_loss_workers",
+            "k", "min_successful_runs", "tie_tolerance", "max_failed_fraction", "pivot"}``
+            (missing keys raise KeyError: defaults live in config/schema.yaml only). ``metric``
+            is the final loss compared (:func:`workflow.analysis.stats.metric_view`); the
+            ranking's ``mean`` / ``std`` / ``ci_95`` are of it.
         summaries: variant name -> its summary.json dict for this stage (the baseline included,
             when it ran in this stage).
         baseline: name of the baseline variant.
@@ -47,6 +49,8 @@ def decide_gate(
     if rule not in GATE_RULES:
         raise ValueError(f"gate.rule: unknown rule {rule!r} (known: {', '.join(GATE_RULES)})")
     params = {k: v for k, v in gate.items() if k != "rule"}
+    metric = params.get("metric", "val_loss")
+    summaries = {name: metric_view(summ, metric) for name, summ in summaries.items()}
     min_ok, max_failed = params["min_successful_runs"], params["max_failed_fraction"]
     base_summary = summaries.get(baseline)
     base_losses = val_losses_by_seed(base_summary) if base_summary else {}
@@ -190,7 +194,8 @@ def decide_gate(
         "carried": [baseline],
         "ranking": rows,
         "failed_runs": {row["variant"]: row["failed_runs"] for row in rows if row["failed_runs"]},
-        "explanation": explanation,
+        "explanation": explanation if metric == "val_loss" else
+        f"metric {metric} (the mean of the workers' own models' val_loss) in place of val_loss. {explanation}",
     }
 
 

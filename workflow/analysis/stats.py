@@ -232,8 +232,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         variant, see the gates' max_failed_fraction and the verdict's failed_run_policy);
         *excluded* when it finished but is not comparable. Times are seconds; FLOPs are the
         trainer's ``flops`` (summed over a run's resumed attempts); GPU-hours are
-        ``train_time_ms`` x GPUs. Also ``tokens_per_s`` (describe over ok runs; n 0 when not
-        recorded) and ``tensor_parallel`` (result.json's record of the first ok run with
+        ``train_time_ms`` x GPUs. Also ``tokens_per_s`` and ``step_ms`` (train_time_ms /
+        final_step; describe over ok runs; n 0 when not recorded) and ``tensor_parallel`` (result.json's record of the first ok run with
         tensor-parallel blocks, or None).
     Raises:
         ValueError: the results mix stages or variants.
@@ -257,6 +257,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
     time_summary = describe(times)
     time_summary["total"] = float(sum(times))
     val_loss = describe([r["final_val_loss"] for r in ok])
+    # the workers' own models (result.json final_val_loss_workers; None where they share one model)
+    val_loss_workers = describe([_workers_loss(r) for r in ok])
     bpt = [float(b) for r in results if (b := _bytes_per_token(r)) is not None]
     study = _unique([r.get("study") for r in results])
     end_times = [r["end_time"] for r in results if r.get("end_time")]
@@ -271,6 +273,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "failed_runs": [{"seed": results[i].get("seed"), "reason": status[i][1]} for i in order if status[i][0] == "failed"],
         "excluded_runs": [{"seed": results[i].get("seed"), "reason": status[i][1]} for i in order if status[i][0] == "excluded"],
         "val_loss": val_loss,
+        "val_loss_workers": val_loss_workers,
         "time_seconds": time_summary,
         "statistics": {
             "n_runs": len(results),
@@ -286,6 +289,8 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "seed_ignored_reason": seed_ignored_text(len(ok)) if ignored else None,
         # communication and tensor parallelism (read defensively: older results lack them)
         "tokens_per_s": describe([r["tokens_per_s"] for r in ok if r.get("tokens_per_s") is not None]),
+        # mean training step time (ms: train_time_ms / final_step, evaluations excluded)
+        "step_ms": describe([r["train_time_ms"] / r["final_step"] for r in ok if r.get("train_time_ms") and r.get("final_step")]),
         "tensor_parallel": next((r["tensor_parallel"] for r in ok if r.get("tensor_parallel")), None),
         "process_seconds_total": float(sum(r["time_seconds"] * r.get("world_size", 1) for r in results)),
         "flops_total": float(sum(r.get("flops") or 0.0 for r in results)),
@@ -312,6 +317,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
                 "status": status[i][0],
                 "reason": results[i].get("reason") if status[i][0] != "excluded" else status[i][1],
                 "final_val_loss": results[i].get("final_val_loss"),
+                "final_val_loss_workers": _workers_loss(results[i]),
                 "time_seconds": results[i].get("time_seconds"),
                 "tokens_seen": results[i].get("tokens_seen"),
                 "flops": results[i].get("flops"),
@@ -319,6 +325,37 @@ def summarize_runs(results: Sequence[dict]) -> dict:
             for i in order
         ],
     }
+
+
+def _workers_loss(result: dict) -> float | None:
+    """A run's final mean over workers of their own models' val_loss: ``final_val_loss_workers``,
+    or ``final_val_loss`` where the workers share one model (DDP: the record is None)."""
+    value = result.get("final_val_loss_workers")
+    return result.get("final_val_loss") if value is None else value
+
+
+SCORE_METRICS = ("val_loss", "val_loss_workers")
+
+
+def metric_view(summary: dict, metric: str) -> dict:
+    """``summary`` as the gates and the verdict read it when they compare ``metric``.
+
+    Args:
+        summary: a :func:`summarize_runs` dict.
+        metric: "val_loss" (the scored model: returned unchanged) or "val_loss_workers" (the
+            mean of the workers' own models' val_loss, nats/token; MozarTuring/DeMuon's reported
+            loss): a copy whose ``val_loss`` and runs' ``final_val_loss`` hold that metric.
+    Raises:
+        ValueError: an unknown metric.
+    """
+    if metric not in SCORE_METRICS:
+        raise ValueError(f"metric {metric!r} is unknown; valid: {list(SCORE_METRICS)}")
+    if metric == "val_loss":
+        return summary
+    runs = [{**run, "final_val_loss": run.get("final_val_loss_workers", run.get("final_val_loss"))}
+            for run in summary["runs"]]
+    values = [run["final_val_loss"] for run in runs if run["success"]]
+    return {**summary, "val_loss": describe(values), "runs": runs}
 
 
 def successful_val_losses(summary: dict) -> list[float]:

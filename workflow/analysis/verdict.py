@@ -13,7 +13,14 @@ from collections.abc import Mapping
 import pandas as pd
 
 from workflow.analysis.gates import _p
-from workflow.analysis.stats import compare_to_baseline, describe, holm_adjust, one_sample_ttest, val_losses_by_seed
+from workflow.analysis.stats import (
+    compare_to_baseline,
+    describe,
+    holm_adjust,
+    metric_view,
+    one_sample_ttest,
+    val_losses_by_seed,
+)
 
 
 def decide_verdict(
@@ -37,7 +44,9 @@ def decide_verdict(
         settings: the study's ``verdict`` section with schema defaults: ``alpha``,
             ``target_val_loss`` (None: no target test), ``test``, ``correction``, ``winners``
             (``baseline`` | ``target`` | ``both``), ``failed_run_policy`` (``disqualify`` |
-            ``penalty``), ``penalty_val_loss`` (None: ln(vocab_size)).
+            ``penalty``), ``penalty_val_loss`` (None: ln(vocab_size)), ``metric`` (``val_loss``
+            | ``val_loss_workers``: the final loss compared, :func:`workflow.analysis.stats.metric_view`;
+            missing = val_loss).
         vocab_size: the dataset's vocabulary size (for the default penalty).
     Returns:
         ``{"baseline", "alpha", "target_val_loss", "test", "correction", "winners_rule",
@@ -60,6 +69,8 @@ def decide_verdict(
             if not vocab_size:
                 raise ValueError("verdict.failed_run_policy penalty: set penalty_val_loss or pass the dataset's vocab_size")
             penalty = math.log(vocab_size)
+    metric = settings.get("metric", "val_loss")
+    summaries = {name: metric_view(summ, metric) for name, summ in summaries.items()}
     base = summaries.get(baseline)
     base_losses = val_losses_by_seed(base, penalty) if base else {}
     results = []
@@ -150,9 +161,11 @@ def decide_verdict(
         "winners_rule": rule,
         "failed_run_policy": policy,
         "penalty_val_loss": penalty,
+        "metric": metric,
         "results": results,
         "winners": [e["variant"] for e in results if e["winner"]],
-        "explanation": explanation,
+        "explanation": explanation if metric == "val_loss" else
+        f"Metric: {metric} (the mean of the workers' own models' final val_loss). {explanation}",
     }
 
 

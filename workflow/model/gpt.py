@@ -66,7 +66,8 @@ class GPT(nn.Module):
             ln_f=make_norm(config),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.padded_vocab_size, bias=False)
-        self.tp: TPRuntime | None = TPRuntime(config.tp_size) if config.tensor_parallel else None
+        self.tp: TPRuntime | None = (TPRuntime(config.tp_size, parallel_merge=config.parallel_merge)
+                                     if config.tensor_parallel else None)
         for block in self.transformer.h:
             if isinstance(block, TPBlockBase):
                 block.runtime = self.tp
@@ -152,8 +153,9 @@ class GPT(nn.Module):
             self.tp.counter.passes += 1
         for i in self._blocks_to_run():
             block = self.transformer.h[i]
-            if isinstance(x, ShardedStream) and not isinstance(block, TPBlockBase):
-                x = self.tp.merge(x)
+            if isinstance(x, ShardedStream) and (not isinstance(block, TPBlockBase) or (
+                    self.tp.parallel_merge == "reference" and block.block_type != "parallel")):
+                x = self.tp.merge(x)  # reference: a run of parallel blocks closes with its own merge
             x = block(x)
         if isinstance(x, ShardedStream):
             x = self.tp.merge(x)

@@ -255,11 +255,15 @@ class _ShardLocalBlock(TPBlockBase):
         else:  # split a replicated stream: f (1 backward all-reduce)
             base, delta = state, None
             base_f = s = rt.split(state)
+        prev = delta
         o = self.attn.sharded(self.ln_1(s))  # [S, B, T, C] partial attention outputs
         delta = o if delta is None else delta + o
         m = self.mlp.sharded(self.ln_2(base_f + delta))  # shard p's MLP reads its own stream
-        stream = ShardedStream(base, base_f, delta + m)
-        return rt.merge(stream) if self.merges else stream
+        if self.merges:
+            return rt.merge(ShardedStream(base, base_f, delta + m))
+        if rt.parallel_merge == "reference":  # keep what its merge needs: prev and this block's o + m
+            return ShardedStream(base, base_f, delta + m, prev=prev, last=o + m)
+        return ShardedStream(base, base_f, delta + m)
 
 
 @register_block("spd")

@@ -57,6 +57,8 @@ class TPRuntime:
         mesh: the 1-D tensor-parallel DeviceMesh (real mode), else None.
         rank: this process's shard index (real mode), else 0.
         counter: the :class:`TPCommCounter` the sync points add to.
+        parallel_merge: "sum" or "reference": how :meth:`merge` joins a stream that a run of
+            ``parallel`` blocks left (``GPTConfig.parallel_merge``, docs/tensor_parallel.md).
     """
 
     tp_size: int
@@ -65,6 +67,7 @@ class TPRuntime:
     mesh: object = None
     rank: int = 0
     counter: TPCommCounter = None  # type: ignore[assignment]
+    parallel_merge: str = "sum"
 
     def __post_init__(self) -> None:
         if self.counter is None:
@@ -87,10 +90,23 @@ class TPRuntime:
 
     @torch.compiler.disable
     def merge(self, stream: "ShardedStream") -> torch.Tensor:
-        """Replicated stream base + sum_p delta_p (g: 1 all-reduce forward, identity backward)."""
+        """The replicated stream (g: 1 all-reduce forward of one [B, T, C] tensor, identity
+        backward):
+
+        * ``sum`` (and any stream an spd / tp block left): ``base + sum_p delta_p``;
+        * ``reference`` on a stream a run of parallel blocks left (``stream.last`` set):
+          ``base + (1/P) sum_p prev_p + sum_p last_p`` = the mean over shards of the streams
+          before the run's last block plus the sum of that block's partial outputs
+          (NanoTransformer ``tensor_parallel_model.py``: ``Parallel_Block`` with
+          ``last_block``), in the same single all-reduce of ``prev_p / P + last_p``.
+        """
+        if self.parallel_merge == "reference" and stream.last is not None:
+            parts = stream.last if stream.prev is None else stream.prev / self.tp_size + stream.last
+        else:
+            parts = stream.delta
         if self.mode == "real":
-            return stream.base + _MergeReal.apply(stream.delta[0], self)
-        return stream.base + _MergeSimulated.apply(stream.delta, self)
+            return stream.base + _MergeReal.apply(parts[0], self)
+        return stream.base + _MergeSimulated.apply(parts, self)
 
     @torch.compiler.disable
     def count_f(self, x: torch.Tensor) -> torch.Tensor:
@@ -121,11 +137,17 @@ class ShardedStream:
         base: [B, T, C] replicated value at the split point (the merge adds it once).
         base_f: ``runtime.split(base)`` (the same values; its gradient is summed over shards).
         delta: [S, B, T, C] the shards' accumulated partial updates since the split.
+        prev: [S, B, T, C] ``delta`` before the last ``parallel`` block (None: that block split
+            the stream), for the ``reference`` merge; None after spd / tp.
+        last: [S, B, T, C] the last ``parallel`` block's partial outputs (``delta - prev``),
+            None when an spd / tp block made the stream.
     """
 
     base: torch.Tensor
     base_f: torch.Tensor
     delta: torch.Tensor
+    prev: torch.Tensor | None = None
+    last: torch.Tensor | None = None
 
 
 class _CountBackward(torch.autograd.Function):

@@ -111,6 +111,11 @@ class Strategy:
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         """Synchronization after the local update (outer steps, gossip); nothing by default."""
 
+    def end_training(self, model: nn.Module, steps: int) -> None:
+        """Called once after the run's last optimizer step (``steps`` = steps done: the run's
+        length, or fewer when the time budget stopped it), before the final evaluation: e.g.
+        DiLoCo's outer step on a partial last round. Nothing by default."""
+
     # ---- evaluation --------------------------------------------------------------------
     @contextlib.contextmanager
     def scored_model(self, model: nn.Module) -> Iterator[str]:

@@ -35,6 +35,20 @@ class DiLoCoStrategy(Strategy):
     that is exactly synchronous DDP; with AdamW it is the mean of per-worker Adam updates,
     which is not DDP's Adam of the mean gradient.
 
+    The last round of a run whose length is not a multiple of ``tau`` is a partial round: the
+    trainer calls :meth:`end_training` after the last step (``num_iterations``, or a spent
+    ``training_hours`` budget), which takes one more outer step on the pseudo-gradient of the
+    partial round's ``steps % tau`` inner steps, so the final (global) model includes every
+    trained step: 25 steps at tau 10 make 3 outer steps (rounds of 10, 10 and 5 steps).
+    ``outer_steps`` gives whole rounds (``num_iterations = outer_steps * tau``); a length from
+    ``num_iterations`` / ``num_epochs`` makes ``ceil(num_iterations / tau)`` outer steps.
+    (torchft's ``DiLoCo``, ``torchft/local_sgd.py``, syncs only after ``sync_every`` steps: its
+    trailing partial round stays unsynchronized.)
+
+    Gradient clipping (``train.grad_clip > 0``) clips each worker's own gradient before its
+    inner step; DDP clips the all-reduced (averaged) gradient. So the tau-1 equivalence above
+    holds only with clipping off: ``grad_clip: 0``.
+
     Evaluation scores the global model (``theta_global``, identical on every worker); the
     workers' own models differ from it mid-round (``models_differ``).
 
@@ -61,6 +75,17 @@ class DiLoCoStrategy(Strategy):
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         if (step + 1) % self.cfg["tau"]:
             return
+        self._outer_step(model)
+
+    def end_training(self, model: nn.Module, steps: int) -> None:
+        """After the run's last step (``steps`` inner steps done): an outer step on the partial
+        round's ``steps % tau`` inner steps, if any (none when ``steps`` is a multiple of tau)."""
+        if steps % self.cfg["tau"]:
+            self._outer_step(model)
+
+    def _outer_step(self, model: nn.Module) -> None:
+        """All-reduce the workers' parameters, step the outer optimizer on the pseudo-gradient,
+        reset every worker to the new global model."""
         mean = flat_parameters(model).float()
         self.comm.all_reduce(mean, "outer_all_reduce", group=self.ctx.dp_group)
         mean /= self.ctx.dp_size

@@ -61,7 +61,8 @@ def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, bloc
       curriculum's shorter sequences included), so variants compare at equal data;
     - ``num_epochs`` set: the same with ``num_tokens = num_epochs * train_tokens`` (one epoch =
       as many tokens as the training split holds; batches are sampled, so an epoch is a token
-      count, not a permutation); without a curriculum
+      count, not a permutation; ``epoch: stride_1``: one epoch = every stride-1 window,
+      ``(train_tokens - block_size) * block_size`` tokens, MozarTuring/DeMuon's); without a curriculum
       ``ceil(num_epochs * train_tokens / (batch_size * block_size))``;
     - ``strategy.outer_steps`` set (DiLoCo): ``outer_steps * tau``;
     - a token length and outer_steps: the shorter one (the seeds give both: "100 outer steps,
@@ -83,6 +84,8 @@ def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, bloc
             "set: give the run length once"
         )
     if train_cfg.get("num_epochs") is not None:
+        if train_cfg.get("epoch") == "stride_1":  # every stride-1 window once (DeMuon's epoch)
+            train_tokens = max(train_tokens - block_size, 0) * block_size
         num_tokens = math.ceil(train_cfg["num_epochs"] * train_tokens)
         if num_tokens < 1:
             raise ValueError(f"train.num_epochs {train_cfg['num_epochs']} gives no tokens for {train_tokens} training tokens")

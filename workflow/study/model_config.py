@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 from workflow.study.blocks import (
     NORM_TYPES,
+    PARALLEL_MERGES,
     RENAMED_BLOCKS,
     TP_BLOCK_TYPES,
     analytic_tp_syncs,
@@ -52,6 +53,7 @@ __all__ = [
     "known_block_types",
     "analytic_tp_syncs",
     "nominal_tp_syncs",
+    "PARALLEL_MERGES",
     "model_schema_default",
 ]
 
@@ -104,6 +106,11 @@ class GPTConfig:
             exactly the partial sums a sharded run would have) or "real" (tp_size processes
             per model replica, collectives on the tensor-parallel process group; the trainer
             shards the model with ``tensor_parallel.parallelize_gpt``). Default: schema.
+        parallel_merge: how a run of ``parallel`` blocks rejoins one stream: "sum" (default:
+            every shard's partials summed, the merge folded into the next spd block's
+            all-reduce) or "reference" (eduardburlacu/NanoTransformer ``tensor_parallel_model.py``:
+            each run closes with its own all-reduce, mean of the shard streams plus the summed
+            partials of the run's last block). docs/tensor_parallel.md. Default: schema.
         pad_vocab_multiple: the embedding / head has ``padded_vocab_size`` rows, V rounded up to
             this multiple (64 for GPT-2: 50257 -> 50304, faster matmuls). Padded rows are never
             predicted: logits are sliced to V columns.
@@ -142,6 +149,7 @@ class GPTConfig:
     block_pattern: tuple[str, ...] | None = field(default_factory=lambda: model_schema_default("block_pattern"))
     tp_size: int = field(default_factory=lambda: model_schema_default("tp_size"))
     tp_mode: str = field(default_factory=lambda: model_schema_default("tp_mode"))
+    parallel_merge: str = field(default_factory=lambda: model_schema_default("parallel_merge"))
     pad_vocab_multiple: int = 1
     tie_embeddings: bool = True
     norm: str | None = None
@@ -183,6 +191,8 @@ class GPTConfig:
             raise ValueError("GPTConfig.depth_warm_steps and depth_warm_drop_until must be >= 0")
         if self.tp_mode not in ("simulated", "real"):
             raise ValueError(f"GPTConfig.tp_mode {self.tp_mode!r} is unknown; valid: ['real', 'simulated']")
+        if self.parallel_merge not in PARALLEL_MERGES:
+            raise ValueError(f"GPTConfig.parallel_merge {self.parallel_merge!r} is unknown; valid: {list(PARALLEL_MERGES)}")
         self._check_tensor_parallel(layers)
 
     def _check_tensor_parallel(self, layers: tuple[str, ...]) -> None:
@@ -241,7 +251,7 @@ class GPTConfig:
         """Analytic tensor-parallel all-reduces per forward / backward pass
         (:func:`analytic_tp_syncs`) and the seed's nominal forward count."""
         layers = self.layer_block_types
-        counts = analytic_tp_syncs(layers, self.tp_size)
+        counts = analytic_tp_syncs(layers, self.tp_size, self.parallel_merge)
         counts["nominal"] = nominal_tp_syncs(layers) if self.tensor_parallel else 0
         return counts
 

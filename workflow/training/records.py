@@ -19,6 +19,7 @@ from workflow.core.io import write_json_atomic, write_text_atomic
 from workflow.model import depth_warm_state
 from workflow.model.parallelize import full_state_dict, tp_comm_counts
 from workflow.parallel.comm import summarize
+from workflow.study.blocks import analytic_tp_syncs
 from workflow.study.schedules import schedule_progress
 from workflow.training import checkpoint
 from workflow.training.metrics import compile_counts, log_line
@@ -112,15 +113,19 @@ class RunRecords:
         return gathered
 
     def _tensor_parallel_record(self) -> dict | None:
-        """result.json ``tensor_parallel``: pattern, tp_size, tp_mode, sync counts per pass
-        (nominal, analytic, measured) and parameters; None without tensor-parallel blocks."""
+        """result.json ``tensor_parallel``: pattern, tp_size, tp_mode, parallel_merge, sync counts
+        per pass (nominal = the seed write-up's rule, reference_code = what NanoTransformer's
+        tensor_parallel_model.py runs for the pattern, analytic = this run's merge rule, measured
+        = counted while training) and parameters; None without tensor-parallel blocks."""
         c = self.model_config
         if self.model.tp is None:
             return None
         syncs = c.tp_syncs()
         forward, backward = self.tp_syncs_per_pass()
         return {"tp_size": c.tp_size, "tp_mode": c.tp_mode, "pattern": list(c.layer_block_types),
-                "syncs_nominal": syncs["nominal"], "syncs_analytic": syncs["forward"],
+                "parallel_merge": c.parallel_merge, "syncs_nominal": syncs["nominal"],
+                "syncs_reference_code": analytic_tp_syncs(c.layer_block_types, c.tp_size, "reference")["forward"],
+                "syncs_analytic": syncs["forward"],
                 "syncs_analytic_backward": syncs["backward"], "syncs_measured": forward,
                 "syncs_measured_backward": backward, "training_passes": self.state.tp_passes,
                 "num_parameters": self.model.num_parameters()}
@@ -161,6 +166,7 @@ class RunRecords:
             "schedule_progress": schedule_progress(st.step, self.train_cfg["num_iterations"], st.schedule_ms / 1000.0,
                                                    self.budget_s),
             "final_val_loss": st.last_val_loss if success else None,
+            "final_val_loss_workers": st.last_val_loss_workers if success else None,
             "final_train_loss": st.last_train_loss if math.isfinite(st.last_train_loss) else None,
             "time_seconds": round(wall_seconds, 3),
             "train_time_ms": round(st.train_time_ms, 3),

@@ -38,6 +38,7 @@ class RunState:
     window_losses: list = field(default_factory=list)  # train losses since the last metrics row
     last_train_loss: float = float("nan")
     last_val_loss: float | None = None
+    last_val_loss_workers: float | None = None  # mean of the workers' own models' (models_differ)
     lr_mult: float = 0.0
     seq_len: int = 0
     schedule_ms: float = 0.0  # training time the schedules follow: the workers' mean, identical on every rank

@@ -334,6 +334,8 @@ class Trainer(RunRecords):
             if self.budget_spent and not last:
                 stopped_early, last = "training_hours", True
                 self.log(f"training_hours budget ({tc['training_hours']} h) spent at step {st.step}")
+            if last:  # e.g. DiLoCo's outer step on a partial last round, before the final evaluation
+                self.strategy.end_training(self.model, st.step)
             do_eval = last or (tc["val_loss_every"] > 0 and st.step % tc["val_loss_every"] == 0)
             if do_eval or st.step % tc["log_every"] == 0:
                 evaluation = self._evaluate_and_track() if do_eval else None
@@ -359,4 +361,5 @@ class Trainer(RunRecords):
     def _evaluate_and_track(self) -> dict:
         evaluation = self.evaluate()
         self.state.last_val_loss = evaluation["val_loss"]
+        self.state.last_val_loss_workers = evaluation.get("val_loss_workers")
         return evaluation
