@@ -65,6 +65,7 @@ onsuccess:
 
 onerror:
     stop_warm_server()
+    restore_group_runs()
 
 
 rule all:
