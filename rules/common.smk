@@ -277,20 +277,21 @@ if GROUPS:
 # One id per `snakemake` invocation, in every job's environment (sbatch --export=ALL): the
 # launcher of a grouped run restores a run that finished earlier in this invocation
 # (workflow.launch.restore_finished) instead of training it again.
-if workflow.is_main_process:
-    os.environ["STAGERUN_INVOCATION"] = uuid.uuid4().hex
+INVOCATION = uuid.uuid4().hex if workflow.is_main_process else None
+if INVOCATION:
+    os.environ.update(STAGERUN_INVOCATION=INVOCATION)
 
 
 def restore_group_runs():
     """``onerror``: runs of grouped stages that finished in this invocation get back the outputs
     Snakemake deleted when their group job failed (workflow.launch.restore_invocation_runs)."""
-    if not GROUPS:
+    if not GROUPS or not INVOCATION:
         return
     from workflow.jobs.launcher import restore_invocation_runs  # (torch-free)
 
     run_dirs = [p for stage in STAGES if f"train_{stage}" in GROUPS
                 for p in Path(RESULTS).glob(f"stage_{stage}/*/seed_*")]
-    restored = restore_invocation_runs(run_dirs, os.environ["STAGERUN_INVOCATION"])
+    restored = restore_invocation_runs(run_dirs, INVOCATION)
     if restored:
         print(f"stagerun: {len(restored)} run(s) that finished in a failed group job keep their outputs "
               f"(the next run trains only the unfinished ones): {', '.join(map(str, restored))}", file=sys.stderr)
