@@ -331,7 +331,8 @@ if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
     log "creating bridge $BRIDGE ($CTL_ADDR/24)"
     ip link add "$BRIDGE" type bridge || die "ip link add $BRIDGE type bridge failed"
 fi
-ip addr show dev "$BRIDGE" | grep -qw "inet $CTL_ADDR/24" || ip addr add "$CTL_ADDR/24" dev "$BRIDGE"
+# (grep on a here-string, not a pipe: grep -q exits early and pipefail would fail the pipe)
+grep -qw "inet $CTL_ADDR/24" <<<"$(ip addr show dev "$BRIDGE")" || ip addr add "$CTL_ADDR/24" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 for node in "${NODES[@]}"; do
     addr=$(node_addr "$node")
@@ -342,7 +343,7 @@ for node in "${NODES[@]}"; do
         ip link set "v${node}p" netns "$node"
         ip -n "$node" link set "v${node}p" name eth0
     fi
-    ip -n "$node" addr show dev eth0 | grep -qw "inet $addr/24" || ip -n "$node" addr add "$addr/24" dev eth0
+    grep -qw "inet $addr/24" <<<"$(ip -n "$node" addr show dev eth0)" || ip -n "$node" addr add "$addr/24" dev eth0
     ip -n "$node" link set lo up
     ip -n "$node" link set eth0 up
     ip link set "v$node" master "$BRIDGE"
