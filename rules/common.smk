@@ -4,6 +4,8 @@ import inspect
 import json
 import os
 import sys
+import uuid
+from pathlib import Path
 
 try:  # Snakemake >= 8; without it input functions are just inspected on every call
     from snakemake.common import overwrite_function_params
@@ -31,7 +33,7 @@ from workflow.study.checks import (
 )
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
-from workflow.study.resources import launch_command, slurm_resources, stage_resources
+from workflow.study.resources import group_components, launch_command, slurm_resources, stage_resources, train_group
 from workflow.study.trainer_section import needs_nanogpt_data
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
@@ -303,15 +305,80 @@ def train_rule_setting(get):
 
 
 def train_rule_resources():
-    """``resources:`` of the train rule: ``nproc_per_node`` and the
-    snakemake-executor-plugin-slurm resources (constants that are None are left out)."""
+    """``resources:`` of the train rule: ``nproc_per_node``, the
+    snakemake-executor-plugin-slurm resources (constants that are None are left out) and, when
+    a stage groups its runs, ``group_run_slots``."""
     keys = ["nproc_per_node", *slurm_resources(stage_resources(config, STAGES[0]))]
     getters = {
         key: (lambda r: r["nproc_per_node"]) if key == "nproc_per_node" else (lambda r, key=key: slurm_resources(r)[key])
         for key in keys
     }
+    if GROUPS:  # one slot per grouped run (see "job groups" below)
+        getters[GROUP_RUN_SLOTS] = lambda r: 1 if r["group_runs"] > 1 else 0
     settings = {key: train_rule_setting(get) for key, get in getters.items()}
     return {key: value for key, value in settings.items() if value is not None}
+
+
+# ---- job groups: stages.<S>.resources.group_runs > 1 (docs/slurm.md) ----------------------
+# The runs of such a stage form the Snakemake group train_<S>, and --group-components
+# train_<S>=N (unless given on the command line) merges N of them into one cluster job.
+# Snakemake sizes a group job by stacking its jobs in layers that fit the --resources limits:
+# the limit group_run_slots=1 (each grouped run takes 1; scope "local", so it limits only the
+# layers of one group job, never how many jobs run at once) makes every run a layer of its own:
+# the group job asks for one run's resources with N x its runtime, and runs them one by one.
+GROUPS = group_components(config)
+GROUP_RUN_SLOTS = "group_run_slots"
+
+
+resource_scopes:
+    group_run_slots="local",
+
+
+def apply_group_components():
+    """Add the study's group components to Snakemake's (those given with --group-components
+    win). Called from the train rule's ``group:`` function, i.e. while the DAG is built: Snakemake
+    installs the command line's group settings after this file is parsed, replacing any set here."""
+    given = dict(workflow.group_settings.group_components or {})
+    if not set(GROUPS) <= set(given):
+        workflow.group_settings.group_components = {**GROUPS, **given}
+
+
+if GROUPS:
+    workflow.register_resource(GROUP_RUN_SLOTS, 1)
+# One id per `snakemake` invocation, in every job's environment (sbatch --export=ALL): the
+# launcher of a grouped run restores a run that finished earlier in this invocation
+# (workflow.launch.restore_finished) instead of training it again.
+INVOCATION = uuid.uuid4().hex if workflow.is_main_process else None
+if INVOCATION:
+    os.environ.update(STAGERUN_INVOCATION=INVOCATION)
+
+
+def restore_group_runs():
+    """``onerror``: runs of grouped stages that finished in this invocation get back the outputs
+    Snakemake deleted when their group job failed (workflow.launch.restore_invocation_runs)."""
+    if not GROUPS or not INVOCATION:
+        return
+    from workflow.jobs.launcher import restore_invocation_runs  # (torch-free)
+
+    run_dirs = [p for stage in STAGES if f"train_{stage}" in GROUPS
+                for p in Path(RESULTS).glob(f"stage_{stage}/*/seed_*")]
+    restored = restore_invocation_runs(run_dirs, INVOCATION)
+    if restored:
+        print(f"stagerun: {len(restored)} run(s) that finished in a failed group job keep their outputs "
+              f"(the next run trains only the unfinished ones): {', '.join(map(str, restored))}", file=sys.stderr)
+
+
+def train_rule_group():
+    """``group:`` of the train rule: ``train_<stage>`` for a stage with group_runs > 1, else None
+    (None for every job when no stage groups: the DAG costs nothing extra)."""
+    if not GROUPS:
+        return None
+
+    def group(wildcards):
+        apply_group_components()
+        return train_group(train_resources(wildcards.stage), wildcards.stage)
+
+    return per_job(group)
 
 
 def stage_decision(stage):

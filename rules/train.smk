@@ -25,6 +25,9 @@ rule train:
     threads: train_rule_setting(lambda r: r["nproc_per_node"] * r["cpus_per_proc"])
     resources:
         **train_rule_resources(),
+    # stages.<S>.resources.group_runs > 1: N runs per cluster job (rules/common.smk, docs/slurm.md)
+    group:
+        train_rule_group()
     conda:
         "../envs/train.yaml"
     # Snakemake deletes train.log before it reruns a job, so every attempt (a preempted one, a

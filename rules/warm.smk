@@ -44,3 +44,4 @@ onsuccess:
 
 onerror:
     stop_warm_server()
+    restore_group_runs()  # rules/common.smk: a failed group job's finished runs get their outputs back

@@ -5,6 +5,8 @@
   repo, or ``$STAGERUN_SHARED_DATA``); tests skip if it is missing.
 * ``shared_data_server`` (session): base URL ``http://127.0.0.1:PORT`` serving
   ``shared_data`` with the mirror layout ``/{source}/{filename}``; use it as ``mirror``.
+* ``cluster_data_server`` (session): the same server on the SLURM controller's address
+  (:func:`controller_address`), which the CI cluster's nodes (own network namespaces) reach.
 * ``file_server``: factory ``file_server(folder, cut_after=None, ignore_range=False,
   hf_repo=None)`` -> :class:`FileServer` over any folder, with fault injection:
   ``cut_after=N`` closes the connection after N body bytes on the first GET of each
@@ -150,11 +152,13 @@ def _make_handler(folder: Path, log: list, cut_after: int | None, ignore_range: 
 
 
 def start_file_server(folder: str | os.PathLike, *, cut_after: int | None = None, ignore_range: bool = False,
-                      hf_repo: str | None = None) -> FileServer:
-    """Serve ``folder`` on 127.0.0.1 (random port) in a daemon thread; see the module docstring."""
+                      hf_repo: str | None = None, host: str = "127.0.0.1") -> FileServer:
+    """Serve ``folder`` on ``host`` (default 127.0.0.1; random port) in a daemon thread; see the
+    module docstring. Another address is for clients in other network namespaces (the SLURM
+    CI nodes reach this machine on their bridge's address)."""
     folder = Path(folder)
     log: list = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(folder, log, cut_after, ignore_range, hf_repo))
+    server = http.server.ThreadingHTTPServer((host, 0), _make_handler(folder, log, cut_after, ignore_range, hf_repo))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -181,6 +185,23 @@ def shared_data() -> Path:
 def shared_data_server(shared_data):
     """Base URL of a loopback HTTP server over the shared data (mirror layout {source}/{file})."""
     srv = start_file_server(shared_data)
+    yield srv.url
+    srv.stop()
+
+
+def controller_address() -> str:
+    """The address the compute nodes reach this machine on: the one in ``SlurmctldHost=host(ADDR)``
+    (the CI cluster's bridge), else 127.0.0.1 (a cluster whose nodes share this network)."""
+    out = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=20,
+                         check=False).stdout
+    found = re.search(r"^SlurmctldHost\[0\]\s*=\s*\S+\(([^)]+)\)", out, re.MULTILINE)
+    return found.group(1) if found else "127.0.0.1"
+
+
+@pytest.fixture(scope="session")
+def cluster_data_server(shared_data):
+    """Base URL of a server of the shared data that jobs on the cluster's nodes can reach (mirror)."""
+    srv = start_file_server(shared_data, host=controller_address())
     yield srv.url
     srv.stop()
 

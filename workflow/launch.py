@@ -64,6 +64,7 @@ from workflow.jobs.launcher import (
     _worker,
     cap_processes,
     check_data,
+    keep_finished,
     open_attempt_log,
     run_workers,
     srun_prefix,
@@ -81,6 +82,7 @@ def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argpa
     parser.add_argument("--cpus-per-proc", type=int, default=1, help="srun --cpus-per-task (several nodes)")
     parser.add_argument("--gpus-per-task", action="store_true", help="srun --gpus-per-task=1 (several nodes)")
     parser.add_argument("--log", type=Path, help="Snakemake's log; each attempt writes {stem}.attempt-N.log")
+    parser.add_argument("--keep-finished", action="store_true", help="a run of a job group (launcher.keep_finished)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args, trainer_argv = parser.parse_known_args(argv)
     peek = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
@@ -116,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
     if early.signum is not None:
         print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
+    start = lambda: _start(args, trainer_argv, targs, run_cfg, early)
+    return keep_finished(targs.out_dir, run_cfg, start) if args.keep_finished else start()
+
+
+def _start(args: argparse.Namespace, trainer_argv: list[str], targs: argparse.Namespace, run_cfg: dict,
+           early: EarlySignals) -> int:
+    """Start the trainer: in this process, under torchrun, or one srun task per process."""
     capped = cap_processes(args.nproc_per_node, args.nodes, (run_cfg.get("train") or {}).get("device", "auto"))
     if capped != args.nproc_per_node:
         print(f"launch: WARNING: {args.nproc_per_node} processes asked for, but this machine has no GPU and "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install and start a real single-node SLURM cluster (with accounting) on this machine.
+# Install and start a real two-node SLURM cluster (with accounting) on this machine.
 #
 # For CI and for trying the SLURM profile on a laptop/VM. Debian 12 (bookworm), run as root.
 # No systemd and no cgroups are needed: every daemon is started in the background with a
@@ -9,11 +9,20 @@
 #   munged    (authentication)            pid: /run/munge/munged.pid
 #   slurmdbd  (accounting daemon -> sacct) pid: /run/slurm/slurmdbd.pid
 #   slurmctld (controller)                pid: /run/slurm/slurmctld.pid
-#   slurmd    (the one compute node)      pid: /run/slurm/slurmd.pid
+#   slurmd    (compute nodes n1, n2)      pid: /run/slurm/slurmd-n1.pid, slurmd-n2.pid
 #
-# The node has $SLURM_CI_GPUS fake GPUs (gres "gpu", files symlinked to /dev/null), so
+# Two compute nodes, each a real slurmd in its own network namespace (/run/netns/n1, n2) with
+# its own address on a bridge (veth pairs; $BRIDGE, $SUBNET.0/24) and its own UTS namespace
+# (`hostname` inside a job says n1 / n2). slurmctld, slurmdbd, munged and mariadb run in the root
+# namespace; slurmctld listens on the bridge address $SUBNET.1. /etc/hosts gets n1 and n2 (a
+# marked block), so the node names resolve everywhere (MASTER_ADDR, gloo). munge's socket is a
+# file, so every namespace shares the one munged. Enter a node with
+# `nsenter --net=/run/netns/n1` (not `ip netns exec`: it remounts /sys and slurmd then finds no
+# /sys/fs/cgroup).
+#
+# Each node has $SLURM_CI_GPUS fake GPUs (gres "gpu", files symlinked to /dev/null), so
 # `sbatch --partition=gpu --gpus=1` jobs get CUDA_VISIBLE_DEVICES set and two jobs get
-# different GPUs. Partitions: `cpu` (default) and `gpu`, both on the same node.
+# different GPUs. Partitions: `cpu` (default) and `gpu`, both on n1 and n2.
 #
 # Idempotent: a second run rewrites the configuration and restarts only the SLURM daemons
 # whose configuration changed; running daemons are kept.
@@ -25,6 +34,8 @@
 #   SLURM_CI_WAIT=90         seconds to wait for the node to become idle / sacct to answer
 #   SLURM_CI_SKIP_APT=1      do not run apt-get (packages already installed)
 #   SLURM_CI_USERS="a b"     users besides root (and $SUDO_USER) given the account "stagerun"
+#   SLURM_CI_SUBNET=10.77.0  the bridge is .1, node nK is .(10+K)
+#   SLURM_CI_BRIDGE=slurmbr0
 set -euo pipefail
 
 START_SECONDS=$SECONDS
@@ -32,7 +43,13 @@ GPUS=${SLURM_CI_GPUS:-2}
 CPUS=${SLURM_CI_CPUS:-$(nproc)}
 CLUSTER=${SLURM_CI_CLUSTER:-stagerun-ci}
 WAIT=${SLURM_CI_WAIT:-90}
-NODE=$(hostname -s)
+HOST=$(hostname -s)             # the controller's host (root namespace)
+NODES=(n1 n2)                   # compute nodes, each in its own network namespace
+SUBNET=${SLURM_CI_SUBNET:-10.77.0}
+BRIDGE=${SLURM_CI_BRIDGE:-slurmbr0}
+CTL_ADDR=$SUBNET.1
+HOSTS_BEGIN="# >>> stagerun slurm CI nodes (.ci/slurm/setup.sh)"
+HOSTS_END="# <<< stagerun slurm CI nodes"
 CONF_DIR=/etc/slurm
 RUN_DIR=/run/slurm
 LOG_DIR=/var/log/slurm
@@ -74,7 +91,7 @@ else
     if [[ -n $own_policy ]]; then rm -f /usr/sbin/policy-rc.d; fi
     log "packages installed"
 fi
-for cmd in munged slurmctld slurmd slurmdbd sinfo sacct sacctmgr mariadbd mariadb; do
+for cmd in ip nsenter unshare munged slurmctld slurmd slurmdbd sinfo sacct sacctmgr mariadbd mariadb; do
     command -v "$cmd" >/dev/null || die "'$cmd' not found after installing ${PKGS[*]}"
 done
 id slurm >/dev/null 2>&1 || die "user 'slurm' missing (the slurm packages create it)"
@@ -124,7 +141,10 @@ write_if_changed() {
     return 0
 }
 
-mkdir -p "$CONF_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR"/{slurmctld,slurmd} "$FAKE_GPU_DIR" /run/munge /run/mysqld
+node_addr() { echo "$SUBNET.$((10 + ${1#n}))"; }   # node_addr n1 -> $SUBNET.11
+
+mkdir -p "$CONF_DIR" "$RUN_DIR" "$LOG_DIR" "$STATE_DIR"/slurmctld "$FAKE_GPU_DIR" /run/munge /run/mysqld
+for node in "${NODES[@]}"; do mkdir -p "$STATE_DIR/slurmd-$node"; done
 chown slurm:slurm "$RUN_DIR" "$LOG_DIR" "$STATE_DIR" "$STATE_DIR"/slurmctld
 chown munge:munge /run/munge
 chown mysql:mysql /run/mysqld
@@ -141,9 +161,10 @@ for ((g = 0; g < GPUS; g++)); do ln -sfn /dev/null "$FAKE_GPU_DIR/gpu$g"; done
 
 changed_slurm=0
 write_if_changed "$CONF_DIR/slurm.conf" 644 root:root <<EOF && changed_slurm=1 || true
-# Written by .ci/slurm/setup.sh: single-node CI cluster "$CLUSTER". Do not edit by hand.
+# Written by .ci/slurm/setup.sh: two-node CI cluster "$CLUSTER". Do not edit by hand.
 ClusterName=$CLUSTER
-SlurmctldHost=$NODE(127.0.0.1)
+# The controller runs in the root namespace; the nodes reach it on the bridge.
+SlurmctldHost=$HOST($CTL_ADDR)
 SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
@@ -171,11 +192,12 @@ SchedulerParameters=bf_interval=5
 SlurmctldPort=6817
 SlurmdPort=6818
 StateSaveLocation=$STATE_DIR/slurmctld
-SlurmdSpoolDir=$STATE_DIR/slurmd
+# Per-node files (%n: the node name): several slurmd on one machine.
+SlurmdSpoolDir=$STATE_DIR/slurmd-%n
 SlurmctldPidFile=$RUN_DIR/slurmctld.pid
-SlurmdPidFile=$RUN_DIR/slurmd.pid
+SlurmdPidFile=$RUN_DIR/slurmd-%n.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
-SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmdLogFile=$LOG_DIR/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # The node is defined by this file, not by probing (allows SLURM_CI_CPUS > nproc).
@@ -188,15 +210,17 @@ AccountingStorageTRES=gres/gpu
 AccountingStoreFlags=job_comment
 JobCompType=jobcomp/none
 DefMemPerCPU=$DEF_MEM_PER_CPU
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:$GPUS State=UNKNOWN
-PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes=$NODE Default=NO MaxTime=INFINITE State=UP
+$(for node in "${NODES[@]}"; do
+    echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:$GPUS State=UNKNOWN"
+done)
+PartitionName=cpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
+PartitionName=gpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=INFINITE State=UP
 EOF
 
 write_if_changed "$CONF_DIR/gres.conf" 644 root:root <<EOF && changed_slurm=1 || true
 # Written by .ci/slurm/setup.sh: $GPUS fake GPUs (symlinks to /dev/null).
 AutoDetect=off
-NodeName=$NODE Name=gpu File=$FAKE_GPU_DIR/gpu[0-$MAX_GPU_INDEX]
+NodeName=$(IFS=,; echo "${NODES[*]}") Name=gpu File=$FAKE_GPU_DIR/gpu[0-$MAX_GPU_INDEX]
 EOF
 
 # No cgroup plugin is configured; this file only keeps slurmd from probing cgroups.
@@ -300,9 +324,49 @@ for user in root ${SUDO_USER:-} ${SLURM_CI_USERS:-}; do
     fi
 done
 
+# ---------------------------------------------------------------- node network
+# A bridge with the controller's address, and per node a network namespace joined to it by a
+# veth pair (root side v<node>, eth0 inside). Each piece is created only when missing.
+if ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    log "creating bridge $BRIDGE ($CTL_ADDR/24)"
+    ip link add "$BRIDGE" type bridge || die "ip link add $BRIDGE type bridge failed"
+fi
+# (grep on a here-string, not a pipe: grep -q exits early and pipefail would fail the pipe)
+grep -qw "inet $CTL_ADDR/24" <<<"$(ip addr show dev "$BRIDGE")" || ip addr add "$CTL_ADDR/24" dev "$BRIDGE"
+ip link set "$BRIDGE" up
+for node in "${NODES[@]}"; do
+    addr=$(node_addr "$node")
+    [[ -e /run/netns/$node ]] || { log "creating network namespace $node ($addr)"; ip netns add "$node"; }
+    if ! ip -n "$node" link show eth0 >/dev/null 2>&1; then
+        ip link del "v$node" 2>/dev/null || true   # a root-side end left without its peer
+        ip link add "v$node" type veth peer name "v${node}p" || die "veth pair for $node failed"
+        ip link set "v${node}p" netns "$node"
+        ip -n "$node" link set "v${node}p" name eth0
+    fi
+    grep -qw "inet $addr/24" <<<"$(ip -n "$node" addr show dev eth0)" || ip -n "$node" addr add "$addr/24" dev eth0
+    ip -n "$node" link set lo up
+    ip -n "$node" link set eth0 up
+    ip link set "v$node" master "$BRIDGE"
+    ip link set "v$node" up
+done
+# Node names resolve on every namespace (one /etc/hosts): MASTER_ADDR=n1 and gloo's host lookup.
+hosts_block() {
+    echo "$HOSTS_BEGIN"
+    for node in "${NODES[@]}"; do echo "$(node_addr "$node") $node"; done
+    echo "$HOSTS_END"
+}
+if ! grep -qxF "$HOSTS_BEGIN" /etc/hosts || [[ $(awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b {p = 1} p {print} $0 == e {p = 0}' /etc/hosts) != "$(hosts_block)" ]]; then
+    log "writing the nodes' addresses to /etc/hosts"
+    # /etc/hosts may be a bind mount (containers): rewrite it in place, never replace the file.
+    hosts=$(awk -v b="$HOSTS_BEGIN" -v e="$HOSTS_END" '$0 == b {s = 1} !s {print} $0 == e {s = 0}' /etc/hosts)
+    printf '%s\n%s\n' "$hosts" "$(hosts_block)" > /etc/hosts
+fi
+
 # ---------------------------------------------------------------- slurmctld, slurmd
+# The single node of earlier versions of this script (slurmd.pid, the machine's host name).
+stop_pidfile $RUN_DIR/slurmd.pid slurmd
 if [[ $changed_slurm -eq 1 ]]; then
-    stop_pidfile $RUN_DIR/slurmd.pid slurmd
+    for node in "${NODES[@]}"; do stop_pidfile "$RUN_DIR/slurmd-$node.pid" slurmd; done
     stop_pidfile $RUN_DIR/slurmctld.pid slurmctld
 fi
 if pid_alive $RUN_DIR/slurmctld.pid slurmctld; then
@@ -314,28 +378,34 @@ else
     wait_for 30 slurmctld scontrol ping \
         || { tail -20 $LOG_DIR/slurmctld.log >&2; die "slurmctld did not answer 'scontrol ping' within 30 s (log above)"; }
 fi
-if pid_alive $RUN_DIR/slurmd.pid slurmd; then
-    log "slurmd already running"
-else
-    log "starting slurmd (node $NODE)"
-    slurmd -N "$NODE" || die "slurmd failed to start (see $LOG_DIR/slurmd.log)"
-fi
-
-node_state() { sinfo -h -N -n "$NODE" -o '%T' 2>/dev/null | head -1; }
-node_ready() { [[ $(node_state) =~ ^(idle|mixed|allocated)$ ]]; }
-if ! wait_for "$WAIT" node node_ready; then
-    state=$(node_state)
-    if [[ $state =~ drain|down ]]; then   # e.g. left drained by an earlier configuration
-        log "node $NODE is '$state' ($(sinfo -h -R -o '%E' | head -1)); resuming it"
-        scontrol update nodename="$NODE" state=resume || true
-        wait_for 20 node node_ready || true
+for node in "${NODES[@]}"; do
+    if pid_alive "$RUN_DIR/slurmd-$node.pid" slurmd; then
+        log "slurmd $node already running"
+    else
+        log "starting slurmd $node ($(node_addr "$node"), network namespace $node)"
+        # nsenter, not `ip netns exec` (keeps /sys/fs/cgroup); unshare --uts: hostname = node.
+        nsenter --net="/run/netns/$node" unshare --uts sh -c 'hostname "$1" && exec slurmd -N "$1"' sh "$node" \
+            || die "slurmd $node failed to start (see $LOG_DIR/slurmd-$node.log)"
     fi
+done
+
+node_states() { sinfo -h -N -p cpu -o '%N %T' 2>/dev/null | sort -u; }
+nodes_ready() { [[ $(node_states | grep -cE ' (idle|mixed|allocated)$') -eq ${#NODES[@]} ]]; }
+if ! wait_for "$WAIT" nodes nodes_ready; then
+    for node in "${NODES[@]}"; do
+        state=$(sinfo -h -N -n "$node" -o '%T' | head -1)
+        if [[ $state =~ drain|down ]]; then   # e.g. left drained by an earlier configuration
+            log "node $node is '$state' ($(sinfo -h -R -n "$node" -o '%E' | head -1)); resuming it"
+            scontrol update nodename="$node" state=resume || true
+        fi
+    done
+    wait_for 20 nodes nodes_ready || true
 fi
-if ! node_ready; then
+if ! nodes_ready; then
     echo "--- sinfo -R" >&2; sinfo -R >&2 || true
-    echo "--- $LOG_DIR/slurmd.log" >&2; tail -20 $LOG_DIR/slurmd.log >&2 || true
+    for node in "${NODES[@]}"; do echo "--- $LOG_DIR/slurmd-$node.log" >&2; tail -20 "$LOG_DIR/slurmd-$node.log" >&2 || true; done
     echo "--- $LOG_DIR/slurmctld.log" >&2; tail -20 $LOG_DIR/slurmctld.log >&2 || true
-    die "node $NODE is '$(node_state)', not idle, after ${WAIT}s (logs above)"
+    die "nodes not all idle after ${WAIT}s: $(node_states | tr '\n' ' ') (logs above)"
 fi
 wait_for "$WAIT" sacct sacct -n -X --starttime now-1hours \
     || die "sacct does not answer after ${WAIT}s (slurmdbd log: $LOG_DIR/slurmdbd.log)"
@@ -343,6 +413,6 @@ wait_for "$WAIT" sacct sacct -n -X --starttime now-1hours \
 wait_for "$WAIT" registration bash -c "sacctmgr -n -P show cluster format=cluster,controlhost | grep -q '^$CLUSTER|.\+'" \
     || die "slurmctld did not register with slurmdbd within ${WAIT}s (see $LOG_DIR/slurmctld.log)"
 
-log "cluster $CLUSTER up: node $NODE, $CPUS CPUs, ${REAL_MB} MB, $GPUS fake GPUs; partitions: $(sinfo -h -o '%P' | tr '\n' ' ')"
+log "cluster $CLUSTER up: nodes ${NODES[*]} ($(for n in "${NODES[@]}"; do printf '%s ' "$(node_addr "$n")"; done)), each $CPUS CPUs, ${REAL_MB} MB, $GPUS fake GPUs; partitions: $(sinfo -h -o '%P' | tr '\n' ' ')"
 sinfo
 echo "slurm CI cluster ready in $((SECONDS - START_SECONDS)) s"

@@ -1,9 +1,11 @@
 """The tiny study on a real SLURM cluster through ``snakemake --profile profiles/slurm-ci``.
 
-Needs the single-node cluster of ``.ci/slurm/setup.sh`` (partitions ``cpu`` and ``gpu``, fake
-GPUs, slurmdbd so ``sacct`` works); CI starts it before the tests. Without it every test here
-is skipped with the reason. Each run uses its own folder (results, data, .snakemake, SLURM
-logs) and downloads tiny-Shakespeare from the loopback server of the shared data.
+Needs the two-node cluster of ``.ci/slurm/setup.sh`` (nodes n1, n2 in their own network
+namespaces; partitions ``cpu`` and ``gpu``, fake GPUs, slurmdbd so ``sacct`` works); CI starts
+it before the tests. Without it every test here is skipped with the reason. Each run uses its
+own folder (results, data, .snakemake, SLURM logs) and downloads tiny-Shakespeare from a server
+of the shared data on the controller's address (:func:`cluster_data_server`: the nodes' own
+loopback is not this machine's).
 
 What is checked, with ``sacct`` (the accounting database), not with Snakemake's word alone:
 - every training job went through sbatch into the ``gpu`` partition with ``gres/gpu``, the
@@ -22,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -124,8 +127,8 @@ def _rule(job: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", job["Comment"]).removeprefix("rule_")
 
 
-def test_tiny_study_runs_through_slurm(shared_data_server, tmp_path):
-    study = _study(tmp_path, shared_data_server)
+def test_tiny_study_runs_through_slurm(cluster_data_server, tmp_path):
+    study = _study(tmp_path, cluster_data_server)
     started = time.monotonic()
     proc = _snakemake(tmp_path, study)
     output = _finish(proc, tmp_path)
@@ -166,9 +169,9 @@ def test_tiny_study_runs_through_slurm(shared_data_server, tmp_path):
     print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
 
 
-def test_failing_training_job_is_reported_and_retried(shared_data_server, tmp_path):
+def test_failing_training_job_is_reported_and_retried(cluster_data_server, tmp_path):
     # device_batch_size 3 does not divide batch_size 8: the trainer raises at start (a real failure).
-    study = _study(tmp_path, shared_data_server, variants={"broken": {"train": {"device_batch_size": 3}}})
+    study = _study(tmp_path, cluster_data_server, variants={"broken": {"train": {"device_batch_size": 3}}})
     target = str(tmp_path / "results" / "tiny" / "stage_A" / "broken" / "seed_1337" / "result.json")
     proc = _snakemake(tmp_path, study, target)
     output = _finish(proc, tmp_path)
@@ -190,9 +193,9 @@ def _wait(predicate, timeout: float, what: str, interval: float = 1.0):
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_requeued_training_job_resumes_from_checkpoint(shared_data_server, tmp_path):
+def test_requeued_training_job_resumes_from_checkpoint(cluster_data_server, tmp_path):
     # Long enough to be requeued while training; checkpoints come from the SIGTERM handler.
-    study = _study(tmp_path, shared_data_server, train_overrides={"num_iterations": 3000, "val_loss_every": 0})
+    study = _study(tmp_path, cluster_data_server, train_overrides={"num_iterations": 3000, "val_loss_every": 0})
     run_dir = tmp_path / "results" / "tiny" / "stage_A" / "baseline" / "seed_1337"
     proc = _snakemake(tmp_path, study, str(run_dir / "result.json"))
     try:
@@ -227,3 +230,116 @@ def test_requeued_training_job_resumes_from_checkpoint(shared_data_server, tmp_p
     resumed = re.search(r"resumed from .*checkpoint at step (\d+)", text)
     assert resumed and int(resumed.group(1)) > 0, f"the requeued run did not resume from a checkpoint:\n{text[-2000:]}"
     assert (run_dir / "result.json").exists()
+
+
+# --------------------------------------------------------------------------- job groups
+# stages.<S>.resources.group_runs: N runs per cluster job (Snakemake job groups), measured by
+# bench/bench_slurm_groups.py, whose functions these tests run.
+
+def _bench():
+    sys.path.insert(0, str(REPO / "bench"))
+    import bench_slurm_groups
+
+    return bench_slurm_groups
+
+
+def test_grouped_screen_submits_fewer_jobs_with_identical_results(cluster_data_server, tmp_path):
+    bench = _bench()
+    # bench/bench_slurm_groups.py runs 40 (5 vs 40 submissions, docs/slurm.md); 16 keeps CI short.
+    numbers = bench.screen(tmp_path, cluster_data_server, runs=16, group_runs=8)
+    print(f"16-run screen through SLURM: {json.dumps(numbers)}")
+    ungrouped, grouped = numbers["ungrouped"], numbers["grouped"]
+    assert ungrouped["runs_done"] == grouped["runs_done"] == 16, numbers
+    assert ungrouped["sbatch"] == 16, f"one sbatch per run expected without grouping: {numbers}"
+    assert grouped["sbatch"] == 2, f"16 runs in groups of 8 should be 2 sbatch submissions: {numbers}"
+    assert ungrouped["states"] == grouped["states"] == ["COMPLETED"], numbers
+    assert numbers["identical_results"], "grouped and ungrouped runs differ in their losses"
+
+
+def _stash_invocation(run_dir: Path) -> str | None:
+    record = run_dir / ".finished" / "record.json"
+    return json.loads(record.read_text())["invocation"] if record.exists() else None
+
+
+@pytest.mark.parametrize("how", ["requeue", "crash"])
+def test_interrupted_group_job_loses_only_its_unfinished_runs(cluster_data_server, tmp_path, how):
+    """One group job of 2 runs, interrupted once one run has finished and the other trains.
+    requeue (preemption): the same job runs the group again; the finished run's outputs are
+    restored, not trained again, the interrupted run resumes from its checkpoint. crash (the
+    training run is SIGKILLed, the group job fails; ``--retries 0``: Snakemake gives up and
+    deletes the outputs of the whole group): ``onerror`` gives the finished run its outputs back,
+    and the next invocation plans only the unfinished run."""
+    bench = _bench()
+    study_path = bench.screen_study(tmp_path / "study.yaml", runs=2, group_runs=3, results_dir=tmp_path / "results",
+                                    data_dir=tmp_path / "data", mirror=cluster_data_server,
+                                    extra_variants={"lr-x": {"train": {"lr": 3.0e-3}}})
+    study = yaml.safe_load(study_path.read_text())
+    study["stages"]["A"]["seeds"] = 1  # 2 runs (baseline, lr-x): one group job
+    study["train"].update(num_iterations=1500, val_loss_every=0, log_every=50)
+    study_path.write_text(yaml.safe_dump(study, sort_keys=False))
+    targets = bench.run_results(tmp_path / "results", study_path)
+    proc = _snakemake(tmp_path, study_path, *map(str, targets), *(["--retries", "0"] if how == "crash" else []))
+    try:
+        def a_run_finished_and_another_trains():
+            assert proc.poll() is None, (tmp_path / "snakemake.out").read_text()[-3000:]
+            done = [t.parent for t in targets if _stash_invocation(t.parent)]
+            busy = [t.parent for t in targets if t.parent not in done
+                    and re.search(r"step\s*[:=]?\s*[1-9]", _text(t.parent / "train.log"))]
+            return (done[0], busy[0]) if done and busy else None
+
+        done, busy = _wait(a_run_finished_and_another_trains, 600, "one finished run and one training", 0.3)
+        out = (tmp_path / "snakemake.out").read_text()
+        jobid = next(j["JobIDRaw"] for j in _sacct(_run_id(out)) if j["State"] == "RUNNING")
+        if how == "requeue":
+            subprocess.run(["scontrol", "requeue", jobid], check=True, timeout=30)
+            sys.path.insert(0, str(Path(__file__).parent))
+            from test_slurm_multinode import release_requeued
+
+            release_requeued(jobid)
+        else:  # the training process of the busy run dies (as if OOM-killed): the group job fails
+            killed = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_launcher_of(pid, busy)]
+            assert killed, f"no launcher process of {busy}"
+            for pid in killed:
+                os.kill(int(pid), signal.SIGKILL)
+        output = _finish(proc, tmp_path, timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+    jobs = _sacct(_run_id(output))
+    train = [j for j in jobs if "train" in j["Comment"] or j["JobIDRaw"] == jobid]
+    if how == "requeue":
+        assert proc.returncode == 0, f"snakemake failed after the requeue:\n{output[-4000:]}"
+        assert [j["State"] for j in train] == ["REQUEUED", "COMPLETED"] and {j["JobIDRaw"] for j in train} == {jobid}, jobs
+        assert all(t.exists() for t in targets)
+        assert "not trained again" in (done / "train.log").read_text(), (done / "train.log").read_text()[-2000:]
+        assert sum("finished:" in p.read_text() for p in done.glob("train.attempt-*.log")) == 1
+        resumed = re.search(r"resumed from .*checkpoint at step (\d+)", (busy / "train.log").read_text())
+        assert resumed and int(resumed.group(1)) > 0, (busy / "train.log").read_text()[-2000:]
+        return
+    assert proc.returncode != 0, output[-3000:]
+    assert [j["State"] for j in train] == ["FAILED"], jobs
+    assert "keep their outputs" in output, output[-3000:]
+    assert (done / "result.json").exists() and (done / "metrics.jsonl").exists()
+    assert not (busy / "result.json").exists()
+    dry = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), *map(str, targets), "--directory", str(tmp_path),
+                          "-n", "--cores", "1", "--configfile", str(study_path)],
+                         capture_output=True, text=True, env=bench.snakemake_env(), cwd=tmp_path, timeout=300)
+    assert dry.returncode == 0, dry.stdout[-2000:] + dry.stderr[-2000:]
+    planned = set(re.findall(r"log: (\S+)/train\.log", dry.stdout + dry.stderr))
+    assert planned == {str(t.parent) for t in targets if t.parent != done}, (planned, done)
+
+
+def _is_launcher_of(pid: str, run_dir: Path) -> bool:
+    """Process ``pid`` is ``python -m workflow.launch`` of the run in ``run_dir`` (started by this test)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"workflow.launch" in argv and str(run_dir).encode() in argv
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -95,3 +95,31 @@ def test_nproc_must_match_gpus(study):
     study["stages"]["A"]["resources"] = {"gpus": 2, "nproc_per_node": 4}
     with pytest.raises(ConfigError, match=r"stages\.A\.resources\.nproc_per_node"):
         stage_resources(study, "A")
+
+
+def test_group_runs(study, tmp_path):
+    from workflow.jobs.launcher import FINISHED_DIR, restore_finished, restore_invocation_runs, stash_finished
+    from workflow.study.resources import group_components, train_group
+
+    assert group_components(study) == {} and train_group(stage_resources(study, "A"), "A") is None
+    study["stages"]["A"]["resources"] = {"gpus": 1, "group_runs": 8}
+    res = stage_resources(study, "A")
+    assert group_components(study) == {"train_A": 8} and train_group(res, "A") == "train_A"
+    assert launch_command(res) == "python -m workflow.launch --nproc-per-node 1 --keep-finished"
+    assert "group_runs" not in slurm_resources(res)
+    study["stages"]["A"]["resources"] = {"nodes": 2, "group_runs": 8}
+    with pytest.raises(ConfigError, match=r"stages\.A\.resources\.group_runs: 8 .* nodes: 2"):
+        stage_resources(study, "A")
+    # A finished run's outputs come back only for the same run config and invocation.
+    run_cfg = run_config(study, "A", "baseline", 1337)
+    (tmp_path / "result.json").write_text("{}\n")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 0}\n')
+    stash_finished(tmp_path, run_cfg, "inv-1")
+    for name in ("result.json", "metrics.jsonl"):
+        (tmp_path / name).unlink()  # as Snakemake does before it reruns a job
+    assert not restore_finished(tmp_path, run_cfg, "inv-2")
+    assert not restore_finished(tmp_path, {**run_cfg, "seed": 1338}, "inv-1")
+    assert not (tmp_path / "result.json").exists()
+    assert restore_invocation_runs([tmp_path], "inv-1") == [tmp_path]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
+    assert (tmp_path / FINISHED_DIR / "record.json").exists()

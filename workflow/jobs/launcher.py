@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import glob
+import json
 import os
 import shutil
 import signal
@@ -29,6 +30,9 @@ from workflow.study.length import model_block_size
 EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
 WORKER_WAIT_S = 300  # longest wait for a worker that outlived torchrun (it is saving its checkpoint)
 WINDOW_SPLITS = ("train", "val")
+INVOCATION_ENV = "STAGERUN_INVOCATION"  # one id per `snakemake` invocation (rules/common.smk)
+FINISHED_DIR = ".finished"  # {out_dir}/.finished/: outputs of a finished run of a group job
+FINISHED_OUTPUTS = ("result.json", "metrics.jsonl")  # the train rule's outputs
 
 
 class DataCheckError(ValueError):
@@ -218,6 +222,102 @@ def run_workers(cmd: list[str], world_size: int, exit_dir_parent: str | None = N
         return final
     finally:
         shutil.rmtree(exit_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- finished runs of a group job
+
+def _finished_record(run_cfg: dict, invocation: str) -> dict:
+    return {"invocation": invocation, "run_config": json.dumps(run_cfg, sort_keys=True)}
+
+
+def stash_finished(out_dir: str | os.PathLike, run_cfg: dict, invocation: str) -> Path:
+    """Keep a finished run's outputs (:data:`FINISHED_OUTPUTS`) as hard links in
+    ``{out_dir}/.finished/`` with a record of its run config and Snakemake invocation.
+
+    Snakemake treats a group job as one job: when it is requeued it reruns every run of the group
+    (``--force``), and when it fails Snakemake deletes the outputs of all of them, finished ones
+    included. :func:`restore_finished` then gives a finished run its outputs back instead of
+    training it again. Returns the folder.
+
+    Raises:
+        OSError: the run folder cannot be written (a missing output raises FileNotFoundError).
+    """
+    out_dir = Path(out_dir)
+    stash = out_dir / FINISHED_DIR
+    stash.mkdir(exist_ok=True)
+    (stash / "record.json").unlink(missing_ok=True)  # invalid until every file is in place
+    for name in FINISHED_OUTPUTS:
+        (stash / name).unlink(missing_ok=True)
+        try:
+            os.link(out_dir / name, stash / name)
+        except OSError:
+            if not (out_dir / name).exists():
+                raise
+            shutil.copy2(out_dir / name, stash / name)  # a file system without hard links
+    tmp = stash / "record.json.tmp"
+    tmp.write_text(json.dumps(_finished_record(run_cfg, invocation), sort_keys=True) + "\n")
+    os.replace(tmp, stash / "record.json")
+    return stash
+
+
+def restore_finished(out_dir: str | os.PathLike, run_cfg: dict, invocation: str) -> bool:
+    """Give back the outputs of a run that finished earlier in this Snakemake invocation.
+
+    True when ``{out_dir}/.finished/record.json`` names exactly this run config and this
+    invocation (``$STAGERUN_INVOCATION``, set once by the Snakefile's main process) and its
+    files are there: each missing output is linked back. False otherwise (the run then trains;
+    a new ``snakemake`` invocation always trains, so ``--forcerun`` and a changed config do).
+    """
+    stash = Path(out_dir) / FINISHED_DIR
+    try:
+        record = json.loads((stash / "record.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if record != _finished_record(run_cfg, invocation) or not all((stash / n).is_file() for n in FINISHED_OUTPUTS):
+        return False
+    for name in FINISHED_OUTPUTS:
+        target = Path(out_dir) / name
+        target.unlink(missing_ok=True)
+        try:
+            os.link(stash / name, target)
+        except OSError:
+            shutil.copy2(stash / name, target)
+    return True
+
+
+def keep_finished(out_dir: str | os.PathLike, run_cfg: dict, start) -> int:
+    """``python -m workflow.launch --keep-finished`` (a run of a job group): ``start()`` (the
+    trainer; returns its exit status) unless the run finished earlier in this Snakemake invocation
+    (:func:`restore_finished`: exit 0 at once); a run that ends with 0 is kept
+    (:func:`stash_finished`). Without ``$STAGERUN_INVOCATION`` just ``start()``."""
+    invocation = os.environ.get(INVOCATION_ENV)
+    if invocation and restore_finished(out_dir, run_cfg, invocation):
+        print(f"launch: this run finished earlier in this snakemake invocation (its group job ran again): outputs "
+              f"restored from {Path(out_dir) / FINISHED_DIR}, not trained again", flush=True)
+        return 0
+    code = start()
+    if code == 0 and invocation:
+        stash_finished(out_dir, run_cfg, invocation)
+    return code
+
+
+def restore_invocation_runs(run_dirs, invocation: str) -> list[Path]:
+    """Give back the outputs of every run among ``run_dirs`` that finished in this Snakemake
+    invocation but lost them since (Snakemake deletes the outputs of all runs of a failed group
+    job). The Snakefile's ``onerror`` calls it, so that the next invocation runs only the
+    unfinished runs. Returns the run folders whose outputs were restored."""
+    restored = []
+    for run_dir in map(Path, run_dirs):
+        stash = run_dir / FINISHED_DIR
+        try:
+            record = json.loads((stash / "record.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("invocation") != invocation or all((run_dir / n).exists() for n in FINISHED_OUTPUTS):
+            continue
+        if restore_finished(run_dir, json.loads(record["run_config"]), invocation):
+            restored.append(run_dir)
+    return restored
 
 
 def has_nvidia_gpu() -> bool:

@@ -3,7 +3,8 @@
 :func:`init_distributed` reads the launcher's environment: torchrun's (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) or, for one task per
 GPU started by ``srun``, SLURM's (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``,
-master = first host of ``SLURM_JOB_NODELIST``). Backend: NCCL on CUDA, gloo on CPU.
+master = first host of ``SLURM_JOB_NODELIST``; ``GLOO_SOCKET_IFNAME``, unless set, is the
+interface that reaches the master: :func:`interface_towards`). Backend: NCCL on CUDA, gloo on CPU.
 
 How workers communicate during training (DDP, DiLoCo, gossip) is a strategy:
 see ``workflow/strategies/``. Every message they send is counted by ``workflow.parallel.comm``.
@@ -13,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import fcntl
 import os
 import re
+import socket
+import struct
 import subprocess
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,6 +100,38 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix + first
 
 
+def interface_towards(host: str) -> str | None:
+    """Name of this machine's network interface whose address it uses to reach ``host``.
+
+    The kernel picks the source address of a (never sent) UDP datagram to ``host``; the interface
+    is the one holding that address. For ``host`` on this machine that is its own address's
+    interface. Used for ``GLOO_SOCKET_IFNAME`` on several nodes: gloo otherwise binds to the
+    address its host name resolves to, which on many clusters (and in network namespaces) is a
+    loopback or an interface the other nodes cannot reach.
+
+    Returns:
+        The interface name, or None when ``host`` does not resolve, is reached over loopback,
+        or no interface holds the source address (the caller then leaves gloo's default).
+    """
+    try:
+        addr = socket.gethostbyname(host)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((addr, 9))  # no packet is sent: this only selects the route
+            source = probe.getsockname()[0]
+            if source.startswith("127."):
+                return None
+            for _, name in socket.if_nameindex():
+                try:  # SIOCGIFADDR: the interface's IPv4 address
+                    packed = fcntl.ioctl(probe.fileno(), 0x8915, struct.pack("256s", name.encode()[:15]))
+                except OSError:
+                    continue
+                if socket.inet_ntoa(packed[20:24]) == source:
+                    return name
+    except OSError:
+        return None
+    return None
+
+
 def _launcher_env() -> tuple[str, int, int, int]:
     """(launcher, rank, local_rank, world_size) from torchrun's or srun's environment."""
     env = os.environ
@@ -108,6 +144,10 @@ def _launcher_env() -> tuple[str, int, int, int]:
         env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
         env["RANK"], env["WORLD_SIZE"] = str(rank), str(world)
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        if "GLOO_SOCKET_IFNAME" not in env:  # gloo (CPU, and NCCL's store) on the path to the master
+            ifname = interface_towards(env["MASTER_ADDR"])
+            if ifname:
+                env["GLOO_SOCKET_IFNAME"] = ifname
         return "srun", rank, int(env["LOCAL_RANK"]), world
     return "single", 0, 0, 1
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from workflow.study.resolve import stage_order
 from workflow.study.schema import ConfigError, validate_section
 
 
@@ -13,10 +14,16 @@ def stage_resources(config: dict, stage: str) -> dict:
     the GPUs granted), or 1 on CPU.
 
     Raises:
-        ConfigError: ``nproc_per_node`` set and different from ``gpus`` on a GPU stage.
+        ConfigError: ``nproc_per_node`` set and different from ``gpus`` on a GPU stage;
+            ``group_runs`` > 1 on a stage of several nodes.
     """
     where = f"stages.{stage}.resources"
     res = validate_section(config["stages"][stage].get("resources"), "resources", where)
+    if res["group_runs"] > 1 and res["nodes"] > 1:
+        raise ConfigError(
+            f"{where}.group_runs: {res['group_runs']} runs per cluster job, but nodes: {res['nodes']}: grouping is "
+            "for short one-node runs (a group job runs its runs one after another on one node); set group_runs: 1"
+        )
     if res["nproc_per_node"] is None:
         res["nproc_per_node"] = res["gpus"] or 1
     elif res["gpus"] and res["nproc_per_node"] != res["gpus"]:
@@ -35,18 +42,37 @@ def launch_command(res: dict, python: str = "python") -> str:
     Several processes on one node: ``--nproc-per-node N`` (torchrun --standalone underneath).
     Several nodes: ``--nodes M`` and the srun layout (one task per GPU, or per ``nproc_per_node``
     on CPU); workflow.parallel.process_groups reads SLURM's variables (SLURM_PROCID, SLURM_NTASKS,
-    SLURM_LOCALID, SLURM_JOB_NODELIST).
+    SLURM_LOCALID, SLURM_JOB_NODELIST). A grouped stage (``group_runs`` > 1): ``--keep-finished``.
 
     Args:
         res: resolved stage resources (:func:`stage_resources`).
         python: the Python interpreter to run.
     """
     cmd = f"{python} -m workflow.launch --nproc-per-node {res['nproc_per_node']}"
+    if res["group_runs"] > 1:  # a run of a job group: not trained again when its group job reruns it
+        cmd += " --keep-finished"
     if res["nodes"] > 1:
         cmd += f" --nodes {res['nodes']} --cpus-per-proc {res['cpus_per_proc']}"
         if res["gpus"]:
             cmd += " --gpus-per-task"
     return cmd
+
+
+def train_group(res: dict, stage: str) -> str | None:
+    """The Snakemake job group of a training run of ``stage``: ``train_<stage>`` when the stage
+    groups its runs (``resources.group_runs`` > 1; :func:`group_components`), else None."""
+    return f"train_{stage}" if res["group_runs"] > 1 else None
+
+
+def group_components(config: dict) -> dict[str, int]:
+    """``--group-components`` of the study: ``{"train_<stage>": group_runs}`` for every stage
+    with ``resources.group_runs`` > 1 (runs per cluster job)."""
+    out = {}
+    for stage in stage_order(config):
+        res = stage_resources(config, stage)
+        if res["group_runs"] > 1:
+            out[train_group(res, stage)] = res["group_runs"]
+    return out
 
 
 def slurm_resources(res: dict) -> dict:

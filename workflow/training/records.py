@@ -102,15 +102,15 @@ class RunRecords:
         now = compile_counts()
         return {key: now[key] - self._compile_base[key] for key in now}
 
-    def _gather_comm(self) -> list[dict]:
-        """Every worker's communication snapshot (rank order). The gather itself is the last
-        counted message (kind ``metrics``)."""
+    def _gather_comm(self) -> tuple[list[dict], list[str]]:
+        """Every worker's communication snapshot and host name (rank order). The gather itself is
+        the last counted message (kind ``metrics``)."""
         if not self.ctx.distributed:
-            return [self.comm.snapshot()]
+            return [self.comm.snapshot()], [platform.node()]
         self.comm.record("metrics", 1, 0)
         gathered: list = [None] * self.ctx.world_size
-        dist.all_gather_object(gathered, self.comm.snapshot())
-        return gathered
+        dist.all_gather_object(gathered, (self.comm.snapshot(), platform.node()))
+        return [snap for snap, _ in gathered], [host for _, host in gathered]
 
     def _tensor_parallel_record(self) -> dict | None:
         """result.json ``tensor_parallel``: pattern, tp_size, tp_mode, parallel_merge, sync counts
@@ -133,7 +133,8 @@ class RunRecords:
     def _finish(self, reason: str | None, stopped_early: str | None, wall_seconds: float) -> dict:
         st = self.state
         success = reason is None
-        communication = summarize(self._gather_comm(), st.tokens_seen)
+        snapshots, hostnames = self._gather_comm()
+        communication = summarize(snapshots, st.tokens_seen)
         if success:
             with self.strategy.scored_model(self.model) as scored:
                 # real tensor parallelism: every rank sends its shards, rank 0 writes the whole model
@@ -184,6 +185,7 @@ class RunRecords:
             "compile": self.compile_stats(),
             "slurm_job_id": slurm_job_id(),
             "hostname": platform.node(),
+            "hostnames": hostnames,  # of every rank, in rank order (a multi-node run names each node)
             "device": str(self.ctx.device),
             "device_name": self.device_name,
             "torch_version": torch.__version__,
