@@ -198,7 +198,8 @@ def test_job_stops_before_training_when_a_split_is_shorter_than_the_window(share
     assert meta["splits"]["val"]["tokens"] == 8  # <|bos|> + "To be.\n"
     out = tmp_path / "run"
     cmd = [*launcher({"nodes": 1, "nproc_per_node": 1}), "--log", str(out / "train.log"),
-           *trainer_args(run_cfg(4), out, tmp_path / "tok" / "meta.json")]
+           *trainer_args({**run_cfg(4), "dataset": "custom_text", "dataset_options": meta["options"]}, out,
+                         tmp_path / "tok" / "meta.json")]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=240)
     log = (out / "train.log").read_text()
     assert proc.returncode == 1, log

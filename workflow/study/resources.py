@@ -49,7 +49,7 @@ def launch_command(res: dict, python: str = "python") -> str:
         python: the Python interpreter to run.
     """
     cmd = f"{python} -m workflow.launch --nproc-per-node {res['nproc_per_node']}"
-    if res["group_runs"] > 1:  # a run of a job group: not trained again when its group job reruns it
+    if res.get("group_runs", 1) > 1:  # a run of a job group: not trained again when its group job reruns it
         cmd += " --keep-finished"
     if res["nodes"] > 1:
         cmd += f" --nodes {res['nodes']} --cpus-per-proc {res['cpus_per_proc']}"
