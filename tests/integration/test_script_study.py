@@ -124,7 +124,7 @@ def test_speedrun_study_of_modified_scripts_dry_run(tmp_path):
     proc = run_snakemake(tmp_path, "-n", "--cores", "8", configfiles=(REPO / "config" / "studies" / "speedrun_script.yaml",))
     jobs = train_jobs(proc.stdout)
     assert jobs == {("A", v, s) for v in ("baseline", "rmsnorm", "parallel") for s in ("42", "43")}
-    commands = re.findall(r"Shell command: (python -m workflow\.jobs\.script_runner .*)", proc.stdout)
+    commands = re.findall(r"Shell command: (python -m workflow\.run_script .*)", proc.stdout)
     assert len(commands) == 6 and all("--nproc-per-node 1 --nodes 1 --cpus-per-proc 8 --gpus 1" in c for c in commands)
     scripts = {json.loads(re.search(r"--run-config '(.*?)' --out-dir", c).group(1))["trainer"]["script"] for c in commands}
     assert {Path(s).name for s in scripts} == {"train_gpt.py", "train_gpt_rmsnorm.py", "train_gpt_parallel.py"}
