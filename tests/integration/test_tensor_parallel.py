@@ -267,7 +267,7 @@ def tp_run_cfg(mode: str) -> dict:
 
 
 def run_torchrun(cfg: dict, out_dir: Path, meta: Path, nproc: int = 4, popen: bool = False):
-    from test_resume import env, torchrun_cmd
+    from test_jobs_resume import env, torchrun_cmd
 
     cmd = torchrun_cmd(cfg, out_dir, meta, nproc)
     if popen:
@@ -289,7 +289,7 @@ def real_tp_reference(tmp_path_factory, shakespeare_char_meta) -> Path:
 def test_real_tp_training_on_a_dp_x_tp_mesh_equals_simulated(real_tp_reference, shakespeare_char_meta, tmp_path):
     """dp 2 x tp 2 (DDP over the dp dimension only, data sampled by dp rank) follows the same
     loss curve as one simulated process with 2 micro-steps; counts and the saved model agree."""
-    from test_resume import rows_without_timings
+    from test_jobs_resume import rows_without_timings
 
     from workflow.parallel.process_groups import DistContext
     from workflow.train import configure_backends
@@ -339,7 +339,7 @@ def test_real_tp_kill_and_rerun_resumes_with_identical_losses(real_tp_reference,
     import signal
     import time
 
-    from test_resume import last_step, newest_step, rows_without_timings
+    from test_jobs_resume import last_step, newest_step, rows_without_timings
 
     from workflow.training import checkpoint
 

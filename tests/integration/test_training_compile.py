@@ -218,7 +218,8 @@ def test_strategy_with_compile_on_two_gloo_workers_matches_eager(strategy, tmp_p
     workers_e = [r["val_loss_workers"] for r in rows_e if r["val_loss"] is not None]
     assert workers_c == pytest.approx(workers_e, rel=COMPILE_RTOL, abs=0)
     if strategy == "diloco":  # mid-round evaluations: the workers' models differed from the global one
-        assert all(r["consensus_distance"] > 0 for r in rows_c if r["val_loss"] is not None and r["step"] > 0)
+        last = max(r["step"] for r in rows_c)  # the run ends with an outer step (its partial round too): consensus
+        assert all(r["consensus_distance"] > 0 for r in rows_c if r["val_loss"] is not None and 0 < r["step"] < last)
     else:  # 2 workers on a ring mix with W = 1/2 everywhere: point-to-point messages every step
         assert compiled["communication"]["calls_by_kind"]["gossip"] == 2 * 8
     assert compiled["communication"]["calls_by_kind"] == eager["communication"]["calls_by_kind"]
