@@ -41,9 +41,19 @@ status: install
 	python -m workflow.status $(STUDY_ARGS) $(ARGS)
 
 ## test: the whole test suite (what CI runs)
+## The SLURM tests spend most of their time waiting for the scheduler and its status polls, so
+## they run beside the rest of the suite (two pytest processes; the SLURM one's log is printed
+## first, the rest's summary last; either failing fails the target; each has its own basetemp).
+SLURM_TESTS = tests/integration/test_slurm.py tests/integration/test_slurm_multinode.py
 test: install
 	lint-imports
-	python -m pytest
+	mkdir -p .tmp
+	python -m pytest --basetemp=/tmp/stagerun-pytest-slurm $(SLURM_TESTS) > .tmp/slurm-tests.log 2>&1 & slurm=$$!; \
+	python -m pytest --basetemp=/tmp/stagerun-pytest $(addprefix --ignore=,$(SLURM_TESTS)) > .tmp/tests.log 2>&1; rest=$$?; \
+	wait $$slurm; slurm_rc=$$?; \
+	echo "make test: SLURM tests exit $$slurm_rc, the rest exit $$rest"; \
+	cat .tmp/slurm-tests.log .tmp/tests.log; \
+	[ $$slurm_rc -eq 0 ] && [ $$rest -eq 0 ]
 
 ## bench: benchmarks (minutes; ratios against a reference measured in the same run)
 bench: install
