@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from workflow.model import BLOCK_TYPES, GPT, Block, SequentialBlock, depth_warm_state, register_block
-from workflow.optim.optimizers import build_optimizers
+from workflow.optim.registry import build_optimizers
 from workflow.study.blocks import BUILTIN_BLOCKS, TP_BLOCK_TYPES
 from workflow.study.model_config import MODEL_PRESETS, PRESET_REFERENCE_VOCAB, GPTConfig, build_model_config
 

@@ -9,7 +9,8 @@ import torch
 import torch.nn as nn
 
 from workflow.model import GPT
-from workflow.optim.optimizers import Muon, build_optimizers, split_muon_params, zeropower_via_newtonschulz5
+from workflow.optim.optimizers import Muon, split_muon_params, zeropower_via_newtonschulz5
+from workflow.optim.registry import build_optimizers
 from workflow.study.model_config import build_model_config
 from workflow.study.schedules import curriculum_block_size, lr_multiplier, set_lr
 
@@ -153,7 +154,7 @@ def test_adamw_grouping():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"])
     assert all(p.dim() < 2 for p in no_decay["params"])
-    assert all(g["initial_lr"] == 2e-3 and g["betas"] == (0.8, 0.95) for g in opt.param_groups)
+    assert all(g["lr"] == 2e-3 and g["betas"] == (0.8, 0.95) for g in opt.param_groups)
     n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
     assert n_opt == model.num_parameters()  # tied head counted once, nothing missing
 
@@ -171,9 +172,9 @@ def test_muon_grouping(tie):
     assert id(model.transformer.wte.weight) not in muon_ids
     assert id(model.lm_head.weight) not in muon_ids
     assert all(p.ndim == 2 for p in parts["muon"])
-    lrs = {g["initial_lr"] for g in adamw.param_groups}
+    lrs = {g["lr"] for g in adamw.param_groups}
     assert lrs == ({0.3, 0.02} if tie else {0.3, 0.004, 0.02})
-    assert muon.param_groups[0]["initial_lr"] == 0.03
+    assert muon.param_groups[0]["lr"] == 0.03
     n_opt = sum(p.numel() for o in (adamw, muon) for g in o.param_groups for p in g["params"])
     assert n_opt == model.num_parameters()
 
@@ -227,14 +228,17 @@ def test_inv_sqrt_schedule():
 def test_set_lr_scales_initial_lr():
     model = _model()
     opts = build_optimizers(model, {"optimizer": "muon", "lr": 1e-3, "muon_lr": 0.02})
+    built = [[g["lr"] for g in o.param_groups] for o in opts]
     cfg = dict(schedule="linear", num_iterations=10, warmup_iters=0, min_lr_ratio=0.0)
     mult = set_lr(opts, 5, cfg)
     assert mult == pytest.approx(0.5)
-    for o in opts:
-        for g in o.param_groups:
-            assert g["lr"] == pytest.approx(0.5 * g["initial_lr"])
-    with pytest.raises(KeyError, match="initial_lr"):
-        set_lr([torch.optim.SGD(model.parameters(), lr=0.1)], 0, cfg)
+    assert set_lr(opts, 6, cfg) == pytest.approx(0.4)  # scales the recorded peak, not the last lr
+    for o, lrs in zip(opts, built):
+        for g, lr in zip(o.param_groups, lrs):
+            assert g["initial_lr"] == lr and g["lr"] == pytest.approx(0.4 * lr)
+    plain = torch.optim.SGD(model.parameters(), lr=0.1)  # any optimizer: the schedule records its peak lr
+    set_lr([plain], 5, cfg)
+    assert plain.param_groups[0]["initial_lr"] == 0.1 and plain.param_groups[0]["lr"] == pytest.approx(0.05)
 
 
 def test_curriculum_steps_and_plateau():

@@ -14,6 +14,7 @@ import pandas as pd
 
 from workflow.core.io import read_json
 from workflow.data.registry import DATASETS, study_meta_path
+from workflow.study.gate_rules import most_advancing
 from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import run_config, stage_order, stage_seeds
@@ -132,14 +133,13 @@ def stage_hardware(config: dict, stage: str) -> dict:
 
 
 def _expected_advancing(config: dict) -> dict[str, int]:
-    """Non-baseline variants expected to run in each stage (top_k: k; other rules: all that
-    reached them)."""
+    """Non-baseline variants expected to run in each stage (the most each gate advances:
+    :func:`workflow.study.gate_rules.most_advancing`)."""
     stages = stage_order(config)
     n = len([v for v in config["variants"] if v != config["baseline"]])
     out = {stages[0]: n}
     for prev, stage in zip(stages, stages[1:]):
-        gate = config["stages"][prev]["gate"]
-        n = min(n, gate["k"]) if gate["rule"] == "top_k" else n
+        n = most_advancing(config["stages"][prev]["gate"], n)
         out[stage] = n
     return out
 

@@ -8,16 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from workflow.analysis.stats import compare_to_baseline, metric_view, val_losses_by_seed
-
-GATE_RULES = ("top_k", "beats_baseline", "beats_baseline_ci")
-
-
-def _fmt(x: float | None, digits: int = 4) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def _p(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2g}"
+from workflow.study.gate_rules import gate_rule
 
 
 def decide_gate(
@@ -27,8 +18,8 @@ def decide_gate(
 
     Args:
         stage: stage name, e.g. ``"A"``.
-        gate: the stage's gate section with schema defaults filled: ``{"rule": "top_k" |
-            "beats_baseline" | "beats_baseline_ci", "metric": "val_loss" | "val_loss_workers",
+        gate: the stage's gate section with schema defaults filled: ``{"rule": a name of
+            :data:`workflow.study.gate_rules.GATE_RULES`, "metric": "val_loss" | "val_loss_workers",
             "k", "min_successful_runs", "tie_tolerance", "max_failed_fraction", "pivot"}``
             (missing keys raise KeyError: defaults live in config/schema.yaml only). ``metric``
             is the final loss compared (:func:`workflow.analysis.stats.metric_view`); the
@@ -46,8 +37,7 @@ def decide_gate(
         ValueError: unknown rule.
     """
     rule = gate["rule"]
-    if rule not in GATE_RULES:
-        raise ValueError(f"gate.rule: unknown rule {rule!r} (known: {', '.join(GATE_RULES)})")
+    rule_impl = gate_rule(rule)
     params = {k: v for k, v in gate.items() if k != "rule"}
     metric = params.get("metric", "val_loss")
     summaries = {name: metric_view(summ, metric) for name, summ in summaries.items()}
@@ -105,78 +95,21 @@ def decide_gate(
     eligibility = (
         f"Variants need >= {min_ok} successful runs and at most {max_failed:.0%} failed runs to be eligible."
     )
-    if rule == "top_k":
-        k, tol = params["k"], params["tie_tolerance"]
-        cutoff = candidates[min(k, len(candidates)) - 1]["mean"] if candidates else None
-        for rank, row in enumerate(candidates, start=1):
-            if rank <= k:
-                row["advanced"] = True
-                row["reason"] = f"rank {rank} of {len(candidates)} by mean val_loss {_fmt(row['mean'])} (top {k})"
-            elif row["mean"] <= cutoff + tol + 1e-9:
-                row["advanced"] = True
-                row["reason"] = (
-                    f"rank {rank}: mean {_fmt(row['mean'])} ties the cut-off {_fmt(cutoff)} "
-                    f"(within tie_tolerance {tol}); ties at the cut all advance"
-                )
-            else:
-                row["reason"] = f"rank {rank}: mean {_fmt(row['mean'])} above the cut-off {_fmt(cutoff)} of the top {k}"
-        explanation = (
-            f"top_k: the {k} eligible variants with the lowest mean val_loss advance; means within "
-            f"{params['tie_tolerance']} of the k-th mean count as ties and advance too; ties in mean are ordered by "
-            f"lower std. {eligibility}"
-        )
-    elif not base_ok:
+    if rule_impl.needs_baseline and not base_ok:
         for row in candidates:
             row["reason"] = "baseline has too few successful runs to compare with: nothing advances"
         explanation = f"{rule}: no eligible baseline in this stage, so no variant can advance."
     else:
-        for row in candidates:
-            delta = row["mean"] - base_row["mean"]
-            below = delta < 0
-            p_text = f"one-sided {test} p={_p(row['p_vs_baseline'])}"
-            if rule == "beats_baseline":
-                row["advanced"] = below
-                verb = "beats" if below else "does not beat"
-                row["reason"] = (
-                    f"mean {_fmt(row['mean'])} {verb} the baseline's {_fmt(base_row['mean'])} (delta {delta:+.4f}, {p_text})"
-                )
-            else:  # beats_baseline_ci
-                ci, base_ci = row["ci_95"], base_row["ci_95"]
-                disjoint = ci is not None and base_ci is not None and ci[1] < base_ci[0]
-                row["advanced"] = below and disjoint
-                if not below:
-                    why = f"mean {_fmt(row['mean'])} is not below the baseline's {_fmt(base_row['mean'])}"
-                elif not disjoint:
-                    why = (
-                        f"mean {_fmt(row['mean'])} is below the baseline's {_fmt(base_row['mean'])} but its CI95 "
-                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] overlaps the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]: "
-                        "no consistent improvement"
-                    )
-                else:
-                    why = (
-                        f"mean {_fmt(row['mean'])} below the baseline's {_fmt(base_row['mean'])} and CI95 "
-                        f"[{_fmt(ci[0])}, {_fmt(ci[1])}] entirely below the baseline's [{_fmt(base_ci[0])}, {_fmt(base_ci[1])}]"
-                    )
-                row["reason"] = f"{why} (delta {delta:+.4f}, {p_text})"
-        if rule == "beats_baseline":
-            explanation = (
-                "beats_baseline: eligible variants whose mean val_loss is below the baseline's advance; the p-value "
-                f"is reported for information, significance is tested at the verdict. {eligibility}"
-            )
-        else:
-            explanation = (
-                "beats_baseline_ci: eligible variants advance when their mean val_loss is below the baseline's AND "
-                "their 95 % CI of the mean lies entirely below the baseline's (a consistent improvement, seed 001's "
-                f"B -> C rule). {eligibility}"
-            )
+        rule_impl.decide(candidates, base_row, params, test)
+        explanation = rule_impl.explanation(params, eligibility)
 
     for row in rows:  # issue 17: the seed-ignoring variants (and baseline) say so
         if row.get("seed_ignored"):
-            if rule == "beats_baseline_ci" and row["advanced"]:
+            if rule_impl.compares_intervals and row["advanced"]:
                 row["advanced"] = False
                 row["reason"] += "; not advanced: a confidence interval of identical repeats means nothing"
             row["reason"] += f"; {row['seed_ignored']}"
-    if rule == "beats_baseline_ci" and base_row is not None and base_row.get("seed_ignored"):
+    if rule_impl.compares_intervals and base_row is not None and base_row.get("seed_ignored"):
         for row in candidates:
             if row["advanced"]:
                 row["advanced"] = False

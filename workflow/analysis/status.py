@@ -67,6 +67,7 @@ from workflow.analysis.status_runs import (
 from workflow.analysis.status_scheduler import sacct_jobs, scan_processes
 from workflow.analysis.status_view import render
 from workflow.data.registry import study_meta_path
+from workflow.study.gate_rules import most_advancing
 from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.overrides import parse_value, prepare_study
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds, study_with_defaults
@@ -170,9 +171,7 @@ def most_variants(config: dict, stage: str) -> int:
     stages = stage_order(config)
     most = len(config["variants"])
     for previous, current in itertools.pairwise(stages):
-        gate = config["stages"][previous]["gate"]
-        if gate["rule"] == "top_k":
-            most = min(most, gate.get("k", 2) + 1)
+        most = 1 + most_advancing(config["stages"][previous]["gate"], most - 1)  # + the baseline
         if current == stage:
             break
     return most

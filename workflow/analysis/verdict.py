@@ -12,7 +12,6 @@ from collections.abc import Mapping
 
 import pandas as pd
 
-from workflow.analysis.gates import _p
 from workflow.analysis.stats import (
     compare_to_baseline,
     describe,
@@ -21,6 +20,7 @@ from workflow.analysis.stats import (
     one_sample_ttest,
     val_losses_by_seed,
 )
+from workflow.study.gate_rules.base import fmt_p
 
 
 def decide_verdict(
@@ -120,10 +120,10 @@ def decide_verdict(
         else:
             raw = e["vs_baseline"]["p_value"]
             verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
-            parts.append(f"{verb} {baseline} ({test}, p={_p(raw)}, {correction}-adjusted p={_p(p_base)}, alpha {alpha})")
+            parts.append(f"{verb} {baseline} ({test}, p={fmt_p(raw)}, {correction}-adjusted p={fmt_p(p_base)}, alpha {alpha})")
         if target is not None:
             verb = "below" if e["beats_target"] else "not significantly below"
-            parts.append(f"{verb} target {target} (adjusted p={_p(p_target)})")
+            parts.append(f"{verb} target {target} (adjusted p={fmt_p(p_target)})")
         if e["disqualified"]:
             parts.append(
                 f"cannot win: {len(e['failed_runs'])} of {e['n_runs']} seeds failed ({e['failed_runs'][0]['reason']}); "

@@ -1,9 +1,8 @@
-"""Optimizers (AdamW, Muon), learning-rate schedules and the sequence-length curriculum.
+"""The optimizers' builders (AdamW, SGD, Muon) and Muon itself.
 
-``build_optimizers(model, train_cfg)`` returns the optimizers of one run; the trainer steps
-each of them. ``set_lr(optimizers, step, train_cfg)`` applies ``lr_multiplier`` to every param
-group's ``initial_lr``. ``curriculum_block_size`` is the pure sequence-length ladder the
-trainer may call before sampling a batch.
+Each ``build_<name>(model, train_cfg) -> list[torch.optim.Optimizer]`` is registered by name in
+``workflow.optim.registry.OPTIMIZERS``; ``workflow.optim.registry.build_optimizers`` picks one by
+``train.optimizer``. The learning-rate schedule (``set_lr``) records each group's peak lr itself.
 
 ``train_cfg`` is the run's ``train`` section (schema ``definitions/train``); keys missing from
 it take the schema's defaults (``TRAIN_DEFAULTS``), so unit tests can pass partial dicts.
@@ -18,36 +17,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-__all__ = [
-    "TRAIN_DEFAULTS",
-    "Muon",
-    "zeropower_via_newtonschulz5",
-    "build_optimizers",
-    "split_muon_params",
-    "lr_multiplier",
-    "set_lr",
-    "schedule_progress",
-    "curriculum_block_size",
-    "curriculum_marks",
-    "check_curriculum",
-    "tokens_for_steps",
-    "steps_for_tokens",
-    "resolve_depth_warm",
-]
-
-from workflow.study.schedules import (
-    TRAIN_DEFAULTS,
-    _get,
-    check_curriculum,
-    curriculum_block_size,
-    curriculum_marks,
-    lr_multiplier,
-    resolve_depth_warm,
-    schedule_progress,
-    set_lr,
-    steps_for_tokens,
-    tokens_for_steps,
-)
+from workflow.study.schedules import train_option
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5,
@@ -230,12 +200,18 @@ def split_muon_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def _adamw(groups: list[dict], cfg: Mapping[str, Any], device_type: str) -> torch.optim.AdamW:
+def _trainable(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(>= 2-D, < 2-D) trainable parameters of ``model``, each once (a tied head is one tensor)."""
+    params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
+    return [p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2]
+
+
+def adamw_from_groups(groups: list[dict], train_cfg: Mapping[str, Any], device_type: str) -> torch.optim.AdamW:
+    """AdamW over the non-empty ``groups`` with betas (beta1, beta2) and eps of ``train_cfg``;
+    the fused kernel on CUDA and CPU."""
     groups = [g for g in groups if g["params"]]
-    for g in groups:
-        g["initial_lr"] = g["lr"]
-    kwargs: dict[str, Any] = dict(betas=(float(_get(cfg, "beta1")), float(_get(cfg, "beta2"))),
-                                  eps=float(_get(cfg, "eps")))
+    kwargs: dict[str, Any] = dict(betas=(float(train_option(train_cfg, "beta1")), float(train_option(train_cfg, "beta2"))),
+                                  eps=float(train_option(train_cfg, "eps")))
     if device_type in ("cuda", "cpu"):
         # Fused kernel (one pass over all tensors): on CPU ~4x faster than the per-tensor loop
         # for small models, deterministic and identical on every rank (bench/bench_train.py).
@@ -243,74 +219,55 @@ def _adamw(groups: list[dict], cfg: Mapping[str, Any], device_type: str) -> torc
     return torch.optim.AdamW(groups, **kwargs)
 
 
-def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
-    """The optimizers of one training run.
-
-    optimizer "adamw" -> [AdamW] with two param groups (nanoGPT's configure_optimizers):
-        >= 2-D tensors (matmul weights, embeddings) with ``weight_decay``, < 2-D tensors
-        (biases, norm gains) with weight decay 0; both with lr ``lr``; betas (beta1, beta2).
-    optimizer "sgd" -> [SGD] with the same two groups, momentum ``sgd_momentum`` (a linear
-        update: DiLoCo with tau 1 and outer_lr 1 then equals DDP exactly).
-    optimizer "muon" -> [AdamW, Muon] (modded-nanogpt's split):
-        Muon(hidden >= 2-D weights, lr=muon_lr, momentum=muon_momentum, nesterov=muon_nesterov,
-             ns_steps=muon_ns_steps, weight_decay=muon_weight_decay);
-        AdamW groups: embeddings (lr=embed_lr or lr, weight_decay), untied head
-             (lr=head_lr or embed_lr or lr, weight_decay), norms/biases (lr=adam_lr or lr, 0).
-    Every param group carries ``initial_lr`` (the peak lr that ``set_lr`` scales).
-
-    Args:
-        model: the model (GPT or any nn.Module; the head is found as ``model.lm_head``).
-        train_cfg: the run's ``train`` section; missing keys take ``TRAIN_DEFAULTS``.
-
-    Returns:
-        list of optimizers, to be stepped (and zero_grad'ed) together.
-
-    Raises:
-        ValueError: unknown optimizer name (names the key and the valid values).
-    """
-    name = _get(train_cfg, "optimizer")
+def _device_type(model: nn.Module) -> str:
     p0 = next(model.parameters(), None)
-    device_type = p0.device.type if p0 is not None else "cpu"
-    lr = float(_get(train_cfg, "lr"))
-    wd = float(_get(train_cfg, "weight_decay"))
-    if name == "adamw":
-        params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        return [_adamw([dict(params=decay, lr=lr, weight_decay=wd),
-                        dict(params=no_decay, lr=lr, weight_decay=0.0)],
-                       train_cfg, device_type)]
-    if name == "sgd":
-        params = [p for p in dict.fromkeys(model.parameters()) if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        momentum = float(train_cfg.get("sgd_momentum") or 0.0)
-        sgd = torch.optim.SGD([dict(params=decay, lr=lr, weight_decay=wd),
-                               dict(params=no_decay, lr=lr, weight_decay=0.0)], lr=lr, momentum=momentum)
-        for g in sgd.param_groups:
-            g["initial_lr"] = g["lr"]
-        return [sgd]
-    if name == "muon":
-        parts = split_muon_params(model)
-        embed_lr = float(train_cfg["embed_lr"]) if train_cfg.get("embed_lr") is not None else lr
-        head_lr = float(train_cfg["head_lr"]) if train_cfg.get("head_lr") is not None \
-            else embed_lr
-        adam_lr = float(train_cfg["adam_lr"]) if train_cfg.get("adam_lr") is not None else lr
-        adamw = _adamw([dict(params=parts["embed"], lr=embed_lr, weight_decay=wd),
-                        dict(params=parts["head"], lr=head_lr, weight_decay=wd),
-                        dict(params=parts["scalar"], lr=adam_lr, weight_decay=0.0)],
-                       train_cfg, device_type)
-        optimizers: list[torch.optim.Optimizer] = [adamw]
-        if parts["muon"]:
-            muon = Muon(parts["muon"], lr=float(_get(train_cfg, "muon_lr")),
-                        momentum=float(_get(train_cfg, "muon_momentum")),
-                        nesterov=bool(_get(train_cfg, "muon_nesterov")),
-                        ns_steps=int(_get(train_cfg, "muon_ns_steps")),
-                        weight_decay=float(_get(train_cfg, "muon_weight_decay")))
-            for g in muon.param_groups:
-                g["initial_lr"] = g["lr"]
-            optimizers.append(muon)
-        return optimizers
-    raise ValueError(f"train key 'optimizer': unknown optimizer {name!r}; valid: ['adamw', 'muon', 'sgd']")
+    return p0.device.type if p0 is not None else "cpu"
 
 
+def build_adamw(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
+    """Optimizer ``adamw``: [AdamW] with two param groups (nanoGPT's configure_optimizers):
+    >= 2-D tensors (matmul weights, embeddings) with ``weight_decay``, < 2-D tensors (biases,
+    norm gains) with weight decay 0; both with lr ``lr``; betas (beta1, beta2)."""
+    lr, wd = float(train_option(train_cfg, "lr")), float(train_option(train_cfg, "weight_decay"))
+    decay, no_decay = _trainable(model)
+    return [adamw_from_groups([dict(params=decay, lr=lr, weight_decay=wd),
+                               dict(params=no_decay, lr=lr, weight_decay=0.0)],
+                              train_cfg, _device_type(model))]
+
+
+def build_sgd(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
+    """Optimizer ``sgd``: [SGD] with ``build_adamw``'s two groups and momentum ``sgd_momentum``
+    (a linear update: DiLoCo with tau 1 and outer_lr 1 then equals DDP exactly)."""
+    lr, wd = float(train_option(train_cfg, "lr")), float(train_option(train_cfg, "weight_decay"))
+    decay, no_decay = _trainable(model)
+    momentum = float(train_cfg.get("sgd_momentum") or 0.0)
+    return [torch.optim.SGD([dict(params=decay, lr=lr, weight_decay=wd),
+                             dict(params=no_decay, lr=lr, weight_decay=0.0)], lr=lr, momentum=momentum)]
+
+
+def build_muon(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.optim.Optimizer]:
+    """Optimizer ``muon``: [AdamW, Muon] (modded-nanogpt's split).
+
+    Muon(hidden >= 2-D weights, lr=muon_lr, momentum=muon_momentum, nesterov=muon_nesterov,
+    ns_steps=muon_ns_steps, weight_decay=muon_weight_decay); AdamW groups: embeddings
+    (lr=embed_lr or lr, weight_decay), untied head (lr=head_lr or embed_lr or lr, weight_decay),
+    norms/biases (lr=adam_lr or lr, 0). No Muon when the model has no hidden matrix.
+    """
+    lr, wd = float(train_option(train_cfg, "lr")), float(train_option(train_cfg, "weight_decay"))
+    parts = split_muon_params(model)
+    embed_lr = float(train_cfg["embed_lr"]) if train_cfg.get("embed_lr") is not None else lr
+    head_lr = float(train_cfg["head_lr"]) if train_cfg.get("head_lr") is not None \
+        else embed_lr
+    adam_lr = float(train_cfg["adam_lr"]) if train_cfg.get("adam_lr") is not None else lr
+    adamw = adamw_from_groups([dict(params=parts["embed"], lr=embed_lr, weight_decay=wd),
+                               dict(params=parts["head"], lr=head_lr, weight_decay=wd),
+                               dict(params=parts["scalar"], lr=adam_lr, weight_decay=0.0)],
+                              train_cfg, _device_type(model))
+    optimizers: list[torch.optim.Optimizer] = [adamw]
+    if parts["muon"]:
+        optimizers.append(Muon(parts["muon"], lr=float(train_option(train_cfg, "muon_lr")),
+                               momentum=float(train_option(train_cfg, "muon_momentum")),
+                               nesterov=bool(train_option(train_cfg, "muon_nesterov")),
+                               ns_steps=int(train_option(train_cfg, "muon_ns_steps")),
+                               weight_decay=float(train_option(train_cfg, "muon_weight_decay"))))
+    return optimizers

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from workflow.model.parallelize import tp_reduce_grads
-from workflow.optim.optimizers import build_optimizers
+from workflow.optim.registry import build_optimizers
 from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
+from workflow.study.gate_rules import gate_rule
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
@@ -73,11 +74,9 @@ def check_study(config: dict) -> None:
     ranked = [v for v in config["variants"] if v != config["baseline"]]
     for stage in stages[:-1]:
         gate = validate_section(config["stages"][stage]["gate"], "gate", f"stages.{stage}.gate")
-        if gate["rule"] == "top_k" and gate["k"] > len(ranked):
-            raise ConfigError(
-                f"stages.{stage}.gate.k: {gate['k']}, but the study has {len(ranked)} variants besides the baseline "
-                f"({', '.join(ranked) or 'none'}); top_k would advance every one of them (k <= {len(ranked)})"
-            )
+        problem = gate_rule(gate["rule"]).check(gate, ranked)
+        if problem:
+            raise ConfigError(f"stages.{stage}.gate.{problem}")
     stride = config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"])
     for stage in stages:
         if config["stages"][stage]["seeds"] > stride:

@@ -7,6 +7,8 @@ import json
 
 from workflow.data.registry import study_meta_path
 from workflow.study.checks import plan_warnings
+from workflow.study.gate_rules import most_advancing
+from workflow.study.gate_rules.base import gate_default
 from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
@@ -41,11 +43,11 @@ def stage_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
             most, rule = n_variants, "all variants"
         else:
             gate = config["stages"][stages[index - 1]]["gate"]
+            most = 1 + most_advancing(gate, previous - 1)  # the baseline runs every stage
             if gate["rule"] == "top_k":
-                most = min(previous, gate.get("k", 2) + 1)
-                rule = f"baseline + top {gate.get('k', 2)} of {stages[index - 1]}"
+                rule = f"baseline + top {gate.get('k', gate_default('k'))} of {stages[index - 1]}"
             else:
-                most, rule = previous, f"baseline + those of {stages[index - 1]} that pass {gate['rule']}"
+                rule = f"baseline + those of {stages[index - 1]} that pass {gate['rule']}"
         seeds = config["stages"][stage]["seeds"]
         res = stage_resources(config, stage)
         steps, tokens, epochs = [], [], []

@@ -17,15 +17,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 SCHEDULES = ("cosine", "linear", "constant", "trapezoidal", "inv_sqrt")
 
 
-def _get(cfg: Mapping[str, Any], key: str) -> Any:
-    """cfg[key], or the schema default when the key is missing or None-with-non-None default."""
+def train_option(cfg: Mapping[str, Any], key: str) -> Any:
+    """``cfg[key]`` of a ``train`` section, or the schema default when the key is missing or None-with-non-None default."""
     value = cfg.get(key)
     return TRAIN_DEFAULTS[key] if value is None else value
-
-
-# --------------------------------------------------------------------------------------
-# Muon
-# --------------------------------------------------------------------------------------
 
 
 # --------------------------------------------------------------------------------------
@@ -94,14 +89,14 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
     if step < 0:
         raise ValueError(f"lr_multiplier: step must be >= 0, got {step}")
     if progress is not None:
-        step = max(step, progress * int(_get(train_cfg, "num_iterations")))
-    schedule = _get(train_cfg, "schedule")
+        step = max(step, progress * int(train_option(train_cfg, "num_iterations")))
+    schedule = train_option(train_cfg, "schedule")
     if schedule not in SCHEDULES:
         raise ValueError(f"train key 'schedule': unknown schedule {schedule!r}; "
                          f"valid: {list(SCHEDULES)}")
-    n = int(_get(train_cfg, "num_iterations"))
-    warmup = int(_get(train_cfg, "warmup_iters"))
-    r = float(_get(train_cfg, "min_lr_ratio"))
+    n = int(train_option(train_cfg, "num_iterations"))
+    warmup = int(train_option(train_cfg, "warmup_iters"))
+    r = float(train_option(train_cfg, "min_lr_ratio"))
     if step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
@@ -109,7 +104,7 @@ def lr_multiplier(step: int, train_cfg: Mapping[str, Any], progress: float | Non
     if schedule == "inv_sqrt":
         return 1.0 / math.sqrt(min(step, n) - warmup + 1)
     if schedule == "trapezoidal":
-        warmdown = int(_get(train_cfg, "warmdown_iters"))
+        warmdown = int(train_option(train_cfg, "warmdown_iters"))
         if warmdown <= 0:
             return 1.0
         return max(0.0, min(1.0, (n - min(step, n)) / warmdown))
@@ -124,15 +119,14 @@ def set_lr(optimizers: Sequence[Any], step: int,
     """Set ``group["lr"] = group["initial_lr"] * lr_multiplier(step, train_cfg, progress)`` in
     every param group of every optimizer and return the multiplier.
 
-    Raises:
-        KeyError: a param group without ``initial_lr`` (not built by ``build_optimizers``).
+    A group without ``initial_lr`` (as any optimizer builds it) first records its current
+    ``lr`` there: the peak lr the schedule scales (kept in the optimizer's state_dict, so a
+    resumed run scales the same peak).
     """
     mult = lr_multiplier(step, train_cfg, progress)
     for opt in optimizers:
         for group in opt.param_groups:
-            if "initial_lr" not in group:
-                raise KeyError("param group has no 'initial_lr'; build optimizers with "
-                               "workflow.optim.optimizers.build_optimizers")
+            group.setdefault("initial_lr", group["lr"])
             group["lr"] = group["initial_lr"] * mult
     return mult
 
@@ -181,14 +175,14 @@ def curriculum_block_size(step: int, train_cfg: Mapping[str, Any],
     if any(b <= a for a, b in zip(ladder, ladder[1:])) or ladder[0] < 1:
         raise ValueError(f"train key 'curriculum_block_sizes' must be strictly increasing "
                          f"positive ints, got {ladder}")
-    mode = _get(train_cfg, "curriculum_advance")
+    mode = train_option(train_cfg, "curriculum_advance")
     if mode == "steps":
         marks = curriculum_marks(train_cfg)
         rung = sum(1 for m in marks if step >= m)
         return ladder[rung]
     if mode == "plateau":
-        patience = int(_get(train_cfg, "curriculum_patience"))
-        min_delta = float(_get(train_cfg, "curriculum_min_delta"))
+        patience = int(train_option(train_cfg, "curriculum_patience"))
+        min_delta = float(train_option(train_cfg, "curriculum_min_delta"))
         if patience < 1:
             raise ValueError(f"train key 'curriculum_patience' must be >= 1, got {patience}")
         rung, best, stale = 0, math.inf, 0
@@ -222,7 +216,7 @@ def curriculum_marks(train_cfg: Mapping[str, Any]) -> list[int]:
     if steps is not None and fractions is not None:
         raise ValueError("train keys 'curriculum_steps' and 'curriculum_fractions' are both set; use one")
     if fractions is not None:
-        n = int(_get(train_cfg, "num_iterations"))
+        n = int(train_option(train_cfg, "num_iterations"))
         marks, key = [int(round(float(f) * n)) for f in fractions], "curriculum_fractions"
         shown = f"{list(fractions)} (steps {marks} of {n})"
     else:
@@ -253,8 +247,8 @@ def check_curriculum(train_cfg: Mapping[str, Any], block_size: int) -> None:
     if int(ladder[-1]) != int(block_size):
         raise ValueError(f"train.curriculum_block_sizes {list(ladder)}: the last rung must equal "
                          f"model.block_size {block_size}")
-    if _get(train_cfg, "curriculum_advance") == "steps" and len(ladder) > 1:
-        n = int(_get(train_cfg, "num_iterations"))
+    if train_option(train_cfg, "curriculum_advance") == "steps" and len(ladder) > 1:
+        n = int(train_option(train_cfg, "num_iterations"))
         last = curriculum_marks(train_cfg)[-1]
         if last >= n:
             key = "curriculum_fractions" if train_cfg.get("curriculum_fractions") is not None else "curriculum_steps"
@@ -274,7 +268,7 @@ def tokens_for_steps(train_cfg: Mapping[str, Any], block_size: int, num_iteratio
     ladder = train_cfg.get("curriculum_block_sizes")
     if not ladder:
         return batch * int(block_size) * int(num_iterations)
-    if _get(train_cfg, "curriculum_advance") != "steps":
+    if train_option(train_cfg, "curriculum_advance") != "steps":
         raise ValueError("train.curriculum_advance plateau: the tokens of a run are not known ahead "
                          "(use curriculum_advance: steps with num_tokens / num_epochs)")
     cfg = {**train_cfg, "num_iterations": int(num_iterations)}
