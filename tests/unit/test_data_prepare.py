@@ -21,7 +21,7 @@ import pytest
 
 from workflow.data.fetch import fetch_source_file
 from workflow.data.prepare import prepare
-from workflow.data.prepare.fineweb import read_fineweb_header
+from workflow.data.datasets.fineweb import read_fineweb_header
 from workflow.data.tokenizers import GPT2Tokenizer
 from workflow.data.writers import DataError
 

@@ -146,7 +146,7 @@ def test_failed_run_leaves_no_stale_meta(raw_copy, tmp_path):
 
 
 def test_bpe_safe_pieces_give_identical_ids(shared_data, gpt2_ranks):
-    from workflow.data.prepare.shakespeare import bpe_safe_pieces
+    from workflow.data.datasets.shakespeare import bpe_safe_pieces
 
     enc = GPT2Tokenizer(gpt2_ranks).enc
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
@@ -160,7 +160,7 @@ def test_parallel_encode_equals_encode_ordinary_loop(shared_data, gpt2_ranks):
     """Threads (workers=2) and the calling thread (workers=1) give exactly the ids of a
     per-document encode_ordinary loop plus <|endoftext|>, in document order, special-token
     text included (encoded as plain text)."""
-    from workflow.data.prepare.openwebtext import parallel_encode
+    from workflow.data.datasets.openwebtext import parallel_encode
 
     text = (shared_data / "tinyshakespeare" / "input.txt").read_text(encoding="utf-8")
     docs = [text[i:i + 5000] for i in range(0, 200_000, 5000)] + ["a <|endoftext|> b", "", "é\n"]

@@ -14,6 +14,7 @@ import pandas as pd
 
 from workflow.core.io import read_json
 from workflow.data.registry import DATASETS, study_meta_path
+from workflow.data.tokenizers import TOKENIZERS
 from workflow.study.gate_rules import most_advancing
 from workflow.study.length import run_steps, study_train_tokens
 from workflow.study.model_config import build_model_config
@@ -22,8 +23,6 @@ from workflow.study.resources import stage_resources
 from workflow.study.schedules import curriculum_marks, resolve_depth_warm
 from workflow.training.provenance import flops_per_token, peak_flops
 
-#: vocab_size by tokenizer kind when the dataset is not tokenized yet (char: an upper bound).
-TOKENIZER_VOCAB = {"gpt2": 50257, "pretokenized": 50257, "byte": 256, "char": 256}
 
 
 def planning_vocab_size(config: dict) -> tuple[int, str]:
@@ -34,9 +33,7 @@ def planning_vocab_size(config: dict) -> tuple[int, str]:
         return int(read_json(meta)["vocab_size"]), str(meta)
     dataset = DATASETS[config["dataset"]]
     options = {**dataset.defaults, **((config.get("datasets") or {}).get(config["dataset"]) or {})}
-    if dataset.tokenizer == "charset":
-        return int(options["vocab_size"]), "estimate (charset vocab_size)"
-    return TOKENIZER_VOCAB[dataset.tokenizer], f"estimate ({dataset.tokenizer} tokenizer)"
+    return TOKENIZERS[dataset.tokenizer].planned_vocab(options)
 
 
 _MATMUL_PARAMS: dict[str, int] = {}

@@ -1,10 +1,9 @@
-"""Dataset preparers: one module per dataset, and :func:`prepare`, the one entry point.
+"""Tokenizing a dataset: :func:`prepare`, the one entry point (``python -m workflow.tokenize``).
 
-Each ``prepare_<dataset>(raw_dir, out_dir, opts, **kwargs) -> dict`` writes the split files into
-``out_dir`` (through :class:`workflow.data.writers.SplitWriters`) and returns the body of
-``meta.json``; :func:`prepare` verifies the raw files first and writes ``meta.json`` last.
-Adding a dataset: its registry entry (workflow/data/registry.py), a module here, one line in
-``PREPARERS``.
+Each dataset module (workflow/data/datasets/) gives its ``Dataset.prepare(raw_dir, out_dir, opts,
+**kwargs) -> dict``, which writes the split files into ``out_dir`` (through
+:class:`workflow.data.writers.SplitWriters`) and returns the body of ``meta.json``;
+:func:`prepare` verifies the raw files first and writes ``meta.json`` last.
 """
 
 from __future__ import annotations
@@ -14,24 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from workflow.core.io import read_json, write_json_atomic
-from workflow.data.prepare.custom_text import prepare_custom_text
-from workflow.data.prepare.enwik8 import prepare_enwik8
-from workflow.data.prepare.fineweb import prepare_fineweb10B
-from workflow.data.prepare.multi30k import prepare_multi30k_en_de
-from workflow.data.prepare.openwebtext import prepare_openwebtext
-from workflow.data.prepare.shakespeare import prepare_shakespeare_char, prepare_shakespeare_gpt2
-from workflow.data.registry import dataset_options, get_dataset, tokens_mismatch
-from workflow.data.writers import DataError, verify_raw_files
-
-PREPARERS = {
-    "shakespeare_char": prepare_shakespeare_char,
-    "shakespeare_gpt2": prepare_shakespeare_gpt2,
-    "enwik8": prepare_enwik8,
-    "fineweb10B": prepare_fineweb10B,
-    "multi30k_en_de": prepare_multi30k_en_de,
-    "custom_text": prepare_custom_text,
-    "openwebtext": prepare_openwebtext,
-}
+from workflow.data.registry import dataset_options, get_dataset, get_source, tokens_mismatch
+from workflow.data.writers import DataError, gpt2_ranks_path, verify_raw_files
 
 
 def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
@@ -40,7 +23,7 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     """Tokenize ``dataset`` from ``raw_dir`` into ``out_dir``; returns the meta.json dict.
 
     Args:
-        dataset: key of workflow.data.registry.DATASETS.
+        dataset: a name of workflow.data.registry.DATASETS.
         raw_dir: folder of the raw files (``{data_dir}/raw/{source}``; custom_text: its folder).
         out_dir: ``{data_dir}/tokens/{tokens_dir_name}``; gets ``{split}.bin`` and meta.json (last).
         options: the study's ``datasets.<dataset>`` options (merged over the defaults).
@@ -69,8 +52,9 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
                             "workflow.data.registry.tokens_dir_name)")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)
-    verify_raw_files(dataset, raw_dir, opts, tokenizer_file)
-    body = PREPARERS[dataset](raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
+    ranks = gpt2_ranks_path(raw_dir, tokenizer_file) if ds.needs_gpt2_ranks else None
+    verify_raw_files(get_source(ds.source) if ds.source is not None else None, raw_dir, opts, ranks)
+    body = ds.prepare(raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
     meta = {"dataset": dataset, "split_spec": ds.split_spec, **body}
     meta["options"] = {k: v for k, v in opts.items() if k != "mirror"}
     write_json_atomic(out_dir / "meta.json", meta)

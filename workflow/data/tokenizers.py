@@ -9,13 +9,28 @@ vocabulary size. ``to_meta()`` gives the ``tokenizer`` object of meta.json
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from workflow.data.spec import Source, SourceFile
 
 GPT2_EOT = "<|endoftext|>"
 GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
+GPT2_SOURCE = "gpt2"
+GPT2_RANKS_FILE = "r50k_base.tiktoken"
+#: the GPT-2 BPE ranks (a raw file of every GPT-2 BPE dataset: tiktoken runs offline)
+GPT2_RANKS = Source(
+    name=GPT2_SOURCE,
+    files=(SourceFile(
+        GPT2_RANKS_FILE,
+        "https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",
+        sha256="306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
+        bytes=835554),),
+    homepage="https://github.com/openai/tiktoken",
+    license="MIT (GPT-2 BPE ranks, tiktoken r50k_base = gpt2)",
+)
 
 
 class TokenizeError(ValueError):
@@ -42,6 +57,11 @@ class CharTokenizer:
     """
 
     kind = "char"
+
+    @staticmethod
+    def planned_vocab(options: Mapping[str, Any]) -> tuple[int, str]:
+        """(vocab_size to plan with before tokenizing, where it comes from): 256, an upper bound."""
+        return 256, "estimate (char tokenizer)"
 
     def __init__(self, vocab: Sequence[str]):
         """Args: vocab: distinct single characters, sorted by code point (ValueError otherwise)."""
@@ -117,6 +137,11 @@ class ByteTokenizer:
     kind = "byte"
     vocab_size = 256
 
+    @staticmethod
+    def planned_vocab(options: Mapping[str, Any]) -> tuple[int, str]:
+        """(vocab_size to plan with before tokenizing, where it comes from)."""
+        return 256, "estimate (byte tokenizer)"
+
     def encode(self, data: bytes | bytearray | memoryview | str) -> np.ndarray:
         """uint8 array of shape (len(data),) viewing ``data`` (str is UTF-8 encoded first); no copy for bytes."""
         if isinstance(data, str):
@@ -168,6 +193,11 @@ class GPT2Tokenizer:
 
     kind = "gpt2"
     vocab_size = GPT2_VOCAB_SIZE
+
+    @staticmethod
+    def planned_vocab(options: Mapping[str, Any]) -> tuple[int, str]:
+        """(vocab_size to plan with before tokenizing, where it comes from)."""
+        return GPT2_VOCAB_SIZE, "estimate (gpt2 tokenizer)"
     eot_id = GPT2_EOT_ID
 
     def __init__(self, ranks_file: str | os.PathLike | None = None):
@@ -201,6 +231,11 @@ class CharsetTokenizer:
     """
 
     kind = "charset"
+
+    @staticmethod
+    def planned_vocab(options: Mapping[str, Any]) -> tuple[int, str]:
+        """(vocab_size to plan with before tokenizing, where it comes from): the option ``vocab_size``."""
+        return int(options["vocab_size"]), "estimate (charset vocab_size)"
 
     def __init__(self, charset: str = "0123456789+-HBL.\n", bos: str = "<|bos|>", vocab_size: int = 32):
         if len(set(charset)) != len(charset):
@@ -239,3 +274,24 @@ class CharsetTokenizer:
 
     def to_meta(self) -> dict:
         return {"kind": self.kind, "vocab": self.vocab, "bos_id": self.bos_id}
+
+
+class PretokenizedGPT2:
+    """Shards that already hold GPT-2 token ids (FineWeb): nothing to encode."""
+
+    kind = "pretokenized"
+
+    @staticmethod
+    def planned_vocab(options: Mapping[str, Any]) -> tuple[int, str]:
+        """(vocab_size to plan with before reading the shards, where it comes from)."""
+        return GPT2_VOCAB_SIZE, "estimate (pretokenized tokenizer)"
+
+
+#: Tokenizer kinds by name (a dataset's ``tokenizer``; meta.json's ``tokenizer.kind``).
+TOKENIZERS: dict[str, type] = {
+    CharTokenizer.kind: CharTokenizer,
+    ByteTokenizer.kind: ByteTokenizer,
+    GPT2Tokenizer.kind: GPT2Tokenizer,
+    CharsetTokenizer.kind: CharsetTokenizer,
+    PretokenizedGPT2.kind: PretokenizedGPT2,
+}

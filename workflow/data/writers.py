@@ -1,6 +1,6 @@
 """Token files: the split writers (atomic, checked), raw-file verification, meta.json pieces.
 
-Every preparer (workflow/data/prepare/) writes through :class:`SplitWriters`; the CLI is
+Every preparer (workflow/data/datasets/) writes through :class:`SplitWriters`; the CLI is
 ``python -m workflow.tokenize`` (workflow/tokenize.py, which documents the formats).
 """
 
@@ -14,14 +14,10 @@ from typing import Any, Iterable, Iterator, Mapping
 import numpy as np
 
 from workflow.core.io import atomic_write, sha256_file
-from workflow.data.registry import (
-    GPT2_RANKS_FILE,
-    GPT2_SOURCE,
-    get_dataset,
-    source_file,
-    source_files,
-)
+from workflow.data.spec import Source
 from workflow.data.tokenizers import (
+    GPT2_RANKS,
+    GPT2_RANKS_FILE,
     TokenizeError,
 )
 
@@ -110,13 +106,14 @@ def _sha256(path: Path) -> str:
     return _SHA256_CACHE[key]
 
 
-def _file_meta(path: Path, url: str | None = None, filename: str | None = None) -> dict:
+def file_meta(path: Path, url: str | None = None, filename: str | None = None) -> dict:
+    """meta.json's record of one raw file: ``{filename, url (default: the file's URI), sha256, bytes}``."""
     return {"filename": filename or path.name, "url": url or path.resolve().as_uri(),
             "sha256": _sha256(path), "bytes": path.stat().st_size}
 
 
-def verify_raw_file(path: Path, source: str, filename: str, opts: Mapping[str, Any] | None = None) -> None:
-    """Check a raw file against the registry's size and sha256 (workflow.data.registry.SOURCES).
+def verify_raw_file(path: Path, source: Source, filename: str, opts: Mapping[str, Any] | None = None) -> None:
+    """Check a raw file against its source's size and sha256 (the dataset module's ``SOURCES``).
 
     The download checked the same values; this catches a file changed since (a corrupted disk,
     an edited cache, a partial copy from another machine). ``opts``' ``raw_files`` overrides apply.
@@ -125,11 +122,11 @@ def verify_raw_file(path: Path, source: str, filename: str, opts: Mapping[str, A
         FileNotFoundError: the file is missing.
         DataError: size or sha256 differ (message: the file, both sizes, both sha256).
     """
-    spec = source_file(source, filename, opts)
+    spec = source.file(filename, opts)
     if spec.sha256 is None and spec.bytes is None:
         return
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: raw file of source {source!r} is missing (download it first)")
+        raise FileNotFoundError(f"{path}: raw file of source {source.name!r} is missing (download it first)")
     size = path.stat().st_size
     actual = _sha256(path) if spec.sha256 is not None else None
     if (spec.bytes is not None and size != spec.bytes) or (actual is not None and actual != spec.sha256):
@@ -137,49 +134,53 @@ def verify_raw_file(path: Path, source: str, filename: str, opts: Mapping[str, A
         expected = (f"{spec.bytes:,} bytes" if spec.bytes is not None else "") + (
             f"{', ' if spec.bytes is not None else ''}sha256 {spec.sha256}" if spec.sha256 else "")
         raise DataError(
-            f"{path}: {found}, but the registry (source {source!r}, {spec.url}) expects {expected}: the file "
+            f"{path}: {found}, but the registry (source {source.name!r}, {spec.url}) expects {expected}: the file "
             "changed after its download (corrupted disk, edited cache or partial copy); delete it and rerun to "
             "download it again"
         )
 
 
-def verify_raw_files(dataset: str, raw_dir: Path, opts: Mapping[str, Any], tokenizer_file: str | None = None) -> int:
-    """Check every registry file that tokenizing ``dataset`` reads (:func:`verify_raw_file`):
-    the source's files in ``raw_dir`` and, for GPT-2 BPE datasets, the ranks file used.
+def verify_raw_files(source: Source | None, raw_dir: Path, opts: Mapping[str, Any], ranks_file: str | None = None) -> int:
+    """Check every registry file that tokenizing a dataset reads (:func:`verify_raw_file`):
+    ``source``'s files in ``raw_dir`` and the GPT-2 BPE ranks file ``ranks_file`` (if any).
 
     Returns:
         The number of files checked against a size or sha256.
     """
-    ds = get_dataset(dataset)
     checked = 0
-    if ds.source is not None:
-        for name in source_files(ds.source, opts):
-            spec = source_file(ds.source, name, opts)
+    if source is not None:
+        for spec in source.file_specs(opts):
             if spec.sha256 is not None or spec.bytes is not None:
-                verify_raw_file(raw_dir / name, ds.source, name, opts)
+                verify_raw_file(raw_dir / spec.filename, source, spec.filename, opts)
                 checked += 1
-    ranks = _gpt2_ranks(raw_dir, tokenizer_file) if ds.needs_gpt2_ranks else None
-    if ranks is not None:
-        verify_raw_file(Path(ranks), GPT2_SOURCE, GPT2_RANKS_FILE)
+    if ranks_file is not None:
+        verify_raw_file(Path(ranks_file), GPT2_RANKS, GPT2_RANKS_FILE)
         checked += 1
     return checked
 
 
-def _source_meta(source: str, raw_dir: Path, opts: Mapping[str, Any], names: list[str] | None = None) -> dict:
-    """meta.json ``source``: public URL plus the actual sha256 / size of each raw file used."""
+def source_meta(source: Source, raw_dir: Path, opts: Mapping[str, Any], names: list[str] | None = None) -> dict:
+    """meta.json ``source``: public URL plus the actual sha256 / size of each raw file used
+    (``names``, default every file of the source for ``opts``).
+
+    Raises:
+        FileNotFoundError: a raw file is missing (names it).
+    """
     files = []
-    for name in names or source_files(source, opts):
+    for name in names or [f.filename for f in source.file_specs(opts)]:
         path = raw_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: raw file of source {source!r} is missing (download it first)")
-        files.append(_file_meta(path, source_file(source, name, opts).url, name))
-    return {"name": source, "files": files}
+            raise FileNotFoundError(f"{path}: raw file of source {source.name!r} is missing (download it first)")
+        files.append(file_meta(path, source.file(name, opts).url, name))
+    return {"name": source.name, "files": files}
 
 
-def _gpt2_ranks(raw_dir: Path, tokenizer_file: str | None) -> str | None:
+def gpt2_ranks_path(raw_dir: Path, tokenizer_file: str | None) -> str | None:
+    """The GPT-2 BPE ranks file to read: ``tokenizer_file``, else ``{raw_dir}/../gpt2/r50k_base.tiktoken``
+    if it exists, else None (tiktoken's own cache)."""
     if tokenizer_file:
         return tokenizer_file
-    default = raw_dir.parent / GPT2_SOURCE / GPT2_RANKS_FILE
+    default = raw_dir.parent / GPT2_RANKS.name / GPT2_RANKS_FILE
     return str(default) if default.is_file() else None
 
 

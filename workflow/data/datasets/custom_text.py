@@ -5,6 +5,8 @@ A character outside the charset is an error naming the file, line and byte offse
 
 from __future__ import annotations
 
+import glob
+import os
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -12,14 +14,27 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from workflow.data.registry import (
-    custom_text_files,
-)
+from workflow.data.spec import Dataset
 from workflow.data.tokenizers import (
     CharsetTokenizer,
     token_dtype,
 )
-from workflow.data.writers import UTF8_BOM, DataError, SplitWriters, _file_meta
+from workflow.data.writers import UTF8_BOM, DataError, SplitWriters, file_meta
+
+
+def custom_text_files(folder: str, pattern: str = "*.txt") -> list[str]:
+    """Sorted files matching ``pattern`` in ``folder``; ValueError naming both if none."""
+    files = sorted(glob.glob(os.path.join(glob.escape(str(folder)), pattern)))
+    if not files:
+        raise ValueError(f"datasets.custom_text.folder: no files matching {pattern!r} in {folder}")
+    return files
+
+
+def custom_text_folder(opts: Mapping[str, Any]) -> str:
+    """The ``folder`` option (the raw folder of custom_text). Raises ValueError when unset."""
+    if not opts["folder"]:
+        raise ValueError("datasets.custom_text.folder: not set (the folder of the .txt files)")
+    return str(opts["folder"])
 
 # custom text ---------------------------------------------------------------------------
 
@@ -136,7 +151,23 @@ def prepare_custom_text(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
                 else:
                     w.write("train" if doc + starts.size <= n_train else "val", ids)
                 doc += int(starts.size)
-    return {"source": {"name": "custom_text", "files": [_file_meta(p) for p in files]},
+    return {"source": {"name": "custom_text", "files": [file_meta(p) for p in files]},
             "tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size, "dtype": dtype,
             "splits": w.splits_meta(), "documents": {"train": n_train, "val": n_docs - n_train},
             "normalized": {"crlf_line_ends": normalized.get("crlf", 0), "utf8_bom_files": normalized.get("bom", 0)}}
+
+
+SOURCES = ()
+DATASETS = (
+    Dataset(
+        name="custom_text", source=None, tokenizer="charset", splits=("train", "val"),
+        split_spec="documents (separated by blank lines) in sorted file order: first 90 % train, last 10 % val",
+        defaults={"folder": None, "pattern": "*.txt", "charset": "0123456789+-HBL.\n",
+                  "bos": "<|bos|>", "vocab_size": 32, "val_fraction": 0.1,
+                  "chunk_bytes": 4 << 20},
+        description="user .txt files, fixed character set, <|bos|> before every document",
+        prepare=prepare_custom_text,
+        raw_dir_fn=custom_text_folder,
+        local_inputs_fn=lambda opts: custom_text_files(custom_text_folder(opts), opts["pattern"]),
+    ),
+)

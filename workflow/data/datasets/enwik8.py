@@ -15,7 +15,15 @@ from tqdm import tqdm
 from workflow.data.tokenizers import (
     ByteTokenizer,
 )
-from workflow.data.writers import DataError, SplitWriters, _source_meta
+from workflow.data.spec import Dataset, Source, SourceFile
+from workflow.data.writers import DataError, SplitWriters, source_meta
+
+ENWIK8 = Source(
+    name="enwik8",
+    files=(SourceFile("enwik8.zip", "http://mattmahoney.net/dc/enwik8.zip", bytes=36445475),),
+    homepage="http://mattmahoney.net/dc/textdata.html",
+    license="Wikipedia text, CC BY-SA (Hutter Prize test data)",
+)
 
 BYTE_CHUNK_BYTES = 1 << 20  # read -> write stays in the CPU caches (16 MB chunks: ~1.5x slower)
 
@@ -93,7 +101,7 @@ def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -
     # hash the archive for meta.json in a thread while the member streams (hashlib and
     # zlib release the GIL on large buffers)
     hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    source_future = hasher.submit(_source_meta, "enwik8", raw_dir, opts)
+    source_future = hasher.submit(source_meta, ENWIK8, raw_dir, opts)
     with zf, hasher:
         check_zip_members(zf, zip_path)
         try:
@@ -121,3 +129,16 @@ def prepare_enwik8(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], **_) -
         source = source_future.result()
     return {"source": source, "tokenizer": tok.to_meta(),
             "vocab_size": 256, "dtype": "uint8", "splits": w.splits_meta()}
+
+
+SOURCES = (ENWIK8,)
+DATASETS = (
+    Dataset(
+        name="enwik8", source="enwik8", tokenizer="byte", splits=("train", "val", "test"),
+        split_spec="bytes: first 90 % train, next 5 % val, last 5 % test (90M/5M/5M)",
+        defaults={"member": "enwik8", "expected_bytes": 100_000_000, "magic": "<mediawiki",
+                  "fractions": [0.9, 0.05, 0.05]},
+        description="first 10^8 bytes of an English Wikipedia XML dump, byte level (vocab 256)",
+        prepare=prepare_enwik8,
+    ),
+)

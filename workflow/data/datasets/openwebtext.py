@@ -20,7 +20,13 @@ from workflow.data.tokenizers import (
     GPT2Tokenizer,
     gpt2_encoding,
 )
-from workflow.data.writers import DataError, SplitWriters, _file_meta, _gpt2_ranks
+from workflow.data.spec import Dataset
+from workflow.data.writers import DataError, SplitWriters, file_meta, gpt2_ranks_path
+
+OPENWEBTEXT_HF_NAME = "Skylion007/openwebtext"
+OPENWEBTEXT_HF_REVISION = "refs/convert/parquet"
+#: documents of OpenWebText (nanoGPT data/openwebtext/readme.md: 8,009,762 train + 4,007 val)
+OPENWEBTEXT_DOCUMENTS = 8_013_769
 
 # openwebtext ---------------------------------------------------------------------------
 
@@ -106,7 +112,7 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     """
     import datasets  # deferred heavy import: Hugging Face datasets, only for OpenWebText
 
-    ranks = _gpt2_ranks(raw_dir, tokenizer_file)
+    ranks = gpt2_ranks_path(raw_dir, tokenizer_file)
     workers = workers or opts["num_proc"] or os.cpu_count() or 1
     data_files = opts["data_files"]
     with contextlib.ExitStack() as stack:
@@ -114,7 +120,7 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
             files = [data_files] if isinstance(data_files, str) else list(data_files)
             cache = stack.enter_context(tempfile.TemporaryDirectory(dir=out_dir, prefix=".hf-cache-"))
             ds = datasets.load_dataset(opts["format"], data_files=files, split="train", cache_dir=cache)
-            source = {"name": "local", "files": [_file_meta(Path(f)) for f in files]}
+            source = {"name": "local", "files": [file_meta(Path(f)) for f in files]}
         else:
             name, revision = opts["hf_name"], opts["hf_revision"]
             ds = datasets.load_dataset(name, revision=revision, split="train", num_proc=workers)
@@ -145,3 +151,31 @@ def prepare_openwebtext(raw_dir: Path, out_dir: Path, opts: Mapping[str, Any], *
     return {"source": source, "tokenizer": GPT2Tokenizer.__new__(GPT2Tokenizer).to_meta(),
             "vocab_size": 50257, "dtype": "uint16", "splits": w.splits_meta(),
             "documents": {s: len(d) for s, d in split_ds.items()}}
+
+
+def _local_data_files(opts: Mapping[str, Any]) -> list[str]:
+    """The local ``data_files`` of the options (none: the Hugging Face cache, no Snakemake input)."""
+    files = opts["data_files"]
+    if not files:
+        return []
+    return [files] if isinstance(files, str) else list(files)
+
+
+SOURCES = ()
+DATASETS = (
+    Dataset(
+        name="openwebtext", source=None, tokenizer="gpt2", splits=("train", "val"),
+        split_spec="datasets train_test_split(test_size=0.0005, seed=2357) of documents (nanoGPT)",
+        # The Hub repo's default branch holds a loading script (openwebtext.py), which
+        # datasets >= 4 refuses to run; the Hub's parquet conversion of the same data
+        # (branch refs/convert/parquet, config plain_text) loads without code.
+        defaults={"hf_name": OPENWEBTEXT_HF_NAME, "hf_revision": OPENWEBTEXT_HF_REVISION,
+                  "expected_documents": OPENWEBTEXT_DOCUMENTS,
+                  "data_files": None, "format": "json", "text_field": "text",
+                  "val_fraction": 0.0005, "seed": 2357, "num_proc": None, "batch_docs": 256},
+        needs_gpt2_ranks=True,
+        description="OpenWebText, GPT-2 BPE, <|endoftext|> after every document",
+        prepare=prepare_openwebtext,
+        local_inputs_fn=_local_data_files,
+    ),
+)

@@ -15,7 +15,19 @@ from workflow.data.tokenizers import (
     GPT2Tokenizer,
     token_dtype,
 )
-from workflow.data.writers import SplitWriters, _gpt2_ranks, _source_meta, iter_text
+from workflow.data.spec import Dataset, Source, SourceFile
+from workflow.data.writers import SplitWriters, gpt2_ranks_path, iter_text, source_meta
+
+TINYSHAKESPEARE = Source(
+    name="tinyshakespeare",
+    files=(SourceFile(
+        "input.txt",
+        "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+        bytes=1115394),),
+    homepage="https://github.com/karpathy/char-rnn",
+    license="char-rnn repo MIT; text public domain",
+)
 
 
 def _split_by_chars(path: Path, cut: int) -> Iterator[tuple[str, str]]:
@@ -40,7 +52,7 @@ def prepare_shakespeare_char(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     path = raw_dir / "input.txt"
     # sha256 of the raw file for meta.json in a thread (hashlib releases the GIL) while we tokenize
     hasher = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    source_future = hasher.submit(_source_meta, "tinyshakespeare", raw_dir, opts)
+    source_future = hasher.submit(source_meta, TINYSHAKESPEARE, raw_dir, opts)
     seen = np.zeros(0x110000, dtype=bool)
     n_chars = 0
     for text in iter_text(path):
@@ -68,7 +80,7 @@ def prepare_shakespeare_gpt2(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
     Source: nanoGPT data/shakespeare/prepare.py (301,966 / 36,059 tokens)."""
     path = raw_dir / "input.txt"
     n_chars = sum(len(text) for text in iter_text(path))
-    tok = GPT2Tokenizer(_gpt2_ranks(raw_dir, tokenizer_file))
+    tok = GPT2Tokenizer(gpt2_ranks_path(raw_dir, tokenizer_file))
     cut = int(n_chars * opts["train_fraction"])
     dtype = token_dtype(tok.vocab_size)
     with SplitWriters(out_dir, ("train", "val"), dtype, tok.vocab_size) as w:
@@ -84,7 +96,7 @@ def prepare_shakespeare_gpt2(raw_dir: Path, out_dir: Path, opts: Mapping[str, An
         for split, rest in buffers.items():
             if rest:
                 w.write(split, tok.encode(rest))
-    return {"source": _source_meta("tinyshakespeare", raw_dir, opts), "tokenizer": tok.to_meta(),
+    return {"source": source_meta(TINYSHAKESPEARE, raw_dir, opts), "tokenizer": tok.to_meta(),
             "vocab_size": tok.vocab_size, "dtype": dtype, "splits": w.splits_meta()}
 
 
@@ -107,3 +119,22 @@ def bpe_safe_pieces(text: str, target_chars: int = 1 << 21) -> Iterator[str]:
         yield text[start:m.end()]
         start = m.end()
     yield text[start:]
+
+
+SOURCES = (TINYSHAKESPEARE,)
+DATASETS = (
+    Dataset(
+        name="shakespeare_char", source="tinyshakespeare", tokenizer="char", splits=("train", "val"),
+        split_spec="first 90 % of characters train, last 10 % val (nanoGPT shakespeare_char)",
+        defaults={"train_fraction": 0.9},
+        description="tiny Shakespeare, character level, vocabulary = sorted set of characters",
+        prepare=prepare_shakespeare_char,
+    ),
+    Dataset(
+        name="shakespeare_gpt2", source="tinyshakespeare", tokenizer="gpt2", splits=("train", "val"),
+        split_spec="first 90 % of characters train, last 10 % val, each encoded (nanoGPT shakespeare)",
+        defaults={"train_fraction": 0.9}, needs_gpt2_ranks=True,
+        description="tiny Shakespeare, GPT-2 BPE",
+        prepare=prepare_shakespeare_gpt2,
+    ),
+)
