@@ -43,8 +43,8 @@ import yaml  # noqa: E402
 
 from workflow.model import GPT, tp_comm_counts, tp_reduce_grads  # noqa: E402
 from workflow.model.parallelize import parallelize_gpt  # noqa: E402
-from workflow.study.blocks import analytic_tp_syncs  # noqa: E402
-from workflow.study.model_config import build_model_config  # noqa: E402
+from workflow.parallel.tp_spec import analytic_tp_syncs  # noqa: E402
+from workflow.model.spec import build_model_config  # noqa: E402
 
 #: The study's block patterns, read from the study itself (one source): variant -> (block_pattern,
 #: parallel_merge); every pattern with parallel blocks also as ``<name>-ref`` under the seed code's

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow.data.prepare import prepare
-from workflow.data.prepare.openwebtext import parallel_encode  # noqa: E402
+from workflow.data.datasets.openwebtext import parallel_encode  # noqa: E402
 from workflow.data.tokenizers import gpt2_encoding  # noqa: E402
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
@@ -99,7 +99,7 @@ def child(kind: str, work: Path, workers: int) -> dict:
         prepare("enwik8", raw, out, {"expected_bytes": None, **UNCHECKED["enwik8"]})
     elif kind == "byte-tokenizer":  # write_byte_splits + SplitWriters only: no zip, no hash, no fsync
         import workflow.core.io as wio
-        from workflow.data.prepare.enwik8 import write_byte_splits
+        from workflow.data.datasets.enwik8 import write_byte_splits
         from workflow.data.writers import SplitWriters
         wio.os.fsync = lambda fd: None  # measure tokenization, not the disk
         path = work / "text" / "input.txt"
@@ -171,9 +171,9 @@ def _process_pool_encode(docs: list[str], workers: int, batch_docs: int) -> int:
     """Reference: the same batches on a ``multiprocessing`` pool (fork; pool start included)."""
     import multiprocessing
 
-    from workflow.data.prepare.openwebtext import _worker_init, encode_docs_gpt2
+    from workflow.data.datasets.openwebtext import worker_init, encode_docs_gpt2
     batches = [docs[i:i + batch_docs] for i in range(0, len(docs), batch_docs)]
-    with multiprocessing.get_context("fork").Pool(workers, initializer=_worker_init, initargs=(str(RANKS),)) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=worker_init, initargs=(str(RANKS),)) as pool:
         return sum(a.size for a in pool.imap(encode_docs_gpt2, batches))
 
 

@@ -54,10 +54,10 @@ sys.path.insert(0, str(REPO))
 
 from workflow.model import GPT  # noqa: E402
 from workflow.parallel.process_groups import DistContext, init_distributed  # noqa: E402
-from workflow.study.model_config import build_model_config
+from workflow.model.spec import build_model_config
 from workflow.train import configure_backends
 from workflow.training.trainer import Trainer  # noqa: E402
-from workflow.training.provenance import peak_flops  # noqa: E402
+from workflow.model.flops import peak_flops  # noqa: E402
 
 SHARED = Path(os.environ.get("STAGERUN_SHARED_DATA") or REPO.parent / "shared" / "data")
 
@@ -305,7 +305,7 @@ def bench_gpu(args) -> dict:
     """GPT-2 124M on one CUDA GPU, bf16 autocast, eager and then compiled (``--compile both``,
     the default) in this process, on the same data and seed. Per mode: step_ms and tokens_per_s
     over steps 10..steps (tokens = batch_size x 1024 per step), MFU = achieved model FLOP/s
-    (6 N + 12 L T C per token, nanoGPT's estimate; workflow.training.provenance) over the GPU's
+    (6 N + 12 L T C per token, nanoGPT's estimate; workflow.model.flops) over the GPU's
     dense bf16 peak, first_10_steps_s (includes compilation), peak_memory_gib. Skipped (with the
     reason) without CUDA. ``--device cpu`` (with a small ``--preset``) runs the same code on the
     CPU: a check of this benchmark itself (tests/integration/test_bench_gpu_check.py), not a measurement."""

@@ -45,7 +45,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from workflow.study.model_config import build_model_config  # noqa: E402  (torch-free)
+from workflow.model.spec import build_model_config  # noqa: E402  (torch-free)
 from workflow.study.schema import validate_section  # noqa: E402  (torch-free)
 
 PARTS = ("env", "plan", "cpu_smoke", "bench", "blocks", "strategies", "warm", "study")

@@ -31,7 +31,7 @@ from workflow.jobs.launcher import has_nvidia_gpu
 from workflow.study.checks import (
     check_data_vocab, check_model_configs, check_study, check_trainers, comm_study_variants, gpt2_scale,
 )
-from workflow.study.printed_plan import format_plan
+from workflow.study.printed_plan import format_printed_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import group_components, launch_command, slurm_resources, stage_resources, train_group
 from workflow.study.trainer_section import needs_nanogpt_data
@@ -41,7 +41,7 @@ from workflow.study.trainer_section import needs_nanogpt_data
 if workflow.is_main_process:
     check_study(config)
     check_model_configs(config)
-    print(format_plan(config), file=sys.stderr)  # the most each stage can run, once at the start
+    print(format_printed_plan(config), file=sys.stderr)  # the most each stage can run, once at the start
 
 
 DATA = config["data_dir"]
@@ -417,9 +417,9 @@ def gate_pivot_args(wildcards, input):
     """CLI arguments of a gate that may pivot: previous decision, seeds, price, reserve."""
     if not input.previous:
         return ""
-    from workflow.analysis.tables import naive_plan  # deferred heavy import (pandas, scipy): only for a gate that may pivot
+    from workflow.analysis.tables import naive_compute  # deferred heavy import (pandas, scipy): only for a gate that may pivot
 
-    hardware = naive_plan(config)["prices"][wildcards.stage]
+    hardware = naive_compute(config)["prices"][wildcards.stage]
     return (
         f"--previous {input.previous} --seeds {config['stages'][wildcards.stage]['seeds']} "
         f"--hour-usd {hardware['hour_usd']} --reserve-usd {config['cost']['reserve_usd']}"

@@ -75,7 +75,7 @@ rule val_loss_plot:
 
 
 # The compute plan before any training (FLOPs, GPU-hours, dollars per stage vs naive; warnings):
-# `snakemake --cores 1 results/<study>/plan.md`, or `python -m workflow.plan --configfile ...`.
+# `snakemake --cores 1 results/<study>/plan.md`, or `python -m workflow.compute_plan --configfile ...`.
 rule compute_plan:
     localrule: True
     output:
@@ -93,7 +93,7 @@ rule compute_plan:
     conda:
         "../envs/train.yaml"
     shell:
-        "python -m workflow.plan --config-json {params.study:q} --json {output.json} --markdown {output.markdown} > {log} 2>&1"
+        "python -m workflow.compute_plan --config-json {params.study:q} --json {output.json} --markdown {output.markdown} > {log} 2>&1"
 
 
 rule compute_table:

@@ -59,9 +59,10 @@ import sys
 from pathlib import Path
 
 from workflow.core.exits import EXIT_PREEMPTED
+from workflow.core.steps import LAUNCH_STEP
 from workflow.data.registry import tokens_dir
 from workflow.jobs.launcher import (
-    _worker,
+    run_worker,
     cap_processes,
     check_data,
     keep_finished,
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     early = EarlySignals()
     args, trainer_argv, targs = _parse(argv)
     if args.worker:
-        return _worker(trainer_argv, early)
+        return run_worker(trainer_argv, early)
     if args.log is not None:
         attempt = open_attempt_log(args.log)
         print(f"launch: this attempt's log is {attempt}", flush=True)
@@ -134,7 +135,7 @@ def _start(args: argparse.Namespace, trainer_argv: list[str], targs: argparse.Na
     world_size = args.nproc_per_node * args.nodes
     if world_size == 1:
         return start_trainer(trainer_argv, early)
-    worker = [sys.executable, "-m", "workflow.launch", "--worker", *trainer_argv]
+    worker = [sys.executable, "-m", LAUNCH_STEP, "--worker", *trainer_argv]
     if args.nodes == 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                "--nproc_per_node", str(args.nproc_per_node), *worker[1:]]

@@ -45,7 +45,7 @@ from workflow.study.trainer_section import (
 # --------------------------------------------------------------------------- CLI
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m workflow.jobs.script_runner", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m workflow.run_script", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc-per-node", type=int, default=1)
     parser.add_argument("--nodes", type=int, default=1)
     parser.add_argument("--cpus-per-proc", type=int, default=1)

@@ -28,7 +28,7 @@ component may itself contain dots when it names an existing key, e.g. a variant
 ``lr-1.5e-3``); VALUE is parsed as YAML (``1e-3`` as a number). Overrides apply before the
 sweep is expanded and before validation. A study file may also hold ``set:``.
 
-The plan up front (:func:`format_plan`), printed once when Snakemake parses the workflow:
+The plan up front (:func:`format_printed_plan`), printed once when Snakemake parses the workflow:
 per stage the most runs it can add (gates decide how many variants advance: ``top_k``
 advances k, ties at the cut aside; ``beats_baseline`` at most every variant that reached
 it), seeds, processes and GPUs per run, steps and tokens per run, and the totals.

@@ -4,7 +4,7 @@ CLI (rules/report.smk)::
 
     python -m workflow.tables stage --stage A --baseline baseline --summaries ... \
         [--decision gate_A.json | verdict.json] [--test paired] --csv table.csv --markdown table.md
-    python -m workflow.tables compute --plan-json '{...}' | --config-json '{study}' --summaries ... \
+    python -m workflow.tables compute --naive-json '{...}' | --config-json '{study}' --summaries ... \
         --csv compute.csv --markdown compute.md
 """
 
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from workflow.analysis.tables import _write_frame, compute_table, naive_plan, stage_table
+from workflow.analysis.tables import compute_table, naive_compute, stage_table, write_frame
 from workflow.core.io import read_json
 
 
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     st.add_argument("--markdown", required=True)
     co = sub.add_parser("compute")
     plan = co.add_mutually_exclusive_group(required=True)
-    plan.add_argument("--plan-json", help="the plan of naive_plan() as JSON")
+    plan.add_argument("--naive-json", help="naive_compute()'s dict as JSON (default: computed from --config-json)")
     plan.add_argument("--config-json", help="the validated study config as JSON (the plan is derived from it)")
     co.add_argument("--summaries", nargs="*", default=[])
     co.add_argument("--csv", required=True)
@@ -45,9 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         notes = [d["explanation"] for d in decisions]
         if decisions and decisions[0].get("pivot"):
             notes.append(f"Pivot: {decisions[0]['pivot']['reason']}")
-        _write_frame(frame, args.csv, args.markdown, f"Stage {args.stage}", notes)
+        write_frame(frame, args.csv, args.markdown, f"Stage {args.stage}", notes)
     else:
-        plan = json.loads(args.plan_json) if args.plan_json else naive_plan(json.loads(args.config_json))
+        plan = json.loads(args.naive_json) if args.naive_json else naive_compute(json.loads(args.config_json))
         frame, warnings = compute_table(summaries, plan)
         notes = [
             "FLOPs: the trainer's flops_per_token x tokens seen, summed over resumed attempts (a training script's: "
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             "per token and the last stage's measured FLOPs per hour.",
             *[f"**WARNING**: {w}" for w in warnings],
         ]
-        _write_frame(frame, args.csv, args.markdown, "Compute per stage", notes)
+        write_frame(frame, args.csv, args.markdown, "Compute per stage", notes)
     return 0
 
 

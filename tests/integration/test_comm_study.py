@@ -13,8 +13,9 @@ import pytest
 from scipy import stats as sps
 from test_pipeline import snakemake
 
-from workflow.analysis.comm_report import _pattern_text, fit_trend, plot_bytes_per_token
-from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern
+from workflow.analysis.comm_report import pattern_text, fit_trend, plot_bytes_per_token
+from workflow.model.block_spec import expand_block_pattern
+from workflow.parallel.tp_spec import analytic_tp_syncs
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "config" / "studies"
@@ -125,8 +126,8 @@ def test_fit_trend_and_pattern_text_agree_with_scipy():
     assert fit["log"]["slope"] == pytest.approx(log.slope) and fit["points"] == 6
     assert fit["best"] == ("log" if log.rvalue ** 2 > lin.rvalue ** 2 else "linear")
     assert fit_trend(summaries[:1]) is None
-    assert _pattern_text(["tp", "spd"] * 6) == "[tp, spd] x 6"
-    assert _pattern_text(["spd"] * 6 + ["tp"] * 6) == ", ".join(["spd"] * 6 + ["tp"] * 6)
+    assert pattern_text(["tp", "spd"] * 6) == "[tp, spd] x 6"
+    assert pattern_text(["spd"] * 6 + ["tp"] * 6) == ", ".join(["spd"] * 6 + ["tp"] * 6)
 
 
 def test_bytes_per_token_figure_places_every_stage_variant(tmp_path):

@@ -42,7 +42,7 @@ import yaml
 
 from workflow.data.registry import DATASETS, dataset_options, tokens_dir
 from workflow.study.checks import check_model_configs, check_study
-from workflow.study.schema import _validator_with_defaults, load_schema
+from workflow.study.schema import validator_with_defaults, load_schema
 
 REPO = Path(__file__).resolve().parents[2]
 STUDIES = REPO / "config" / "studies"
@@ -235,7 +235,7 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
 
     from workflow.data.loader import TokenSplit
     from workflow.model import GPT
-    from workflow.study.model_config import build_model_config
+    from workflow.model.spec import build_model_config
 
     case = CASES[dataset]
     study = tiny_study(dataset, case, mirrors)
@@ -284,7 +284,7 @@ def test_shipped_studies_are_valid(path):
     checks, names a registered dataset with known options, and builds every variant's model for
     its vocabulary (the tiny runs above keep only the baseline and shrink the model)."""
     config = yaml.safe_load(path.read_text())
-    errors = list(_validator_with_defaults(load_schema()).iter_errors(config))
+    errors = list(validator_with_defaults(load_schema()).iter_errors(config))
     assert not errors, [f"{'.'.join(map(str, e.path))}: {e.message}" for e in errors]
     check_study(config)
     assert config["dataset"] in DATASETS

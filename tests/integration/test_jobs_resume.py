@@ -144,10 +144,10 @@ def _train(cfg: dict, out_dir: Path, meta: Path, steps: int | None = None) -> Tr
     if steps is None:
         trainer.run()
         return trainer
-    from workflow.training.state import _PreemptionFlag
+    from workflow.training.state import PreemptionFlag
 
     trainer.out_dir.mkdir(parents=True, exist_ok=True)
-    trainer.preemption = _PreemptionFlag()
+    trainer.preemption = PreemptionFlag()
     for _ in range(steps):
         trainer.train_step()
         trainer.state.step += 1

@@ -224,7 +224,7 @@ def test_a_malformed_request_is_refused_and_the_server_goes_on(server, shakespea
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.connect(server.socket)
         body = b'{"argv": "not a list"}'
-        socket.send_fds(sock, [warm._HEADER.pack(len(body))], [0, 1, 2])
+        socket.send_fds(sock, [warm.REQUEST_HEADER.pack(len(body))], [0, 1, 2])
         sock.sendall(body)
         reply = json.loads(sock.makefile("rb").readline())
     assert reply == {"refused": "malformed request (argv, env, cwd, umask)"}

@@ -19,7 +19,7 @@ from snakemake.utils import validate
 
 from workflow.study.checks import check_study
 from workflow.study.overrides import apply_overrides, expand_sweep, prepare_study, set_path
-from workflow.study.printed_plan import format_plan, stage_plan
+from workflow.study.printed_plan import format_printed_plan, printed_plan
 from workflow.study.resolve import run_config
 from workflow.study.schema import ConfigError
 
@@ -102,12 +102,12 @@ def test_set_overrides_nested_keys_from_the_command_line_form():
 def test_plan_counts_the_most_runs_per_stage():
     config = tiny()
     validate(config, SCHEMA)
-    plan = {p["stage"]: p for p in stage_plan(config)}
+    plan = {p["stage"]: p for p in printed_plan(config)}
     assert plan["A"]["runs"] == 4 * 2  # every variant
     assert plan["B"]["variants"] == 2 and plan["B"]["runs"] == 2 * 2  # top_k k=1 + the baseline
     assert plan["C"]["variants"] == 2 and plan["C"]["runs"] == 2 * 3  # beats_baseline: at most all of B
     assert plan["A"]["tokens"] == 8 * 8 * 32 * 4 * 2  # steps x batch x block_size x runs
-    text = format_plan(config)
+    text = format_printed_plan(config)
     assert "at most 18 training runs" in text and "stage C: <= 2 variants" in text
 
 

@@ -19,8 +19,9 @@ import torch
 
 from workflow.model import BLOCK_TYPES, GPT, TPCommMode, tp_comm_counts, tp_reduce_grads
 from workflow.model.parallelize import qkv_from_shard_major, qkv_to_shard_major, tp_sharded_params
-from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern, nominal_tp_syncs
-from workflow.study.model_config import build_model_config
+from workflow.model.block_spec import expand_block_pattern, nominal_tp_syncs
+from workflow.parallel.tp_spec import analytic_tp_syncs
+from workflow.model.spec import build_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 TORCHRUN = Path(sys.executable).parent / "torchrun"

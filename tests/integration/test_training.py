@@ -22,9 +22,9 @@ from workflow.model import GPT
 from workflow.optim.optimizers import Muon
 from workflow.parallel.process_groups import DistContext
 from workflow.sample import main as sample_main
-from workflow.study.model_config import GPTConfig
+from workflow.model.spec import GPTConfig
 from workflow.train import configure_backends
-from workflow.training.provenance import flops_per_token, peak_flops
+from workflow.model.flops import flops_per_token, peak_flops
 from workflow.training.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from torch.distributed.device_mesh import init_device_mesh
 
 from workflow.model import GPT, TPCommMode, tp_comm_counts, tp_reduce_grads
 from workflow.model.parallelize import parallelize_gpt
-from workflow.study.model_config import build_model_config
+from workflow.model.spec import build_model_config
 
 BATCH = dict(B=2, T=16, vocab=65, clip=0.05)
 

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from workflow.study.schedules import train_option
+from workflow.optim.schedules import train_option
 
 
 class SignSGD(torch.optim.Optimizer):

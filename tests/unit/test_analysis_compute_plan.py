@@ -16,9 +16,9 @@ import pytest
 
 from workflow.analysis.compute_plan import compute_plan, plan_markdown, run_estimate
 from workflow.analysis.stats import summarize_runs
-from workflow.analysis.tables import compute_table, naive_plan
-from workflow.plan import load_study
-from workflow.training.provenance import flops_per_token
+from workflow.analysis.tables import compute_table, naive_compute
+from workflow.compute_plan import load_study
+from workflow.model.flops import flops_per_token
 
 REPO = Path(__file__).resolve().parents[2]
 SPEEDRUN = REPO / "config" / "studies" / "speedrun.yaml"
@@ -72,7 +72,7 @@ def test_run_estimate_uses_the_trainer_flops_per_token():
     import torch
 
     from workflow.model import GPT
-    from workflow.study.model_config import build_model_config
+    from workflow.model.spec import build_model_config
 
     cfg = build_model_config({"preset": "nanogpt-small"}, 65)
     with torch.device("meta"):
@@ -96,7 +96,7 @@ def test_staging_pays_off_only_with_enough_variants():
 def test_plan_cli_needs_no_data(tmp_path):
     out = tmp_path / "plan.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "workflow.plan", "--configfile", str(SPEEDRUN), "--config", f"data_dir={tmp_path}",
+        [sys.executable, "-m", "workflow.compute_plan", "--configfile", str(SPEEDRUN), "--config", f"data_dir={tmp_path}",
          "--json", str(out)],
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
@@ -119,7 +119,7 @@ def _summary(stage, variant, runs, flops_per_run, hours_per_run, tokens_per_run,
 def test_compute_table_in_flops_gpu_hours_and_dollars_against_naive():
     """Naive is extrapolated per variant from FLOPs at the last stage's measured FLOPs per GPU-hour."""
     config = load_study([str(SPEEDRUN)])
-    plan = naive_plan(config)
+    plan = naive_compute(config)
     t_c = 5100 * 512 * 1024
     fpt = 1e9
     summaries = [

@@ -13,8 +13,8 @@ import torch.nn as nn
 
 from workflow.model import BLOCK_TYPES, GPT, Block, SequentialBlock, depth_warm_state, register_block
 from workflow.optim.registry import build_optimizers
-from workflow.study.blocks import BUILTIN_BLOCKS, TP_BLOCK_TYPES
-from workflow.study.model_config import MODEL_PRESETS, PRESET_REFERENCE_VOCAB, GPTConfig, build_model_config
+from workflow.model.block_spec import BUILTIN_BLOCKS, TP_BLOCK_TYPES
+from workflow.model.spec import MODEL_PRESETS, PRESET_REFERENCE_VOCAB, GPTConfig, build_model_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -251,7 +251,7 @@ def test_import_prints_nothing():
 
 def test_model_config_is_torch_free():
     """The Snakemake main process validates model configs without importing torch."""
-    code = ("import sys; import workflow.model, workflow.study.model_config, workflow.model.depth_warm\n"
+    code = ("import sys; import workflow.model, workflow.model.spec, workflow.model.depth_warm\n"
             "from workflow.model import build_model_config, GPTConfig, depth_warm_state, MODEL_PRESETS\n"
             "build_model_config({'block_pattern': ['tp', 'spd'], 'tp_size': 2}, 65)\n"
             "GPTConfig(vocab_size=65, block_size=8, n_layer=2, n_head=2, n_embd=8, block_type='palm')\n"

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from workflow.model import GPT, tp_comm_counts
-from workflow.study.blocks import analytic_tp_syncs, expand_block_pattern
-from workflow.study.model_config import build_model_config
+from workflow.model.block_spec import expand_block_pattern
+from workflow.parallel.tp_spec import analytic_tp_syncs
+from workflow.model.spec import build_model_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

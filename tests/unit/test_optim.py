@@ -11,8 +11,8 @@ import torch.nn as nn
 from workflow.model import GPT
 from workflow.optim.optimizers import Muon, split_muon_params, zeropower_via_newtonschulz5
 from workflow.optim.registry import build_optimizers
-from workflow.study.model_config import build_model_config
-from workflow.study.schedules import curriculum_block_size, lr_multiplier, set_lr
+from workflow.model.spec import build_model_config
+from workflow.optim.schedules import curriculum_block_size, lr_multiplier, set_lr
 
 # Band of the singular values after 5 quintic Newton–Schulz steps with (3.4445, -4.7750, 2.0315).
 # The iteration acts on each singular value s of G/||G||_F by the scalar map

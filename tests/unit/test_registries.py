@@ -20,8 +20,8 @@ from workflow.optim.registry import OPTIMIZERS, build_optimizers
 from workflow.strategies import STRATEGIES
 from workflow.study.checks import check_study
 from workflow.study.gate_rules import GATE_RULES, most_advancing
-from workflow.study.model_config import build_model_config
-from workflow.study.schedules import set_lr
+from workflow.model.spec import build_model_config
+from workflow.optim.schedules import set_lr
 from workflow.study.schema import ConfigError, load_schema, validate_section
 
 pytestmark = pytest.mark.unit

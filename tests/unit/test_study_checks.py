@@ -19,7 +19,7 @@ from workflow.data.registry import token_options, tokens_dir, tokens_dir_name, t
 from workflow.data.writers import DataError
 from workflow.study.checks import check_data_vocab, check_model_configs, check_study, plan_warnings
 from workflow.study.overrides import prepare_study
-from workflow.study.printed_plan import format_plan
+from workflow.study.printed_plan import format_printed_plan
 from workflow.study.resolve import run_config
 from workflow.study.schema import ConfigError
 
@@ -135,9 +135,9 @@ def test_plan_warns_about_legal_studies_that_are_probably_not_meant(edit, warnin
     config = study(edit)
     check_study(config)  # legal
     assert plan_warnings(config) == warnings
-    plan = format_plan(config).splitlines()
+    plan = format_printed_plan(config).splitlines()
     assert plan[-len(warnings):] == [f"  WARNING: {w}" for w in warnings]
-    assert plan_warnings(study()) == [] and "WARNING" not in format_plan(study())
+    assert plan_warnings(study()) == [] and "WARNING" not in format_printed_plan(study())
 
 
 # ---- item 6: DepthWarm starting with more layers than the model has -------------------------

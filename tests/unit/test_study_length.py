@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 
 from workflow.analysis.compute_plan import compute_plan, run_estimate
-from workflow.analysis.tables import naive_plan
+from workflow.analysis.tables import naive_compute
 from workflow.data.loader import TokenSplit
 from workflow.data.prepare import prepare
 from workflow.data.registry import study_meta_path
-from workflow.plan import load_study
+from workflow.compute_plan import load_study
 from workflow.study.length import model_block_size, resolve_num_iterations, run_steps
-from workflow.study.printed_plan import format_plan, stage_plan
+from workflow.study.printed_plan import format_printed_plan, printed_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,7 +44,7 @@ def _tokenized(study: str, tmp_path: Path, shared_data: Path, gpt2_ranks: Path, 
 def _assert_all_agree(config: dict) -> list[int]:
     meta = study_meta_path(config)
     train_tokens = TokenSplit(meta, "train").num_tokens  # what the trainer reads
-    printed = {p["stage"]: p for p in stage_plan(config)}
+    printed = {p["stage"]: p for p in printed_plan(config)}
     plan = compute_plan(config, vocab_size=256)
     seen = []
     for stage in stage_order(config):
@@ -63,9 +63,9 @@ def _assert_all_agree(config: dict) -> list[int]:
         assert {v: e["num_iterations"] for v, e in entry["per_run"].items()} == by_variant
         seen += steps
     final = stage_order(config)[-1]
-    for variant, entry in naive_plan(config)["naive"].items():
+    for variant, entry in naive_compute(config)["naive"].items():
         assert entry["tokens_per_run"] is not None, variant
-    text = format_plan(config)
+    text = format_printed_plan(config)
     assert "steps once tokenized" not in text
     assert f"{max(printed[final]['steps'][1], 1):,} steps" in text
     return seen
@@ -106,7 +106,7 @@ def test_num_tokens_study_agrees(tmp_path, shared_data, gpt2_ranks):
 def test_printed_plan_says_epochs_before_tokenization(tmp_path):
     config = _in_epochs(load_study([str(REPO / "config" / "studies" / "gossip.yaml")]))
     config["data_dir"] = str(tmp_path / "nothing")
-    text = format_plan(config)
+    text = format_printed_plan(config)
     assert "epochs (steps once tokenized)" in text and "runs of 100 steps" not in text
 
 

@@ -15,7 +15,7 @@ import torch
 
 from workflow.parallel.process_groups import DistContext
 from workflow.study.length import resolve_num_iterations
-from workflow.study.schedules import (
+from workflow.optim.schedules import (
     check_curriculum,
     curriculum_block_size,
     curriculum_marks,

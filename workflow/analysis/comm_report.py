@@ -12,7 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from workflow.analysis.plots import _save, variant_colours  # noqa: E402
+from workflow.analysis.plots import save_figure, variant_colours  # noqa: E402
 from workflow.analysis.stats import paired_ttest, successful_val_losses, val_losses_by_seed, welch_ttest  # noqa: E402
 from workflow.core.io import atomic_write, write_text_atomic  # noqa: E402
 
@@ -65,7 +65,7 @@ def comm_table(summaries: list[dict], baseline: str) -> pd.DataFrame:
                 delta = (vl["mean"] - base["val_loss"]["mean"]) if vl["mean"] is not None else None
         out.append({
             "variant": summ["variant"],
-            "pattern": _pattern_text(tp.get("pattern") or []),
+            "pattern": pattern_text(tp.get("pattern") or []),
             "tp_size": tp.get("tp_size"),
             "tp_mode": tp.get("tp_mode"),
             "parallel_merge": tp.get("parallel_merge", "sum"),
@@ -98,7 +98,7 @@ def _legend_label(summary: dict) -> str:
             f"{ref if ref is not None else '?'} / measured {tp.get('syncs_measured')}")
 
 
-def _pattern_text(layers: list[str]) -> str:
+def pattern_text(layers: list[str]) -> str:
     """Shortest repeating unit of a per-layer pattern: ``[tp, spd] x 6``."""
     n = len(layers)
     for k in range(1, n + 1):
@@ -188,7 +188,7 @@ def _finish(fig, ax, output: str, ylabel: str, title: str, legend: bool) -> None
     ax.grid(alpha=0.3)
     if legend:
         ax.legend(fontsize=7)
-    _save(fig, output)
+    save_figure(fig, output)
 
 
 def plot_comm_vs_loss(summaries: list[dict], output: str, thresholds: list[float] | None = None,
@@ -285,6 +285,6 @@ def plot_bytes_per_token(summaries: list[dict], output: str, variants: list[str]
     ax.set_ylabel("final val_loss (nats/token)")
     ax.set_title("Communication volume vs final val_loss (mean and 95% CI over seeds)")
     ax.grid(alpha=0.3, which="both")
-    _save(fig, output)
+    save_figure(fig, output)
     return [{"variant": s["variant"], "stage": s.get("stage"), "bytes_per_token": _bytes_per_token(s),
              "val_loss": s["val_loss"]["mean"]} for s in rows]

@@ -1,7 +1,7 @@
 """The compute plan of a study, before any training: FLOPs, GPU-hours and dollars per stage
 against the naive plan (every variant with the last stage's seeds and length).
 
-The library part; the CLI is ``python -m workflow.plan`` (workflow/plan.py).
+The library part; the CLI is ``python -m workflow.compute_plan`` (workflow/compute_plan.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from workflow.data.registry import DATASETS, study_meta_path
 from workflow.data.tokenizers import TOKENIZERS
 from workflow.study.gate_rules import most_advancing
 from workflow.study.length import run_steps, study_train_tokens
-from workflow.study.model_config import build_model_config
+from workflow.model.spec import build_model_config
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-from workflow.study.schedules import curriculum_marks, resolve_depth_warm
-from workflow.training.provenance import flops_per_token, peak_flops
+from workflow.optim.schedules import curriculum_marks, resolve_depth_warm
+from workflow.model.flops import flops_per_token, peak_flops
 
 
 

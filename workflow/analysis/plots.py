@@ -16,7 +16,8 @@ from workflow.core.io import atomic_write, read_json  # noqa: E402
 matplotlib.use("Agg")
 
 
-def _save(fig: plt.Figure, output: str) -> None:
+def save_figure(fig: plt.Figure, output: str) -> None:
+    """Save ``fig`` as a PNG at ``output`` atomically and close it."""
     with atomic_write(output, "wb") as handle:
         fig.savefig(handle, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -74,7 +75,7 @@ def plot_curves(stage: str, metrics_paths: list[str], output: str, variants: lis
                  ", ".join(CURVE_AXES.get(x, x) for x in axes_present))
     if len(data):
         axes[0][0].legend(fontsize=8)
-    _save(fig, output)
+    save_figure(fig, output)
     return fig
 
 
@@ -103,4 +104,4 @@ def plot_val_loss_by_stage(summary_paths: list[str], output: str, variants: list
         ax.grid(alpha=0.3, axis="y")
     axes[0][0].set_ylabel("final val_loss (nats/token)")
     fig.suptitle("Final val_loss per run (variants without points did not advance); black: mean and 95% CI")
-    _save(fig, output)
+    save_figure(fig, output)

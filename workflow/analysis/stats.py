@@ -184,7 +184,7 @@ def comparable_reason(result: dict) -> str | None:
 
     A run stopped by its ``training_hours`` budget is comparable only when its learning-rate
     schedule followed the budget to its end (result ``schedule_progress`` >= 1, see
-    :func:`workflow.study.schedules.schedule_progress`); otherwise it ended with its learning rate
+    :func:`workflow.optim.schedules.schedule_progress`); otherwise it ended with its learning rate
     undecayed and is excluded with this reason.
     """
     if result.get("stopped_early") and float(result.get("schedule_progress") or 0.0) < 1.0:

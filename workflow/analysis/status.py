@@ -167,7 +167,7 @@ def stage_variants(config: dict, results: Path, stage: str) -> tuple[list[str] |
 
 
 def most_variants(config: dict, stage: str) -> int:
-    """The most variants ``stage`` can run (workflow.study.printed_plan.stage_plan's count, without resolving runs)."""
+    """The most variants ``stage`` can run (workflow.study.printed_plan.printed_plan's count, without resolving runs)."""
     stages = stage_order(config)
     most = len(config["variants"])
     for previous, current in itertools.pairwise(stages):

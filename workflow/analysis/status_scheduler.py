@@ -20,6 +20,8 @@ from pathlib import Path
 
 import psutil
 
+from workflow.core.steps import LAUNCH_STEP, TRAIN_STEP
+
 # sacct states (man sacct, "JOB STATE CODES")
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "STOPPED"}
 SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
@@ -62,7 +64,7 @@ def scan_processes() -> Processes:
     found = Processes()
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmd = proc.info.get("cmdline") or []
-        is_job = "--out-dir" in " ".join(cmd) and any(a in ("workflow.launch", "workflow.train") for a in cmd)
+        is_job = "--out-dir" in " ".join(cmd) and any(a in (LAUNCH_STEP, TRAIN_STEP) for a in cmd)
         is_snakemake = not is_job and _is_snakemake(cmd)
         if not (is_job or is_snakemake):
             continue

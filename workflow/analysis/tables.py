@@ -13,7 +13,7 @@ from workflow.core.io import atomic_write, write_text_atomic
 from workflow.data.registry import study_meta_path
 from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
-from workflow.study.schedules import tokens_for_steps
+from workflow.optim.schedules import tokens_for_steps
 
 
 def stage_table(stage: str, summaries: list[dict], baseline: str, decision: dict | None, test: str = "paired") -> pd.DataFrame:
@@ -105,7 +105,7 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
 
     Args:
         summaries: summary.json dicts of every (stage, variant) that ran.
-        plan: :func:`naive_plan`'s dict.
+        plan: :func:`naive_compute`'s dict.
     Returns:
         (frame, warnings): one row per stage, ``staged total``, ``naive (all variants at final
         stage)`` and ``saving`` (1 - staged / naive, per unit); warnings when staging cost more.
@@ -204,7 +204,7 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
     return frame, warnings
 
 
-def naive_plan(config: dict) -> dict:
+def naive_compute(config: dict) -> dict:
     """What running every variant with the final stage's seeds and length would take, and the
     price of every stage (what :func:`compute_table` needs; computed where Snakemake runs).
 
@@ -212,7 +212,7 @@ def naive_plan(config: dict) -> dict:
         ``{"stages", "first_stage", "final_stage", "naive": {variant: {"runs", "tokens_per_run"}},
         "prices": {stage: {"unit": "gpu" | "process", "hour_usd"}}}``; tokens per run =
         ``batch_size x`` each step's sequence length over the final stage's run
-        (workflow.study.schedules.tokens_for_steps), None when the length needs the data (num_epochs).
+        (workflow.optim.schedules.tokens_for_steps), None when the length needs the data (num_epochs).
     """
 
     stages = stage_order(config)
@@ -236,7 +236,9 @@ def naive_plan(config: dict) -> dict:
     return {"stages": stages, "first_stage": stages[0], "final_stage": final, "naive": naive, "prices": prices}
 
 
-def _write_frame(frame: pd.DataFrame, csv_path: str, md_path: str, title: str, notes: list[str] = ()) -> None:
+def write_frame(frame: pd.DataFrame, csv_path: str, md_path: str, title: str, notes: list[str] = ()) -> None:
+    """Write ``frame`` atomically as CSV (``csv_path``) and as a Markdown table under ``title``
+    with ``notes`` below it (``md_path``)."""
     with atomic_write(csv_path, "w", encoding="utf-8", newline="") as handle:
         frame.to_csv(handle, index=False)
     shown = frame.copy()

@@ -122,7 +122,7 @@ def start_trainer(trainer_argv: list[str], early: EarlySignals, import_first: bo
     return run_trainer_here(trainer_argv)
 
 
-def _worker(trainer_argv: list[str], early: EarlySignals) -> int:
+def run_worker(trainer_argv: list[str], early: EarlySignals) -> int:
     """A worker started by torchrun / srun: the trainer in-process, its exit status recorded."""
     exit_dir = Path(os.environ[EXIT_DIR_ENV])
     rank = os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or "0"

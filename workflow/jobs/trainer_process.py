@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+from workflow.core.steps import TRAIN_STEP
+
 PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's (workflow.train._PreemptionFlag)
 
 
@@ -62,9 +64,9 @@ def run_trainer_here(trainer_argv: list[str]) -> int:
 
     An exception in the trainer propagates (traceback, exit status 1), as it would there.
     """
-    sys.argv = ["workflow.train", *trainer_argv]
+    sys.argv = [TRAIN_STEP, *trainer_argv]
     try:
-        runpy.run_module("workflow.train", run_name="__main__", alter_sys=True)
+        runpy.run_module(TRAIN_STEP, run_name="__main__", alter_sys=True)
     except SystemExit as stop:
         code = stop.code
         if code is None:

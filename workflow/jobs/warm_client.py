@@ -21,13 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from workflow.core.steps import WARM_STEP
 from workflow.jobs.fingerprint import fingerprint
 
 SOCKET_ENV = "STAGERUN_WARM_SOCKET"
 PID_ENV = "STAGERUN_WARM_PID"
 READY_WAIT_S = 120.0  # longest a client waits for a server that is still importing torch
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
-_HEADER = struct.Struct("!Q")  # length of the JSON request that follows the header
+REQUEST_HEADER = struct.Struct("!Q")  # length of the JSON request that follows the header
 MAX_REQUEST_BYTES = 64 << 20
 
 
@@ -98,7 +99,7 @@ def start_server(log: str | os.PathLike, python: str = sys.executable, export: b
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     with open(log, "w") as out:
-        proc = subprocess.Popen([python, "-m", "workflow.warm", "serve", "--socket", sock, "--parent", str(os.getpid())],
+        proc = subprocess.Popen([python, "-m", WARM_STEP, "serve", "--socket", sock, "--parent", str(os.getpid())],
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
                                 cwd=package_root, start_new_session=True)
     handle = ServerHandle(proc, socket_dir, log)
@@ -191,7 +192,7 @@ def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_
     request = json.dumps({"argv": list(trainer_argv), "cwd": os.getcwd(), "env": dict(os.environ),
                           "umask": _umask(), "fingerprint": fingerprint()}).encode()
     try:
-        socket.send_fds(conn, [_HEADER.pack(len(request))], [0, 1, 2])
+        socket.send_fds(conn, [REQUEST_HEADER.pack(len(request))], [0, 1, 2])
         conn.sendall(request)
         replies = conn.makefile("rb")
         reply = json.loads(replies.readline() or b"{}")
@@ -224,13 +225,13 @@ def run_trainer(trainer_argv: list[str], early=None, wait_s: float = READY_WAIT_
         replies.close()
         conn.close()
     if status is None:  # the server died: the trainer must not outlive this job
-        _kill_trainer(pid)
+        kill_trainer(pid)
         _say(f"the server ended before trainer pid {pid}; killed it")
         return 1
     return int(status)
 
 
-def _kill_trainer(pid: int) -> None:
+def kill_trainer(pid: int) -> None:
     """SIGKILL a forked trainer: its process group (it is a session leader), and the process
     itself in case it has not called ``setsid`` yet."""
     for kill in (os.killpg, os.kill):

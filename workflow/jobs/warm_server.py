@@ -21,7 +21,7 @@ from pathlib import Path
 
 from workflow.jobs.fingerprint import fingerprint, fingerprint_mismatch
 from workflow.jobs.trainer_process import EarlySignals, run_trainer_here
-from workflow.jobs.warm_client import _HEADER, FORWARDED_SIGNALS, MAX_REQUEST_BYTES, _kill_trainer
+from workflow.jobs.warm_client import FORWARDED_SIGNALS, MAX_REQUEST_BYTES, REQUEST_HEADER, kill_trainer
 
 # --------------------------------------------------------------------------- server
 
@@ -172,12 +172,12 @@ class Server:
         fds: list[int] = []
         try:
             uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[1]
-            header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 3)
+            header, fds, _, _ = socket.recv_fds(conn, REQUEST_HEADER.size, 3)
             if uid != os.getuid():
                 raise ValueError(f"connection from uid {uid}")
-            if len(header) != _HEADER.size or len(fds) != 3:
+            if len(header) != REQUEST_HEADER.size or len(fds) != 3:
                 raise ValueError("malformed request header")
-            size = _HEADER.unpack(header)[0]
+            size = REQUEST_HEADER.unpack(header)[0]
             if size > MAX_REQUEST_BYTES:
                 raise ValueError(f"request of {size} bytes")
             body = bytearray()
@@ -237,7 +237,7 @@ class Server:
         if not data:  # the job's client is gone: its trainer must go too
             self.log(f"the client of trainer {pid} is gone: SIGKILL to it")
             self.selector.unregister(conn)
-            _kill_trainer(pid)
+            kill_trainer(pid)
 
     def _reap(self, pid: int) -> None:
         conn, pidfd = self.children.pop(pid)

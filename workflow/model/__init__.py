@@ -2,19 +2,20 @@
 
 Modules (``workflow.model.<name>``):
 
-``config``           GPTConfig, MODEL_PRESETS, PRESET_REFERENCE_VOCAB, build_model_config,
-                     block patterns and sync-count arithmetic. **No torch**: the Snakemake main
-                     process validates model configs with it.
+``spec``             GPTConfig, MODEL_PRESETS, PRESET_REFERENCE_VOCAB, build_model_config.
+``block_spec``       the built-in block types and block patterns. **No torch** in either: the
+                     Snakemake main process validates model configs with them (the sync
+                     arithmetic is workflow.parallel.tp_spec).
 ``blocks``           norms, attention, MLP, the ``Block`` base class, ``BLOCK_TYPES`` /
                      ``register_block``, the ``sequential`` and ``palm`` blocks.
-``tensor_parallel``  the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
+``tp_blocks``        the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
                      communication counters (docs/tensor_parallel.md).
 ``depth_warm``       the DepthWarm schedule ``depth_warm_state`` (no torch).
 ``gpt``              the ``GPT`` model and ``compile_gpt`` (how ``train.compile`` compiles it).
 
 ``from workflow.model import GPT, GPTConfig, build_model_config, depth_warm_state, BLOCK_TYPES``
 keeps working: names are re-exported lazily (PEP 562 ``__getattr__``), so importing this
-package or ``workflow.study.model_config`` never imports torch; asking for a torch name (GPT,
+package or ``workflow.model.spec`` never imports torch; asking for a torch name (GPT,
 BLOCK_TYPES, ...) imports ``gpt`` (and with it every built-in block, so ``BLOCK_TYPES`` is
 complete).
 
@@ -27,16 +28,16 @@ import importlib
 
 # name -> submodule that defines it
 _EXPORTS = {
-    "GPTConfig": "workflow.study.model_config",
-    "MODEL_PRESETS": "workflow.study.model_config",
-    "PRESET_REFERENCE_VOCAB": "workflow.study.model_config",
-    "BUILTIN_BLOCKS": "workflow.study.blocks",
-    "TP_BLOCK_TYPES": "workflow.study.blocks",
-    "NORM_TYPES": "workflow.study.blocks",
-    "build_model_config": "workflow.study.model_config",
-    "expand_block_pattern": "workflow.study.blocks",
-    "analytic_tp_syncs": "workflow.study.blocks",
-    "nominal_tp_syncs": "workflow.study.blocks",
+    "GPTConfig": "workflow.model.spec",
+    "MODEL_PRESETS": "workflow.model.spec",
+    "PRESET_REFERENCE_VOCAB": "workflow.model.spec",
+    "BUILTIN_BLOCKS": "workflow.model.block_spec",
+    "TP_BLOCK_TYPES": "workflow.model.block_spec",
+    "NORM_TYPES": "workflow.model.block_spec",
+    "build_model_config": "workflow.model.spec",
+    "expand_block_pattern": "workflow.model.block_spec",
+    "analytic_tp_syncs": "workflow.parallel.tp_spec",
+    "nominal_tp_syncs": "workflow.model.block_spec",
     "depth_warm_state": "workflow.model.depth_warm",
     "BLOCK_TYPES": "workflow.model.blocks",
     "Block": "workflow.model.blocks",

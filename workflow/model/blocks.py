@@ -17,8 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workflow.study.blocks import BUILTIN_BLOCKS, NORM_TYPES
-from workflow.study.model_config import GPTConfig
+from workflow.model.block_spec import BUILTIN_BLOCKS, NORM_TYPES
+from workflow.model.spec import GPTConfig
 
 __all__ = [
     "BLOCK_TYPES",
@@ -108,7 +108,7 @@ BLOCK_TYPES: dict[str, type["Block"]] = {}
 def register_block(name: str):
     """Class decorator: register a ``Block`` subclass in ``BLOCK_TYPES`` under ``name``.
 
-    A built-in name (``workflow.study.blocks.BUILTIN_BLOCKS``) takes its class attributes
+    A built-in name (``workflow.model.block_spec.BUILTIN_BLOCKS``) takes its class attributes
     ``default_norm``, ``tensor_parallel`` and ``comm_syncs_per_layer`` from that table (one
     source for the torch-free config check and the classes).
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from workflow.study.model_config import GPTConfig
+from workflow.model.spec import GPTConfig
 
 __all__ = ["depth_warm_state"]
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from workflow.model.blocks import BLOCK_TYPES, make_norm
 from workflow.model.tp_blocks import TPBlockBase, describe_pattern
 from workflow.parallel.mappings import ShardedStream, TPRuntime
-from workflow.study.model_config import GPTConfig
+from workflow.model.spec import GPTConfig
 
 __all__ = ["GPT", "compile_gpt"]
 

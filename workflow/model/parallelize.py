@@ -15,8 +15,8 @@ import torch.nn as nn
 
 from workflow.model.tp_blocks import TensorParallelBlock, TPBlockBase
 from workflow.parallel.mappings import TPRuntime
-from workflow.study.blocks import known_block_types
-from workflow.study.model_config import GPTConfig
+from workflow.model.block_spec import known_block_types
+from workflow.model.spec import GPTConfig
 
 # --------------------------------------------------------------------------------------
 # Real mode: sharding a GPT over a tensor-parallel DeviceMesh

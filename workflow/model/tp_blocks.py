@@ -65,7 +65,7 @@ import torch.nn.functional as F
 
 from workflow.model.blocks import Block, make_norm, register_block
 from workflow.parallel.mappings import ShardedStream, TPRuntime
-from workflow.study.model_config import GPTConfig
+from workflow.model.spec import GPTConfig
 
 __all__ = [
     "TPRuntime",

@@ -1,1 +1,2 @@
-"""optim: optimizers (AdamW, Muon with Newton-Schulz, SGD) and their parameter groups."""
+"""optim: the optimizers by name (registry), their builders (AdamW, Muon with Newton-Schulz, SGD)
+and the torch-free schedules (schedules: learning rate, curriculum, DepthWarm, run lengths)."""

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from workflow.study.schedules import train_option
+from workflow.optim.schedules import train_option
 
 
 def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int = 5,

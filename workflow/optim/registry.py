@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from workflow.optim.optimizers import build_adamw, build_muon, build_sgd
-from workflow.study.schedules import train_option
+from workflow.optim.schedules import train_option
 
 OptimizerBuilder = Callable[[nn.Module, Mapping[str, Any]], list[torch.optim.Optimizer]]
 

@@ -141,7 +141,7 @@ class GossipOptimizer(torch.optim.Optimizer):
     (M_i at the end of the last step, i.e. the previous local momentum of the next step) and,
     for demuon, ``tracker`` (V_i): plain tensors, so ``state_dict()`` survives
     ``torch.save`` / ``torch.load(weights_only=True)``. The param group carries ``lr`` and
-    ``initial_lr`` so workflow.study.schedules.set_lr applies the run's schedule.
+    ``initial_lr`` so workflow.optim.schedules.set_lr applies the run's schedule.
 
     Args:
         params: the worker's parameters (one param group).

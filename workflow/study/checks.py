@@ -17,10 +17,10 @@ from pathlib import Path
 from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
 from workflow.study.gate_rules import gate_rule
 from workflow.study.length import model_block_size, run_steps
-from workflow.study.model_config import build_model_config
+from workflow.model.spec import build_model_config
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
-from workflow.study.schedules import check_curriculum, resolve_depth_warm
+from workflow.optim.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
 from workflow.study.trainer_section import TrainerConfigError, check_placeholders, resolve_paths
 from workflow.study.trainer_section import check_files as check_trainer_files
@@ -193,7 +193,7 @@ def _run_steps(cfg: dict) -> int | None:
 
 
 def plan_warnings(config: dict) -> list[str]:
-    """Legal studies that are probably not meant; printed with the plan (:func:`format_plan`).
+    """Legal studies that are probably not meant; printed with the plan (:func:`format_printed_plan`).
 
     - a DiLoCo run whose ``strategy.outer_steps x tau`` replaces ``train.num_iterations``, and whose
       length then differs from the baseline's in the stage (its gate compares unequal runs);

@@ -13,8 +13,8 @@ import os
 from typing import Any, Mapping
 
 from workflow.core.io import read_json
-from workflow.study.model_config import build_model_config
-from workflow.study.schedules import resolve_depth_warm, steps_for_tokens
+from workflow.model.spec import build_model_config
+from workflow.optim.schedules import resolve_depth_warm, steps_for_tokens
 
 
 def model_block_size(model_cfg: Mapping[str, Any]) -> int:
@@ -57,7 +57,7 @@ def resolve_num_iterations(train_cfg: Mapping[str, Any], train_tokens: int, bloc
     """Optimizer steps of the run.
 
     - ``num_tokens`` set: the fewest steps whose training tokens reach it
-      (:func:`workflow.study.schedules.steps_for_tokens`: ``batch_size x`` each step's sequence length, a
+      (:func:`workflow.optim.schedules.steps_for_tokens`: ``batch_size x`` each step's sequence length, a
       curriculum's shorter sequences included), so variants compare at equal data;
     - ``num_epochs`` set: the same with ``num_tokens = num_epochs * train_tokens`` (one epoch =
       as many tokens as the training split holds; batches are sampled, so an epoch is a token

@@ -21,7 +21,7 @@ def _block_size(model: dict) -> int | None:
         return None
 
 
-def stage_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
+def printed_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
     """The most each stage can run: one dict per stage with ``stage``, ``variants`` (the most
     that can run: all in the first stage; after a ``top_k`` gate k + the baseline, ties at
     the cut aside; after ``beats_baseline`` every variant of the previous stage), ``seeds``,
@@ -80,9 +80,9 @@ def stage_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
     return plan
 
 
-def format_plan(config: dict) -> str:
+def format_printed_plan(config: dict) -> str:
     """The plan as a few lines of text (what the Snakefile prints once at the start)."""
-    plan = stage_plan(config)
+    plan = printed_plan(config)
     runs = sum(p["runs"] for p in plan)
     lines = [f"stagerun plan for study {config['study']!r}: {len(config['variants'])} variants, "
              f"at most {runs} training runs (later stages run only what the gates advance)"]

@@ -13,7 +13,7 @@ import hashlib
 import json
 
 from workflow.data.registry import DATASETS, token_options
-from workflow.study.schema import ConfigError, _validator_with_defaults, load_schema, validate_section, validate_study
+from workflow.study.schema import ConfigError, validator_with_defaults, load_schema, validate_section, validate_study
 from workflow.study.trainer_section import TrainerConfigError, check_section, is_script_trainer
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
@@ -25,14 +25,14 @@ _IDENTITY_KEYS = ("seed", "run_id", "stage", "variant", "study", "out_dir", "sta
 def study_with_defaults(config: dict) -> dict:
     """A copy of a study, validated (:func:`validate_study`'s errors) and with the schema's
     defaults filled, as Snakemake's ``validate`` leaves it: for tools that read a study outside
-    Snakemake (``python -m workflow.plan``).
+    Snakemake (``python -m workflow.compute_plan``).
 
     Raises:
         ConfigError: naming the key at fault.
     """
     validate_study(config)
     filled = copy.deepcopy(config)
-    for _ in _validator_with_defaults(load_schema()).iter_errors(filled):
+    for _ in validator_with_defaults(load_schema()).iter_errors(filled):
         pass
     return filled
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from workflow.core.steps import LAUNCH_STEP
 from workflow.study.resolve import stage_order
 from workflow.study.schema import ConfigError, validate_section
 
@@ -48,7 +49,7 @@ def launch_command(res: dict, python: str = "python") -> str:
         res: resolved stage resources (:func:`stage_resources`).
         python: the Python interpreter to run.
     """
-    cmd = f"{python} -m workflow.launch --nproc-per-node {res['nproc_per_node']}"
+    cmd = f"{python} -m {LAUNCH_STEP} --nproc-per-node {res['nproc_per_node']}"
     if res.get("group_runs", 1) > 1:  # a run of a job group: not trained again when its group job reruns it
         cmd += " --keep-finished"
     if res["nodes"] > 1:

@@ -10,23 +10,16 @@ import copy
 import difflib
 import json
 from functools import lru_cache
-from pathlib import Path
 
 import jsonschema
-import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+from workflow.core.schema_file import SCHEMA_PATH, load_schema
+
+__all__ = ["SCHEMA_PATH", "ConfigError", "load_schema", "validate_section", "validate_study", "validator_with_defaults"]
 
 
 class ConfigError(ValueError):
     """A study or run configuration is invalid; the message names the key at fault."""
-
-
-@lru_cache(maxsize=1)
-def load_schema() -> dict:
-    """The study schema (``config/schema.yaml``) as a dict."""
-    with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
 
 
 @lru_cache(maxsize=None)
@@ -36,10 +29,10 @@ def _section_validator(definition: str) -> jsonschema.protocols.Validator:
     schema = load_schema()
     sub = dict(schema["definitions"][definition])
     sub["definitions"] = schema["definitions"]
-    return _validator_with_defaults(sub)
+    return validator_with_defaults(sub)
 
 
-def _validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
+def validator_with_defaults(schema: dict) -> jsonschema.protocols.Validator:
     """JSON Schema 2020-12 validator (as Snakemake uses) that also fills in ``default`` values (jsonschema's documented recipe)."""
     base = jsonschema.Draft202012Validator
     validate_properties = base.VALIDATORS["properties"]

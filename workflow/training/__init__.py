@@ -9,7 +9,7 @@
 | state.py        | ``RunState``, the preemption flag, per-step seeds                        |
 | tracking.py     | W&B logging (key only from WANDB_API_KEY)                               |
 | sampling.py     | text samples from a finished run's model                                 |
-| provenance.py   | git state, SLURM job id, peak FLOP/s, FLOPs per token                   |
+| provenance.py   | git state, SLURM job id (FLOPs: workflow.model.flops)                    |
 
 The command-line entry point is ``python -m workflow.train`` (workflow/train.py).
 """

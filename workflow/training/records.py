@@ -19,8 +19,8 @@ from workflow.core.io import write_json_atomic, write_text_atomic
 from workflow.model import depth_warm_state
 from workflow.model.parallelize import full_state_dict, tp_comm_counts
 from workflow.parallel.comm import summarize
-from workflow.study.blocks import analytic_tp_syncs
-from workflow.study.schedules import schedule_progress
+from workflow.parallel.tp_spec import analytic_tp_syncs
+from workflow.optim.schedules import schedule_progress
 from workflow.training import checkpoint
 from workflow.training.metrics import compile_counts, log_line
 from workflow.training.provenance import git_state, slurm_job_id

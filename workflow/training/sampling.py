@@ -12,7 +12,7 @@ import torch
 
 from workflow.data.tokenizers import ByteTokenizer, CharTokenizer, GPT2Tokenizer
 from workflow.model import GPT
-from workflow.study.model_config import GPTConfig
+from workflow.model.spec import GPTConfig
 
 
 def decoder_from_meta(meta: dict, meta_path: Path | None = None,

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 
-def _step_seed(seed: int, step: int, stream: int) -> int:
+def step_seed(seed: int, step: int, stream: int) -> int:
     """A 63-bit seed derived from (seed, step, stream): pure, identical on every rank."""
     return int(np.random.SeedSequence([seed, step, stream]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-class _PreemptionFlag:
+class PreemptionFlag:
     """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
 
     def __init__(self) -> None:

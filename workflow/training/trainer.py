@@ -41,9 +41,9 @@ from workflow.parallel.comm import CommCounter
 from workflow.parallel.process_groups import DistContext, init_tensor_parallel
 from workflow.strategies import build_strategy
 from workflow.study.length import model_block_size, run_steps
-from workflow.study.model_config import build_model_config
+from workflow.model.spec import build_model_config
 from workflow.study.resolve import config_hash
-from workflow.study.schedules import (
+from workflow.optim.schedules import (
     check_curriculum,
     curriculum_block_size,
     resolve_depth_warm,
@@ -54,9 +54,10 @@ from workflow.study.schema import validate_section
 from workflow.training import checkpoint
 from workflow.training.evaluation import Evaluator
 from workflow.training.metrics import MetricsLog, compile_counts
-from workflow.training.provenance import flops_per_token, peak_flops, slurm_job_id
+from workflow.model.flops import flops_per_token, peak_flops
+from workflow.training.provenance import slurm_job_id
 from workflow.training.records import RunRecords
-from workflow.training.state import RunState, _PreemptionFlag, _step_seed
+from workflow.training.state import PreemptionFlag, RunState, step_seed
 from workflow.training.tracking import Tracker
 
 
@@ -238,7 +239,7 @@ class Trainer(RunRecords):
         lr_mult = set_lr(self.optimizers, st.step, tc, progress)
         seq_len = curriculum_block_size(st.step, tc, st.val_history) or self.block_size
         _, drop = self._apply_depth_state(st.step)
-        depth_seed = _step_seed(self.seed, st.step, 1) if drop > 0 else None
+        depth_seed = step_seed(self.seed, st.step, 1) if drop > 0 else None
         x_all, y_all = self._batch(st.step)
         if seq_len < self.block_size:  # curriculum: crop the sampled windows
             x_all, y_all = x_all[:, :seq_len], y_all[:, :seq_len]
@@ -287,7 +288,7 @@ class Trainer(RunRecords):
         written by rank 0). Raises SystemExit(EXIT_PREEMPTED) after a preemption signal,
         once the checkpoint is saved."""
         tc, st = self.train_cfg, self.state
-        self.preemption = _PreemptionFlag()
+        self.preemption = PreemptionFlag()
         self.preempt_requested = self.budget_spent = False
         wall_start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ _WORKER_ENC = None
 _WORKER_RANKS: object = object()  # ranks file _WORKER_ENC was built from (sentinel: none yet)
 
 
-def _worker_init(ranks_file: str | None) -> None:
+def worker_init(ranks_file: str | None) -> None:
     """Build the GPT-2 encoding once per process (and again only for another ranks file)."""
     global _WORKER_ENC, _WORKER_RANKS
     if _WORKER_ENC is None or _WORKER_RANKS != ranks_file:
@@ -62,7 +62,7 @@ def _concat_eot(arrays: Iterable[np.ndarray]) -> np.ndarray:
 
 def encode_docs_gpt2(texts: list[str]) -> np.ndarray:
     """uint16 ids of ``texts`` concatenated, ``<|endoftext|>`` (50256) after each, in this thread
-    (a process-pool worker function: :func:`_worker_init` must have run in the process)."""
+    (a process-pool worker function: :func:`worker_init` must have run in the process)."""
     return _concat_eot(map(_encode_doc, texts))
 
 
@@ -83,7 +83,7 @@ def parallel_encode(batches: Iterable[list[str]], ranks_file: str | None, worker
     Yields:
         One uint16 array per batch: every document's ids followed by ``<|endoftext|>`` (50256).
     """
-    _worker_init(ranks_file)
+    worker_init(ranks_file)
     if workers <= 1:
         for texts in batches:
             yield encode_docs_gpt2(texts)

@@ -2,9 +2,9 @@
 against the naive plan (every variant with the last stage's seeds and length).
 
 Per run: tokens = ``batch_size x`` each step's sequence length over the run's steps (a
-curriculum's shorter sequences included, :func:`workflow.study.schedules.tokens_for_steps`; run length
+curriculum's shorter sequences included, :func:`workflow.optim.schedules.tokens_for_steps`; run length
 from ``num_iterations`` / ``num_tokens``), FLOPs = tokens x the trainer's ``flops_per_token``
-(``6 N + 12 L H Q T``, workflow.training.provenance). GPU-hours = FLOPs / (peak FLOP/s of the
+(``6 N + 12 L H Q T``, workflow.model.flops). GPU-hours = FLOPs / (peak FLOP/s of the
 stage's ``gpu_model`` x ``cost.planning_mfu``) / 3600; dollars = GPU-hours x
 ``cost.gpu_hour_usd[gpu_model]`` (CPU stages: process-hours are unknown ahead, dollars 0).
 
@@ -20,7 +20,7 @@ plan + reserve exceed ``cost.budget_usd``, or the reserve does not pay for a gat
 CLI (needs no data and no training; reads the dataset's meta.json for vocab_size when it
 exists, else estimates it from the tokenizer)::
 
-    python -m workflow.plan --configfile config/studies/speedrun.yaml [--json plan.json] [--markdown plan.md]
+    python -m workflow.compute_plan --configfile config/studies/speedrun.yaml [--json plan.json] [--markdown plan.md]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def load_study(configfiles: list[str], overrides: list[str] | None = None) -> di
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workflow.plan", description="The compute plan of a study.")
+    parser = argparse.ArgumentParser(prog="python -m workflow.compute_plan", description="The compute plan of a study.")
     parser.add_argument("--configfile", nargs="+", default=[], help="study YAML file(s), as snakemake --configfile")
     parser.add_argument("--config", nargs="*", default=[], help="key=value overrides, as snakemake --config")
     parser.add_argument("--config-json", help="the resolved study as JSON (what the Snakemake rule passes)")

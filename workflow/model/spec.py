@@ -31,17 +31,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Mapping
 
-from workflow.study.blocks import (
+from workflow.core.schema_file import load_schema
+from workflow.model.block_spec import (
     NORM_TYPES,
-    PARALLEL_MERGES,
     RENAMED_BLOCKS,
     TP_BLOCK_TYPES,
-    analytic_tp_syncs,
     expand_block_pattern,
     known_block_types,
     nominal_tp_syncs,
 )
-from workflow.study.schema import load_schema
+from workflow.parallel.tp_spec import PARALLEL_MERGES, analytic_tp_syncs
 
 __all__ = [
     "TP_BLOCK_TYPES",

@@ -1,9 +1,9 @@
-"""Block types without torch: the built-in blocks, block patterns and tensor-parallel sync arithmetic.
+"""Block types without torch: the built-in blocks and block patterns.
 
 ``BUILTIN_BLOCKS`` lists the block types that ship with stagerun and their static facts (default
-norm, tensor-parallel or not, forward all-reduces per layer). :func:`analytic_tp_syncs` counts the
-all-reduces of a pattern under workflow.model.tp_blocks' semantics; :func:`nominal_tp_syncs` is
-the seed write-up's rule (docs/tensor_parallel.md).
+norm, tensor-parallel or not, forward all-reduces per layer); :func:`nominal_tp_syncs` is the seed
+write-up's sync count (docs/tensor_parallel.md). The exact count of a pattern's all-reduces is
+workflow.parallel.tp_spec's :func:`~workflow.parallel.tp_spec.analytic_tp_syncs`.
 """
 
 from __future__ import annotations
@@ -36,8 +36,6 @@ BUILTIN_BLOCKS: dict[str, BlockInfo] = {
 }
 TP_BLOCK_TYPES = tuple(name for name, info in BUILTIN_BLOCKS.items() if info.tensor_parallel)
 NORM_TYPES = ("layernorm", "rmsnorm")
-#: How a run of ``parallel`` blocks rejoins one stream (``GPTConfig.parallel_merge``).
-PARALLEL_MERGES = ("sum", "reference")
 #: Old name -> message for studies written before a rename.
 RENAMED_BLOCKS: dict[str, str] = {
     "parallel": (
@@ -99,71 +97,6 @@ def expand_block_pattern(pattern: Sequence[str] | None, n_layer: int, block_type
             raise ValueError(f"{where} key '{key}'{at}: unknown block type {name!r}; "
                              f"valid: {sorted(known)}")
     return tuple(pattern) * (n_layer // len(pattern))
-
-
-def analytic_tp_syncs(layer_types: Sequence[str], tp_size: int, parallel_merge: str = "sum") -> dict[str, int]:
-    """Tensor-parallel all-reduces of one forward and one backward pass of a layer pattern.
-
-    Exact semantics of ``workflow.model.tp_blocks`` (``docs/tensor_parallel.md``): the
-    residual stream is either replicated or split into per-shard streams.
-
-    * ``tp`` (Megatron-LM): a split stream is merged first (1 forward); then 2 forward
-      all-reduces (after the row-parallel attention and MLP projections) and 2 backward
-      all-reduces (Megatron's f before each column-parallel projection).
-    * ``spd`` / ``parallel`` on a replicated stream split it (f: 1 backward all-reduce, no
-      forward cost); ``spd`` ends with one forward all-reduce that merges the streams and sums
-      the shards' partial outputs; ``parallel`` leaves the streams split.
-    * an unsharded block (sequential, palm) or the model's end merges a split stream
-      (1 forward).
-
-    Every split region thus costs one forward and one backward all-reduce, whichever block ends
-    it. With ``tp_size < 2`` nothing is sharded and both counts are 0.
-
-    ``parallel_merge="reference"`` (NanoTransformer's ``tensor_parallel_model.py``): a run of
-    parallel blocks closes with its own all-reduce before whatever follows it (an spd block
-    then splits the replicated stream again: 1 backward). E.g. at 12 layers, forward / backward:
-    ``[spd, parallel] x 6`` 12 / 12 (sum: 7 / 7), ``[spd, parallel, parallel] x 4`` 8 / 8
-    (5 / 5), ``[spd, parallel, parallel, parallel] x 3`` 6 / 6 (4 / 4),
-    ``[spd, parallel, parallel, spd] x 3`` 9 / 9 (6 / 6).
-
-    Args:
-        layer_types: block name per layer (:func:`expand_block_pattern`).
-        tp_size: tensor-parallel degree.
-        parallel_merge: "sum" | "reference" (:data:`PARALLEL_MERGES`).
-
-    Returns:
-        ``{"forward": int, "backward": int}`` all-reduces per pass (all of one [B, T, C] tensor).
-
-    Raises:
-        ValueError: an unknown ``parallel_merge``.
-    """
-    if parallel_merge not in PARALLEL_MERGES:
-        raise ValueError(f"parallel_merge {parallel_merge!r} is unknown; valid: {list(PARALLEL_MERGES)}")
-    if tp_size < 2:
-        return {"forward": 0, "backward": 0}
-    forward = backward = 0
-    split = False
-    for name in layer_types:
-        if split and parallel_merge == "reference" and name != "parallel":  # the run closes itself
-            forward += 1
-            split = False
-        if name == "tp":
-            forward += (1 if split else 0) + 2
-            backward += 2
-            split = False
-        elif name in ("spd", "parallel"):
-            if not split:
-                backward += 1
-                split = True
-            if name == "spd":
-                forward += 1
-                split = False
-        elif split:
-            forward += 1
-            split = False
-    if split:
-        forward += 1
-    return {"forward": forward, "backward": backward}
 
 
 def nominal_tp_syncs(layer_types: Sequence[str]) -> int:

@@ -1,13 +1,13 @@
 """Torch-free schedules of a run: learning rate, sequence-length curriculum, DepthWarm fractions,
-run lengths in tokens. The Snakemake main process plans studies with these without importing
-torch; ``workflow.optim.optimizers`` re-exports them beside the optimizers."""
+run lengths in tokens. The trainer applies them; the Snakemake main process plans studies with
+them (workflow.study.length, checks) without importing torch."""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Mapping, Sequence
 
-from workflow.study.schema import load_schema
+from workflow.core.schema_file import load_schema
 
 # Defaults of the keys this module reads: config/schema.yaml definitions/train, the one source.
 TRAIN_DEFAULTS: dict[str, Any] = {
