@@ -13,9 +13,9 @@ except ImportError:
 
 from workflow.core.io import read_json
 from workflow.data.registry import (
-    dataset_raw_dir, dataset_raw_inputs, source_file, source_options, study_meta_path, token_options,
-    tokens_dataset, tokens_dir_name,
+    dataset_raw_dir, dataset_raw_inputs, source_file, source_options, study_meta_path, token_options, tokens_dataset,
 )
+from workflow.study.checks import tokens_folder_options
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.trainer_section import needs_nanogpt_data
 
@@ -52,16 +52,8 @@ def raw_file_checks(wildcards):
 
 
 def study_dataset_options(wildcards):
-    """The study's options of the dataset of ``wildcards.tokens`` (config ``datasets.<name>``);
-    checked against the folder's name, so a folder is only ever made with the options it names."""
-    dataset = tokens_dataset(wildcards.tokens)
-    options = dict((config.get("datasets") or {}).get(dataset) or {})
-    if tokens_dir_name(dataset, options) != wildcards.tokens:
-        raise ValueError(
-            f"{DATA}/tokens/{wildcards.tokens}: the study's datasets.{dataset} options name the folder "
-            f"{tokens_dir_name(dataset, options)!r}; tokens of other options are made by the study that has them"
-        )
-    return options
+    """The study's options of the dataset of ``{tokens}``, checked against the folder's name."""
+    return tokens_folder_options(config, wildcards.tokens)
 
 
 def tokenize_inputs(wildcards):

@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from workflow.core.io import read_json
-from workflow.data.registry import DATASETS, UnknownNameError, dataset_options, study_meta_path
+from workflow.data.registry import (
+    DATASETS, UnknownNameError, dataset_options, study_meta_path, tokens_dataset, tokens_dir_name,
+)
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
@@ -299,3 +301,21 @@ def check_study_data(config: dict) -> None:
     meta = study_meta_path(config)
     if os.path.exists(meta):
         check_data_vocab(config, read_json(meta), meta)
+
+
+def tokens_folder_options(config: dict, tokens: str) -> dict:
+    """The study's options (config ``datasets.<name>``) of the dataset whose tokens folder is
+    ``{data_dir}/tokens/{tokens}``, checked against the folder's name
+    (:func:`workflow.data.registry.tokens_dir_name`): a folder is only ever made with the options it names.
+
+    Raises:
+        ConfigError: the study's options name another folder (message names both).
+    """
+    dataset = tokens_dataset(tokens)
+    options = dict((config.get("datasets") or {}).get(dataset) or {})
+    if tokens_dir_name(dataset, options) != tokens:
+        raise ConfigError(
+            f"{config['data_dir']}/tokens/{tokens}: the study's datasets.{dataset} options name the folder "
+            f"{tokens_dir_name(dataset, options)!r}; tokens of other options are made by the study that has them"
+        )
+    return options
