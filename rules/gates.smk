@@ -1,10 +1,10 @@
 # Per-variant statistics, gate checkpoints between stages, and the verdict of the last stage.
 #
 # The gates are the DAG's checkpoints: which variants run a stage after the first is known only
-# once the previous stage's gate ran (stage_variants below; rules/report.smk and rules/comm.smk
-# read it too). Every stage's variants give one summary.json each (rule stats), which the gate,
-# the verdict, the tables and the plots read. Input functions (stage_variants, previous_gate, ...)
-# are in rules/common.smk, the pivot's stage price (gate_pivot_args) in rules/resources.smk.
+# once the previous stage's gate ran (stage_variants, rules/common.smk: the baseline plus what the
+# gate advanced, plus a pivot variant). Every variant of a stage gives one summary.json (rule
+# stats), which the gate, the verdict, the tables and the plots read. Input functions: rules/common.smk;
+# the pivot's stage price (gate_pivot_args): rules/resources.smk.
 import json
 
 

@@ -30,8 +30,6 @@ TOKENS_PATTERN = {
 }
 
 
-
-
 rule tokenize:
     """Datasets with train.bin and val.bin."""
     input: tokenize_inputs
