@@ -23,7 +23,7 @@ COMM_TARGETS = (
 rule bytes_per_token_plot:
     localrule: True
     input:
-        all_stage_summaries,  # every stage's summaries
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         report(
             f"{RESULTS}/plots/bytes_per_token_vs_loss.png",

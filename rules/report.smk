@@ -62,7 +62,7 @@ rule curves_plot:
 rule val_loss_plot:
     localrule: True
     input:
-        all_stage_summaries,
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         report(
             f"{RESULTS}/plots/val_loss_by_stage.png",
@@ -105,7 +105,7 @@ rule compute_plan:
 rule compute_table:
     localrule: True
     input:
-        all_stage_summaries,
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         csv=report(
             f"{RESULTS}/compute.csv",

@@ -32,7 +32,7 @@ TOKENS_PATTERN = {
 
 rule tokenize:
     """Datasets with train.bin and val.bin."""
-    input: tokenize_inputs
+    input: tokenize_inputs  # {data_dir}/raw/{source}/{filename} of its source (rules/download.smk), or local files
     output:
         meta=f"{DATA}/tokens/{{tokens}}/meta.json",
         train=f"{DATA}/tokens/{{tokens}}/train.bin",
