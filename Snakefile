@@ -5,11 +5,8 @@
 #   snakemake --cores all --config set='stages.C.train.num_iterations=350'   a one-off override
 #   snakemake --cores 1 why_rerun           which config keys changed for finished runs
 #   snakemake --report results/<study>/report.html [--configfile S.yaml]   the study's HTML report
-from pathlib import Path
-
 from snakemake.utils import min_version, validate
 
-from workflow.study.explain import explain_reruns
 from workflow.study.overrides import prepare_study
 from workflow.study.schema import validate_study
 
@@ -27,7 +24,7 @@ report: "report/workflow.rst"
 
 
 # `set` overrides and the `sweep` grid become plain keys and variants first, so the schema and
-# the study checks below validate them like hand-written ones (workflow/sweep.py).
+# the study checks validate them like hand-written ones (workflow/study/overrides.py).
 prepare_study(config)
 
 # A schema error names its key, value, rule and the key's description in a few lines (Snakemake's
@@ -36,8 +33,10 @@ validate_study(config)
 validate(config, "config/schema.yaml")
 
 
-include: "rules/common.smk"
-include: "rules/env.smk"
+include: "rules/checks.smk"  # checks before any job, the printed plan, the script runs' trainers
+include: "rules/common.smk"  # paths and shared helpers
+include: "rules/env.smk"  # the environment every job inherits
+include: "rules/resources.smk"  # the training jobs' resources and job groups
 
 
 wildcard_constraints:
@@ -46,29 +45,33 @@ wildcard_constraints:
     variant=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
-include: "rules/datasets.smk"
-include: "rules/tokenize.smk"
-include: "rules/train.smk"
-include: "rules/script.smk"
-include: "rules/gates.smk"
-include: "rules/comm.smk"
-include: "rules/report.smk"
-include: "rules/warm.smk"
+include: "rules/download.smk"  # {data_dir}/raw/{source}/{filename}
+include: "rules/tokenize.smk"  # {data_dir}/tokens/{tokens}/meta.json (+ split files)
+include: "rules/script.smk"  # {data_dir}/tokens/{tokens}/nanogpt/: nanoGPT's layout for script runs
+include: "rules/train.smk"  # {results}/stage_{S}/{variant}/seed_{seed}/result.json, metrics.jsonl
+include: "rules/gates.smk"  # summary.json per variant, gates/gate_{S}.json, verdict.json
+include: "rules/comm.smk"  # plots/bytes_per_token_vs_loss.png, comm/ (tensor-parallel studies)
+include: "rules/report.smk"  # summary.html, tables, plots, plan.md, compute.csv, text samples
+include: "rules/warm.smk"  # onstart / onsuccess / onerror: the warm server
 
 
+# Everything the study answers with ({results} is results_dir/study). Later stages' runs are
+# added once the gates before them ran (checkpoints, rules/gates.smk).
 rule all:
     default_target: True
     input:
-        all_targets(),
+        f"{RESULTS}/summary.html",
+        f"{RESULTS}/verdict.json",
+        f"{RESULTS}/compute.csv",
+        f"{RESULTS}/plan.md",
+        f"{RESULTS}/plots/val_loss_by_stage.png",
+        expand(f"{RESULTS}/stage_{{stage}}/table.csv", stage=STAGES),
+        expand(f"{RESULTS}/plots/curves_stage_{{stage}}.png", stage=STAGES),
+        # a text sample of the final stage's base-seed run of each variant (script runs leave no model.pt)
+        lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt"
+                   for v in stage_variants(FINAL_STAGE) if (FINAL_STAGE, v) not in SCRIPT_TRAINERS],
+        f"{RESULTS}/plots/bytes_per_token_vs_loss.png",
+        COMM_TARGETS,  # the communication study's table and figures, when variants have tensor-parallel blocks
 
 
-# `snakemake --cores 1 why_rerun`: for every finished run, the config keys that differ from what
-# the study gives it now (Snakemake's "Params have changed" names none).
-rule why_rerun:
-    localrule: True
-    log:
-        f"{RESULTS}/logs/why_rerun.log",
-    run:
-        explanation = explain_reruns(config, RESULTS)
-        print(explanation)
-        Path(log[0]).write_text(explanation + "\n")
+include: "rules/targets.smk"  # stage_<S>, report_assets, why_rerun

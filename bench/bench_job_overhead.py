@@ -63,7 +63,7 @@ TORCH_AND_OPTIMIZER = "import torch; torch.optim.AdamW([torch.nn.Parameter(torch
 
 def job_env(extra: dict | None = None) -> dict:
     """The environment Snakemake gives a job: this interpreter's folder first on PATH, the
-    repository on PYTHONPATH (rules/common.smk); ``extra``: the warm server's variables."""
+    repository on PYTHONPATH (rules/env.smk); ``extra``: the warm server's variables."""
     env = {k: v for k, v in os.environ.items() if k not in (warm.SOCKET_ENV, warm.PID_ENV)}
     return {**env, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
             **(extra or {})}

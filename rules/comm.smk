@@ -4,14 +4,26 @@
 #   a study whose variants carry tensor-parallel sync counts (some layer is tp / spd / parallel):
 #                  comm/comm.csv + comm.md, plots/comm_vs_loss.png, plots/tokens_per_s_vs_comm.png,
 #                  reachable as one target: `snakemake --cores all comm_study`
-# Study-level set-up (COMM_VARIANTS, COMM_TARGETS, COMM_THRESHOLDS) is in rules/common.smk.
 # `localrule: True`: a light Python step runs where Snakemake runs, not as a cluster job.
+from workflow.study.checks import comm_study_variants, gpt2_scale
+
+# Variants with tensor-parallel blocks (checked at parse: real tensor parallelism needs a multiple
+# of tp_size processes per run in every stage); none: no comm study, only the bytes-per-token plot.
+COMM_VARIANTS = comm_study_variants(config)
+COMM_THRESHOLDS = "3.28 3.35 3.40" if gpt2_scale(config) else ""  # val_loss goals, at GPT-2 scale only
+# The comm study's outputs (`rule all` builds them; `snakemake comm_study` alone).
+COMM_TARGETS = (
+    [f"{RESULTS}/comm/comm.csv", f"{RESULTS}/comm/comm.md", f"{RESULTS}/plots/comm_vs_loss.png",
+     f"{RESULTS}/plots/tokens_per_s_vs_comm.png"]
+    if COMM_VARIANTS
+    else []
+)
 
 
 rule bytes_per_token_plot:
     localrule: True
     input:
-        all_stage_summaries,
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         report(
             f"{RESULTS}/plots/bytes_per_token_vs_loss.png",
@@ -35,7 +47,7 @@ if COMM_VARIANTS:
     rule comm_table:
         localrule: True
         input:
-            lambda w: stage_summaries(FINAL_STAGE),
+            lambda w: [f"{RESULTS}/stage_{FINAL_STAGE}/{v}/summary.json" for v in stage_variants(FINAL_STAGE)],
         output:
             csv=report(
                 f"{RESULTS}/comm/comm.csv",
@@ -62,7 +74,7 @@ if COMM_VARIANTS:
     rule comm_vs_loss_plot:
         localrule: True
         input:
-            lambda w: stage_summaries(FINAL_STAGE),
+            lambda w: [f"{RESULTS}/stage_{FINAL_STAGE}/{v}/summary.json" for v in stage_variants(FINAL_STAGE)],
         output:
             report(
                 f"{RESULTS}/plots/comm_vs_loss.png",
@@ -84,7 +96,7 @@ if COMM_VARIANTS:
     rule tokens_per_s_vs_comm_plot:
         localrule: True
         input:
-            lambda w: stage_summaries(FINAL_STAGE),
+            lambda w: [f"{RESULTS}/stage_{FINAL_STAGE}/{v}/summary.json" for v in stage_variants(FINAL_STAGE)],
         output:
             report(
                 f"{RESULTS}/plots/tokens_per_s_vs_comm.png",

@@ -1,14 +1,15 @@
-# The environment every job inherits from the Snakemake process (set once, at parse time).
+# The environment every job inherits from the Snakemake process, set once at parse time
+# (workflow/jobs/environment.py says what each variable is for): PYTHONPATH and PATH (jobs run
+# `python -m workflow.<step>` from any folder, with this interpreter), the download mirrors, the
+# tokenize options that change no token (neither is a param: changing them reruns nothing), and in
+# the main process one id per invocation (grouped runs that finished in it are not trained again).
+# Job subprocesses inherit it (sbatch --export=ALL on a cluster); remote executors re-parse this file.
+import os
+import sys
 
-# Jobs run `python -m workflow.<step>` from any working directory, with this interpreter
-# (first on PATH, so a conda env activated for a rule still takes precedence).
-os.environ.update(
-    PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])),
-    PATH=os.pathsep.join(filter(None, [os.path.dirname(sys.executable), os.environ.get("PATH")])),
-)
+from workflow.jobs.environment import invocation_environment, job_environment
+from workflow.jobs.launcher import INVOCATION_ENV
 
-# The mirror of every source reaches the download CLI through the environment (a JSON map
-# source -> mirror or null), never through params or the command text: a file's identity is its
-# public URL + sha256/size, so switching mirrors neither reruns downloads nor changes the
-# `snakemake --cache` key. Job subprocesses inherit it; remote executors re-parse this file.
-os.environ.update(STAGERUN_MIRRORS=json.dumps({name: source_mirror(name, config) for name in SOURCES}))
+os.environ.update(job_environment(config, workflow.basedir, sys.executable, os.environ))
+os.environ.update(invocation_environment(workflow.is_main_process))
+INVOCATION = os.environ.get(INVOCATION_ENV) if workflow.is_main_process else None

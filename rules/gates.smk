@@ -1,14 +1,22 @@
-# Per-variant summaries, gate checkpoints between stages, and the verdict of the last stage.
+# Per-variant statistics, gate checkpoints between stages, and the verdict of the last stage.
+#
+# The gates are the DAG's checkpoints: which variants run a stage after the first is known only
+# once the previous stage's gate ran (stage_variants, rules/common.smk: the baseline plus what the
+# gate advanced, plus a pivot variant). Every variant of a stage gives one summary.json (rule
+# stats), which the gate, the verdict, the tables and the plots read. Input functions: rules/common.smk;
+# the pivot's stage price (gate_pivot_args): rules/resources.smk.
+import json
 
 
-rule summarize_variant:
+rule stats:
+    """summary.json of one (stage, variant): its seeds' results (python -m workflow.stats)."""
     localrule: True
     input:
-        lambda w: stage_run_results(w.stage, w.variant),
+        lambda w: [f"{RESULTS}/stage_{w.stage}/{w.variant}/seed_{seed}/result.json" for seed in stage_seeds(config, w.stage)],
     output:
         f"{RESULTS}/stage_{{stage}}/{{variant}}/summary.json",
     log:
-        f"{RESULTS}/logs/summarize_{{stage}}_{{variant}}.log",
+        f"{RESULTS}/logs/stats_{{stage}}_{{variant}}.log",
     conda:
         "../envs/analysis.yaml"
     shell:
@@ -18,8 +26,9 @@ rule summarize_variant:
 checkpoint gate:
     localrule: True
     input:
-        summaries=lambda w: stage_summaries(w.stage, with_pivot=False),
-        previous=previous_gate,
+        # the stage's summaries, without a pivot variant (the pivot gate below compares that one)
+        summaries=lambda w: [f"{RESULTS}/stage_{w.stage}/{v}/summary.json" for v in stage_variants(w.stage, with_pivot=False)],
+        previous=previous_gate,  # the previous gate's decision, for a gate that may pivot
     output:
         f"{RESULTS}/gates/gate_{{stage}}.json",
     params:
@@ -45,7 +54,8 @@ checkpoint gate_pivot:
     localrule: True
     input:
         decision=f"{RESULTS}/gates/gate_{{stage}}.json",
-        summaries=lambda w: pivot_summaries(w.stage),
+        # the baseline's and the pivot variant's summaries
+        summaries=lambda w: [f"{RESULTS}/stage_{w.stage}/{v}/summary.json" for v in (BASELINE, stage_pivot(w.stage))],
     output:
         f"{RESULTS}/gates/gate_{{stage}}_pivot.json",
     params:
@@ -67,8 +77,8 @@ checkpoint gate_pivot:
 rule verdict:
     localrule: True
     input:
-        summaries=lambda w: stage_summaries(FINAL_STAGE),
-        meta=dataset_meta(),
+        summaries=lambda w: [f"{RESULTS}/stage_{FINAL_STAGE}/{v}/summary.json" for v in stage_variants(FINAL_STAGE)],
+        meta=f"{STUDY_TOKENS}/meta.json",
     output:
         json=f"{RESULTS}/verdict.json",
         markdown=report(

@@ -2,6 +2,10 @@
 # accounting. Everything wrapped in report() appears in the study's HTML report:
 #   snakemake --report results/<study>/report.html   (with the same --configfile/--config as the run)
 # Categories sort by name in the report's menu: "1 Summary" (the answer) comes first.
+# Summaries (summary.json) are rules/gates.smk's `stats` outputs, one per variant that ran a stage;
+# input functions (all_stage_summaries, stage_decision, stage_variants): rules/common.smk.
+import json
+import os
 
 
 rule stage_table:
@@ -10,8 +14,8 @@ rule stage_table:
         baseline=BASELINE,
         test=config["verdict"]["test"],
     input:
-        summaries=lambda w: stage_summaries(w.stage),
-        decision=lambda w: stage_decision(w.stage),
+        summaries=lambda w: [f"{RESULTS}/stage_{w.stage}/{v}/summary.json" for v in stage_variants(w.stage)],
+        decision=stage_decision,  # its gate's decision(s), or the verdict for the last stage
     output:
         csv=report(
             f"{RESULTS}/stage_{{stage}}/table.csv",
@@ -33,7 +37,9 @@ rule stage_table:
 rule curves_plot:
     localrule: True
     input:
-        lambda w: stage_metrics(w.stage),
+        # metrics.jsonl of every run of the stage (rules/train.smk)
+        lambda w: [f"{RESULTS}/stage_{w.stage}/{v}/seed_{seed}/metrics.jsonl"
+                   for v in stage_variants(w.stage) for seed in stage_seeds(config, w.stage)],
     output:
         report(
             f"{RESULTS}/plots/curves_stage_{{stage}}.png",
@@ -56,7 +62,7 @@ rule curves_plot:
 rule val_loss_plot:
     localrule: True
     input:
-        all_stage_summaries,
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         report(
             f"{RESULTS}/plots/val_loss_by_stage.png",
@@ -99,7 +105,7 @@ rule compute_plan:
 rule compute_table:
     localrule: True
     input:
-        all_stage_summaries,
+        all_stage_summaries,  # {results}/stage_{S}/{variant}/summary.json of every variant that ran each stage
     output:
         csv=report(
             f"{RESULTS}/compute.csv",
@@ -148,29 +154,12 @@ rule summary:
         "--compute {input.compute} --figure {input.figure} --html {output.html} --landing {output.landing} > {log} 2>&1"
 
 
-# Named targets: `snakemake stage_A`, ..., `snakemake verdict_target`, `snakemake report_assets`.
-for _stage in STAGES:
-
-    rule:
-        name:
-            f"stage_{_stage}"
-        input:
-            f"{RESULTS}/stage_{_stage}/table.csv",
-            f"{RESULTS}/plots/curves_stage_{_stage}.png",
-        default_target: False
-
-
-rule report_assets:
-    input:
-        all_targets(),
-
-
 # Text samples: for the final stage, the base-seed run of each variant, sampled from the run's
 # model.pt (written next to result.json by workflow.train; not a declared output of `train`).
 rule sample_text:
     input:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
-        meta=dataset_meta(),
+        meta=f"{STUDY_TOKENS}/meta.json",
     output:
         report(
             f"{RESULTS}/samples/stage_{{stage}}/{{variant}}/seed_{{seed}}.txt",

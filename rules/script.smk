@@ -1,6 +1,8 @@
-# Your own training script as a variant (issue 17): the dataset in nanoGPT's layout for scripts
-# that read {nanogpt_data_dir} (train.bin / val.bin as uint16 + meta.pkl), from the tokenized
-# dataset (the same ids; workflow/data/nanogpt_layout.py). Only built when a script run asks for it.
+# Your own training script as a variant: the dataset in nanoGPT's layout for scripts that read
+# {nanogpt_data_dir} (train.bin / val.bin as uint16 + meta.pkl), from the tokenized dataset (the
+# same ids; workflow/data/nanogpt_layout.py). Only built when a script run asks for it (an input of
+# rules/train.smk's script runs); the dataset lists are rules/tokenize.smk's.
+import os
 
 
 rule nanogpt_data:

@@ -3,15 +3,17 @@
 # several nodes: one `srun` task per GPU), and exits with the trainer's status (75 = preempted).
 # The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
 # runs it affects (Snakemake's params rerun trigger).
-# A variant whose resolved `trainer` has a script or command runs workflow.run_script instead
-# (same options and outputs); its script and trainer.inputs are inputs (issue 17).
-# SLURM resources come from the study (stages.<S>.resources) via workflow.study.resources.slurm_resources.
+# A variant whose resolved `trainer` has a script or command (SCRIPT_TRAINERS, rules/checks.smk)
+# runs workflow.run_script instead (same options and outputs); its script and trainer.inputs are inputs.
+# Threads, resources (SLURM ones from stages.<S>.resources), the launcher and job groups:
+# rules/resources.smk; input functions (script_job_inputs, run_config_json): rules/common.smk.
+import os
+
 
 rule train:
     input:
-        meta=dataset_meta(),
-        # issue 17: a script run's script, trainer.inputs and nanoGPT data (none for the built-in trainer)
-        script=script_job_inputs,
+        meta=f"{STUDY_TOKENS}/meta.json",  # the study's tokenized dataset (rules/tokenize.smk)
+        script=script_job_inputs,  # a script run's script, trainer.inputs and nanoGPT data; none for the built-in trainer
     output:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
         metrics=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/metrics.jsonl",
@@ -25,7 +27,7 @@ rule train:
     threads: train_rule_setting(lambda r: r["nproc_per_node"] * r["cpus_per_proc"])
     resources:
         **train_rule_resources(),
-    # stages.<S>.resources.group_runs > 1: N runs per cluster job (rules/common.smk, docs/slurm.md)
+    # stages.<S>.resources.group_runs > 1: N runs per cluster job (rules/resources.smk, docs/slurm.md)
     group:
         train_rule_group()
     conda:

@@ -1,8 +1,12 @@
-# --------------------------------------------------------------------------- warm start
+# Warm start, and what Snakemake runs at its start, success and error (onstart / onsuccess / onerror).
+# Training jobs of a local run start as forks of one process that has imported torch already
+# (workflow/warm.py; the study's `warm_start`). On error, the finished runs of a failed group job
+# keep their outputs (rules/resources.smk).
+import sys
+
+from workflow.jobs.launcher import has_nvidia_gpu
 from workflow.jobs.warm_client import start_server, why_not_start
 
-# Warm start: training jobs of a local run start as forks of one
-# process that has imported torch already (workflow/warm.py; the study's `warm_start`).
 _WARM_SERVER = []
 
 
@@ -10,7 +14,7 @@ def start_warm_server():
     """Start the warm server when this invocation runs training jobs (or gates that add them)
     on this machine (:func:`workflow.jobs.warm_client.why_not_start`); say why not otherwise."""
     has_training = any((job.rule.name == "train" and (job.wildcards.stage, job.wildcards.variant) not in SCRIPT_TRAINERS)
-                       or job.is_checkpoint for job in workflow.dag.needrun_jobs())  # never for scripts (issue 17)
+                       or job.is_checkpoint for job in workflow.dag.needrun_jobs())  # never for script runs
     reason = why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
     if reason is not None:
         if has_training:
@@ -44,4 +48,4 @@ onsuccess:
 
 onerror:
     stop_warm_server()
-    restore_group_runs()  # rules/common.smk: a failed group job's finished runs get their outputs back
+    restore_group_runs()  # rules/resources.smk: a failed group job's finished runs get their outputs back

@@ -24,7 +24,7 @@ CLI::
         --out data/raw/tinyshakespeare/input.txt [--mirror M] [--options-json '{}']
 
 Without ``--mirror`` the mirror comes from the environment: ``STAGERUN_MIRRORS``, a JSON
-object ``{source: mirror or null}`` (rules/datasets.smk sets it at parse time from the
+object ``{source: mirror or null}`` (rules/env.smk sets it at parse time from the
 study config, so that the mirror never becomes part of a job's parameters, command or
 cache key; a source listed with null means the public URL), else ``STAGERUN_MIRROR``.
 Exit status 1 with a one-line ``error: ...`` on failure.

@@ -14,7 +14,7 @@ meta.json, pointing at the raw shards (1024-byte header, memmapped by workflow.d
 ``--tokenizer-file``: GPT-2 BPE ranks (tiktoken ``r50k_base.tiktoken``); default
 ``{raw-dir}/../gpt2/r50k_base.tiktoken`` when it exists, else tiktoken's own download/cache.
 Options that change no token (``num_proc``, ``batch_docs``, ``chunk_bytes``) may also come from
-``$STAGERUN_TOKENIZE_RUNTIME`` (JSON ``{dataset: {option: value}}``; rules/common.smk sets it),
+``$STAGERUN_TOKENIZE_RUNTIME`` (JSON ``{dataset: {option: value}}``; rules/env.smk sets it),
 so they are no Snakemake param: changing them reruns nothing.
 Exit status 1 with a one-line ``error: ...`` naming the file / line / byte at fault.
 """

@@ -68,7 +68,7 @@ def test_dry_run_lists_jobs_without_running(tmp_path, shared_data_server):
 
 
 def test_workflow_passes_snakemake_lint(tmp_path, shared_data_server):
-    """`snakemake --lint` (make lint) finds nothing: rules by stage, functions in common.smk,
+    """`snakemake --lint` (make lint) finds nothing: rules by stage, functions in the rule-free files,
     no absolute paths, a log for every rule. Its exit status does not tell, so read its output."""
     proc = snakemake(tmp_path, "--lint", mirror=shared_data_server)
     out = proc.stdout + proc.stderr

@@ -1,4 +1,4 @@
-"""rules/datasets.smk + rules/tokenize.smk through real Snakemake runs over a loopback mirror.
+"""rules/download.smk + rules/tokenize.smk through real Snakemake runs over a loopback mirror.
 
 The repository's Snakefile with the tiny study (tests/configs/tiny.yaml), its data folder in
 tmp_path and ``mirror`` pointing at the loopback server of the shared data; the target is

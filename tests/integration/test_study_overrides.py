@@ -128,7 +128,7 @@ def test_dry_run_with_sweep_override_plan_and_gpu_cap(tmp_path):
     assert {v for v, _ in jobs} >= {"lr-0.001_n_embd-64", "lr-0.002_n_embd-96"}
     command = next(line for line in out.splitlines() if "lr-0.002_n_embd-96/seed_1339" in line and "--run-config" in line)
     assert '"lr": 0.002' in command and '"n_embd": 96' in command and '"batch_size": 4' in command
-    # every job's --run-config (resolved once per stage and variant, rules/common.smk) is exactly
+    # every job's --run-config (resolved once per stage and variant, rules/common.smk's run_config_json) is exactly
     # run_config() of its own seed
     resolved = {**yaml.safe_load(study.read_text()), "set": ["stages.A.seeds=3", "train.batch_size=4"]}
     prepare_study(resolved)

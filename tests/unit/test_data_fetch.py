@@ -139,7 +139,7 @@ def test_cli_registry_download_via_env_mirror(shared_data_server, tmp_path, repo
 
 
 def test_cli_mirror_map_from_env_wins_per_source(shared_data_server, tmp_path, repo_root):
-    """STAGERUN_MIRRORS (set by rules/datasets.smk) names each source's mirror; a listed source
+    """STAGERUN_MIRRORS (set by rules/env.smk) names each source's mirror; a listed source
     wins over STAGERUN_MIRROR, null means the public URL, an unlisted one falls back."""
     out = tmp_path / "a" / "input.txt"
     env = {"PYTHONPATH": str(repo_root), "STAGERUN_MIRROR": str(tmp_path / "nowhere"),

@@ -17,7 +17,10 @@ from snakemake.utils import validate
 from workflow.data.prepare import prepare
 from workflow.data.registry import token_options, tokens_dir, tokens_dir_name, tokens_mismatch
 from workflow.data.writers import DataError
-from workflow.study.checks import check_data_vocab, check_model_configs, check_study, plan_warnings
+from workflow.study.checks import (
+    check_data_vocab, check_model_configs, check_script_data, check_study, check_study_data, plan_warnings,
+    tokens_folder_options,
+)
 from workflow.study.overrides import prepare_study
 from workflow.study.printed_plan import format_printed_plan
 from workflow.study.resolve import run_config
@@ -96,6 +99,38 @@ def test_vocab_size_below_the_data_names_the_key_and_the_symbols():
         check_data_vocab(config, meta, "m")
     config["variants"]["lr-6e-3"]["model"] = {"vocab_size": 65}
     check_data_vocab(config, meta, "m")  # enough: allowed
+
+
+def test_the_vocab_check_at_parse_reads_the_study_tokens_once_they_exist(tmp_path):
+    config = study(data_dir=str(tmp_path), model={"preset": "nanogpt-small", "vocab_size": 10})
+    check_study_data(config)  # no tokens yet: nothing to check (the launcher checks before training)
+    meta = tmp_path / "tokens" / "shakespeare_char" / "meta.json"
+    meta.parent.mkdir(parents=True)
+    meta.write_text(json.dumps({"vocab_size": 65}))
+    with pytest.raises(ConfigError, match=rf"^model.vocab_size: 10, but the data \({meta}\) has 65 symbols"):
+        check_study_data(config)
+    meta.write_text("{")
+    with pytest.raises(ValueError, match=rf"^{meta}: invalid JSON at line 1"):
+        check_study_data(config)
+
+
+def test_a_script_asking_for_nanogpt_data_needs_a_dataset_with_split_files():
+    trainers = {("A", "mine"): {"script": "/x/train.py", "args": ["--data={nanogpt_data_dir}"], "env": {}, "command": None}}
+    check_script_data(study(), trainers)  # shakespeare_char has train.bin / val.bin
+    check_script_data(study(dataset="fineweb10B"), {})  # no script run: nothing asked for
+    with pytest.raises(ConfigError, match=r"^trainer: \{nanogpt_data_dir\} asked for, but fineweb10B is a shard "
+                                          r"dataset .* use \{train_files\} / \{val_files\}"):
+        check_script_data(study(dataset="fineweb10B"), trainers)
+
+
+def test_a_tokens_folder_is_made_only_with_the_options_it_names():
+    assert tokens_folder_options(study(), "shakespeare_char") == {}
+    config = study(datasets={"shakespeare_char": {"train_fraction": 0.99999}})
+    other = tokens_dir_name("shakespeare_char", {"train_fraction": 0.99999})
+    assert tokens_folder_options(config, other) == {"train_fraction": 0.99999}
+    with pytest.raises(ConfigError, match=rf"^data/tokens/shakespeare_char: the study's datasets.shakespeare_char "
+                                          rf"options name the folder '{other}'"):
+        tokens_folder_options(config, "shakespeare_char")
 
 
 # ---- items 4, 5, 9: warnings in the printed plan ------------------------------------------

@@ -1,7 +1,7 @@
 """Registry of raw data sources and of the tokenized datasets built from them.
 
 ``SOURCES[name]`` says where raw files come from (public URL, sha256 and/or size);
-they are downloaded to ``{data_dir}/raw/{source}/{filename}`` by rules/datasets.smk.
+they are downloaded to ``{data_dir}/raw/{source}/{filename}`` by rules/download.smk.
 ``DATASETS[name]`` says how a dataset is made from a source: tokenizer kind, split
 recipe and default options; workflow.tokenize writes ``{data_dir}/tokens/{name}/`` (with
 non-default token options ``{name}-{hash}/``: :func:`tokens_dir_name`).
@@ -15,7 +15,7 @@ merged over :attr:`Dataset.defaults` by :func:`dataset_options`; every dataset a
 accepts ``mirror`` (a per-dataset mirror base) and ``raw_files`` (``{filename: {sha256,
 bytes}}`` overrides of the registry's checks, e.g. for a test archive on a mirror).
 
-The functions used by the Snakemake rules (rules/common.smk, datasets.smk, tokenize.smk):
+The functions used by the Snakemake rules (rules/common.smk, download.smk, tokenize.smk):
 :func:`source_files`, :func:`source_file`, :func:`dataset_source`,
 :func:`dataset_raw_inputs`, :func:`dataset_raw_dir`, :func:`dataset_outputs`,
 :func:`source_options`, :func:`source_mirror`.

@@ -30,7 +30,7 @@ from workflow.study.length import model_block_size
 EXIT_DIR_ENV = "STAGERUN_EXIT_DIR"
 WORKER_WAIT_S = 300  # longest wait for a worker that outlived torchrun (it is saving its checkpoint)
 WINDOW_SPLITS = ("train", "val")
-INVOCATION_ENV = "STAGERUN_INVOCATION"  # one id per `snakemake` invocation (rules/common.smk)
+INVOCATION_ENV = "STAGERUN_INVOCATION"  # one id per `snakemake` invocation (rules/env.smk)
 FINISHED_DIR = ".finished"  # {out_dir}/.finished/: outputs of a finished run of a group job
 FINISHED_OUTPUTS = ("result.json", "metrics.jsonl")  # the train rule's outputs
 

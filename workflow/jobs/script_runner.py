@@ -6,7 +6,7 @@ CLI (what rules/train.smk runs for a run whose resolved ``trainer`` has a script
         --log results/.../train.log --run-config '<json>' --out-dir DIR --meta META [--threads T]
 
 ``--run-config`` is the run's resolved config (workflow.study.resolve.run_config) with its ``trainer``
-paths absolute (rules/common.smk). What it does:
+paths absolute (rules/checks.smk). What it does:
 
 1. **Log**: every attempt writes its own ``train.attempt-N.log``; ``train.log`` links to the
    latest (workflow.jobs.job_common.open_attempt_log). The script's stdout and stderr go into it whole,

@@ -12,9 +12,14 @@ Merge order of ``model``: study ``model`` < variant ``model``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
-from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
+from workflow.core.io import read_json
+from workflow.data.registry import (
+    DATASETS, UnknownNameError, dataset_options, study_meta_path, tokens_dataset, tokens_dir_name,
+)
 from workflow.study.gate_rules import gate_rule
 from workflow.study.length import model_block_size, run_steps
 from workflow.model.spec import build_model_config
@@ -22,7 +27,7 @@ from workflow.study.resolve import deep_merge, run_config, stage_order, stage_se
 from workflow.study.resources import stage_resources
 from workflow.optim.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
-from workflow.study.trainer_section import TrainerConfigError, check_placeholders, resolve_paths
+from workflow.study.trainer_section import TrainerConfigError, check_placeholders, needs_nanogpt_data, resolve_paths
 from workflow.study.trainer_section import check_files as check_trainer_files
 
 #: Study keys that are folders (every output path starts with one): no braces.
@@ -265,3 +270,51 @@ def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True
                 raise ConfigError(str(err)) from None
             out[(stage, variant)] = trainer
     return out
+
+
+def check_script_data(config: dict, trainers: Mapping[tuple[str, str], dict]) -> None:
+    """A script run that reads ``{nanogpt_data_dir}`` (:func:`workflow.study.trainer_section.needs_nanogpt_data`)
+    needs a dataset with its own split files: nanoGPT's layout (train.bin / val.bin as uint16 +
+    meta.pkl, workflow/data/nanogpt_layout.py) is made from them, and a shard dataset (FineWeb)
+    keeps modded-nanogpt's shard format. ``trainers``: :func:`check_trainers`'s result.
+
+    Raises:
+        ConfigError: naming the dataset and the placeholders to use instead.
+    """
+    dataset = config["dataset"]
+    if any(needs_nanogpt_data(t) for t in trainers.values()) and not DATASETS[dataset].static_split_files:
+        raise ConfigError(
+            f"trainer: {{nanogpt_data_dir}} asked for, but {dataset} is a shard dataset whose shards stay in "
+            "modded-nanogpt's format: use {train_files} / {val_files} (README, 'Your own training script')")
+
+
+def check_study_data(config: dict) -> None:
+    """Once the study's tokens exist (their ``meta.json``, :func:`workflow.data.registry.study_meta_path`),
+    :func:`check_data_vocab` against it; before that nothing (the job's launcher checks the data
+    before training: workflow.jobs.launcher.check_data).
+
+    Raises:
+        ConfigError: a variant's ``model.vocab_size`` below the data's symbols.
+        ValueError: the meta.json is not valid JSON (message names the file and line).
+    """
+    meta = study_meta_path(config)
+    if os.path.exists(meta):
+        check_data_vocab(config, read_json(meta), meta)
+
+
+def tokens_folder_options(config: dict, tokens: str) -> dict:
+    """The study's options (config ``datasets.<name>``) of the dataset whose tokens folder is
+    ``{data_dir}/tokens/{tokens}``, checked against the folder's name
+    (:func:`workflow.data.registry.tokens_dir_name`): a folder is only ever made with the options it names.
+
+    Raises:
+        ConfigError: the study's options name another folder (message names both).
+    """
+    dataset = tokens_dataset(tokens)
+    options = dict((config.get("datasets") or {}).get(dataset) or {})
+    if tokens_dir_name(dataset, options) != tokens:
+        raise ConfigError(
+            f"{config['data_dir']}/tokens/{tokens}: the study's datasets.{dataset} options name the folder "
+            f"{tokens_dir_name(dataset, options)!r}; tokens of other options are made by the study that has them"
+        )
+    return options

@@ -5,12 +5,21 @@
 # The log is tee'd so the download's progress bar stays visible in the terminal.
 #
 # The mirror (config["mirror"] or config["datasets"][name]["mirror"]) is handed to the
-# download CLI through the environment variable STAGERUN_MIRRORS, NOT through params:
-# a file's identity is its public URL + sha256/size (the params below), so moving to
+# download CLI through the environment variable STAGERUN_MIRRORS (rules/env.smk), NOT through
+# params: a file's identity is its public URL + sha256/size (the params below), so moving to
 # or from a mirror neither re-triggers downloads nor changes the between-workflow cache
-# key (`snakemake --cache`). Helpers (raw_file_spec, ...) are in rules/common.smk.
+# key (`snakemake --cache`).
 # ensure(sha256=...) makes Snakemake re-check the hash after the job (it hashes with
 # force=True, so --max-checksum-file-size does not limit this check in Snakemake 9).
+# Input functions (raw_file_spec, raw_file_checks): rules/common.smk.
+from workflow.data.registry import SOURCES
+
+# Sources whose registry entry has a sha256 for every file are checked by ensure(sha256=).
+CHECKED_SOURCES = sorted(
+    n for n, s in SOURCES.items() if s.files and s.files_fn is None and all(f.sha256 for f in s.files)
+)
+UNCHECKED_SOURCES = sorted(n for n in SOURCES if n not in CHECKED_SOURCES)
+
 
 rule download_checked:
     """Raw file of a source whose registry entry has a sha256 (verified twice: CLI and ensure)."""
