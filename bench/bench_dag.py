@@ -20,7 +20,7 @@ For each size N (training runs in the first stage; ``--large`` adds 5,000):
 
 Prints one line per size and measurement with the wall and CPU seconds (user + system of the
 snakemake process) and the ratios study / bare, the marginal cost per training run between
-sizes (linear growth: similar slopes), then one JSON line. Target (issue 12): ratio <= 1.5 at
+sizes (linear growth: similar slopes), then one JSON line. Target: ratio <= 1.5 at
 1,000 runs. The load average is printed: on a shared machine compare ratios (the CPU ratio is
 the steadier one), not seconds.
 """

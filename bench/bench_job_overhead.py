@@ -27,7 +27,7 @@ process; ``fresh`` in the JSON). The server's start-up (``warm_server_start_s``,
 the screen (``overhead_share_with_server_start``).
 
 Summary: the overhead's share of the screen's total job time, the mean overhead per job (target
-<= 2 s, issue 12), the ratio warm / fresh, and references measured in the same run: a bare
+<= 2 s), the ratio warm / fresh, and references measured in the same run: a bare
 interpreter start, ``import torch`` in a fresh interpreter, and ``import torch`` plus the first
 ``torch.optim`` optimizer (which imports ``torch._dynamo`` in torch 2.13): the floor of any
 fresh training process.
@@ -36,7 +36,7 @@ When the workflow launches single-process jobs through ``torchrun``, every job a
 right after, as one plain process (``python -m workflow.train ...``, same arguments, its own
 output folder): ``single_process`` in the JSON. With ``--compare-torchrun``, every job also
 runs right after through ``torchrun --standalone --nproc_per_node 1 -m workflow.train`` (the
-launch before issue 12; ``torchrun`` in the JSON). Prints one line per job and one JSON line.
+launch before warm starts; ``torchrun`` in the JSON). Prints one line per job and one JSON line.
 """
 
 from __future__ import annotations

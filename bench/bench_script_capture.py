@@ -1,4 +1,4 @@
-"""Capture-overhead benchmark (not a test; issue 17): a training script that prints 10,000 metric
+"""Capture-overhead benchmark (not a test): a training script that prints 10,000 metric
 lines, run bare and through stagerun's script runner, in the same run.
 
     .venv/bin/python bench/bench_script_capture.py [--lines 10000] [--work-us 500] [--repeats 5] [--json out.json]

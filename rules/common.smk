@@ -69,7 +69,7 @@ PARALLEL_TOKENIZE_DATASETS = {"openwebtext"}  # their tokenizer uses several pro
 
 
 
-# ---- issue 17: your own training script as a variant (workflow/study/trainer_section.py) -----
+# ---- script runs: your own training script as a variant (workflow/study/trainer_section.py) -----
 # The folder of the study file (the last --configfile): relative trainer.workdir starts there.
 STUDY_DIR = (os.path.dirname(workflow.overwrite_configfiles[-1]) if workflow.overwrite_configfiles
              else os.path.join(workflow.basedir, "config"))
@@ -111,7 +111,7 @@ def train_launcher():
     if not SCRIPT_TRAINERS:
         return train_rule_setting(launch_command)
     return per_job(lambda w: (script_launch_command if script_trainer(w) else launch_command)(train_resources(w.stage)))
-# ---- end issue 17 ------------------------------------------------------------------------
+# ---- end of script runs --------------------------------------------------------------------
 
 
 def raw_file_options(wildcards):
@@ -259,7 +259,7 @@ def run_config_json(stage, variant, seed):
     JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
     cfg = dict(_first_seed_run_config(stage, variant))
     cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
-    if "trainer" in cfg:  # issue 17: the script trainer with absolute paths
+    if "trainer" in cfg:  # a script run: the script trainer with absolute paths
         cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
     return json.dumps(cfg, sort_keys=True)
 
@@ -281,7 +281,7 @@ def train_resources(stage):
     res = stage_resources(config, stage)
     if (res["gpus"] and workflow.is_main_process and workflow.local_exec and not has_nvidia_gpu()
             and _first_seed_run_config(stage, BASELINE)["train"]["device"] == "auto"
-            and (stage, BASELINE) not in SCRIPT_TRAINERS):  # a script decides its device itself (issue 17)
+            and (stage, BASELINE) not in SCRIPT_TRAINERS):  # a script decides its device itself
         cap = max(1, min(res["nproc_per_node"], os.cpu_count() or 1))
         print(
             f"stagerun: stages.{stage}.resources asks for {res['gpus']} GPUs per node, but this machine has "
@@ -347,7 +347,7 @@ if GROUPS:
     workflow.register_resource(GROUP_RUN_SLOTS, 1)
 # One id per `snakemake` invocation, in every job's environment (sbatch --export=ALL): the
 # launcher of a grouped run restores a run that finished earlier in this invocation
-# (workflow.launch.restore_finished) instead of training it again.
+# (workflow.jobs.launcher.restore_finished) instead of training it again.
 INVOCATION = uuid.uuid4().hex if workflow.is_main_process else None
 if INVOCATION:
     os.environ.update(STAGERUN_INVOCATION=INVOCATION)
@@ -355,7 +355,7 @@ if INVOCATION:
 
 def restore_group_runs():
     """``onerror``: runs of grouped stages that finished in this invocation get back the outputs
-    Snakemake deleted when their group job failed (workflow.launch.restore_invocation_runs)."""
+    Snakemake deleted when their group job failed (workflow.jobs.launcher.restore_invocation_runs)."""
     if not GROUPS or not INVOCATION:
         return
     from workflow.jobs.launcher import restore_invocation_runs  # (torch-free)
@@ -435,7 +435,7 @@ def all_targets():
         f"{RESULTS}/plots/val_loss_by_stage.png",
         *[f"{RESULTS}/stage_{stage}/table.csv" for stage in STAGES],
         *[f"{RESULTS}/plots/curves_stage_{stage}.png" for stage in STAGES],
-        # (script runs leave no model.pt to sample from: issue 17)
+        # (script runs leave no model.pt to sample from)
         lambda w: [f"{RESULTS}/samples/stage_{FINAL_STAGE}/{v}/seed_{stage_seeds(config, FINAL_STAGE)[0]}.txt"
                    for v in stage_variants(FINAL_STAGE) if (FINAL_STAGE, v) not in SCRIPT_TRAINERS],
         *comm_targets(),  # rules/comm.smk

@@ -1,4 +1,4 @@
-# Your own training script as a variant (issue 17): the dataset in nanoGPT's layout for scripts
+# Your own training script as a variant: the dataset in nanoGPT's layout for scripts
 # that read {nanogpt_data_dir} (train.bin / val.bin as uint16 + meta.pkl), from the tokenized
 # dataset (the same ids; workflow/data/nanogpt_layout.py). Only built when a script run asks for it.
 

@@ -4,13 +4,13 @@
 # The resolved config is a param, so changing a stage's or a variant's settings reruns exactly the
 # runs it affects (Snakemake's params rerun trigger).
 # A variant whose resolved `trainer` has a script or command runs workflow.run_script instead
-# (same options and outputs); its script and trainer.inputs are inputs (issue 17).
+# (same options and outputs); its script and trainer.inputs are inputs.
 # SLURM resources come from the study (stages.<S>.resources) via workflow.study.resources.slurm_resources.
 
 rule train:
     input:
         meta=dataset_meta(),
-        # issue 17: a script run's script, trainer.inputs and nanoGPT data (none for the built-in trainer)
+        # a script run's script, trainer.inputs and nanoGPT data (none for the built-in trainer)
         script=script_job_inputs,
     output:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",

@@ -10,7 +10,7 @@ def start_warm_server():
     """Start the warm server when this invocation runs training jobs (or gates that add them)
     on this machine (:func:`workflow.jobs.warm_client.why_not_start`); say why not otherwise."""
     has_training = any((job.rule.name == "train" and (job.wildcards.stage, job.wildcards.variant) not in SCRIPT_TRAINERS)
-                       or job.is_checkpoint for job in workflow.dag.needrun_jobs())  # never for scripts (issue 17)
+                       or job.is_checkpoint for job in workflow.dag.needrun_jobs())  # never for script runs
     reason = why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
     if reason is not None:
         if has_training:

@@ -1,4 +1,4 @@
-"""The house rules of workflow/ (issue 21), checked on the real tree: layer contracts
+"""The house rules of workflow/, checked on the real tree: layer contracts
 (import-linter), no import cycles, no room over 450 lines, imports inside functions only
 to defer a heavy import (with a comment saying so), steps thin."""
 

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's (workflow.train._PreemptionFlag)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's preemption flag's (workflow.training.state)
 
 
 # --------------------------------------------------------------------------- starting the trainer

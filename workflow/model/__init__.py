@@ -2,15 +2,17 @@
 
 Modules (``workflow.model.<name>``):
 
-``config``           GPTConfig, MODEL_PRESETS, PRESET_REFERENCE_VOCAB, build_model_config,
-                     block patterns and sync-count arithmetic. **No torch**: the Snakemake main
-                     process validates model configs with it.
 ``blocks``           norms, attention, MLP, the ``Block`` base class, ``BLOCK_TYPES`` /
                      ``register_block``, the ``sequential`` and ``palm`` blocks.
-``tensor_parallel``  the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
+``tp_blocks``        the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
                      communication counters (docs/tensor_parallel.md).
+``parallelize``      real tensor parallelism (DTensor) applied to a built model from outside.
 ``depth_warm``       the DepthWarm schedule ``depth_warm_state`` (no torch).
 ``gpt``              the ``GPT`` model and ``compile_gpt`` (how ``train.compile`` compiles it).
+
+The torch-free specification (GPTConfig, MODEL_PRESETS, PRESET_REFERENCE_VOCAB,
+build_model_config, block patterns and sync-count arithmetic) is in ``workflow.study.model_config``
+and ``workflow.study.blocks``: the Snakemake main process validates model configs with it.
 
 ``from workflow.model import GPT, GPTConfig, build_model_config, depth_warm_state, BLOCK_TYPES``
 keeps working: names are re-exported lazily (PEP 562 ``__getattr__``), so importing this

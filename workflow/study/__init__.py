@@ -4,5 +4,5 @@ schema (defaults, readable errors), resolve (merging, seeds, run configs, hashes
 (compute and launch), checks (semantic checks), model_config and blocks (GPTConfig, presets,
 block patterns), schedules (LR, curriculum, DepthWarm), length (the run length), overrides
 (``set=``, sweeps), printed_plan, explain (why_rerun), trainer_section (the ``trainer`` section:
-your own training script as a variant, issue 17).
+your own training script as a variant).
 """
