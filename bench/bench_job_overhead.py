@@ -3,6 +3,7 @@ own time, for every training job of a stage-A screen, as Snakemake would run the
 
     .venv/bin/python bench/bench_job_overhead.py [--configfile config/config.yaml] [--stage A]
                                                  [--jobs N] [--json out.json]
+    .venv/bin/python bench/bench_job_overhead.py --quick     # seconds: one job of the tiny test study (CI)
 
 1. Tokenizes the study's dataset with the repository's Snakefile (``--config mirror=`` the
    shared data: ``$STAGERUN_SHARED_DATA`` or ``../shared/data``) in a temporary folder.
@@ -143,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compare-torchrun", action="store_true",
                         help="also run every single-process job through torchrun, right after (same run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: the first training job of tests/configs/tiny.yaml (8 steps) only; "
+                             "checks that the benchmark runs, the numbers mean little")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.configfile, args.stage, args.jobs = REPO / "tests" / "configs" / "tiny.yaml", "A", 1
 
     with tempfile.TemporaryDirectory(prefix="bench_job_overhead_") as tmp:
         work = Path(tmp)
