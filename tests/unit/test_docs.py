@@ -94,6 +94,7 @@ def _lines(path: Path) -> list[tuple[int, str]]:
     return list(enumerate(path.read_text().splitlines(), start=1))
 
 
+@lru_cache(maxsize=1)
 def _all_texts() -> list[tuple[Path, list[tuple[int, str]]]]:
     files = [*_markdown_files(), *_python_files(), *_plain_files()]
     return [(p, _lines(p)) for p in files if p.is_file()]
