@@ -277,3 +277,15 @@ def test_architecture_torch_free_list_matches_the_contract():
     assert sorted(listed) == sorted(forbidden["source_modules"]), (
         f"docs/architecture.md lists {sorted(set(listed) - set(forbidden['source_modules']))} beyond the "
         f"contract and misses {sorted(set(forbidden['source_modules']) - set(listed))}")
+
+
+def test_every_named_test_function_exists():
+    """``tests/x.py::test_name`` names a function defined in that file."""
+    missing = []
+    for path, lines in _all_texts():
+        for line, text in lines:
+            for match in re.finditer(r"(tests/[\w/]+\.py)::(\w+)", text):
+                file, name = REPO / match.group(1), match.group(2)
+                if not file.is_file() or not re.search(rf"^\s*(async )?def {name}\(", file.read_text(), flags=re.M):
+                    missing.append(f"{_where(path, line)}: {match.group(0)}")
+    assert not missing, "test functions named in docs or comments that do not exist:\n" + "\n".join(missing)
