@@ -3,6 +3,7 @@ collectives for the comm study's block patterns, as ratios against 24comm (12 x 
 the same run.
 
     python bench/bench_comm.py [--steps 10] [--rounds 2] [--json out.json]          # CPU: 2 gloo processes
+    python bench/bench_comm.py --quick                                              # seconds: 2 patterns, tiny model (CI)
     torchrun --standalone --nproc_per_node 2 bench/bench_comm.py --device cuda      # a node with >= 2 GPUs (NCCL)
 
 CPU (default): spawns tp_size = 2 processes (gloo, 1 thread each) on a (dp=1, tp=2) DeviceMesh.
@@ -125,9 +126,10 @@ def worker(rank: int, world: int, args, port: int | None) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh(device.type, (dist.get_world_size() // 2, 2), mesh_dim_names=("dp", "tp"))
-    rounds: dict[str, list[dict]] = {name: [] for name in PATTERNS}
+    names = args.patterns or list(PATTERNS)
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
     for _ in range(args.rounds):
-        for name in PATTERNS:
+        for name in names:
             rounds[name].append(bench_pattern(name, args, mesh, device))
     if dist.get_rank() == 0:
         report(rounds, args, device)
@@ -174,7 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
     parser.add_argument("--json", help="also write the JSON line here")
+    parser.add_argument("--patterns", nargs="+", choices=sorted(PATTERNS), help="only these (24comm is always run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: 24comm and 6comm-final, a 32-wide model, 1 step, 1 round "
+                             "(checks that the benchmark runs; the numbers mean little)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.rounds = 1, 1, 1
+        args.n_embd, args.n_head, args.block_size, args.batch_size = 32, 2, 16, 2
+        args.patterns = ["6comm-final"]
+    if args.patterns:
+        args.patterns = ["24comm", *[p for p in args.patterns if p != "24comm"]]
     if "RANK" in os.environ:  # launched by torchrun
         worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), args, None)
         return 0

@@ -2,25 +2,28 @@
 Snakemake workflows with the same number of jobs, measured in the same run.
 
     .venv/bin/python bench/bench_dag.py [--runs 100 1000] [--large] [--repeat 1] [--json out.json]
+    .venv/bin/python bench/bench_dag.py --quick     # seconds: one 15-run study (CI checks it finishes)
 
 For each size N (training runs in the first stage; ``--large`` adds 5,000):
 
 1. A study with N/5 variants x 5 seeds in stage A (gate top_k k=2) and a stage B with
-   5 seeds (the verdict), nanogpt-small on tiny Shakespeare (a mirror that does not need to
-   exist: nothing runs).
+   5 seeds (the verdict), nanogpt-small on ``custom_text`` over a folder of generated
+   arithmetic documents (no download, no mirror: the data is this script's own).
 2. ``snakemake -n`` of that study (parse, validation, DAG of stage A's N training jobs plus the
    data, summary and gate jobs) against ``snakemake -n`` of a bare workflow with the same job
    count (one rule ``touch {output}`` with a wildcard, and ``rule all``).
 3. A no-op rerun (``snakemake --cores 1`` when every output exists and is up to date: the
    stage B jobs are in the DAG too, as the gates have decided) against the bare workflow's
-   no-op rerun with the same job count. The outputs are created by this script, not by running
-   the jobs: the jobs listed by ``snakemake -n --forceall`` (and the gate decisions that open
-   stage B) are written in topological order with increasing modification times, so Snakemake
-   finds them complete (no metadata records: the params trigger has nothing to compare).
+   no-op rerun with the same job count. The data jobs really run (``snakemake`` tokenizes the
+   generated documents: meta.json is read when the Snakefile is parsed, so it must be real);
+   the other outputs are created by this script, not by running the jobs: the jobs a dry run
+   lists (and the gate decisions that open stage B, with real content) are written in
+   topological order with increasing modification times, so Snakemake finds them complete (no
+   metadata records: the params trigger has nothing to compare).
 
 Prints one line per size and measurement with the wall and CPU seconds (user + system of the
 snakemake process) and the ratios study / bare, the marginal cost per training run between
-sizes (linear growth: similar slopes), then one JSON line. Target (issue 12): ratio <= 1.5 at
+sizes (linear growth: similar slopes), then one JSON line. Target: ratio <= 1.5 at
 1,000 runs. The load average is printed: on a shared machine compare ratios (the CPU ratio is
 the steadier one), not seconds.
 """
@@ -30,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import re
 import resource
 import subprocess
@@ -42,6 +46,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = 5
+DATA_DIR = "data"  # the schema's default data_dir, relative to the working folder
 
 BARE_SNAKEFILE = """\
 N = int(config["jobs"])
@@ -55,15 +60,29 @@ rule job:
 """
 
 
-def study_config(runs: int) -> dict:
-    """A study with ``runs`` training runs in stage A: runs/5 variants (learning rates) x 5 seeds."""
+def write_documents(folder: Path, documents: int = 400) -> Path:
+    """Arithmetic documents in custom_text's default charset (``0123456789+-HBL.``), two files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    for part in ("a", "b"):
+        docs = []
+        for _ in range(documents // 2):
+            x, y = rng.randrange(1000), rng.randrange(1000)
+            docs.append(f"{x}+{y}\nH{x + y}.\nB{x - y}L\n")
+        (folder / f"{part}.txt").write_text("\n".join(docs))
+    return folder
+
+
+def study_config(runs: int, documents: Path) -> dict:
+    """A study with ``runs`` training runs in stage A: runs/5 variants (learning rates) x 5 seeds,
+    on ``custom_text`` over ``documents``."""
     variants = {"baseline": {}}
     for i in range(1, runs // SEEDS):
         variants[f"v{i:04d}"] = {"train": {"lr": round(1e-3 * (1 + i / runs), 8)}}
     return {
         "study": f"dag{runs}",
-        "dataset": "shakespeare_char",
-        "mirror": "/nonexistent/mirror",
+        "dataset": "custom_text",
+        "datasets": {"custom_text": {"folder": str(documents)}},
         "baseline": "baseline",
         "model": {"preset": "nanogpt-small"},
         "train": {"batch_size": 8, "lr": 1e-3, "val_loss_every": 0},
@@ -99,12 +118,12 @@ def job_count(output: str) -> int:
     return int(match.group(1))
 
 
-def listed_outputs(output: str) -> list[list[str]]:
-    """Output and log files of each job of a dry run, in the printed (topological) order."""
+def listed_outputs(output: str, keys: tuple[str, ...] = ("output", "log")) -> list[list[str]]:
+    """Output (and log) files of each job of a dry run, in the printed (topological) order."""
     jobs = []
     for block in re.split(r"\n(?=(?:local)?(?:rule|checkpoint) \w+:)", output):
         files = []
-        for key in ("output", "log"):
+        for key in keys:
             for line in re.findall(rf"^\s+{key}: (.+)$", block, flags=re.M):
                 files += [f.strip() for f in line.split(", ") if f.strip()]
         if files:
@@ -120,16 +139,22 @@ def complete_study(workdir: Path, snakefile: Path, configfile: Path) -> int:
     inputs are newer), in the printed topological order with increasing modification times;
     a pass may open a stage (gate decisions are checkpoints). Stops when nothing is left."""
     variants = list(yaml.safe_load(configfile.read_text())["variants"])
-    stamp = time.time() - 10_000_000
     args = ("--cores", "1", "--configfile", str(configfile))
-    jobs: set[str] = set()  # jobs with outputs, by their first output
+    # the data jobs for real: the Snakefile reads meta.json when it is parsed
+    _, out = snakemake(workdir, snakefile, "-n", *args)
+    data = [files for files in listed_outputs(out, ("output",)) if files[0].startswith(f"{DATA_DIR}/")]
+    if not any(f.endswith("/meta.json") for files in data for f in files):
+        raise RuntimeError(f"the dry run lists no data job writing meta.json:\n{out[-3000:]}")
+    snakemake(workdir, snakefile, *[f for files in data for f in files], *args)  # targets first: --configfile takes a list
+    jobs: set[str] = {files[0] for files in data}  # jobs with outputs, by their first output
+    stamp = time.time()  # placeholders are newer than the real data files, in the DAG's order
     for _ in range(10):
         _, out = snakemake(workdir, snakefile, "-n", *args)
         if "Nothing to be done" in out:
             return len(jobs) + 1  # + rule all
         for files in listed_outputs(out):
             jobs.add(files[0])
-            stamp += 1
+            stamp += 0.001
             for name in files:
                 path = workdir / name
                 if not path.exists():
@@ -155,7 +180,7 @@ def measure(runs: int, repeat: int, tmp: Path) -> dict:
     study_dir.mkdir(parents=True)
     bare_dir.mkdir(parents=True)
     configfile = folder / "study.yaml"
-    configfile.write_text(yaml.safe_dump(study_config(runs), sort_keys=False))
+    configfile.write_text(yaml.safe_dump(study_config(runs, write_documents(folder / "documents")), sort_keys=False))
     bare_snakefile = folder / "Snakefile"
     bare_snakefile.write_text(BARE_SNAKEFILE)
     snakefile = REPO / "Snakefile"
@@ -203,7 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true", help="add the 5,000-run study (minutes on 2 cores)")
     parser.add_argument("--repeat", type=int, default=1, help="repeats per measurement (the minimum counts)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: one 15-run study, once (checks that the benchmark runs; the numbers mean little)")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.large, args.repeat = [15], False, 1  # 3 variants: top_k k=2 must leave one out
     sizes = sorted(set(args.runs) | ({5000} if args.large else set()))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench_dag_") as tmp:

@@ -3,6 +3,7 @@ own time, for every training job of a stage-A screen, as Snakemake would run the
 
     .venv/bin/python bench/bench_job_overhead.py [--configfile config/config.yaml] [--stage A]
                                                  [--jobs N] [--json out.json]
+    .venv/bin/python bench/bench_job_overhead.py --quick     # seconds: one job of the tiny test study (CI)
 
 1. Tokenizes the study's dataset with the repository's Snakefile (``--config mirror=`` the
    shared data: ``$STAGERUN_SHARED_DATA`` or ``../shared/data``) in a temporary folder.
@@ -27,7 +28,7 @@ process; ``fresh`` in the JSON). The server's start-up (``warm_server_start_s``,
 the screen (``overhead_share_with_server_start``).
 
 Summary: the overhead's share of the screen's total job time, the mean overhead per job (target
-<= 2 s, issue 12), the ratio warm / fresh, and references measured in the same run: a bare
+<= 2 s), the ratio warm / fresh, and references measured in the same run: a bare
 interpreter start, ``import torch`` in a fresh interpreter, and ``import torch`` plus the first
 ``torch.optim`` optimizer (which imports ``torch._dynamo`` in torch 2.13): the floor of any
 fresh training process.
@@ -36,7 +37,7 @@ When the workflow launches single-process jobs through ``torchrun``, every job a
 right after, as one plain process (``python -m workflow.train ...``, same arguments, its own
 output folder): ``single_process`` in the JSON. With ``--compare-torchrun``, every job also
 runs right after through ``torchrun --standalone --nproc_per_node 1 -m workflow.train`` (the
-launch before issue 12; ``torchrun`` in the JSON). Prints one line per job and one JSON line.
+launch before warm starts; ``torchrun`` in the JSON). Prints one line per job and one JSON line.
 """
 
 from __future__ import annotations
@@ -143,7 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--compare-torchrun", action="store_true",
                         help="also run every single-process job through torchrun, right after (same run)")
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: the first training job of tests/configs/tiny.yaml (8 steps) only; "
+                             "checks that the benchmark runs, the numbers mean little")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.configfile, args.stage, args.jobs = REPO / "tests" / "configs" / "tiny.yaml", "A", 1
 
     with tempfile.TemporaryDirectory(prefix="bench_job_overhead_") as tmp:
         work = Path(tmp)

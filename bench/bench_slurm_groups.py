@@ -4,6 +4,7 @@
 
     .venv/bin/python bench/bench_slurm_groups.py [--runs 40] [--group-runs 8] [--json out.json]
                                                  [--profile profiles/slurm-ci] [--workdir DIR]
+    .venv/bin/python bench/bench_slurm_groups.py --quick     # 4 runs in groups of 2; skips without a cluster
 
 Needs a cluster whose partitions and account the profile names (CI: ``.ci/slurm/setup.sh``).
 
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -165,6 +167,19 @@ def _serve_shared_data():
     return start_file_server(shared_data_dir(), host=controller_address())
 
 
+def cluster_problem() -> str | None:
+    """Why no SLURM cluster answers here (None: ``sinfo`` lists partitions)."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return "sinfo / sbatch not found (no SLURM client)"
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer within 30 s (no controller)"
+    if proc.returncode != 0 or not proc.stdout.strip():
+        return f"sinfo failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()[:200]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -172,7 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, default=REPO / "profiles" / "slurm-ci")
     parser.add_argument("--workdir", type=Path, help="default: a new temporary folder")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--quick", action="store_true",
+                        help="a 4-run screen in groups of 2; without a SLURM cluster it says so and exits 0")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.group_runs = 4, 2
+    problem = cluster_problem()
+    if problem:
+        print(f"bench_slurm_groups: skipped, no SLURM cluster here: {problem}" if args.quick else
+              f"bench_slurm_groups needs a SLURM cluster ({problem}); CI starts one with .ci/slurm/setup.sh")
+        return 0 if args.quick else 2
     import tempfile
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-slurm-groups-"))
@@ -185,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         m = numbers[mode]
         print(f"{mode:>9}: {numbers['runs']} runs, {m['sbatch']} sbatch submissions, {m['wall_s']:.0f} s wall "
               f"(states {', '.join(m['states'])})")
+    ungrouped, grouped = numbers["ungrouped"], numbers["grouped"]
+    print(f"grouped / ungrouped: sbatch submissions {grouped['sbatch'] / max(ungrouped['sbatch'], 1):.3f}, "
+          f"wall {grouped['wall_s'] / ungrouped['wall_s']:.3f}")
     print(f"identical results: {numbers['identical_results']}")
     print(json.dumps(numbers))
     if args.json:

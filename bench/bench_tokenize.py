@@ -1,6 +1,7 @@
 """Tokenizer benchmarks (not tests): throughput, parallel speed-up, peak memory.
 
     .venv/bin/python bench/bench_tokenize.py [--mb 100] [--workers 2] [--json out.json] [--only PART ...]
+    .venv/bin/python bench/bench_tokenize.py --quick     # seconds: 1 MB, 20 pages (CI)
 
 The load average (other processes on the machine) is printed with the results: on a busy
 machine ratios against references measured in the same run are what to compare.
@@ -196,11 +197,12 @@ def _ceiling_once(workers: int, buf: bytes, units: int = 4) -> tuple[float, floa
     return one, many
 
 
-def bench_parallel(workers: int, repeats: int = 5, batch_docs: int = 16) -> dict:
+def bench_parallel(workers: int, repeats: int = 5, batch_docs: int = 16, pages: int | None = None) -> dict:
     """GPT-2 BPE of the Wikipedia pages: a single-thread per-document ``encode_ordinary`` loop
     (the reference) vs :func:`parallel_encode` (threads) vs a process pool, interleaved in each
-    repeat so that load from other processes hits all three alike. Reports min and median."""
-    docs = wiki_pages() * 2  # 412 pages, 11.5 MB
+    repeat so that load from other processes hits all three alike. Reports min and median.
+    ``pages``: only the first so many pages (the quick mode)."""
+    docs = (wiki_pages() * 2)[:pages]  # 412 pages, 11.5 MB
     enc = gpt2_encoding(RANKS)
     mb = sum(len(d.encode()) for d in docs) / 1e6
     times: dict[str, list[float]] = {"serial": [], "threads": [], "processes": []}
@@ -260,14 +262,18 @@ def main() -> None:
                         metavar="PART", help=f"parts to run (default all): gpt2-parallel {' '.join(KINDS)}")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: 1 MB, 20 pages, one repeat (checks that the benchmark runs; the numbers mean little)")
     args = parser.parse_args()
+    if args.quick:
+        args.mb = 1.0
     if args.child:
         print(json.dumps(child(args.child, Path(args.work), args.workers)))
         return
     results = {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()}
     print(f"{os.cpu_count()} CPUs, load average {results['loadavg_start']}", flush=True)
     if "gpt2-parallel" in args.only:
-        results["parallel_gpt2"] = par = bench_parallel(args.workers)
+        results["parallel_gpt2"] = par = bench_parallel(args.workers, **({"repeats": 1, "pages": 20} if args.quick else {}))
         t = par["times"]
         print(f"GPT-2 BPE, {par['docs']} Wikipedia pages ({par['mb']:.1f} MB), {par['workers']} workers, "
               f"{par['repeats']} interleaved repeats: serial loop {par['serial_mb_per_s']:.1f} MB/s; "

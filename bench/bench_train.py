@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
     .venv/bin/python bench/bench_train.py muon [--iters 200]
     python bench/bench_train.py gpu [--steps 40] [--compile both|on|off] [--data synthetic|<meta.json>]
+    .venv/bin/python bench/bench_train.py MODE --quick     # seconds: 10 iterations (CI checks it finishes)
 
 ``cpu``: steps/s of workflow.train.Trainer at nanoGPT's CPU "baby" config (README: block 64,
 batch 12, 4 layers, 4 heads, n_embd 128, dropout 0, 2000 iterations, lr 1e-3 -> 1e-4 cosine
@@ -354,7 +355,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="gpu: eager then compiled (both), or one of them")
     parser.add_argument("--no-compile", action="store_true", help="gpu: same as --compile off")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quick", action="store_true",
+                        help="seconds: 10 iterations, target val_loss 4.0 (gpu: 12 steps, eager; on the CPU without CUDA, a tiny model); "
+                             "checks that the benchmark runs, the numbers mean little")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.iters, args.fast_iters, args.eval_every, args.opt_repeats, args.target = 10, 10, 5, 3, 4.0
+        args.steps, args.compile = 12, "off"
+        if args.mode == "gpu" and args.device == "cuda" and not torch.cuda.is_available():
+            args.device, args.preset, args.batch_size, args.device_batch_size, args.val_tokens = "cpu", "nanogpt-small", 8, 4, 256
     out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu}[args.mode](args)
     line = json.dumps(out)
     print(line, flush=True)

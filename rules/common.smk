@@ -1,5 +1,5 @@
 # Paths and input functions (the model: Snakemake's catalog workflows, e.g. rna-seq-star-deseq2's
-# workflow/rules/common.smk; `snakemake --lint` wants functions out of the rule files). The rule
+# common.smk; `snakemake --lint` wants functions out of the rule files). The rule
 # files spell out their inputs' paths; the functions here say which wildcard values a rule needs.
 import functools
 import inspect

@@ -15,7 +15,7 @@ Flow of :func:`download` (the only thing the rules call, through the CLI below):
 4. ``os.replace(dest.part, dest)``: ``dest`` appears complete or not at all.
 
 Mirrors: :func:`mirror_url` maps ``(mirror, source, filename)`` to
-``{mirror}/{source}/{filename}`` (the layout of a local copy such as /work/shared/data);
+``{mirror}/{source}/{filename}`` (the layout of a local copy such as ``../shared/data``);
 a mirror may be an ``http(s)://`` or ``file://`` base URL or a plain folder path.
 
 CLI::

@@ -2,7 +2,8 @@
 
 ``summary.html`` (self-contained: tables as HTML, the figure as a data URI) holds, in order:
 the winners in one sentence, the verdict table with every p-value column the verdict has
-(raw and adjusted), the gate decisions with each variant's one-line reason, the
+(raw and adjusted) and a short verdict word per variant (its full sentence on hover and listed
+below the table), the gate decisions with each variant's one-line reason, the
 val_loss-by-stage figure, and compute staged vs naive (``compute.csv``). ``landing.rst`` is
 the same answer in two lines of reStructuredText for the report's landing page
 (``report/workflow.rst`` includes it).

@@ -1,4 +1,4 @@
-"""Hardening (issue 9): each test here failed before its fix.
+"""Hardening: each test here failed before its fix.
 
 - permissions: atomic writes get what ``open()`` gives under the umask (002 and 022), not 0600;
 - raw files are checked against the registry's size / sha256 where tokenization reads them;
@@ -375,7 +375,7 @@ def test_snakemake_rerun_after_preemption_keeps_every_attempts_log(shared_data_s
     assert json.loads((run / "result.json").read_text())["final_step"] == 150
 
 
-# ================================================================== issue 19: bad input, second round
+# ========================================================================= bad input, second round
 # (in-process checks: tests/unit/test_study_checks.py; here the real Snakefile, launcher and trainer)
 
 def _tiny_edit(**changes):

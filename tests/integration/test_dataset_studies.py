@@ -249,7 +249,7 @@ def test_dataset_study_downloads_tokenizes_and_trains(dataset, mirrors, tmp_path
 
     for rel in case.raw:
         assert (workdir / "data" / "raw" / rel).stat().st_size > 0, rel
-    # the folder the study's options name (issue 19: {dataset}-{hash} unless they are the defaults)
+    # the folder the study's options name ({dataset}-{hash} unless they are the defaults)
     meta_path = Path(tokens_dir(dataset, str(workdir / "data"), study["datasets"][dataset])) / "meta.json"
     meta = json.loads(meta_path.read_text())
     assert meta["dataset"] == dataset and meta["vocab_size"] == case.vocab_size and meta["dtype"] == case.dtype

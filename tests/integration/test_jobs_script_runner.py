@@ -1,7 +1,7 @@
-"""Your own training script as a variant (issue 17): the trainer section's checks, the metrics
+"""Your own training script as a variant: the trainer section's checks, the metrics
 presets, and the script runner on real processes (tests/integration/scripts/behaviour.py, the shipped
 example examples/script_example/train.py): results, failure reasons, ignored seeds, SIGTERM ->
-exit 75 -> resume. The end-to-end Snakemake study is tests/test_script_study.py."""
+exit 75 -> resume. The end-to-end Snakemake study is tests/integration/test_script_study.py."""
 
 from __future__ import annotations
 
@@ -345,7 +345,7 @@ def test_launch_commands_of_each_launcher(monkeypatch):
         full_command(python, values, one)
     command = run_config({"launcher": "command", "command": "bash run.sh --depth {seed}", "args": ["x y"]})
     assert full_command(command, values, one) == ["bash", "run.sh", "--depth", "1337", "x y"]
-    assert config_hash(cfg) == study_hash(cfg)  # the runner's copy agrees with workflow.config's
+    assert config_hash(cfg) == study_hash(cfg)  # the runner's copy agrees with workflow.study.resolve's
 
 
 def test_command_launcher_runs_a_shell_script_with_stage_settings(tmp_path):

@@ -230,7 +230,7 @@ def test_rerun_does_nothing_and_stage_c_change_reruns_only_stage_c(study, tmp_pa
 
 
 def test_gate_pivots_to_the_next_best_variant(study):
-    """Issue 11 item 9 through the DAG: gate B fails, pivots to stage A's next-best variant (a
+    """The pivot through the DAG: gate B fails, pivots to stage A's next-best variant (a
     checkpoint adds its stage B runs) and gates it against the baseline once. Runs in the tiny
     study's folder, so the tokenized data is reused."""
     workdir, _, mirror = study

@@ -7,7 +7,9 @@ What a reader does and sees: the report opens on the study's description with th
 holds the one-page summary, which shows the verdict table (a row per variant of the last
 stage, with its p-value columns), every gate's decision with a reason per variant, the
 val_loss-by-stage figure (decoded: natural width > 0) and the compute table; the figure also
-opens on its own; the browser console has no errors.
+opens on its own; the browser console has no errors. At 1280 x 800 the summary (on its own
+and in the report's iframe) has no horizontal scroll and no table row taller than 60 px, and
+the verdict column holds a short word with its sentence on hover and below the table.
 
 Skips only when chromium, chromedriver or Selenium is missing AND ``STAGERUN_REQUIRE_BROWSER``
 is unset; ``.ci/run`` installs them and sets it, so in CI a missing browser fails.
@@ -122,3 +124,77 @@ def test_report_opens_on_the_answer_and_the_summary_renders(tiny_study_run, brow
 
     errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, errors
+
+
+#: The summary page must fit a laptop screen: this window, no horizontal scroll, no tall rows.
+SCREEN = (1280, 800)
+MAX_ROW_PX = 60
+
+_LAYOUT = """
+const doc = document.documentElement;
+return {inner: window.innerWidth, scroll: doc.scrollWidth, client: doc.clientWidth,
+        rows: [...document.querySelectorAll('table')].flatMap(t => [...t.rows].map(
+            r => [t.id, r.rowIndex, Math.round(r.getBoundingClientRect().height), r.innerText.slice(0, 80)])),
+        tables: [...document.querySelectorAll('div.table')].map(
+            d => [d.firstElementChild.id, d.scrollWidth, d.clientWidth])};
+"""
+
+
+def _check_fits(layout: dict, where: str) -> None:
+    assert layout["scroll"] <= layout["client"], (where, "horizontal scroll", layout["scroll"], layout["client"])
+    wide = [t for t in layout["tables"] if t[1] > t[2]]
+    assert not wide, (where, "tables wider than the page (own scroll bar)", wide)
+    tall = [r for r in layout["rows"] if r[2] > MAX_ROW_PX]
+    assert not tall, (where, f"table rows taller than {MAX_ROW_PX} px", tall)
+
+
+def test_summary_fits_a_1280_by_800_screen(tiny_study_run, browser, tmp_path):
+    """At 1280 x 800 the summary (on its own and inside the report) has no horizontal scroll
+    and no table row taller than 60 px; the verdict column holds a short word whose full
+    sentence is its hover text (title) and is listed below the table."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _, results, _, report = tiny_study_run
+    verdict = json.loads((results / "verdict.json").read_text())
+    browser.set_window_size(*SCREEN)
+    wait = WebDriverWait(browser, 60)
+
+    # summary.html on its own, as the report's iframe loads it
+    browser.get((results / "summary.html").as_uri())
+    wait.until(EC.presence_of_element_located((By.ID, "verdict-table")))
+    layout = browser.execute_script(_LAYOUT)
+    assert layout["inner"] == SCREEN[0], layout["inner"]
+    assert layout["rows"], "no table rows measured"
+    _check_fits(layout, "summary.html")
+    screenshot = tmp_path / "summary-1280x800.png"
+    browser.save_screenshot(str(screenshot))
+    print(f"screenshot: {screenshot}")
+
+    # the verdict: a short word per variant, its sentence on hover and in the list below
+    sentences = {e["variant"]: e["verdict"] for e in verdict["results"]}
+    words = {"reference", "WINNER", "disqualified", "seed ignored", "cannot win", "not testable",
+             "significant, no win", "not significant"}
+    cells = browser.find_elements(By.CSS_SELECTOR, "#verdict-table tbody td.word")
+    assert len(cells) == len(sentences)
+    for cell in cells:
+        variant = cell.find_element(By.XPATH, "./parent::tr/td[1]").text
+        assert cell.text in words, cell.text
+        assert cell.get_attribute("title") == sentences[variant]
+        assert (cell.text == "WINNER") == (variant in verdict["winners"])
+    listed = browser.find_element(By.ID, "verdict-reasons").text
+    assert all(f"{v}: {s}" in listed for v, s in sentences.items()), listed
+
+    # the same page inside the report (the summary category's iframe)
+    browser.get(report.as_uri())
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//nav//a[normalize-space()='1 Summary']"))).click()
+    row = wait.until(EC.presence_of_element_located((By.XPATH, "//tr[td[contains(., '1. one-page summary')]]")))
+    row.find_element(By.CSS_SELECTOR, "a[type=button]").click()
+    frame = wait.until(EC.presence_of_element_located((By.TAG_NAME, "iframe")))
+    top = browser.execute_script(_LAYOUT)
+    assert top["scroll"] <= top["client"], ("report", top["scroll"], top["client"])
+    browser.switch_to.frame(frame)
+    wait.until(EC.presence_of_element_located((By.ID, "verdict-table")))
+    _check_fits(browser.execute_script(_LAYOUT), "summary in the report's iframe")
+    browser.switch_to.default_content()

@@ -1,5 +1,5 @@
-"""A study whose variants are training scripts, end to end with Snakemake on real processes
-(issue 17): the shipped example's scripts (examples/script_example/, copied so the test can edit
+"""A study whose variants are training scripts, end to end with Snakemake on real processes:
+the shipped example's scripts (examples/script_example/, copied so the test can edit
 them) through stages, gate, verdict, report and curves; edits rerun exactly the variants that
 use the edited file; a no-op rerun runs nothing; an unknown placeholder or a missing script
 stops the study before any job; the GPU speedrun study of modified train_gpt.py copies as a

@@ -4,7 +4,7 @@ Needs the two-node cluster of ``.ci/slurm/setup.sh`` (slurmd n1 and n2, each in 
 namespace with its own address); skipped like tests/integration/test_slurm.py without it. Every run is a real
 ``srun`` across the two nodes (workflow.launch: one task per process), gloo over the nodes'
 bridge, rendezvous at the first node (MASTER_ADDR n1, GLOO_SOCKET_IFNAME the interface towards
-it: workflow.distributed.interface_towards). What is checked:
+it: workflow.parallel.process_groups.interface_towards). What is checked:
 
 - DDP on 2 nodes x 1 process, preempted (``scontrol requeue``) while it trains: both workers
   checkpoint and exit 75 (the launcher's log), SLURM requeues the job, the second attempt resumes

@@ -1,4 +1,4 @@
-"""The seed studies announce the reference code's run lengths in their dry runs (issue 18)."""
+"""The seed studies announce the reference code's run lengths in their dry runs."""
 
 import re
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Real tensor-parallel forward/backward of many block patterns in ONE torchrun launch.
 
-Not a test module: tests/test_tensor_parallel.py runs
+Not a test module: tests/integration/test_tensor_parallel.py runs
 ``torchrun --nproc_per_node 2 tests/integration/tp_worker.py CASES_JSON OUT_DIR`` (gloo, CPU) and compares
 what every rank saves (``OUT_DIR/rank{r}.pt``) with the simulated model it builds itself.
 

@@ -1,4 +1,4 @@
-"""Issue 11 items 8 and 11: compute in FLOPs, GPU-hours and dollars, staged against naive.
+"""Compute in FLOPs, GPU-hours and dollars, staged against naive.
 
 The speedrun study's plan reproduces seed 001's budget table from the study's own numbers
 (model, stage lengths, GPUs, prices): $16 + $30 + $42 + $7 reserve = $95 of $96 against a naive

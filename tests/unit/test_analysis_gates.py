@@ -130,11 +130,11 @@ def test_verdict_welch_and_target():
     assert res["baseline"]["beats_target"] is False
 
 
-# ---- issue 11: failed seeds, Holm, paired tests, winners rules, B -> C rule, pivot -----------
+# ---- failed seeds, Holm, paired tests, winners rules, B -> C rule, pivot --------------------
 
 
 def test_verdict_a_variant_with_diverged_seeds_cannot_win():
-    """Issue 11 item 1: [2.10, 2.101, NaN, NaN, NaN] against a baseline at ~2.20 used to be
+    """[2.10, 2.101, NaN, NaN, NaN] against a baseline at ~2.20 used to be
     "significantly better (p = 2.5e-06)" and a winner."""
     s = {
         "baseline": summary("baseline", [2.20, 2.21, 2.19, 2.205, 2.195], "C"),
@@ -238,7 +238,7 @@ def test_paired_test_pairs_only_shared_seeds():
 
 
 def test_winners_rule_baseline_target_or_both():
-    """Issue 11 item 5: winners used to ignore beats_target."""
+    """Winners used to ignore beats_target."""
     s = {
         "baseline": summary("baseline", [2.01, 1.98, 2.05, 2.02, 1.99], "C"),
         "better": summary("better", [1.91, 1.87, 1.95, 1.89, 1.93], "C"),  # beats baseline, not target 1.8
@@ -255,7 +255,7 @@ def test_winners_rule_baseline_target_or_both():
 
 
 def test_verdict_markdown_without_a_target_never_prints_none():
-    """Issue 9 item 9: the explanation said "target_val_loss (None)" when no target was set."""
+    """The explanation said "target_val_loss (None)" when no target was set."""
     s = {
         "baseline": summary("baseline", [2.01, 1.98, 2.05], "C"),
         "better": summary("better", [1.91, 1.87, 1.95], "C"),
@@ -306,7 +306,7 @@ def test_pivot_to_the_next_best_of_the_previous_gate_within_the_reserve():
     assert choose_pivot(decide_gate("B", gate(rule="beats_baseline_ci"), b, "baseline"), gate_a, 3, 10.0, 30.0) is None
 
 
-# ---- issue 19, item 10: only the baseline diverges
+# ---- only the baseline diverges
 
 @pytest.mark.parametrize("test", ["paired", "welch"])
 def test_verdict_says_the_baseline_failed_on_every_seed(test):

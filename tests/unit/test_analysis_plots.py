@@ -1,4 +1,4 @@
-"""Issue 11 item 10: training curves against steps, training tokens and FLOPs."""
+"""Training curves against steps, training tokens and FLOPs."""
 
 import json
 

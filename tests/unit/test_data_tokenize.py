@@ -136,7 +136,7 @@ def test_failed_run_leaves_no_stale_meta(raw_copy, tmp_path):
     raw = raw_copy("tinyshakespeare", "input.txt")
     out = tmp_path / "tok"
     unchecked = {"raw_files": {"input.txt": {"sha256": None, "bytes": None}}}  # past the registry check
-    prepare("shakespeare_char", raw, out, unchecked)  # the same options both times (issue 19: else refused)
+    prepare("shakespeare_char", raw, out, unchecked)  # the same options both times (else refused)
     assert (out / "meta.json").exists()
     (raw / "input.txt").write_bytes(b"\xff\xfe broken")
     with pytest.raises(ValueError, match=r"input.txt: not UTF-8 at byte 0"):

@@ -4,7 +4,7 @@ the same patterns are in tests/integration/test_tensor_parallel.py).
 
 The oracle below is written for this test from the description of eduardburlacu/NanoTransformer
 ``tensor_parallel_model.py`` (``DistributedGPT``, ``TP_Block``, ``SPD_Block``, ``Parallel_Block``;
-/work/shared/references/README.md), not from stagerun's blocks: plain per-shard loops over weight
+the shared references' README.md), not from stagerun's blocks: plain per-shard loops over weight
 slices, one list of P residual streams inside a run of parallel blocks, and the run's last block
 returning ``mean_p(stream_p) + sum_p(partial_p)``. It does not copy the reference's one-block-run
 bug (``x.mean(0)`` over the batch of a replicated input); a one-block run returns ``x + sum_p
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 P = 2
 SMALL = dict(n_head=4, n_embd=32, block_size=16, tp_size=P, n_layer=12)
-#: The seed's patterns and their reference-code forward syncs at 12 layers (issue 18).
+#: The seed's patterns and their reference-code forward syncs at 12 layers.
 PATTERNS = {
     "8comm": (["spd", "parallel"], 12),
     "6comm": (["spd", "parallel", "parallel"], 8),

@@ -1,4 +1,4 @@
-"""Bad input, second round (issue 19): studies that must stop before any job with an error naming
+"""Bad input, second round: studies that must stop before any job with an error naming
 the key, value and reason, or print a warning with the plan (legal, but probably not meant).
 In-process: the checks the Snakefile runs at parse (workflow.study.checks, overrides, printed plan)
 and the registry's tokens folders; tests/integration/test_bad_input.py plans such studies with a

@@ -33,7 +33,7 @@ def test_merge_order_and_seeds(study):
     assert run_config(study, "B", "baseline", 2338)["train"]["lr"] == 1.0e-3  # the stage beats the study
     assert cfg["train"]["beta2"] == 0.99                  # schema default
     assert cfg["run_id"] == 1 and cfg["stage_seed_offset"] == 1000
-    assert stage_seeds(study, "C") == [3337, 3338, 3339]   # disjoint from A's and B's (tests/test_seeds.py)
+    assert stage_seeds(study, "C") == [3337, 3338, 3339]   # disjoint from A's and B's (tests/unit/test_study_seeds.py)
 
 
 def test_config_hash_ignores_seed_but_not_settings(study):

@@ -1,4 +1,4 @@
-"""Issue 11 items 6, 7, 10: schedules that follow a time budget, curriculum and DepthWarm in
+"""Schedules that follow a time budget, curriculum and DepthWarm in
 fractions of the run (the same treatment at every stage length), run length in tokens.
 
 Pure functions of workflow.optim.optimizers / workflow.study.length first, then the real trainer on

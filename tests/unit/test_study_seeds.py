@@ -1,4 +1,4 @@
-"""Issue 11 item 2: each stage has its own seed range, disjoint from the earlier stages'.
+"""Each stage has its own seed range, disjoint from the earlier stages'.
 
 A confirmation that re-uses the seeds which selected a variant re-tests the luck that won
 the selection. The simulation below takes the seeds of every stage from `workflow.study.resolve.stage_seeds` and

@@ -78,7 +78,7 @@ def run_estimate(config: dict, stage: str, variant: str, vocab_size: int) -> dic
 
     cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
     train = cfg["train"]
-    if "trainer" in cfg:  # issue 17: a script's cost is known only from what the study says about it
+    if "trainer" in cfg:  # a script run's cost is known only from what the study says about it
         return script_run_estimate(cfg)
     model_cfg = build_model_config(resolve_depth_warm(cfg["model"], None), vocab_size)
     n = run_steps(cfg, study_train_tokens(study_meta_path(config)))

@@ -74,7 +74,7 @@ def decide_gate(
                 f"{failed} of {summ['n_runs']} runs failed ({frac:.0%} > max_failed_fraction={max_failed:.0%}; "
                 f"{summ['failed_runs'][0]['reason']}): a failed seed is a result of the variant, not eligible"
             )
-        if summ.get("seed_ignored"):  # issue 17: said in the reason; no CI and no winner on such repeats
+        if summ.get("seed_ignored"):  # a script that ignores the seed: said in the reason; no CI and no winner on such repeats
             row["seed_ignored"] = summ["seed_ignored_reason"]
         if name != baseline and base_losses and row["eligible"]:
             row["p_vs_baseline"] = compare_to_baseline(val_losses_by_seed(summ), base_losses, test)["p_value"]
@@ -103,7 +103,7 @@ def decide_gate(
         rule_impl.decide(candidates, base_row, params, test)
         explanation = rule_impl.explanation(params, eligibility)
 
-    for row in rows:  # issue 17: the seed-ignoring variants (and baseline) say so
+    for row in rows:  # the seed-ignoring script variants (and baseline) say so
         if row.get("seed_ignored"):
             if rule_impl.compares_intervals and row["advanced"]:
                 row["advanced"] = False

@@ -282,7 +282,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
             "time": {"mean": time_summary["mean"], "std": time_summary["std"], "total": time_summary["total"]},
         },
         "tokens_seen_total": int(sum(r.get("tokens_seen") or 0 for r in results)),
-        # issue 17: scripts may report no FLOPs ("unknown", never a made-up number) and may ignore the seed
+        # script runs may report no FLOPs ("unknown", never a made-up number) and may ignore the seed
         "flops_unknown_runs": sum(1 for r in results if r.get("flops_known") is False),
         "tokens_unknown_runs": sum(1 for r in results if "tokens_seen" in r and r["tokens_seen"] is None),
         "seed_ignored": ignored,

@@ -70,7 +70,7 @@ def stage_table(stage: str, summaries: list[dict], baseline: str, decision: dict
             "time_mean_s": summ["time_seconds"]["mean"],
             "time_std_s": summ["time_seconds"]["std"],
             "time_total_s": summ["time_seconds"]["total"],
-            # "unknown" where a training script reported no tokens / FLOPs (issue 17)
+            # "unknown" where a training script reported no tokens / FLOPs
             "tokens_per_run": "unknown" if summ.get("tokens_unknown_runs") else summ["tokens_seen_total"] / n,
             "flops_per_run": "unknown" if summ.get("flops_unknown_runs") else summ.get("flops_total", 0.0) / n,
         })
@@ -173,7 +173,7 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
     frame["fraction_of_naive_flops"] = [r["flops"] / naive_flops if naive_flops and r["flops"] is not None else None
                                         for r in [*rows, total, naive, saving]]
     frame.loc[frame.index[-1], "fraction_of_naive_flops"] = None
-    # issue 17: a script that reports no tokens / FLOPs leaves them "unknown", never a made-up 0
+    # a script that reports no tokens / FLOPs leaves them "unknown", never a made-up 0
     unknown = {"flops": "flops_unknown_runs", "tokens": "tokens_unknown_runs"}
     for key, count in unknown.items():
         stages = [i for i, stage in enumerate(plan["stages"])
@@ -225,7 +225,7 @@ def naive_compute(config: dict) -> dict:
         block_size = model_block_size(cfg["model"])
         tokens = None
         n = run_steps(cfg, train_tokens)
-        if n is not None and "trainer" not in cfg:  # a script's tokens are what it reports (issue 17)
+        if n is not None and "trainer" not in cfg:  # a script's tokens are what it reports
             tokens = tokens_for_steps({**train, "num_iterations": n}, block_size, n)
         naive[variant] = {"runs": config["stages"][final]["seeds"], "tokens_per_run": tokens}
     # one source of prices: the compute plan's stage hardware (workflow.analysis.compute_plan)
@@ -242,7 +242,7 @@ def write_frame(frame: pd.DataFrame, csv_path: str, md_path: str, title: str, no
     with atomic_write(csv_path, "w", encoding="utf-8", newline="") as handle:
         frame.to_csv(handle, index=False)
     shown = frame.copy()
-    for column in shown.columns:  # columns with "unknown" cells (issue 17): their numbers as floatfmt would
+    for column in shown.columns:  # columns with "unknown" cells (script runs): their numbers as floatfmt would
         if shown[column].dtype == object:
             shown[column] = [f"{v:.4g}" if isinstance(v, float) else v for v in shown[column]]
     body = shown.to_markdown(index=False, floatfmt=".4g") if len(frame) else "(no runs)"

@@ -88,7 +88,7 @@ def decide_verdict(
             "vs_target": one_sample_ttest(list(losses.values()), target, "less") if target is not None else None,
             "vs_baseline": None if name == baseline else compare_to_baseline(losses, base_losses, test),
             "disqualified": policy == "disqualify" and bool(failed),
-            "seed_ignored": summ.get("seed_ignored_reason") if summ.get("seed_ignored") else None,  # issue 17
+            "seed_ignored": summ.get("seed_ignored_reason") if summ.get("seed_ignored") else None,  # a script that ignores the seed
         }
         results.append(entry)
     # Holm over each family: variants vs the baseline; every tested variant vs the target.
@@ -129,7 +129,7 @@ def decide_verdict(
                 f"cannot win: {len(e['failed_runs'])} of {e['n_runs']} seeds failed ({e['failed_runs'][0]['reason']}); "
                 "a failed seed is a result of the variant (failed_run_policy: disqualify)"
             )
-        elif e["seed_ignored"] or base_ignores:  # issue 17: no winner on repeats that prove nothing
+        elif e["seed_ignored"] or base_ignores:  # a script that ignores the seed: no winner on repeats that prove nothing
             who = e["seed_ignored"] if e["seed_ignored"] else f"{baseline}: {base_entry['seed_ignored']}"
             parts.append(f"cannot win: {who}")
         elif not e["winner"]:

@@ -1,4 +1,4 @@
-"""A tokenized dataset in nanoGPT's layout, for training scripts that read it (issue 17).
+"""A tokenized dataset in nanoGPT's layout, for training scripts that read it.
 
 CLI (what rules/script.smk runs when a study's trainer asks for ``{nanogpt_data_dir}``)::
 

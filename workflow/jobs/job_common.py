@@ -1,4 +1,4 @@
-"""What every training job does the same way, light to import (issue 17: the script runner's
+"""What every training job does the same way, light to import (the script runner's
 start-up must not load the study's schedules): the per-attempt log and the srun layout.
 workflow.jobs.launcher re-exports both.
 """

@@ -1,4 +1,4 @@
-"""The record of a finished script run (issue 17; torch-free): its result.json, the reason it
+"""The record of a finished script run (torch-free): its result.json, the reason it
 failed, and its provenance (sha256 of the script and its inputs, git state of the script's
 repository, the config hash). Used by workflow.jobs.script_runner.
 """

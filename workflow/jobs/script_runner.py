@@ -1,4 +1,4 @@
-"""The command of a training job whose variant is the user's own script (issue 17; torch-free).
+"""The command of a training job whose variant is the user's own script (torch-free).
 
 CLI (what rules/train.smk runs for a run whose resolved ``trainer`` has a script or command)::
 

@@ -16,7 +16,7 @@ import time
 
 from workflow.core.steps import TRAIN_STEP
 
-PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's (workflow.train._PreemptionFlag)
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # the trainer's preemption flag (workflow.training.state.PreemptionFlag)
 
 
 # --------------------------------------------------------------------------- starting the trainer

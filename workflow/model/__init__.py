@@ -10,6 +10,7 @@ Modules (``workflow.model.<name>``):
                      ``register_block``, the ``sequential`` and ``palm`` blocks.
 ``tp_blocks``        the ``tp`` / ``spd`` / ``parallel`` blocks, simulated and real execution,
                      communication counters (docs/tensor_parallel.md).
+``parallelize``      real tensor parallelism (DTensor) applied to a built model from outside.
 ``depth_warm``       the DepthWarm schedule ``depth_warm_state`` (no torch).
 ``gpt``              the ``GPT`` model and ``compile_gpt`` (how ``train.compile`` compiles it).
 

@@ -102,7 +102,7 @@ def expand_block_pattern(pattern: Sequence[str] | None, n_layer: int, block_type
 def nominal_tp_syncs(layer_types: Sequence[str]) -> int:
     """The seed write-up's count of forward syncs: per layer tp 2, spd 1, parallel 0 (other
     blocks: their ``comm_syncs_per_layer``), plus 2 at the model's boundaries when any parallel
-    block is present (``/work/shared/seeds``: "only 2 total at model boundaries")."""
+    block is present (the seed write-up: "only 2 total at model boundaries")."""
     known = known_block_types()
     total = sum(known[name].comm_syncs_per_layer for name in layer_types)
     return total + (2 if "parallel" in layer_types else 0)

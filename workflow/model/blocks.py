@@ -191,7 +191,7 @@ class PalmBlock(Block):
     variance of the residual update equal to that of one branch.
     Parameters (bias=False): 12 C^2 + C (one norm). Shapes [B, T, C] -> [B, T, C].
     Called ``parallel`` before the tensor-parallel blocks existed; that name now belongs to
-    the per-shard-stream block of ``tensor_parallel.py`` (an old study's ``block_type:
+    the per-shard-stream block of ``workflow/model/tp_blocks.py`` (an old study's ``block_type:
     parallel`` without tp_size >= 2 fails with a message naming the rename).
     Source: Chowdhery et al. 2022, "PaLM", section 2 (Parallel Layers); GPT-J (Wang &
     Komatsuzaki 2021).

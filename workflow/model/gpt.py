@@ -5,7 +5,7 @@ learned token + position embeddings, a stack of pre-norm transformer blocks, a f
 and a linear head tied to the token embedding, GPT-2 initialization (normal 0.02, residual
 projections scaled by 1/sqrt(2 * n_layer)) and causal attention through
 ``F.scaled_dot_product_attention``. Layer i is a ``BLOCK_TYPES[config.layer_block_types[i]]``;
-tensor-parallel blocks (``tensor_parallel.py``) pass a possibly split residual stream between
+tensor-parallel blocks (``workflow/model/tp_blocks.py``) pass a possibly split residual stream between
 them, merged before the first unsharded block and before ``ln_f``.
 
 Shapes: B = batch size (sequences), T = sequence length (tokens, T <= block_size),

@@ -12,7 +12,7 @@ Block-name validation
 is valid if it is built in or, once ``workflow.model.blocks`` has been imported (torch side),
 registered in its ``BLOCK_TYPES`` with ``register_block`` (:func:`known_block_types`). So
 Snakemake checks studies torch-free against the built-in list, while a block registered by
-user code is accepted wherever that code (and with it torch) runs. ``tests/test_model.py``
+user code is accepted wherever that code (and with it torch) runs. ``tests/unit/test_model.py``
 checks that the classes agree with ``BUILTIN_BLOCKS``.
 
 Sync arithmetic (tensor-parallel blocks, ``docs/tensor_parallel.md``)
@@ -95,7 +95,7 @@ class GPTConfig:
         block_type: block of every layer when ``block_pattern`` is None: a key of
             ``BLOCK_TYPES`` ("sequential" = pre-norm attention then MLP as in GPT-2/nanoGPT;
             "palm" = PaLM's parallel attention + MLP; "tp", "spd", "parallel" = the
-            tensor-parallel blocks of ``tensor_parallel.py``, which need tp_size >= 2).
+            tensor-parallel blocks of ``workflow/model/tp_blocks.py``, which need tp_size >= 2).
         block_pattern: per-layer block names, repeated to n_layer (its length must divide
             n_layer), e.g. ``("tp", "spd")``; None = ``block_type`` everywhere. Wins over
             block_type. Default: config/schema.yaml.

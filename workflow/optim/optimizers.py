@@ -96,7 +96,7 @@ class Muon(torch.optim.Optimizer):
     ops; on CUDA Newton-Schulz runs as one batched matmul chain over the stacked updates
     ([N, rows, cols]). On CPU, where batched BLAS of small matrices is no faster (bench/
     bench_train.py muon), each matrix runs one chain with the scalings fused into ``addmm``.
-    Same math as the per-matrix loop; results agree to float rounding (tests/test_optim.py).
+    Same math as the per-matrix loop; results agree to float rounding (tests/unit/test_optim.py).
 
     Args:
         params: iterable of parameters or param groups.

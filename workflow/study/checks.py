@@ -240,7 +240,7 @@ def plan_warnings(config: dict) -> list[str]:
 
 
 def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True) -> dict[tuple[str, str], dict]:
-    """Check every (stage, variant)'s script trainer before any job (issue 17): its placeholders
+    """Check every (stage, variant)'s script trainer before any job: its placeholders
     name known values, launcher python is not asked for several processes per node, and
     (``check_files``) its workdir, script and inputs exist. ``study_dir``: the folder of the study
     file (relative workdirs start there).

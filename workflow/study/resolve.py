@@ -136,7 +136,7 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     }
     if dataset_opts:  # absent for the defaults: runs of default data keep their config (and results)
         cfg["dataset_options"] = dataset_opts
-    # ---- issue 17: your own training script (workflow/study/trainer_section.py) ----
+    # ---- script runs: your own training script (workflow/study/trainer_section.py) ----
     trainer = run_trainer(config, stage, variant)
     if trainer is not None:
         cfg["trainer"] = trainer
