@@ -34,6 +34,8 @@ from workflow.study.checks import (
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import group_components, launch_command, slurm_resources, stage_resources, train_group
+from workflow.study.script_files import run_files
+from workflow.study.trainer_env import export_values, redact_trainer
 from workflow.study.trainer_section import needs_nanogpt_data
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
@@ -76,6 +78,7 @@ STUDY_DIR = (os.path.dirname(workflow.overwrite_configfiles[-1]) if workflow.ove
 # (stage, variant) -> its path-resolved trainer, for the runs that run a script; placeholders and
 # files checked here, before any job (an unknown placeholder or a missing script stops the study).
 SCRIPT_TRAINERS = check_trainers(config, STUDY_DIR, check_files=workflow.is_main_process)
+export_values(SCRIPT_TRAINERS.values())  # trainer.env values reach jobs through the environment only
 if any(needs_nanogpt_data(t) for t in SCRIPT_TRAINERS.values()) and config["dataset"] in SHARD_DATASETS:
     raise ValueError(
         f"trainer: {{nanogpt_data_dir}} asked for, but {config['dataset']} is a shard dataset whose shards stay in "
@@ -88,12 +91,16 @@ def script_trainer(wildcards):
 
 
 def script_job_inputs(wildcards):
-    """Inputs of a script run besides meta.json: the script and trainer.inputs (their edits rerun
-    exactly the runs that use them) and, when asked for, the dataset in nanoGPT's layout."""
+    """Inputs of a script run besides meta.json: every file it reads that stagerun can know of
+    (workflow.study.script_files: script, inputs, files named in args / command / env, local
+    imports; their edits rerun exactly the runs that read them) and, when asked for, the dataset
+    in nanoGPT's layout."""
     trainer = script_trainer(wildcards)
     if trainer is None:
         return []
-    files = [p for p in [trainer.get("script"), *trainer["inputs"]] if p]
+    files = run_files(_run_config(wildcards.stage, wildcards.variant, int(wildcards.seed)),
+                      run_dir(wildcards.stage, wildcards.variant, wildcards.seed), dataset_meta(),
+                      train_resources(wildcards.stage))
     if needs_nanogpt_data(trainer):
         files.append(os.path.join(os.path.dirname(dataset_meta()), "nanogpt", "meta.pkl"))
     return files
@@ -254,13 +261,22 @@ def _first_seed_run_config(stage, variant):
     return run_config(config, stage, variant, stage_seeds(config, stage)[0])
 
 
-def run_config_json(stage, variant, seed):
-    """The train rule's ``run_config`` param: ``run_config(config, stage, variant, seed)`` as sorted
-    JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
+def _run_config(stage, variant, seed):
+    """``run_config(config, stage, variant, seed)``; seeds of one (stage, variant) differ only in
+    ``seed`` and ``run_id``; a script trainer with absolute paths."""
     cfg = dict(_first_seed_run_config(stage, variant))
     cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
     if "trainer" in cfg:  # issue 17: the script trainer with absolute paths
         cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
+    return cfg
+
+
+def run_config_json(stage, variant, seed):
+    """The train rule's ``run_config`` param: the run config as sorted JSON, trainer.env values
+    as tokens (workflow.study.trainer_env: a param is stored on disk and shown by ps)."""
+    cfg = _run_config(stage, variant, seed)
+    if "trainer" in cfg:
+        cfg["trainer"] = redact_trainer(cfg["trainer"])
     return json.dumps(cfg, sort_keys=True)
 
 

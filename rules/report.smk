@@ -3,6 +3,8 @@
 #   snakemake --report results/<study>/report.html   (with the same --configfile/--config as the run)
 # Categories sort by name in the report's menu: "1 Summary" (the answer) comes first.
 
+from workflow.study.trainer_env import redact_study  # trainer.env values never reach a param
+
 
 rule stage_table:
     localrule: True
@@ -87,7 +89,7 @@ rule compute_plan:
         ),
         json=f"{RESULTS}/plan.json",
     params:
-        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
+        study=lambda w: json.dumps(redact_study(config), sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data; trainer.env values as tokens
     log:
         f"{RESULTS}/logs/compute_plan.log",
     conda:
@@ -110,7 +112,7 @@ rule compute_table:
         markdown=f"{RESULTS}/compute.md",
     params:
         # the job derives the naive plan from the study (no model or pandas imports where Snakemake parses)
-        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
+        study=lambda w: json.dumps(redact_study(config), sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
     log:
         f"{RESULTS}/logs/compute_table.log",
     conda:

@@ -38,9 +38,9 @@ from workflow.jobs.script_runner import (
     run_script,
     script_env,
 )
-from workflow.study.trainer_section import (
-    TrainerConfigError,
-)
+from workflow.study.script_files import tracked_files
+from workflow.study.trainer_env import restore_trainer
+from workflow.study.trainer_section import TrainerConfigError
 
 # --------------------------------------------------------------------------- CLI
 
@@ -74,12 +74,14 @@ def main(argv: list[str] | None = None) -> int:
     state_path = out_dir / STATE_FILE
     state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
     attempt = int(state["attempts"]) + 1
-    trainer = run_cfg["trainer"]
     try:
+        run_cfg["trainer"] = restore_trainer(run_cfg["trainer"])  # env values: from the environment, never argv
+        trainer = run_cfg["trainer"]
         values = placeholder_values(run_cfg, out_dir, args.meta, res, attempt)
         cmd = full_command(run_cfg, values, res)
         env, env_keys = script_env(run_cfg, values, args.threads)
-    except (TrainerConfigError, subprocess.SubprocessError, OSError) as err:
+        tracked = tracked_files(trainer, values)
+    except (TrainerConfigError, KeyError, subprocess.SubprocessError, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     metrics = trainer.get("metrics", "nanogpt")
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     else:  # the script's rows of earlier attempts are in the partial file already
         (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
     (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    hashes = file_hashes(trainer)
+    hashes = file_hashes(trainer, tracked)
     git: dict = {}  # read while the script runs (two git calls: tens of ms of start-up otherwise)
     git_thread = threading.Thread(target=lambda: git.update(git_record(Path(trainer["workdir"]))), daemon=True)
     git_thread.start()

@@ -48,10 +48,12 @@ def git_record(folder: Path) -> dict:
         return {"commit": None, "dirty": None, "diff": ""}
 
 
-def file_hashes(trainer: dict) -> tuple[str | None, dict[str, str]]:
-    """(sha256 of the script or None, {input path: sha256})."""
+def file_hashes(trainer: dict, tracked: list[str] | None = None) -> tuple[str | None, dict[str, str]]:
+    """(sha256 of the script or None, {path: sha256} of every other file the run reads:
+    ``tracked`` (workflow.study.script_files.tracked_files), else ``trainer.inputs``)."""
     script = trainer.get("script")
-    return (sha256_file(script) if script else None), {p: sha256_file(p) for p in trainer.get("inputs") or []}
+    others = [p for p in (trainer.get("inputs") or [] if tracked is None else tracked) if p != script]
+    return (sha256_file(script) if script else None), {p: sha256_file(p) for p in others}
 
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import os
-import re
 import select
 import signal
 import subprocess
@@ -54,14 +53,13 @@ import sys
 import time
 from pathlib import Path
 
-from workflow.core.io import read_json
 from workflow.jobs.capture import LiveRows, MetricsCapture
 from workflow.jobs.job_common import srun_prefix
+from workflow.study.script_files import placeholder_values, split_files  # noqa: F401 (the job's API)
 from workflow.study.trainer_section import (
     TrainerConfigError,
     command_line,
     expand,
-    needs_nanogpt_data,
     stage_env,
     stagerun_env,
 )
@@ -80,42 +78,6 @@ BATCH_S = 0.02
 
 
 # --------------------------------------------------------------------------- the command
-
-def split_files(meta_path: Path, split: str) -> str | None:
-    """The token files of ``split`` in meta.json: one absolute path, or a glob of the shards
-    (digits of the first file name replaced by ``*``), None when the split is missing."""
-    try:
-        files = (read_json(meta_path).get("splits") or {}).get(split, {}).get("files") or []
-    except (OSError, ValueError):
-        return None
-    if not files:
-        return None
-    first = (meta_path.parent / files[0]["path"]).resolve()
-    if len(files) == 1:
-        return str(first)
-    return str(first.parent / re.sub(r"\d+(?=\.bin$)", "*", first.name))
-
-
-def placeholder_values(run_cfg: dict, out_dir: Path, meta: Path, res: dict, attempt: int) -> dict:
-    """Every placeholder's value for this run (trainer_section.RUN_PLACEHOLDERS + train keys);
-    paths absolute."""
-    trainer = run_cfg["trainer"]
-    tokens_dir = meta.parent.resolve()
-    values = dict(run_cfg["train"])
-    values.update(
-        seed=run_cfg["seed"], stage=run_cfg["stage"], variant=run_cfg["variant"], run_id=run_cfg["run_id"],
-        study=run_cfg["study"], dataset=run_cfg["dataset"], out_dir=str(out_dir),
-        metrics_file=str(out_dir / SCRIPT_METRICS_FILE), checkpoint_dir=str(out_dir / CHECKPOINT_DIR),
-        data_dir=str(tokens_dir.parent.parent),
-        tokens_dir=str(tokens_dir),
-        nanogpt_data_dir=str(tokens_dir / "nanogpt") if needs_nanogpt_data(trainer) else None,
-        train_files=split_files(meta, "train"), val_files=split_files(meta, "val"),
-        workdir=trainer["workdir"], script=trainer.get("script"),
-        nproc_per_node=res["nproc_per_node"], nodes=res["nodes"], world_size=res["nproc_per_node"] * res["nodes"],
-        gpus=res["gpus"], attempt=attempt,
-    )
-    return values
-
 
 def launch_prefix(launcher: str, python: str, res: dict) -> list[str]:
     """What comes before the script (launchers python / torchrun):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workflow.data.registry import DATASETS, UnknownNameError, dataset_options
+from workflow.data.registry import DATASETS, UnknownNameError, dataset_options, study_meta_path
 from workflow.study.length import model_block_size, run_steps
 from workflow.study.model_config import build_model_config
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
+from workflow.study.script_files import check_executables, placeholder_values, tracked_files
 from workflow.study.trainer_section import TrainerConfigError, check_placeholders, resolve_paths
 from workflow.study.trainer_section import check_files as check_trainer_files
 
@@ -262,6 +263,11 @@ def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True
                 check_placeholders(trainer, cfg["train"], where)
                 if check_files:
                     check_trainer_files(trainer, where)
+                    values = placeholder_values({**cfg, "trainer": trainer}, Path(
+                        config["results_dir"], config["study"], f"stage_{stage}", variant, f"seed_{cfg['seed']}"),
+                        Path(study_meta_path(config)), res, 1)
+                    tracked_files(trainer, values, where)  # format specs fit the values, inputs exist
+                    check_executables(trainer, values, where)
             except TrainerConfigError as err:
                 raise ConfigError(str(err)) from None
             out[(stage, variant)] = trainer
