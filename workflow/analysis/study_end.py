@@ -16,6 +16,9 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 #: a failure reason is cut to this many characters in the summary
 REASON_CHARS = 160
 
@@ -92,9 +95,6 @@ def outcome_lines(summary: Mapping) -> list[str]:
 
 def render(summary: Mapping, study: str, results: str | Path, reason: str | None) -> str:
     """The summary as text: a table (rich) and the outcome lines."""
-    from rich.console import Console  # deferred: only when a call ends (rich's import is ~50 ms)
-    from rich.table import Table
-
     table = Table(title=f"stagerun: study {study}", title_justify="left", box=None, pad_edge=False)
     for column in ("stage", "runs", "done", "failed", "gate / first failure"):
         table.add_column(column, justify="right" if column in ("runs", "done", "failed") else "left")
