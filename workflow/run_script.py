@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import errno
 import json
 import shlex
 import shutil
@@ -29,6 +30,7 @@ from workflow.jobs.script_result import build_result, failure_reason, file_hashe
 from workflow.jobs.script_runner import (
     CHECKPOINT_DIR,
     PARTIAL_FILE,
+    Limits,
     SCRIPT_METRICS_FILE,
     STATE_FILE,
     TAIL_LINES,
@@ -41,6 +43,17 @@ from workflow.jobs.script_runner import (
 from workflow.study.script_files import tracked_files
 from workflow.study.trainer_env import restore_trainer
 from workflow.study.trainer_section import TrainerConfigError
+
+def no_space(*paths: Path | None) -> str:
+    """``"<folder>: N MiB free"`` for each folder of ``paths`` (the disk that ran full)."""
+    parts = []
+    for path in dict.fromkeys(Path(p).resolve().parent if p.suffix else Path(p).resolve() for p in paths if p):
+        try:
+            parts.append(f"{path}: {shutil.disk_usage(path).free / 2**20:.1f} MiB free")
+        except OSError:
+            parts.append(f"{path}: free space unknown")
+    return "; ".join(parts) + " (free some space, then run snakemake again: the run starts afresh)"
+
 
 # --------------------------------------------------------------------------- CLI
 
@@ -106,9 +119,17 @@ def main(argv: list[str] | None = None) -> int:
     live = LiveRows(partial, capture)
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     start = time.monotonic()
+    limit_min = trainer.get("time_limit")
+    limits = Limits(limit_min * 60.0 if limit_min else None)
     try:
-        status = run_script(cmd, trainer["workdir"], env, capture, out_dir / SCRIPT_METRICS_FILE, live, forwarder, tail)
-    except OSError as err:  # the interpreter or command is missing
+        status = run_script(cmd, trainer["workdir"], env, capture, out_dir / SCRIPT_METRICS_FILE, live, forwarder, tail,
+                            limits)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:  # the log or the rows could not be written: say where and how much is left
+            print(f"script_runner: no space left on device while the script ran: {no_space(out_dir, args.log)}",
+                  file=sys.stderr, flush=True)
+            return 1
+        # the interpreter or command is missing
         status = 127
         tail.append(f"cannot start {cmd[0]}: {err}")
         print(f"script_runner: cannot start {cmd[0]}: {err}", file=sys.stderr, flush=True)
@@ -127,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     trainer_cfg = trainer
     rows = capture.sorted_rows(trainer_cfg.get("tokens_per_step"), trainer_cfg.get("flops_per_token"))
-    reason = failure_reason(status, capture, metrics, tail)
+    reason = failure_reason(status, capture, metrics, tail, limit_min if limits.reached else None)
     result = build_result(run_cfg, res, status, reason, rows, capture, seconds, attempt, cmd, env_keys, hashes, git,
                           out_dir)
     if git["diff"]:

@@ -57,10 +57,16 @@ def file_hashes(trainer: dict, tracked: list[str] | None = None) -> tuple[str | 
 
 
 
-def failure_reason(status: int, capture: MetricsCapture, metrics, tail: collections.deque) -> str | None:
-    """Why the run failed, or None: non-zero exit (status or signal + the log's last lines),
-    a NaN/inf loss, or no val_loss captured (the preset or patterns + the log's last lines)."""
+def failure_reason(status: int, capture: MetricsCapture, metrics, tail: collections.deque,
+                   time_limit_min: float | None = None) -> str | None:
+    """Why the run failed, or None: its time limit (``time_limit_min``, when it ended the script),
+    non-zero exit (status or signal + the log's last lines), a NaN/inf loss, or no val_loss
+    captured (the preset or patterns + the log's last lines). The tail's lines are cut already
+    (workflow.jobs.script_runner.cut_line): a reason stays under ~9,000 characters."""
     last_lines = " | ".join(line.rstrip() for line in list(tail)[-8:] if line.strip()) or "(no output)"
+    if time_limit_min is not None:
+        return (f"time limit of {time_limit_min:g} min reached (trainer.time_limit): the script was stopped; "
+                f"last lines of its log: {last_lines}")
     if status != 0:
         how = (f"script was killed by signal {signal.Signals(-status).name}" if status < 0
                else f"script exited with status {status}")
