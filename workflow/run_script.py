@@ -26,34 +26,13 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
 from workflow.jobs.job_common import open_attempt_log
-from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record
-from workflow.jobs.script_runner import (
-    CHECKPOINT_DIR,
-    PARTIAL_FILE,
-    Limits,
-    SCRIPT_METRICS_FILE,
-    STATE_FILE,
-    TAIL_LINES,
-    Forwarder,
-    full_command,
-    placeholder_values,
-    run_script,
-    script_env,
-)
+from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record, no_space
+from workflow.jobs.script_runner import (CHECKPOINT_DIR, PARTIAL_FILE, SCRIPT_METRICS_FILE, STATE_FILE, TAIL_LINES,
+                                          Forwarder, Limits, fresh_run_dir, full_command, placeholder_values, run_script,
+                                          script_env)
 from workflow.study.script_files import tracked_files
 from workflow.study.trainer_env import restore_trainer
 from workflow.study.trainer_section import TrainerConfigError
-
-def no_space(*paths: Path | None) -> str:
-    """``"<folder>: N MiB free"`` for each folder of ``paths`` (the disk that ran full)."""
-    parts = []
-    for path in dict.fromkeys(Path(p).resolve().parent if p.suffix else Path(p).resolve() for p in paths if p):
-        try:
-            parts.append(f"{path}: {shutil.disk_usage(path).free / 2**20:.1f} MiB free")
-        except OSError:
-            parts.append(f"{path}: free space unknown")
-    return "; ".join(parts) + " (free some space, then run snakemake again: the run starts afresh)"
-
 
 # --------------------------------------------------------------------------- CLI
 
@@ -75,18 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring); returns the job's exit status."""
     forwarder = Forwarder()
     args = _parse(argv)
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE_FILE
+    state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
+    attempt = int(state["attempts"]) + 1
+    fresh_run_dir(out_dir, args.log, attempt)  # a fresh run: earlier runs' logs, rows and checkpoints go
     if args.log is not None:
         attempt_log = open_attempt_log(args.log)
         print(f"script_runner: this attempt's log is {attempt_log}", flush=True)
     text = Path(args.run_config[1:]).read_text() if args.run_config.startswith("@") else args.run_config
     run_cfg = json.loads(text)
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     res = {"nproc_per_node": args.nproc_per_node, "nodes": args.nodes, "cpus_per_proc": args.cpus_per_proc,
            "gpus": args.gpus}
-    state_path = out_dir / STATE_FILE
-    state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
-    attempt = int(state["attempts"]) + 1
     try:
         run_cfg["trainer"] = restore_trainer(run_cfg["trainer"])  # env values: from the environment, never argv
         trainer = run_cfg["trainer"]
@@ -100,13 +80,6 @@ def main(argv: list[str] | None = None) -> int:
     metrics = trainer.get("metrics", "nanogpt")
     partial = out_dir / PARTIAL_FILE
     capture = MetricsCapture(metrics, prior=load_rows(partial) if attempt > 1 else ())
-    if attempt == 1:  # a fresh run: nothing of an earlier (finished or abandoned) run carries over
-        for stale in (partial, out_dir / SCRIPT_METRICS_FILE):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    else:  # the script's rows of earlier attempts are in the partial file already
-        (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
-    (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
     hashes = file_hashes(trainer, tracked)
     git: dict = {}  # read while the script runs (two git calls: tens of ms of start-up otherwise)
     git_thread = threading.Thread(target=lambda: git.update(git_record(Path(trainer["workdir"]))), daemon=True)

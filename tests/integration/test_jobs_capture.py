@@ -101,3 +101,12 @@ def test_a_script_past_its_time_limit_is_stopped_with_its_children(tmp_path):
     assert status == 0 and not result["success"], log
     assert "time limit of 0.05 min reached" in result["reason"]
     assert time.monotonic() - start < 40, log
+
+
+def test_a_run_started_afresh_removes_earlier_attempt_logs(tmp_path):
+    source = "print('step 0: train loss 3.0000, val loss 3.0000')\n"
+    run_script(tmp_path, source)
+    (tmp_path / "run" / "train.attempt-2.log").write_text("an abandoned attempt of an earlier run\n")
+    status, result, _ = run_script(tmp_path, source)  # no script_state.json: a fresh run
+    assert status == 0 and result["attempts"] == 1
+    assert sorted(p.name for p in (tmp_path / "run").glob("train.attempt-*.log")) == ["train.attempt-1.log"]

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -142,3 +143,14 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         "model_file": None,
         "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def no_space(*paths: Path | None) -> str:
+    """``"<folder>: N MiB free"`` for each folder of ``paths`` (the disk that ran full)."""
+    parts = []
+    for path in dict.fromkeys(Path(p).resolve().parent if p.suffix else Path(p).resolve() for p in paths if p):
+        try:
+            parts.append(f"{path}: {shutil.disk_usage(path).free / 2**20:.1f} MiB free")
+        except OSError:
+            parts.append(f"{path}: free space unknown")
+    return "; ".join(parts) + " (free some space, then run snakemake again: the run starts afresh)"

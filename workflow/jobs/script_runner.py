@@ -48,6 +48,7 @@ import ctypes
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -165,6 +166,22 @@ def script_env(run_cfg: dict, values: dict, threads: int) -> tuple[dict, list[st
 
 
 # --------------------------------------------------------------------------- running
+
+def fresh_run_dir(out_dir: Path, log: Path | None, attempt: int) -> None:
+    """Prepare the run folder for ``attempt``. A fresh run (attempt 1) keeps nothing of an
+    earlier (finished or abandoned) run: its rows, metrics file, checkpoints and attempt logs
+    (``{stem}.attempt-N.log``) go, so the logs and result.json's ``attempts`` agree. A resumed
+    attempt keeps them (the script's rows of earlier attempts are in the partial file already)."""
+    (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
+    if attempt == 1:
+        (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        if log is not None:
+            log = Path(log)
+            for stale in log.parent.glob(f"{log.stem}.attempt-*{log.suffix}"):
+                stale.unlink(missing_ok=True)
+    (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+
 
 class Forwarder:
     """Forwards SIGTERM / SIGUSR1 / SIGINT to the script's process group (each as received).
