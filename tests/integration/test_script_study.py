@@ -225,6 +225,16 @@ def test_files_named_in_args_and_local_imports_are_tracked(tiny_script_study):
     (scripts / "deep.py").write_text("def base():\n    return 0.01\n")  # imported by helpers.py, which train.py imports
     planned = train_jobs(run_snakemake(workdir, "-n", "--cores", "2", configfiles=(study,), mirror=mirror).stdout)
     assert {variant for stage, variant, _ in planned if stage == "A"} == {"baseline", "better"}
+    why = run_snakemake(workdir, "--cores", "1", "why_rerun", configfiles=(study,), mirror=mirror).stdout
+    assert re.search(r"4 run\(s\) changed .*\n  file \S+/scripts/deep\.py: \"sha256 \w+\" -> \"sha256 \w+\"", why), why
+
+
+def test_script_runs_record_no_built_in_numbers(tiny_script_study):
+    _, _, results, _, proc, _ = tiny_script_study
+    assert "tokens n/a (script runs" in proc.stderr and "<= 12,288 tokens" not in proc.stderr  # the printed plan
+    result = json.loads(next(results.glob("stage_A/baseline/seed_*/result.json")).read_text())
+    assert "model" not in result["config"] and result["config"]["trainer"]["env"] == {"SECRET_TOKEN": "(not recorded)"}
+    assert "warm start" not in proc.stderr  # no warm-start server for a study of scripts only
 
 
 @pytest.mark.parametrize("trainer, message", [

@@ -138,7 +138,7 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(), "python_version": platform.python_version(),
         "config_hash": config_hash(run_cfg),
-        "config": {"model": run_cfg.get("model"), "train": run_cfg["train"],
+        "config": {"train": run_cfg["train"],  # no model: the script's own, not the built-in one
                    "trainer": {**trainer, "env": {key: NOT_RECORDED for key in trainer.get("env") or {}}}},
         "model_file": None,
         "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
