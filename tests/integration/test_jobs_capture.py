@@ -110,3 +110,17 @@ def test_a_run_started_afresh_removes_earlier_attempt_logs(tmp_path):
     status, result, _ = run_script(tmp_path, source)  # no script_state.json: a fresh run
     assert status == 0 and result["attempts"] == 1
     assert sorted(p.name for p in (tmp_path / "run").glob("train.attempt-*.log")) == ["train.attempt-1.log"]
+
+
+def test_communication_a_script_reports_reaches_result_json(tmp_path):
+    source = (
+        "import json, os\n"
+        "with open(os.environ['STAGERUN_METRICS'], 'a') as f:\n"
+        "    for step in (1, 2):\n"
+        "        f.write(json.dumps({'step': step, 'val_loss': 3.0 - step / 10, 'tokens_seen': 1000 * step,\n"
+        "                            'comm_bytes': 4000 * step, 'comm_calls': 2 * step}) + '\\n')\n"
+    )
+    status, result, log = run_script(tmp_path, source, metrics="jsonl")
+    assert status == 0 and result["success"], log
+    assert result["communication"]["bytes"] == 8000 and result["communication"]["calls"] == 4
+    assert result["communication"]["bytes_per_token"] == 4.0  # what bytes_per_token_vs_loss.png plots

@@ -92,6 +92,20 @@ def loss_fingerprint(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(seq).encode()).hexdigest()
 
 
+def script_communication(rows: list[dict], tokens: float | None) -> dict | None:
+    """What the script reports of its communication: the last captured ``comm_bytes`` /
+    ``comm_calls`` (cumulative totals of the run, in its JSON-lines rows) and ``bytes_per_token``
+    (bytes / tokens_seen, when both are known): result.json ``communication``, which the comm table
+    and ``bytes_per_token_vs_loss.png`` read. None when no row has ``comm_bytes``."""
+    last = {key: next((r[key] for r in reversed(rows) if isinstance(r.get(key), (int, float))), None)
+            for key in ("comm_bytes", "comm_calls")}
+    if last["comm_bytes"] is None:
+        return None
+    return {"bytes": float(last["comm_bytes"]), "calls": last["comm_calls"],
+            "bytes_per_token": float(last["comm_bytes"]) / float(tokens) if tokens else None,
+            "source": "the script's comm_bytes / comm_calls rows"}
+
+
 def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows: list[dict], capture: MetricsCapture,
                  seconds: float, attempts: int, cmd: list[str], env_keys: list[str], hashes, git: dict,
                  out_dir: Path) -> dict:
@@ -105,6 +119,7 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         flops = float(tokens) * trainer["flops_per_token"]
     world = res["nproc_per_node"] * res["nodes"]
     script_sha, input_shas = hashes
+    comm = script_communication(rows, tokens)
     return {
         "study": run_cfg.get("study"), "stage": run_cfg.get("stage"), "variant": run_cfg.get("variant"),
         "seed": run_cfg.get("seed"), "run_id": run_cfg.get("run_id"),
@@ -141,6 +156,7 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         "config": {"train": run_cfg["train"],  # no model: the script's own, not the built-in one
                    "trainer": {**trainer, "env": {key: NOT_RECORDED for key in trainer.get("env") or {}}}},
         "model_file": None,
+        **({"communication": comm} if comm else {}),
         "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
 
