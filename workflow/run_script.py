@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import errno
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -26,7 +28,8 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
 from workflow.jobs.job_common import open_attempt_log
-from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record, no_space
+from workflow.jobs.script_result import (build_result, failure_reason, file_hashes, git_record, no_space,
+                                          say_on_full_disk)
 from workflow.jobs.script_runner import (CHECKPOINT_DIR, PARTIAL_FILE, SCRIPT_METRICS_FILE, STATE_FILE, TAIL_LINES,
                                           Forwarder, Limits, fresh_run_dir, full_command, placeholder_values, run_script,
                                           script_env)
@@ -99,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:
                             limits)
     except OSError as err:
         if err.errno == errno.ENOSPC:  # the log or the rows could not be written: say where and how much is left
-            print(f"script_runner: no space left on device while the script ran: {no_space(out_dir, args.log)}",
-                  file=sys.stderr, flush=True)
+            if forwarder.pgid:
+                with contextlib.suppress(OSError):
+                    os.killpg(forwarder.pgid, signal.SIGKILL)
+            say_on_full_disk(f"script_runner: no space left on device while the script ran: {no_space(out_dir, args.log)}")
             return 1
         # the interpreter or command is missing
         status = 127

@@ -170,3 +170,17 @@ def no_space(*paths: Path | None) -> str:
         except OSError:
             parts.append(f"{path}: free space unknown")
     return "; ".join(parts) + " (free some space, then run snakemake again: the run starts afresh)"
+
+
+def say_on_full_disk(text: str, fd: int = 2) -> None:
+    """Write ``text`` as the last line of the log on ``fd`` although its disk is full: when the
+    write fails, the log's last bytes (a line cut mid-way anyway) make room for it."""
+    data = ("\n" + text + "\n").encode()
+    try:
+        os.write(fd, data)
+    except OSError:
+        try:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - len(data)))
+            os.write(fd, data)
+        except OSError:
+            pass
