@@ -35,11 +35,16 @@ from workflow.study.trainer_section import TrainerConfigError, expand, needs_nan
 _GLOB = re.compile(r"[*?\[]")
 
 
+@functools.lru_cache(maxsize=64)
+def _meta(path: str, mtime_ns: int) -> dict:  # noqa: ARG001 (cache key: the DAG asks once per run)
+    return read_json(path)
+
+
 def split_files(meta_path: Path, split: str) -> str | None:
     """The token files of ``split`` in meta.json: one absolute path, or a glob of the shards
     (digits of the first file name replaced by ``*``), None when the split or meta.json is missing."""
     try:
-        files = (read_json(meta_path).get("splits") or {}).get(split, {}).get("files") or []
+        files = (_meta(str(meta_path), os.stat(meta_path).st_mtime_ns).get("splits") or {}).get(split, {}).get("files") or []
     except (OSError, ValueError):
         return None
     if not files:
