@@ -17,6 +17,8 @@ from workflow.data.registry import (
 )
 from workflow.study.checks import tokens_folder_options
 from workflow.study.resolve import run_config, stage_order, stage_seeds
+from workflow.study.script_files import run_files
+from workflow.study.trainer_env import redact_trainer
 from workflow.study.trainer_section import needs_nanogpt_data
 
 DATA = config["data_dir"]  # {data_dir}/raw/{source}/, {data_dir}/tokens/{tokens}/
@@ -79,24 +81,36 @@ def first_seed_run_config(stage, variant):
     return run_config(config, stage, variant, stage_seeds(config, stage)[0])
 
 
-def run_config_json(stage, variant, seed):
-    """The train rule's ``run_config`` param: ``run_config(config, stage, variant, seed)`` as sorted
-    JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
+def unredacted_run_config(stage, variant, seed):
+    """``run_config(config, stage, variant, seed)``; seeds of one (stage, variant) differ only in
+    ``seed`` and ``run_id``; a script run's trainer with absolute paths (SCRIPT_TRAINERS, rules/checks.smk)."""
     cfg = dict(first_seed_run_config(stage, variant))
     cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
-    if "trainer" in cfg:  # a script run: its trainer with absolute paths (SCRIPT_TRAINERS, rules/checks.smk)
+    if "trainer" in cfg:
         cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
+    return cfg
+
+
+def run_config_json(stage, variant, seed):
+    """The train rule's ``run_config`` param: the run config as sorted JSON, trainer.env values as
+    tokens (workflow.study.trainer_env: a param is stored on disk and shown by ps)."""
+    cfg = unredacted_run_config(stage, variant, seed)
+    if "trainer" in cfg:
+        cfg["trainer"] = redact_trainer(cfg["trainer"])
     return json.dumps(cfg, sort_keys=True)
 
 
 def script_job_inputs(wildcards):
-    """Inputs of a script run besides meta.json: the script and trainer.inputs (their edits rerun
-    exactly the runs that use them) and, when asked for, the dataset in nanoGPT's layout
-    (rules/script.smk). None for the built-in trainer."""
+    """Inputs of a script run besides meta.json: every file it reads that stagerun can know of
+    (workflow.study.script_files: script, inputs, files named in args / command / env, local
+    imports; their edits rerun exactly the runs that read them) and, when asked for, the dataset
+    in nanoGPT's layout (rules/script.smk). None for the built-in trainer."""
     trainer = SCRIPT_TRAINERS.get((wildcards.stage, wildcards.variant))
     if trainer is None:
         return []
-    files = [p for p in [trainer.get("script"), *trainer["inputs"]] if p]
+    files = run_files(unredacted_run_config(wildcards.stage, wildcards.variant, int(wildcards.seed)),
+                      f"{RESULTS}/stage_{wildcards.stage}/{wildcards.variant}/seed_{wildcards.seed}", f"{STUDY_TOKENS}/meta.json",
+                      train_resources(wildcards.stage))
     if needs_nanogpt_data(trainer):
         files.append(f"{STUDY_TOKENS}/nanogpt/meta.pkl")
     return files

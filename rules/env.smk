@@ -9,7 +9,11 @@ import sys
 
 from workflow.jobs.environment import invocation_environment, job_environment
 from workflow.jobs.launcher import INVOCATION_ENV
+from workflow.study.trainer_env import export_values
 
 os.environ.update(job_environment(config, workflow.basedir, sys.executable, os.environ))
 os.environ.update(invocation_environment(workflow.is_main_process))
 INVOCATION = os.environ.get(INVOCATION_ENV) if workflow.is_main_process else None
+# trainer.env values of script runs reach their jobs through this environment only, never a param,
+# a command line or a log (workflow/study/trainer_env.py); SCRIPT_TRAINERS is rules/checks.smk's.
+export_values(SCRIPT_TRAINERS.values())

@@ -7,6 +7,8 @@
 import json
 import os
 
+from workflow.study.trainer_env import redact_study  # trainer.env values never reach a param
+
 
 rule stage_table:
     localrule: True
@@ -93,7 +95,7 @@ rule compute_plan:
         ),
         json=f"{RESULTS}/plan.json",
     params:
-        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
+        study=lambda w: json.dumps(redact_study(config), sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data; trainer.env values as tokens
     log:
         f"{RESULTS}/logs/compute_plan.log",
     conda:
@@ -116,7 +118,7 @@ rule compute_table:
         markdown=f"{RESULTS}/compute.md",
     params:
         # the job derives the naive plan from the study (no model or pandas imports where Snakemake parses)
-        study=lambda w: json.dumps(config, sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
+        study=lambda w: json.dumps(redact_study(config), sort_keys=True),  # a function: Snakemake formats a params string, and a study's values are data
     log:
         f"{RESULTS}/logs/compute_table.log",
     conda:

@@ -29,6 +29,6 @@ rule why_rerun:
     log:
         f"{RESULTS}/logs/why_rerun.log",
     run:
-        explanation = explain_reruns(config, RESULTS)
+        explanation = explain_reruns(config, RESULTS, SCRIPT_TRAINERS)  # script runs: their trainer and files too
         print(explanation)
         Path(log[0]).write_text(explanation + "\n")

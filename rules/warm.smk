@@ -13,8 +13,9 @@ _WARM_SERVER = []
 def start_warm_server():
     """Start the warm server when this invocation runs training jobs (or gates that add them)
     on this machine (:func:`workflow.jobs.warm_client.why_not_start`); say why not otherwise."""
-    has_training = any((job.rule.name == "train" and (job.wildcards.stage, job.wildcards.variant) not in SCRIPT_TRAINERS)
-                       or job.is_checkpoint for job in workflow.dag.needrun_jobs())  # never for script runs
+    builtin = any((s, v) not in SCRIPT_TRAINERS for s in STAGES for v in config["variants"])  # scripts never warm-start
+    has_training = builtin and any((job.rule.name == "train" and (job.wildcards.stage, job.wildcards.variant) not in SCRIPT_TRAINERS)
+                                   or job.is_checkpoint for job in workflow.dag.needrun_jobs())
     reason = why_not_start(config["warm_start"], workflow.local_exec, has_training, has_nvidia_gpu())
     if reason is not None:
         if has_training:
@@ -42,10 +43,23 @@ onstart:
     start_warm_server()
 
 
+def study_end(failed_call):
+    """Print the study's summary (workflow/analysis/study_end.py) at the end of the call; exit 1
+    when a stage has no successful run (unless the study says exit_nonzero_on_failure: false)."""
+    from workflow.analysis.study_end import end_of_call  # deferred: only when the call ends
+
+    text, fail = end_of_call(config, RESULTS, STAGES, {s: stage_seeds(config, s) for s in STAGES})
+    print(text, file=sys.stderr, flush=True)
+    if fail and not failed_call:
+        sys.exit(1)  # (Snakemake's own failure exits 1 already)
+
+
 onsuccess:
     stop_warm_server()
+    study_end(False)
 
 
 onerror:
     stop_warm_server()
     restore_group_runs()  # rules/resources.smk: a failed group job's finished runs get their outputs back
+    study_end(True)

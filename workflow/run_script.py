@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import errno
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -25,22 +28,14 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
 from workflow.jobs.job_common import open_attempt_log
-from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record
-from workflow.jobs.script_runner import (
-    CHECKPOINT_DIR,
-    PARTIAL_FILE,
-    SCRIPT_METRICS_FILE,
-    STATE_FILE,
-    TAIL_LINES,
-    Forwarder,
-    full_command,
-    placeholder_values,
-    run_script,
-    script_env,
-)
-from workflow.study.trainer_section import (
-    TrainerConfigError,
-)
+from workflow.jobs.script_result import (build_result, failure_reason, file_hashes, git_record, no_space,
+                                          say_on_full_disk)
+from workflow.jobs.script_runner import (CHECKPOINT_DIR, PARTIAL_FILE, SCRIPT_METRICS_FILE, STATE_FILE, TAIL_LINES,
+                                          Forwarder, Limits, fresh_run_dir, full_command, placeholder_values, run_script,
+                                          script_env)
+from workflow.study.script_files import tracked_files
+from workflow.study.trainer_env import restore_trainer
+from workflow.study.trainer_section import TrainerConfigError
 
 # --------------------------------------------------------------------------- CLI
 
@@ -62,37 +57,33 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point (see the module docstring); returns the job's exit status."""
     forwarder = Forwarder()
     args = _parse(argv)
+    out_dir = args.out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / STATE_FILE
+    state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
+    attempt = int(state["attempts"]) + 1
+    fresh_run_dir(out_dir, args.log, attempt)  # a fresh run: earlier runs' logs, rows and checkpoints go
     if args.log is not None:
         attempt_log = open_attempt_log(args.log)
         print(f"script_runner: this attempt's log is {attempt_log}", flush=True)
     text = Path(args.run_config[1:]).read_text() if args.run_config.startswith("@") else args.run_config
     run_cfg = json.loads(text)
-    out_dir = args.out_dir.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     res = {"nproc_per_node": args.nproc_per_node, "nodes": args.nodes, "cpus_per_proc": args.cpus_per_proc,
            "gpus": args.gpus}
-    state_path = out_dir / STATE_FILE
-    state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
-    attempt = int(state["attempts"]) + 1
-    trainer = run_cfg["trainer"]
     try:
+        run_cfg["trainer"] = restore_trainer(run_cfg["trainer"])  # env values: from the environment, never argv
+        trainer = run_cfg["trainer"]
         values = placeholder_values(run_cfg, out_dir, args.meta, res, attempt)
         cmd = full_command(run_cfg, values, res)
         env, env_keys = script_env(run_cfg, values, args.threads)
-    except (TrainerConfigError, subprocess.SubprocessError, OSError) as err:
+        tracked = tracked_files(trainer, values)
+    except (TrainerConfigError, KeyError, subprocess.SubprocessError, OSError) as err:
         print(f"error: {err}", file=sys.stderr, flush=True)
         return 2
     metrics = trainer.get("metrics", "nanogpt")
     partial = out_dir / PARTIAL_FILE
     capture = MetricsCapture(metrics, prior=load_rows(partial) if attempt > 1 else ())
-    if attempt == 1:  # a fresh run: nothing of an earlier (finished or abandoned) run carries over
-        for stale in (partial, out_dir / SCRIPT_METRICS_FILE):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
-    else:  # the script's rows of earlier attempts are in the partial file already
-        (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
-    (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
-    hashes = file_hashes(trainer)
+    hashes = file_hashes(trainer, tracked)
     git: dict = {}  # read while the script runs (two git calls: tens of ms of start-up otherwise)
     git_thread = threading.Thread(target=lambda: git.update(git_record(Path(trainer["workdir"]))), daemon=True)
     git_thread.start()
@@ -104,9 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     live = LiveRows(partial, capture)
     tail: collections.deque = collections.deque(maxlen=TAIL_LINES)
     start = time.monotonic()
+    limit_min = trainer.get("time_limit")
+    limits = Limits(limit_min * 60.0 if limit_min else None)
     try:
-        status = run_script(cmd, trainer["workdir"], env, capture, out_dir / SCRIPT_METRICS_FILE, live, forwarder, tail)
-    except OSError as err:  # the interpreter or command is missing
+        status = run_script(cmd, trainer["workdir"], env, capture, out_dir / SCRIPT_METRICS_FILE, live, forwarder, tail,
+                            limits)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:  # the log or the rows could not be written: say where and how much is left
+            if forwarder.pgid:
+                with contextlib.suppress(OSError):
+                    os.killpg(forwarder.pgid, signal.SIGKILL)
+            say_on_full_disk(f"script_runner: no space left on device while the script ran: {no_space(out_dir, args.log)}")
+            return 1
+        # the interpreter or command is missing
         status = 127
         tail.append(f"cannot start {cmd[0]}: {err}")
         print(f"script_runner: cannot start {cmd[0]}: {err}", file=sys.stderr, flush=True)
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_PREEMPTED
     trainer_cfg = trainer
     rows = capture.sorted_rows(trainer_cfg.get("tokens_per_step"), trainer_cfg.get("flops_per_token"))
-    reason = failure_reason(status, capture, metrics, tail)
+    reason = failure_reason(status, capture, metrics, tail, limit_min if limits.reached else None)
     result = build_result(run_cfg, res, status, reason, rows, capture, seconds, attempt, cmd, env_keys, hashes, git,
                           out_dir)
     if git["diff"]:

@@ -148,6 +148,11 @@ def _one_seed(config):
     config["stages"]["C"]["seeds"] = 1
 
 
+def _model_only_script(config):
+    config["trainer"] = {"script": "train.py", "args": ["--seed={seed}"]}
+    config["variants"] = {"baseline": {}, "wider": {"model": {"n_embd": 64}}}
+
+
 @pytest.mark.parametrize("edit, warnings", [
     (_diloco, [
         w for s, n in (("A", 7), ("B", 12), ("C", 16)) for w in (
@@ -165,7 +170,12 @@ def _one_seed(config):
         "stages.C.seeds: 1, but the verdict's paired t-test needs at least 2 seed-matched pairs (and the target "
         "test 2 runs): no variant can win this study; give the last stage seeds >= 2",
     ]),
-], ids=["diloco_length", "gossip_one_worker", "last_stage_one_seed"])
+    (_model_only_script, [
+        f"stages.{s} + variants.wider: differs from the baseline 'baseline' only in model, which a script trainer "
+        "never sees: its runs are the baseline's (give the script what differs through args, env or train keys)"
+        for s in "ABC"
+    ]),
+], ids=["diloco_length", "gossip_one_worker", "last_stage_one_seed", "script_variant_only_model"])
 def test_plan_warns_about_legal_studies_that_are_probably_not_meant(edit, warnings):
     config = study(edit)
     check_study(config)  # legal

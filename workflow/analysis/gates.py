@@ -76,9 +76,18 @@ def decide_gate(
             )
         if summ.get("seed_ignored"):  # a script that ignores the seed: said in the reason; no CI and no winner on such repeats
             row["seed_ignored"] = summ["seed_ignored_reason"]
+            row["script_runs"] = bool(summ.get("script_runs"))
+        if summ.get("mixed_versions") and row["eligible"]:  # the script or an input changed between its runs
+            row["eligible"] = False
+            row["reason"] = f"not eligible: {summ['mixed_versions']}"
         if name != baseline and base_losses and row["eligible"]:
             row["p_vs_baseline"] = compare_to_baseline(val_losses_by_seed(summ), base_losses, test)["p_value"]
         rows.append(row)
+    others = [r for r in rows if r["variant"] != baseline]
+    for row in others:  # a script's repeats that prove nothing do not advance, unless nothing else could
+        if row.get("seed_ignored") and row["script_runs"] and row["eligible"] and len(others) > 1:
+            row["eligible"] = False
+            row["reason"] = "not eligible (other variants can advance)"
     by_name = {row["variant"]: row for row in rows}
     base_row = by_name.get(baseline)
     base_ok = base_row is not None and base_row["successful_runs"] >= min_ok

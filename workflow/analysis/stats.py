@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime
 import math
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy import stats
@@ -213,6 +214,30 @@ def seed_ignored_text(n: int) -> str:
             "nothing (one run counted several times)")
 
 
+def mixed_versions(results: Sequence[dict]) -> str | None:
+    """Why the script runs among ``results`` do not measure one program: they recorded different
+    sha256 of the script or of a file they read (result.json ``trainer.script_sha256`` /
+    ``inputs_sha256``, workflow.study.script_files), e.g. the script was edited while a stage ran.
+    None when they agree (or no run is a script run)."""
+    versions: dict[tuple, list] = {}
+    for r in results:
+        trainer = r.get("trainer")
+        if isinstance(trainer, dict):
+            key = (trainer.get("script_sha256"), tuple(sorted((trainer.get("inputs_sha256") or {}).items())))
+            versions.setdefault(key, []).append(r.get("seed"))
+    if len(versions) < 2:
+        return None
+    keys = list(versions)
+    changed = {Path(r["trainer"]["script"]).name for r in results if isinstance(r.get("trainer"), dict)
+               and r["trainer"].get("script")} if len({k[0] for k in keys}) > 1 else set()
+    inputs = [dict(k[1]) for k in keys]
+    changed |= {Path(p).name for p in set().union(*inputs) if len({i.get(p) for i in inputs}) > 1}
+    seeds = "; ".join(", ".join(str(s) for s in sorted(v, key=str)) for v in versions.values())
+    return (f"its runs ran {len(versions)} versions of the script or its inputs ({', '.join(sorted(changed))} changed "
+            f"between runs; seeds by version: {seeds}): the repeats do not measure one program; run snakemake again "
+            "(the runs older than the edit rerun)")
+
+
 def summarize_runs(results: Sequence[dict]) -> dict:
     """Summary of one variant's runs in one stage (the content of ``summary.json``).
 
@@ -287,6 +312,9 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "tokens_unknown_runs": sum(1 for r in results if "tokens_seen" in r and r["tokens_seen"] is None),
         "seed_ignored": ignored,
         "seed_ignored_reason": seed_ignored_text(len(ok)) if ignored else None,
+        # script runs only (built-in summaries keep their keys): the versions they ran
+        **({"script_runs": sum("trainer" in r for r in results), "mixed_versions": mixed_versions(ok)}
+           if any("trainer" in r for r in results) else {}),
         # communication and tensor parallelism (read defensively: older results lack them)
         "tokens_per_s": describe([r["tokens_per_s"] for r in ok if r.get("tokens_per_s") is not None]),
         # mean training step time (ms: train_time_ms / final_step, evaluations excluded)

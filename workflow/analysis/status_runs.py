@@ -34,7 +34,8 @@ _NUM_ITERATIONS = re.compile(r"num_iterations (\d+)")
 _RESUMED = re.compile(r"^resumed from \S+ at step (\d+)", re.MULTILINE)
 _STEP_LINE = re.compile(r"^step (\d+)/(\d+)", re.MULTILINE)
 _PREEMPTED = re.compile(r"PREEMPTED|job exit status 75\b")
-_ENDED = re.compile(r"^(finished: |FAILED \()", re.MULTILINE)  # the trainer's last line, written with result.json
+# the trainer's (or the script runner's) last line, written with result.json
+_ENDED = re.compile(r"^(?:script_runner: )?(finished: |FAILED \()", re.MULTILINE)
 _FAILED = re.compile(r"^Traceback \(most recent call last\)|^error: |^\S*Error: |job exit status (?!75\b|0\b)-?\d+",
                      re.MULTILINE)
 

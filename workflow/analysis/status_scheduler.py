@@ -1,7 +1,8 @@
 """The scheduler's side of ``workflow.status``: this machine's processes and SLURM's ``sacct``.
 
 - :func:`scan_processes` (``psutil``): each job's ``python -m workflow.launch ... --out-dir RUN``
-  (the launcher lives as long as the trainer, also when the trainer is a warm-server fork), and
+  (the launcher lives as long as the trainer, also when the trainer is a warm-server fork; a
+  script run's ``python -m workflow.run_script`` as long as the script), and
   the Snakemake processes with the directory they work in;
 - :func:`sacct_jobs`: one ``sacct -X -n -P -j <ids>`` call for the SLURM jobs the run logs name
   (the trainer writes ``SLURM job <id> on <node>``); None without ``sacct`` or when it fails.
@@ -20,12 +21,15 @@ from pathlib import Path
 
 import psutil
 
-from workflow.core.steps import LAUNCH_STEP, TRAIN_STEP
+from workflow.core.steps import LAUNCH_STEP, TRAIN_STEP, SCRIPT_STEP
 
 # sacct states (man sacct, "JOB STATE CODES")
 SLURM_RUNNING = {"RUNNING", "COMPLETING", "CONFIGURING", "RESIZING", "STAGE_OUT", "SIGNALING", "SUSPENDED", "STOPPED"}
 SLURM_QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "RESV_DEL_HOLD"}
 SLURM_PREEMPTED = {"PREEMPTED"}
+
+
+#: the job steps whose process lives as long as its run (the script runner as long as the script)
 
 
 @dataclass
@@ -64,7 +68,7 @@ def scan_processes() -> Processes:
     found = Processes()
     for proc in psutil.process_iter(["pid", "cmdline", "create_time"]):
         cmd = proc.info.get("cmdline") or []
-        is_job = "--out-dir" in " ".join(cmd) and any(a in (LAUNCH_STEP, TRAIN_STEP) for a in cmd)
+        is_job = "--out-dir" in " ".join(cmd) and any(a in (LAUNCH_STEP, TRAIN_STEP, SCRIPT_STEP) for a in cmd)
         is_snakemake = not is_job and _is_snakemake(cmd)
         if not (is_job or is_snakemake):
             continue

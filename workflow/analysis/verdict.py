@@ -90,6 +90,8 @@ def decide_verdict(
             "disqualified": policy == "disqualify" and bool(failed),
             "seed_ignored": summ.get("seed_ignored_reason") if summ.get("seed_ignored") else None,  # a script that ignores the seed
         }
+        if summ.get("mixed_versions"):  # the script or an input changed between its runs
+            entry["mixed_versions"] = summ["mixed_versions"]
         results.append(entry)
     # Holm over each family: variants vs the baseline; every tested variant vs the target.
     for key, members in (("vs_baseline", [e for e in results if e["vs_baseline"]]), ("vs_target", [e for e in results if e["vs_target"]])):
@@ -113,10 +115,12 @@ def decide_verdict(
         needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
         base_entry = next((b for b in results if b["variant"] == baseline), None)
         base_ignores = base_entry is not None and base_entry["seed_ignored"]
-        e["winner"] = all(needed) and not e["disqualified"] and not e["seed_ignored"] and not base_ignores
+        mixed = e.get("mixed_versions") or (base_entry or {}).get("mixed_versions")
+        e["winner"] = (all(needed) and not e["disqualified"] and not e["seed_ignored"] and not base_ignores
+                       and not mixed)
         parts = []
         if p_base is None:
-            parts.append(f"not testable against {baseline} ({base_failure or untestable_reason(e, test)})")
+            parts.append(f"not testable against {baseline} ({base_failure or untestable_reason(e, test, baseline)})")
         else:
             raw = e["vs_baseline"]["p_value"]
             verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
@@ -131,6 +135,9 @@ def decide_verdict(
             )
         elif e["seed_ignored"] or base_ignores:  # a script that ignores the seed: no winner on repeats that prove nothing
             who = e["seed_ignored"] if e["seed_ignored"] else f"{baseline}: {base_entry['seed_ignored']}"
+            parts.append(f"cannot win: {who}")
+        elif mixed:
+            who = e.get("mixed_versions") or f"{baseline}: {base_entry['mixed_versions']}"
             parts.append(f"cannot win: {who}")
         elif not e["winner"]:
             parts.append(f"not a winner (winners: {rule})")
@@ -184,10 +191,19 @@ def baseline_failure(base: dict | None, baseline: str, base_losses: Mapping[int,
     return f"the baseline {baseline!r} has only {len(base_losses)} run that counts ({len(failed)} of {base['n_runs']} failed{reason})"
 
 
-def untestable_reason(entry: dict, test: str) -> str:
-    """Why a variant's test against a baseline that has runs gave no p-value."""
+def untestable_reason(entry: dict, test: str, baseline: str = "the baseline") -> str:
+    """Why a variant's test against a baseline that has runs gave no p-value: too few runs, a
+    script that ignores the seed, zero-variance differences, too few pairs."""
     if entry["n"] < 2:
         return f"the variant has {entry['n']} run(s) that count, fewer than 2"
+    if entry.get("seed_ignored"):
+        return entry["seed_ignored"]
+    vs = entry.get("vs_baseline") or {}
+    if test == "paired" and (vs.get("n_pairs") or 0) >= 2:
+        return (f"its {vs['n_pairs']} per-seed differences from {baseline} are all equal ({vs['mean_difference']:+.6g}): "
+                "zero variance, so a t-test gives no p-value; the seeds change nothing that differs between the two")
+    if test == "welch" and (entry.get("std") == 0.0):
+        return f"its losses have zero variance over {entry['n']} runs: Welch's t-test gives no p-value"
     return f"fewer than 2 {'seed-matched pairs' if test == 'paired' else 'successful runs on one side'}"
 
 

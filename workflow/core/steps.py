@@ -16,4 +16,7 @@ WARM_STEP = "workflow.warm"
 #: a training job: data check, per-attempt log, the processes of one run (workflow/launch.py)
 LAUNCH_STEP = "workflow.launch"
 
-STARTED_BY_NAME: tuple[str, ...] = (TRAIN_STEP, WARM_STEP, LAUNCH_STEP)
+#: a script run's job: the user's own training script as a variant (workflow/run_script.py)
+SCRIPT_STEP = "workflow.run_script"
+
+STARTED_BY_NAME: tuple[str, ...] = (TRAIN_STEP, WARM_STEP, LAUNCH_STEP, SCRIPT_STEP)

@@ -19,6 +19,12 @@ line of step 0 make one row); rows come out sorted by step, with ``step``, ``tra
 ``val_loss`` always present (None where not captured): the built-in trainer's metrics.jsonl
 schema, so curves, tables and plots read them unchanged.
 
+**Segments**: a step counter that goes back within an attempt (per-epoch counters: steps
+0/10/20, then 0/10) starts a new segment: its rows come after every row captured so far (their
+``step`` shifted past the last one), so rows keep the order they were printed in and the result
+is the last row captured. Each source (output lines, the metrics file) has its own counter; a
+metrics file that was truncated or replaced is read again from its start (:meth:`restart_source`).
+
 **Resume**: a capture can start from the rows of earlier attempts (``prior``); the first row of
 this attempt at step ``s`` drops the earlier rows at steps ``>= s`` (the script resumed from a
 checkpoint of step ``s`` or earlier and logs them again).
@@ -74,6 +80,9 @@ class MetricsCapture:
         self._resumed = not self._prior_steps  # nothing to drop when there is nothing before
         self._last_step: int | None = None
         self._counter = 0
+        self._last_raw: dict[str, int] = {}  # the last step each source (output, metrics file) gave
+        self._offset: dict[str, int] = {}  # what a source's steps are shifted by (a restarted counter)
+        self.segments = 0  # how often a step counter went back in this attempt
         self.nonfinite: tuple[str, str, int] | None = None
         self.dirty_steps: set[int] = set()
         self._regex = None
@@ -85,17 +94,18 @@ class MetricsCapture:
         """One line of the script's output (without or with its newline)."""
         if self.metrics == "nanogpt":
             if "step " in line and (m := _NANOGPT_EVAL.search(line)):
-                self._put(int(m.group(1)), {"train_eval_loss": _number(m.group(2)), "val_loss": _number(m.group(3))})
+                self._put(int(m.group(1)), {"train_eval_loss": _number(m.group(2)), "val_loss": _number(m.group(3))},
+                          "line")
             elif "iter " in line and (m := _NANOGPT_ITER.search(line)):
                 values = {"train_loss": _number(m.group(2)), "step_time_ms": _number(m.group(3))}
                 if m.group(4) is not None:
                     values["mfu_percent"] = _number(m.group(4))
-                self._put(int(m.group(1)), values)
+                self._put(int(m.group(1)), values, "line")
         elif self.metrics == "modded-nanogpt":
             if "step:" in line and (m := _MODDED_STEP.search(line + " ")):
                 values = {_MODDED_KEYS[k]: _number(v) for k, v, _ in _MODDED_PAIR.findall(line)}
                 if values:
-                    self._put(int(m.group(1)), values)
+                    self._put(int(m.group(1)), values, "line")
         elif self._regex is not None:
             self._feed_regex(line)
 
@@ -127,7 +137,7 @@ class MetricsCapture:
         if step is None:
             step = self._counter
             self._counter += 1
-        self._put(step, values)
+        self._put(step, values, "line")
 
     def feed_json(self, text: str) -> str | None:
         """One line of ``$STAGERUN_METRICS``; returns a warning for a line that is not a JSON
@@ -148,10 +158,23 @@ class MetricsCapture:
                     values[key] = float(values[key])
                 except ValueError:
                     values.pop(key)
-        self._put(int(row["step"]), values)
+        self._put(int(row["step"]), values, "json")
         return None
 
-    def _put(self, step: int, values: dict) -> None:
+    def restart_source(self, source: str = "json") -> None:
+        """The metrics file was truncated or replaced and is read again from its start: its
+        next rows restate steps (they merge), they do not start a new segment."""
+        self._last_raw.pop(source, None)
+
+    def _put(self, step: int, values: dict, source: str = "line") -> None:
+        last = self._last_raw.get(source)
+        self._last_raw[source] = step
+        if last is not None and step < last and self.rows:
+            # the script's step counter went back (a per-epoch counter, a restarted loop): a new
+            # segment, placed after every row captured so far, so the result is the last row printed
+            self._offset[source] = max(self.rows) + 1 - step
+            self.segments += 1
+        step += self._offset.get(source, 0)
         if not self._resumed:  # the first row of this attempt: earlier attempts' rows from here on go
             for old in [s for s in self._prior_steps if s >= step]:
                 self.rows.pop(old, None)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -48,17 +49,25 @@ def git_record(folder: Path) -> dict:
         return {"commit": None, "dirty": None, "diff": ""}
 
 
-def file_hashes(trainer: dict) -> tuple[str | None, dict[str, str]]:
-    """(sha256 of the script or None, {input path: sha256})."""
+def file_hashes(trainer: dict, tracked: list[str] | None = None) -> tuple[str | None, dict[str, str]]:
+    """(sha256 of the script or None, {path: sha256} of every other file the run reads:
+    ``tracked`` (workflow.study.script_files.tracked_files), else ``trainer.inputs``)."""
     script = trainer.get("script")
-    return (sha256_file(script) if script else None), {p: sha256_file(p) for p in trainer.get("inputs") or []}
+    others = [p for p in (trainer.get("inputs") or [] if tracked is None else tracked) if p != script]
+    return (sha256_file(script) if script else None), {p: sha256_file(p) for p in others}
 
 
 
-def failure_reason(status: int, capture: MetricsCapture, metrics, tail: collections.deque) -> str | None:
-    """Why the run failed, or None: non-zero exit (status or signal + the log's last lines),
-    a NaN/inf loss, or no val_loss captured (the preset or patterns + the log's last lines)."""
+def failure_reason(status: int, capture: MetricsCapture, metrics, tail: collections.deque,
+                   time_limit_min: float | None = None) -> str | None:
+    """Why the run failed, or None: its time limit (``time_limit_min``, when it ended the script),
+    non-zero exit (status or signal + the log's last lines), a NaN/inf loss, or no val_loss
+    captured (the preset or patterns + the log's last lines). The tail's lines are cut already
+    (workflow.jobs.script_runner.cut_line): a reason stays under ~9,000 characters."""
     last_lines = " | ".join(line.rstrip() for line in list(tail)[-8:] if line.strip()) or "(no output)"
+    if time_limit_min is not None:
+        return (f"time limit of {time_limit_min:g} min reached (trainer.time_limit): the script was stopped; "
+                f"last lines of its log: {last_lines}")
     if status != 0:
         how = (f"script was killed by signal {signal.Signals(-status).name}" if status < 0
                else f"script exited with status {status}")
@@ -83,6 +92,20 @@ def loss_fingerprint(rows: list[dict]) -> str:
     return hashlib.sha256(json.dumps(seq).encode()).hexdigest()
 
 
+def script_communication(rows: list[dict], tokens: float | None) -> dict | None:
+    """What the script reports of its communication: the last captured ``comm_bytes`` /
+    ``comm_calls`` (cumulative totals of the run, in its JSON-lines rows) and ``bytes_per_token``
+    (bytes / tokens_seen, when both are known): result.json ``communication``, which the comm table
+    and ``bytes_per_token_vs_loss.png`` read. None when no row has ``comm_bytes``."""
+    last = {key: next((r[key] for r in reversed(rows) if isinstance(r.get(key), (int, float))), None)
+            for key in ("comm_bytes", "comm_calls")}
+    if last["comm_bytes"] is None:
+        return None
+    return {"bytes": float(last["comm_bytes"]), "calls": last["comm_calls"],
+            "bytes_per_token": float(last["comm_bytes"]) / float(tokens) if tokens else None,
+            "source": "the script's comm_bytes / comm_calls rows"}
+
+
 def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows: list[dict], capture: MetricsCapture,
                  seconds: float, attempts: int, cmd: list[str], env_keys: list[str], hashes, git: dict,
                  out_dir: Path) -> dict:
@@ -96,6 +119,7 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         flops = float(tokens) * trainer["flops_per_token"]
     world = res["nproc_per_node"] * res["nodes"]
     script_sha, input_shas = hashes
+    comm = script_communication(rows, tokens)
     return {
         "study": run_cfg.get("study"), "stage": run_cfg.get("stage"), "variant": run_cfg.get("variant"),
         "seed": run_cfg.get("seed"), "run_id": run_cfg.get("run_id"),
@@ -129,8 +153,34 @@ def build_result(run_cfg: dict, res: dict, status: int, reason: str | None, rows
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "hostname": platform.node(), "python_version": platform.python_version(),
         "config_hash": config_hash(run_cfg),
-        "config": {"model": run_cfg.get("model"), "train": run_cfg["train"],
+        "config": {"train": run_cfg["train"],  # no model: the script's own, not the built-in one
                    "trainer": {**trainer, "env": {key: NOT_RECORDED for key in trainer.get("env") or {}}}},
         "model_file": None,
+        **({"communication": comm} if comm else {}),
         "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def no_space(*paths: Path | None) -> str:
+    """``"<folder>: N MiB free"`` for each folder of ``paths`` (the disk that ran full)."""
+    parts = []
+    for path in dict.fromkeys(Path(p).resolve().parent if p.suffix else Path(p).resolve() for p in paths if p):
+        try:
+            parts.append(f"{path}: {shutil.disk_usage(path).free / 2**20:.1f} MiB free")
+        except OSError:
+            parts.append(f"{path}: free space unknown")
+    return "; ".join(parts) + " (free some space, then run snakemake again: the run starts afresh)"
+
+
+def say_on_full_disk(text: str, fd: int = 2) -> None:
+    """Write ``text`` as the last line of the log on ``fd`` although its disk is full: when the
+    write fails, the log's last bytes (a line cut mid-way anyway) make room for it."""
+    data = ("\n" + text + "\n").encode()
+    try:
+        os.write(fd, data)
+    except OSError:
+        try:
+            os.ftruncate(fd, max(0, os.fstat(fd).st_size - len(data)))
+            os.write(fd, data)
+        except OSError:
+            pass

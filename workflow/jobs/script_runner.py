@@ -48,20 +48,20 @@ import ctypes
 import os
 import re
 import select
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workflow.core.io import read_json
 from workflow.jobs.capture import LiveRows, MetricsCapture
 from workflow.jobs.job_common import srun_prefix
+from workflow.study.script_files import placeholder_values, split_files  # noqa: F401 (the job's API)
 from workflow.study.trainer_section import (
     TrainerConfigError,
     command_line,
     expand,
-    needs_nanogpt_data,
     stage_env,
     stagerun_env,
 )
@@ -74,48 +74,33 @@ PARTIAL_FILE = "metrics.partial.jsonl"
 SCRIPT_METRICS_FILE = "script_metrics.jsonl"
 CHECKPOINT_DIR = "checkpoint"
 RDZV_PORT = 29400
+#: seconds between SIGTERM and SIGKILL when a script reaches its time limit
+KILL_GRACE_S = 10.0
+#: seconds the runner keeps reading after the script exited, while its children hold the output pipe
+PIPE_GRACE_S = 3.0
 #: seconds the runner lets a script's output gather before reading it (capture latency; one wake-up
 #: per batch instead of per line keeps the capture's cost per line small: bench/bench_script_capture.py)
 BATCH_S = 0.02
 
 
+#: a captured output line (and each line a failure reason quotes) is cut to this many characters
+LINE_CHARS = 1000
+#: an output line without end longer than this is cut while it is read (bounded memory)
+PENDING_BYTES = 1 << 16
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+_CUT_BYTES = b" [... cut]"
+
+
+def cut_line(line: str, limit: int = LINE_CHARS) -> str:
+    """``line`` cut to ``limit`` characters with a marker saying how many more there were."""
+    if len(line) <= limit:
+        return line
+    if line.endswith(_CUT_BYTES.decode()):
+        return line[:limit] + f" [... line cut at {limit} characters]"
+    return line[:limit] + f" [... {len(line) - limit} more characters cut]"
+
+
 # --------------------------------------------------------------------------- the command
-
-def split_files(meta_path: Path, split: str) -> str | None:
-    """The token files of ``split`` in meta.json: one absolute path, or a glob of the shards
-    (digits of the first file name replaced by ``*``), None when the split is missing."""
-    try:
-        files = (read_json(meta_path).get("splits") or {}).get(split, {}).get("files") or []
-    except (OSError, ValueError):
-        return None
-    if not files:
-        return None
-    first = (meta_path.parent / files[0]["path"]).resolve()
-    if len(files) == 1:
-        return str(first)
-    return str(first.parent / re.sub(r"\d+(?=\.bin$)", "*", first.name))
-
-
-def placeholder_values(run_cfg: dict, out_dir: Path, meta: Path, res: dict, attempt: int) -> dict:
-    """Every placeholder's value for this run (trainer_section.RUN_PLACEHOLDERS + train keys);
-    paths absolute."""
-    trainer = run_cfg["trainer"]
-    tokens_dir = meta.parent.resolve()
-    values = dict(run_cfg["train"])
-    values.update(
-        seed=run_cfg["seed"], stage=run_cfg["stage"], variant=run_cfg["variant"], run_id=run_cfg["run_id"],
-        study=run_cfg["study"], dataset=run_cfg["dataset"], out_dir=str(out_dir),
-        metrics_file=str(out_dir / SCRIPT_METRICS_FILE), checkpoint_dir=str(out_dir / CHECKPOINT_DIR),
-        data_dir=str(tokens_dir.parent.parent),
-        tokens_dir=str(tokens_dir),
-        nanogpt_data_dir=str(tokens_dir / "nanogpt") if needs_nanogpt_data(trainer) else None,
-        train_files=split_files(meta, "train"), val_files=split_files(meta, "val"),
-        workdir=trainer["workdir"], script=trainer.get("script"),
-        nproc_per_node=res["nproc_per_node"], nodes=res["nodes"], world_size=res["nproc_per_node"] * res["nodes"],
-        gpus=res["gpus"], attempt=attempt,
-    )
-    return values
-
 
 def launch_prefix(launcher: str, python: str, res: dict) -> list[str]:
     """What comes before the script (launchers python / torchrun):
@@ -182,6 +167,22 @@ def script_env(run_cfg: dict, values: dict, threads: int) -> tuple[dict, list[st
 
 # --------------------------------------------------------------------------- running
 
+def fresh_run_dir(out_dir: Path, log: Path | None, attempt: int) -> None:
+    """Prepare the run folder for ``attempt``. A fresh run (attempt 1) keeps nothing of an
+    earlier (finished or abandoned) run: its rows, metrics file, checkpoints and attempt logs
+    (``{stem}.attempt-N.log``) go, so the logs and result.json's ``attempts`` agree. A resumed
+    attempt keeps them (the script's rows of earlier attempts are in the partial file already)."""
+    (out_dir / SCRIPT_METRICS_FILE).unlink(missing_ok=True)
+    if attempt == 1:
+        (out_dir / PARTIAL_FILE).unlink(missing_ok=True)
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        if log is not None:
+            log = Path(log)
+            for stale in log.parent.glob(f"{log.stem}.attempt-*{log.suffix}"):
+                stale.unlink(missing_ok=True)
+    (out_dir / CHECKPOINT_DIR).mkdir(exist_ok=True)
+
+
 class Forwarder:
     """Forwards SIGTERM / SIGUSR1 / SIGINT to the script's process group (each as received).
     Signals before the script starts are recorded (the job then ends with 75 at once)."""
@@ -218,10 +219,54 @@ def _die_with_parent() -> None:
         pass
 
 
+class Limits:
+    """The local limits of a script run: ``time_limit_s`` (None: none) of wall time, after which
+    the script's process group gets SIGTERM, then SIGKILL after ``grace_s``; after the script
+    exits, its children holding the output pipe get ``pipe_grace_s`` before they are killed.
+    ``reached`` is set when the time limit ended the script."""
+
+    def __init__(self, time_limit_s: float | None = None, grace_s: float = KILL_GRACE_S,
+                 pipe_grace_s: float = PIPE_GRACE_S) -> None:
+        self.time_limit_s, self.grace_s, self.pipe_grace_s = time_limit_s, grace_s, pipe_grace_s
+        self.reached = False
+        self.children_killed = False
+
+    def check(self, proc: subprocess.Popen, start: float, exited_at: float | None) -> tuple[bool, float | None]:
+        """Act on the limits now; (stop reading the pipe, the time the script exited or None)."""
+        now = time.monotonic()
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None:
+            if now - exited_at >= self.pipe_grace_s:  # children keep the pipe open: end them
+                self.children_killed = _killpg(proc.pid, signal.SIGKILL)
+                return True, exited_at
+            return False, exited_at
+        if self.time_limit_s is not None and now - start >= self.time_limit_s:
+            if not self.reached:
+                self.reached = True
+                print(f"script_runner: time limit of {self.time_limit_s / 60:g} min reached: SIGTERM to the script's "
+                      f"process group (SIGKILL in {self.grace_s:g} s)", file=sys.stderr, flush=True)
+                _killpg(proc.pid, signal.SIGTERM)
+            elif now - start >= self.time_limit_s + self.grace_s:
+                _killpg(proc.pid, signal.SIGKILL)
+        return False, exited_at
+
+
+def _killpg(pgid: int, sig: int) -> bool:
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 def run_script(cmd: list[str], cwd: str, env: dict, capture: MetricsCapture, metrics_file: Path,
-               live: LiveRows, forwarder: Forwarder, tail: collections.deque) -> int:
+               live: LiveRows, forwarder: Forwarder, tail: collections.deque, limits: Limits | None = None) -> int:
     """Run ``cmd`` in its own session, copy its output to this process's stdout (the attempt
-    log) and feed the capture; returns its exit status (negative: killed by that signal)."""
+    log) and feed the capture; returns its exit status (negative: killed by that signal).
+    ``limits``: the time limit and the grace for children that hold the output pipe (:class:`Limits`)."""
+    limits = limits or Limits()
+    start, exited_at = time.monotonic(), None
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
     forwarder.pgid = proc.pid
@@ -230,24 +275,38 @@ def run_script(cmd: list[str], cwd: str, env: dict, capture: MetricsCapture, met
     out_fd, pipe = sys.stdout.fileno(), proc.stdout.fileno()
     os.set_blocking(pipe, False)
     pending = b""
-    metrics_pos, metrics_pending = 0, ""
+    metrics_pos, metrics_pending = 0, b""
     next_tail = 0.0
     busy = False
 
+    metrics_inode, metrics_head = None, b""
+
     def read_metrics_file() -> None:
-        nonlocal metrics_pos, metrics_pending
+        nonlocal metrics_pos, metrics_pending, metrics_inode, metrics_head
         try:
-            with open(metrics_file, encoding="utf-8") as handle:
+            with open(metrics_file, "rb") as handle:
+                stat = os.fstat(handle.fileno())
+                # replaced (another inode), truncated (shorter) or rewritten (its first bytes differ):
+                # read it again from its start
+                if (stat.st_ino != metrics_inode or stat.st_size < metrics_pos
+                        or handle.read(len(metrics_head)) != metrics_head):
+                    if metrics_inode is not None:
+                        print("script_runner: $STAGERUN_METRICS was truncated or replaced: read again from its start",
+                              file=sys.stderr, flush=True)
+                        capture.restart_source("json")
+                    metrics_inode, metrics_pos, metrics_pending, metrics_head = stat.st_ino, 0, b"", b""
                 handle.seek(metrics_pos)
-                text = handle.read()
-                metrics_pos = handle.tell()
+                data = handle.read()
+                metrics_pos += len(data)
+                if len(metrics_head) < 256:
+                    handle.seek(0)
+                    metrics_head = handle.read(min(256, metrics_pos))
         except FileNotFoundError:
             return
-        text = metrics_pending + text
-        lines = text.split("\n")
+        lines = (metrics_pending + data).split(b"\n")
         metrics_pending = lines.pop()
         for line in lines:
-            warning = capture.feed_json(line)
+            warning = capture.feed_json(line.decode("utf-8", "replace"))
             if warning:
                 print(f"script_runner: {warning}", file=sys.stderr, flush=True)
 
@@ -276,12 +335,16 @@ def run_script(cmd: list[str], cwd: str, env: dict, capture: MetricsCapture, met
                 view = memoryview(data)
                 while view:  # the attempt log keeps the output whole
                     view = view[os.write(out_fd, view):]
-                lines = (pending + data).split(b"\n")
+                lines = _LINE_END.split(pending + data)  # \r too: progress bars redraw one line
                 pending = lines.pop()
+                if len(pending) > PENDING_BYTES:  # a line without end: keep its start, bounded
+                    pending = pending[:LINE_CHARS * 4] + _CUT_BYTES
                 for raw in lines:
-                    line = raw.decode("utf-8", "replace")
+                    line = cut_line(raw.decode("utf-8", "replace"))
                     tail.append(line)
                     capture.feed_line(line)
+        stop, exited_at = limits.check(proc, start, exited_at)
+        eof = eof or stop
         now = time.monotonic()
         if eof or now >= next_tail:
             read_metrics_file()
@@ -290,13 +353,11 @@ def run_script(cmd: list[str], cwd: str, env: dict, capture: MetricsCapture, met
         if eof:
             break
     if pending:
-        line = pending.decode("utf-8", "replace")
+        line = cut_line(pending.decode("utf-8", "replace"))
         tail.append(line)
         capture.feed_line(line)
     status = proc.wait()
-    if metrics_pending.strip():
-        metrics_pending += "\n"
     read_metrics_file()
-    if metrics_pending.strip():
-        capture.feed_json(metrics_pending)
+    if metrics_pending.strip():  # a last row without its newline
+        capture.feed_json(metrics_pending.decode("utf-8", "replace"))
     return status

@@ -27,6 +27,7 @@ from workflow.study.resolve import deep_merge, run_config, stage_order, stage_se
 from workflow.study.resources import stage_resources
 from workflow.optim.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
+from workflow.study.script_files import check_executables, placeholder_values, tracked_files
 from workflow.study.trainer_section import TrainerConfigError, check_placeholders, needs_nanogpt_data, resolve_paths
 from workflow.study.trainer_section import check_files as check_trainer_files
 
@@ -203,7 +204,8 @@ def plan_warnings(config: dict) -> list[str]:
     - a DiLoCo run whose ``strategy.outer_steps x tau`` replaces ``train.num_iterations``, and whose
       length then differs from the baseline's in the stage (its gate compares unequal runs);
     - gossip with one worker per run: no neighbours, no communication;
-    - a last stage of fewer than 2 seeds: no verdict test has data, so no variant can win.
+    - a last stage of fewer than 2 seeds: no verdict test has data, so no variant can win;
+    - a script variant that differs from the baseline only in ``model`` (the script never sees it).
     """
     out = []
     stages = stage_order(config)
@@ -225,6 +227,10 @@ def plan_warnings(config: dict) -> list[str]:
                 if variant != baseline and None not in (steps, base_steps) and steps != base_steps:
                     out.append(f"stages.{stage} + variants.{variant}: trains {steps} steps ({outer}), the baseline "
                                f"{baseline!r} {base_steps}: the stage compares runs of different lengths")
+            if variant != baseline and "trainer" in cfg and _differs_only_in_model(cfg, cfgs[baseline]):
+                out.append(f"stages.{stage} + variants.{variant}: differs from the baseline {baseline!r} only in model, "
+                           "which a script trainer never sees: its runs are the baseline's (give the script what "
+                           "differs through args, env or train keys)")
             if strategy.get("name") == "gossip" and workers < 2:
                 out.append(f"stages.{stage} + variants.{variant}: strategy gossip with {workers} worker per run "
                            f"(stages.{stage}.resources): no neighbours, so it trains alone like ddp on one process "
@@ -237,6 +243,13 @@ def plan_warnings(config: dict) -> list[str]:
         out.append(f"stages.{last}.seeds: {seeds}, but the verdict's {test} t-test needs at least {need} (and the "
                    f"target test 2 runs): no variant can win this study; give the last stage seeds >= 2")
     return out
+
+
+def _differs_only_in_model(cfg: dict, base: dict) -> bool:
+    """True when two run configs of one stage differ in ``model`` and nothing else (identity keys aside)."""
+    def rest(c: dict) -> dict:
+        return {k: v for k, v in c.items() if k not in ("variant", "model")}
+    return cfg["model"] != base["model"] and rest(cfg) == rest(base)
 
 
 def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True) -> dict[tuple[str, str], dict]:
@@ -266,6 +279,11 @@ def check_trainers(config: dict, study_dir: str | Path, check_files: bool = True
                 check_placeholders(trainer, cfg["train"], where)
                 if check_files:
                     check_trainer_files(trainer, where)
+                    values = placeholder_values({**cfg, "trainer": trainer}, Path(
+                        config["results_dir"], config["study"], f"stage_{stage}", variant, f"seed_{cfg['seed']}"),
+                        Path(study_meta_path(config)), res, 1)
+                    tracked_files(trainer, values, where)  # format specs fit the values, inputs exist
+                    check_executables(trainer, values, where)
             except TrainerConfigError as err:
                 raise ConfigError(str(err)) from None
             out[(stage, variant)] = trainer

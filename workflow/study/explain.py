@@ -9,10 +9,14 @@ from typing import Any
 
 import yaml
 
+from workflow.core.io import sha256_file
 from workflow.study.resolve import run_config, stage_seeds
 from workflow.study.schema import ConfigError, load_schema
 
 # ---- why runs rerun ---------------------------------------------------------------------
+#: what a script run's result.json says instead of an env value (workflow.jobs.script_result.NOT_RECORDED)
+NOT_RECORDED = "(not recorded)"
+
 
 
 def diff_keys(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -32,11 +36,28 @@ def diff_keys(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]
     return [] if old == new else [(prefix, old, new)]
 
 
-def explain_reruns(config: dict, results_dir: str | Path) -> str:
+def changed_files(recorded: dict) -> list[tuple[str, Any, Any]]:
+    """(``file <path>``, old sha256, new sha256 or ``<absent>``) of each file a script run read
+    (result.json ``trainer.script_sha256`` / ``inputs_sha256``) that is no longer the same."""
+    trainer = recorded.get("trainer") if isinstance(recorded.get("trainer"), dict) else {}
+    files = dict(trainer.get("inputs_sha256") or {})
+    if trainer.get("script") and trainer.get("script_sha256"):
+        files[trainer["script"]] = trainer["script_sha256"]
+    out = []
+    for path, digest in sorted(files.items()):
+        now = sha256_file(path) if Path(path).is_file() else "<absent>"
+        if now != digest:
+            out.append((f"file {path}", f"sha256 {digest[:12]}", now if now == "<absent>" else f"sha256 {now[:12]}"))
+    return out
+
+
+def explain_reruns(config: dict, results_dir: str | Path, trainers: dict | None = None) -> str:
     """Why finished runs of the study would rerun: for every ``result.json`` under
     ``results_dir`` (``stage_<S>/<variant>/seed_<n>/``), the keys of its recorded config
-    (``model``, ``train``, dataset) that differ from what the study gives it now, grouped by
-    identical changes; and the runs whose stage or variant left the study.
+    (``model``, ``train``, dataset; for a script run ``trainer`` instead of ``model``, and the
+    files it read whose sha256 changed) that differ from what the study gives it now, grouped by
+    identical changes; and the runs whose stage or variant left the study. ``trainers``:
+    (stage, variant) -> the path-resolved script trainer (rules/common.smk's SCRIPT_TRAINERS).
 
     Returns:
         Text for a human (one block per change).
@@ -60,7 +81,12 @@ def explain_reruns(config: dict, results_dir: str | Path) -> str:
         now = run_config(config, stage, variant, seed)
         old = {"dataset": recorded.get("dataset", now["dataset"]), **(recorded.get("config") or {})}
         new = {"dataset": now["dataset"], "model": now["model"], "train": now["train"]}
-        changes = diff_keys({k: old.get(k) for k in new}, new)
+        if "trainer" in now or "trainer" in old:  # a script run: its trainer section and the files it read
+            new.pop("model")  # (the script's own model: never recorded)
+            trainer = (trainers or {}).get((stage, variant), now.get("trainer"))
+            new["trainer"] = ({**trainer, "env": {k: NOT_RECORDED for k in trainer.get("env") or {}}}
+                              if trainer else None)
+        changes = diff_keys({k: old.get(k) for k in new}, new) + changed_files(recorded)
         if changes:
             text = "\n".join(f"  {key}: {json.dumps(a)} -> {json.dumps(b)}" for key, a, b in changes)
             groups.setdefault(text, []).append(run)

@@ -51,6 +51,7 @@ def printed_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
         seeds = config["stages"][stage]["seeds"]
         res = stage_resources(config, stage)
         steps, tokens, epochs = [], [], []
+        unknown = False  # a script run that reports no tokens per step: the stage's tokens are unknown
         for variant in config["variants"]:
             cfg = run_config(config, stage, variant, stage_seeds(config, stage)[0])
             train = cfg["train"]
@@ -62,7 +63,12 @@ def printed_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
                 epochs.append(train["num_epochs"])
                 continue
             steps.append(n)
-            if block_sizes[key] is not None:
+            if "trainer" in cfg:  # the script's own model: only what the study says of its tokens counts
+                if cfg["trainer"].get("tokens_per_step"):
+                    tokens.append(n * cfg["trainer"]["tokens_per_step"])
+                else:
+                    unknown = True
+            elif block_sizes[key] is not None:
                 tokens.append(n * train["batch_size"] * block_sizes[key])
         plan.append({
             "stage": stage,
@@ -74,7 +80,8 @@ def printed_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
             "gpus_per_run": res["gpus"] * res["nodes"],
             "steps": (min(steps), max(steps)) if steps else None,
             "epochs": (min(epochs), max(epochs)) if epochs else None,
-            "tokens": max(tokens) * most * seeds if tokens else None,
+            "tokens": max(tokens) * most * seeds if tokens and not unknown else None,
+            "tokens_unknown": unknown,
         })
         previous = most
     return plan
@@ -96,6 +103,8 @@ def format_printed_plan(config: dict) -> str:
             parts.append((f"{low:g}" if low == high else f"{low:g}-{high:g}") + " epochs (steps once tokenized)")
         steps = " / ".join(parts)
         tokens = f", <= {p['tokens']:,} tokens" if p["tokens"] else ""
+        if p.get("tokens_unknown"):
+            tokens = ", tokens n/a (script runs: give trainer.tokens_per_step to count them)"
         gpus = f"{p['gpus_per_run']} GPU(s)" if p["gpus_per_run"] else "CPU"
         lines.append(f"  stage {p['stage']}: <= {p['variants']} variants ({p['which']}) x {p['seeds']} seeds = "
                      f"<= {p['runs']} runs of {steps}, {p['procs_per_run']} process(es) and {gpus} each"

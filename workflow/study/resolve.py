@@ -152,20 +152,38 @@ def run_trainer(config: dict, stage: str, variant: str) -> dict | None:
         ConfigError: the merged section fails the schema or trainer_section.check_section.
     """
     parts = [config.get("trainer"), config["stages"][stage].get("trainer"), (config["variants"][variant] or {}).get("trainer")]
-    if not any(parts):
+    if all(part is None for part in parts):
         return None
     merged: dict = {}
     for part in parts:
-        merged = deep_merge(merged, part)
+        merged = deep_merge(merged, part or {})
+    inputs = merged_inputs(parts)
+    if inputs is not None:
+        merged["inputs"] = inputs
     where = f"stages.{stage} + variants.{variant}"
     trainer = validate_section(merged, "trainer", f"{where}.trainer")
-    if not is_script_trainer(trainer):
-        return None
-    try:
+    try:  # a section that is there but incomplete (even `trainer: {}`) is an error, never the built-in trainer
         check_section(trainer, where)
     except TrainerConfigError as err:
         raise ConfigError(str(err)) from None
     return trainer
+
+
+def merged_inputs(parts: list) -> list[str] | None:
+    """``trainer.inputs`` of study < stage < variant: a later level's inputs add to the earlier
+    ones (each once, in order); ``"!path"`` drops ``path`` given by an earlier level. None when no
+    level gives inputs (the section keeps its default)."""
+    given = [part["inputs"] for part in parts if isinstance(part, dict) and part.get("inputs") is not None]
+    if not given:
+        return None
+    out: list[str] = []
+    for inputs in given:
+        for path in inputs:
+            if isinstance(path, str) and path.startswith("!"):
+                out = [p for p in out if p != path[1:]]
+            elif path not in out:
+                out.append(path)
+    return out
 
 
 def config_hash(run_cfg: dict) -> str:

@@ -16,8 +16,9 @@ A study (or a stage, or a variant: later wins, study < stage < variant, like ``t
       flops_per_token: null         # FLOPs per training token (forward + backward); null: FLOPs "unknown"
       python: null                  # interpreter of launcher python/torchrun; null: the one running stagerun
 
-Without a ``trainer`` section (or with neither ``script`` nor ``command`` after merging) a run
-uses the built-in trainer and nothing changes.
+Without a ``trainer`` section a run uses the built-in trainer and nothing changes. A section
+that is there (at any level) but lacks what its launcher needs (``trainer: {}``, ``script: ""``,
+``launcher: command`` without ``command``) stops the study, naming the key.
 
 **Placeholders** in ``args``, ``env`` values and ``command``: ``{name}`` or ``{name:spec}``
 (Python format spec, e.g. ``{lr:.0e}``), ``{{`` and ``}}`` for literal braces. Names: the
@@ -230,7 +231,7 @@ def resolve_paths(trainer: Mapping, study_dir: str | os.PathLike) -> dict:
 
 
 def check_files(trainer: Mapping, where: str) -> None:
-    """Check that a path-resolved trainer's ``workdir``, ``script`` and ``inputs`` exist.
+    """Check that a path-resolved trainer's ``workdir`` and ``script`` exist.
 
     Raises:
         TrainerConfigError: ``"{where}.trainer.script: /abs/train.py does not exist (workdir ...)"``.
@@ -241,10 +242,7 @@ def check_files(trainer: Mapping, where: str) -> None:
     if trainer.get("script") and not Path(trainer["script"]).is_file():
         raise TrainerConfigError(
             f"{where}.trainer.script: {trainer['script']} does not exist (script is relative to workdir {workdir})")
-    for i, path in enumerate(trainer.get("inputs") or []):
-        if not Path(path).is_file():
-            raise TrainerConfigError(
-                f"{where}.trainer.inputs[{i}]: {path} does not exist (inputs are relative to workdir {workdir})")
+    # inputs (placeholders and globs expanded per run): workflow.study.script_files.input_files
 
 
 def check_section(trainer: Mapping, where: str) -> None:
@@ -255,13 +253,13 @@ def check_section(trainer: Mapping, where: str) -> None:
             ``launcher: command`` without ``command`` (or ``command`` with another launcher);
             a regex metric pattern that does not compile or has no group; no ``val_loss`` pattern.
     """
-    if not trainer:
-        return
-    if not is_script_trainer(trainer):
-        raise TrainerConfigError(
-            f"{where}.trainer: needs script (launcher python / torchrun) or command (launcher command); "
-            "without either the built-in trainer runs (leave out the trainer section)")
     launcher = trainer.get("launcher", "python")
+    if not is_script_trainer(trainer):
+        key = "command" if launcher == "command" else "script"
+        raise TrainerConfigError(
+            f"{where}.trainer.{key}: the trainer section needs script (launcher python / torchrun) or command "
+            f"(launcher command), and {key} is {'not given' if trainer.get(key) is None else repr(trainer.get(key))}; "
+            "to use the built-in trainer, leave out the trainer section")
     if launcher == "command" and not trainer.get("command"):
         raise TrainerConfigError(f"{where}.trainer.command: launcher command needs the command line, e.g. [bash, run.sh]")
     if launcher != "command" and trainer.get("command"):
