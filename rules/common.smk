@@ -33,7 +33,9 @@ from workflow.study.checks import (
 )
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
-from workflow.study.resources import group_components, launch_command, slurm_resources, stage_resources, train_group
+from workflow.study.resources import (
+    chunk_components, group_components, launch_command, run_groups, slurm_resources, stage_resources, train_group,
+)
 from workflow.study.trainer_section import needs_nanogpt_data
 
 # Semantic checks the schema cannot express; they stop before any job is scheduled
@@ -320,8 +322,9 @@ def train_rule_resources():
 
 
 # ---- job groups: stages.<S>.resources.group_runs > 1 (docs/slurm.md) ----------------------
-# The runs of such a stage form the Snakemake group train_<S>, and --group-components
-# train_<S>=N (unless given on the command line) merges N of them into one cluster job.
+# The runs of such a stage are cut into chunks of N (a --group-components train_<S>=N on the command
+# line wins), each chunk the Snakemake group train_<S>_<k> with --group-components train_<S>_<k>=N:
+# one cluster job per chunk (stage_run_group; workflow.study.resources.run_groups says why).
 # Snakemake sizes a group job by stacking its jobs in layers that fit the --resources limits:
 # the limit group_run_slots=1 (each grouped run takes 1; scope "local", so it limits only the
 # layers of one group job, never how many jobs run at once) makes every run a layer of its own:
@@ -334,13 +337,24 @@ resource_scopes:
     group_run_slots="local",
 
 
-def apply_group_components():
-    """Add the study's group components to Snakemake's (those given with --group-components
-    win). Called from the train rule's ``group:`` function, i.e. while the DAG is built: Snakemake
-    installs the command line's group settings after this file is parsed, replacing any set here."""
-    given = dict(workflow.group_settings.group_components or {})
-    if not set(GROUPS) <= set(given):
-        workflow.group_settings.group_components = {**GROUPS, **given}
+def stage_run_group(stage, variant, seed):
+    """The job group of a run of a grouped stage: its chunk of ``group_runs`` (or the command line's
+    ``--group-components train_<stage>=N``) among the stage's runs, pending runs first
+    (workflow.study.resources.run_groups: one group id per chunk, so a group job never holds more)."""
+    groups = _stage_run_groups(stage, tuple(stage_variants(stage)))
+    return groups.get((variant, seed)) or f"train_{stage}_{variant}_{seed}"  # a run outside the stage's list
+
+
+@functools.cache
+def _stage_run_groups(stage, variants):
+    size = dict(workflow.group_settings.group_components or {}).get(f"train_{stage}", train_resources(stage)["group_runs"])
+    runs = [(v, s) for v in variants for s in stage_seeds(config, stage)]
+    if workflow.is_main_process:  # a resumed screen: the runs still to do fill whole groups
+        runs.sort(key=lambda r: os.path.exists(f"{run_dir(stage, *r)}/result.json"))
+    groups = run_groups(stage, runs, size)
+    workflow.group_settings.group_components = {**(workflow.group_settings.group_components or {}),
+                                                **chunk_components(groups, size)}
+    return groups
 
 
 if GROUPS:
@@ -375,8 +389,9 @@ def train_rule_group():
         return None
 
     def group(wildcards):
-        apply_group_components()
-        return train_group(train_resources(wildcards.stage), wildcards.stage)
+        if train_group(train_resources(wildcards.stage), wildcards.stage) is None:
+            return None
+        return stage_run_group(wildcards.stage, wildcards.variant, int(wildcards.seed))
 
     return per_job(group)
 
