@@ -28,13 +28,16 @@ from workflow.data.registry import (
     tokens_dir_name,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
+from snakemake.exceptions import WorkflowError
+
+from workflow.jobs.slurm_cluster import partition_limits, profile_problems, profile_resources, train_partition
 from workflow.study.checks import (
     check_data_vocab, check_model_configs, check_study, check_trainers, comm_study_variants, gpt2_scale,
 )
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import (
-    chunk_components, group_components, launch_command, run_groups, slurm_resources, stage_resources, train_group,
+    chunk_components, group_components, grouped_runtime, launch_command, run_groups, slurm_resources, stage_resources, train_group,
 )
 from workflow.study.trainer_section import needs_nanogpt_data
 
@@ -318,6 +321,8 @@ def train_rule_resources():
     if GROUPS:  # one slot per grouped run (see "job groups" below)
         getters[GROUP_RUN_SLOTS] = lambda r: 1 if r["group_runs"] > 1 else 0
     settings = {key: train_rule_setting(get) for key, get in getters.items()}
+    if GROUPS:  # a group job's time limit: its runs x runtime, cut to the partition's (per job: known on a cluster)
+        settings["runtime"] = per_job(lambda w: grouped_stage_runtime(w.stage))
     return {key: value for key, value in settings.items() if value is not None}
 
 
@@ -345,9 +350,48 @@ def stage_run_group(stage, variant, seed):
     return groups.get((variant, seed)) or f"train_{stage}_{variant}_{seed}"  # a run outside the stage's list
 
 
+def stage_group_size(stage):
+    """Runs per group job of ``stage``: its group_runs, or the command line's --group-components train_<stage>=N."""
+    return dict(workflow.group_settings.group_components or {}).get(f"train_{stage}", train_resources(stage)["group_runs"])
+
+
+@functools.cache
+def cluster_partition_limits():
+    """The cluster's partitions and their MaxTime in minutes (one sinfo call; {} without SLURM)."""
+    return partition_limits() or {}
+
+
+def check_slurm_cluster():
+    """``onstart`` on a cluster, before the first submission: the profile's account and every
+    partition a job would go to exist for this user (workflow.jobs.slurm_cluster), else stop at
+    once with what the cluster has, not after sbatch's retries."""
+    if workflow.local_exec:
+        return
+    problems = profile_problems({s: train_resources(s)["slurm_partition"] for s in STAGES},
+                                profile_resources(workflow.resource_settings))
+    if problems:
+        raise WorkflowError("stagerun: the SLURM profile does not fit this cluster (nothing was submitted):\n  "
+                            + "\n  ".join(problems))
+
+
+@functools.cache
+def grouped_stage_runtime(stage):
+    """Minutes per run of ``stage``; on a cluster a grouped stage's runs share their group job's
+    time limit, cut to the partition's MaxTime (workflow.study.resources.grouped_runtime), which
+    the plan then says."""
+    res = train_resources(stage)
+    if res["group_runs"] <= 1 or workflow.local_exec:
+        return res["runtime"]
+    partition, _ = train_partition(stage, res["slurm_partition"], profile_resources(workflow.resource_settings))
+    runtime, note = grouped_runtime(res["runtime"], stage_group_size(stage), cluster_partition_limits().get(partition))
+    if note and workflow.is_main_process:
+        print(f"stagerun plan: stage {stage}, partition {partition}: {note}", file=sys.stderr)
+    return runtime
+
+
 @functools.cache
 def _stage_run_groups(stage, variants):
-    size = dict(workflow.group_settings.group_components or {}).get(f"train_{stage}", train_resources(stage)["group_runs"])
+    size = stage_group_size(stage)
     runs = [(v, s) for v in variants for s in stage_seeds(config, stage)]
     if workflow.is_main_process:  # a resumed screen: the runs still to do fill whole groups
         runs.sort(key=lambda r: os.path.exists(f"{run_dir(stage, *r)}/result.json"))

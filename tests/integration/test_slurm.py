@@ -343,3 +343,44 @@ def _text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- resource shapes
+# Every nodes x GPUs-per-node shape, with CPUs and memory, as the executor plugin writes its sbatch
+# line (its own get_submit_command / set_gres_string on the resources workflow.study.resources
+# gives), checked by SLURM itself with `sbatch --test-only` in the `shapes` partition (the CI nodes
+# declare 8 CPUs and 4 fake GPUs each there).
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _sbatch_line(resources: dict, threads: int) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    job = type("Job", (), {})()
+    job.resources = _Resources({k: v for k, v in resources.items() if v is not None})
+    job.threads = threads
+    params = {"run_uuid": "stagerun-shapes", "slurm_logfile": "/dev/null", "comment_str": "rule_train",
+              "account": "-A stagerun", "partition": "-p shapes", "workdir": str(REPO)}
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("gpus", [0, 1, 2, 4])
+def test_every_resource_shape_submits(nodes, gpus):
+    import shlex
+
+    from workflow.study.resources import slurm_resources, stage_resources
+
+    study = {"stages": {"A": {"resources": {"nodes": nodes, "gpus": gpus, "cpus_per_proc": 2, "mem_mb": 1500,
+                                            "runtime": 30, "slurm_partition": "shapes"}}}}
+    res = stage_resources(study, "A")
+    line = _sbatch_line(slurm_resources(res), threads=res["nproc_per_node"] * res["cpus_per_proc"])
+    args = shlex.split(line.replace("--parsable", "--test-only")) + ["--wrap", "true"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "to start at" in out.stderr, f"{line}\n{out.stderr}"
+    assert f"--nodes={nodes}" in line and "--mem 1500" in line
+    if gpus:
+        assert (f"--gres=gpu:{gpus}" if nodes > 1 else f"--gpus={gpus}") in line, line
+    assert "--ntasks-per-gpu" not in line and "--gpus-per-task" not in line, line

@@ -132,16 +132,23 @@ def group_components(config: dict) -> dict[str, int]:
 def slurm_resources(res: dict) -> dict:
     """Snakemake resources for ``snakemake-executor-plugin-slurm`` (None = not set).
 
-    One node: ``gpu`` (-> ``--gpus``), ``gpu_model``, ``cpus_per_task`` for all processes.
-    Several nodes: ``gpu`` in total, ``nodes``, ``mpi="srun"`` (the plugin then runs the
-    command as is, and :func:`launch_command`'s srun places one task per GPU),
-    ``tasks_per_node`` (or ``tasks`` + ``tasks_per_gpu`` for one GPU per node, which the
-    plugin needs), ``cpus_per_task`` per process.
+    One node: ``gpu`` (-> ``sbatch --gpus=[model:]G``), ``cpus_per_task`` for all processes.
+    Several nodes: ``gres="gpu:[model:]G"`` (-> ``--gres``, per node), ``nodes``, ``mpi="srun"``
+    (the plugin then runs the command as is, and :func:`launch_command`'s srun places one task
+    per GPU with ``--gpus-per-task=1``), ``tasks_per_node`` (-> ``--ntasks-per-node``; with one
+    process per node ``tasks=nodes`` -> ``--ntasks``, as the plugin wants more than one task per
+    node in ``tasks_per_node``), ``cpus_per_task`` per process. ``tasks_per_gpu=0`` keeps the
+    plugin from turning ``tasks`` into ``--ntasks-per-gpu`` on a GPU job (with the old
+    ``--gpus-per-task`` that was "mutually exclusive" for one GPU per node). Every shape of
+    nodes in {1, 2} x GPUs per node in {0, 1, 2, 4} passes ``sbatch --test-only``
+    (tests/integration/test_slurm.py; the sbatch lines are in docs/slurm.md).
     """
     gpus, nodes, nproc = res["gpus"], res["nodes"], res["nproc_per_node"]
+    model = res["gpu_model"] if gpus else None
     out = {
-        "gpu": gpus * nodes or None,
-        "gpu_model": res["gpu_model"] if gpus else None,
+        "gpu": gpus or None,
+        "gpu_model": model,
+        "gres": None,
         "nodes": nodes,
         "cpus_per_task": nproc * res["cpus_per_proc"] if nodes == 1 else res["cpus_per_proc"],
         "mem_mb": res["mem_mb"],
@@ -156,9 +163,10 @@ def slurm_resources(res: dict) -> dict:
     if nodes > 1:
         out["mpi"] = "srun"
         if gpus:
-            out["slurm_extra"] = "--gpus-per-task=1"
+            out["gpu"], out["gpu_model"] = None, None
+            out["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
         if nproc == 1:
-            out["tasks"], out["tasks_per_gpu"] = nodes, (1 if gpus else None)
+            out["tasks"], out["tasks_per_gpu"] = nodes, (0 if gpus else None)
         else:
             out["tasks_per_node"] = nproc
     return out
