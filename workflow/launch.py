@@ -47,7 +47,14 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
    installed (it checkpoints and exits 75).
 
-Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
+4. **One trainer per run** (workflow.jobs.run_lock): the launcher holds an exclusive ``flock`` on
+   ``<run>/.run.lock`` while the run trains; a job that finds it held by another controller's
+   trainer fails at once (or after ``STAGERUN_RUN_LOCK_WAIT`` seconds) with one line naming the
+   holder (host, pid, start time, SLURM job), touching nothing in the folder; when the holder
+   finished the run while this job waited, its result is kept and this job exits 0.
+
+Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails or the
+run folder is locked by another trainer.
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from workflow.core.exits import EXIT_PREEMPTED
@@ -70,6 +78,7 @@ from workflow.jobs.launcher import (
     srun_prefix,
     start_trainer,
 )
+from workflow.jobs.run_lock import RunLock, RunLocked, finished_by_other, holder_text
 from workflow.jobs.trainer_process import EarlySignals
 
 # --------------------------------------------------------------------------- CLI
@@ -119,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     start = lambda: _start(args, trainer_argv, targs, run_cfg, early)
-    return keep_finished(targs.out_dir, run_cfg, start) if args.keep_finished else start()
+    job_started = time.time()
+    try:
+        with RunLock(targs.out_dir) as lock:  # one trainer per run folder (workflow.jobs.run_lock)
+            if lock.waited_for is not None and finished_by_other(targs.out_dir, job_started):
+                print(f"launch: run finished by {holder_text(lock.waited_for)} while this job waited; "
+                      "its result is kept, not trained again", flush=True)
+                return 0
+            return keep_finished(targs.out_dir, run_cfg, start) if args.keep_finished else start()
+    except RunLocked as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
 
 
 def _start(args: argparse.Namespace, trainer_argv: list[str], targs: argparse.Namespace, run_cfg: dict,
