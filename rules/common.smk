@@ -380,7 +380,7 @@ def grouped_stage_runtime(stage):
     time limit, cut to the partition's MaxTime (workflow.study.resources.grouped_runtime), which
     the plan then says."""
     res = train_resources(stage)
-    if res["group_runs"] <= 1 or workflow.local_exec:
+    if res["group_runs"] <= 1 or (workflow.local_exec and not workflow.dryrun):  # a dry run shows the cut too
         return res["runtime"]
     partition, _ = train_partition(stage, res["slurm_partition"], profile_resources(workflow.resource_settings))
     runtime, note = grouped_runtime(res["runtime"], stage_group_size(stage), cluster_partition_limits().get(partition))

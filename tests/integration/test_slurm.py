@@ -384,3 +384,52 @@ def test_every_resource_shape_submits(nodes, gpus):
     if gpus:
         assert (f"--gres=gpu:{gpus}" if nodes > 1 else f"--gpus={gpus}") in line, line
     assert "--ntasks-per-gpu" not in line and "--gpus-per-task" not in line, line
+
+
+# --------------------------------------------------------------------------- before any submission
+def test_profile_account_and_partition_are_checked_before_any_submission(cluster_data_server, tmp_path):
+    """A profile with an account the user does not have and a partition the cluster lacks stops
+    in seconds with both named (rules/common.smk's onstart; workflow.jobs.slurm_cluster), and
+    nothing reaches sbatch."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    settings = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    settings["default-resources"]["slurm_account"] = "myaccount"
+    settings["set-resources"]["train"]["slurm_partition"] = "nosuch"
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    study = _study(tmp_path, cluster_data_server)
+    started = time.monotonic()
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile", str(profile),
+         "--configfile", str(study), "--slurm-logdir", str(tmp_path / "slurm_logs")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    seconds = time.monotonic() - started
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert "the SLURM profile does not fit this cluster (nothing was submitted)" in text, text[-3000:]
+    assert "slurm_account 'myaccount' (the profile's default-resources) is not an account of user" in text
+    assert "'stagerun'" in text.split("this user's accounts:")[1].splitlines()[0]
+    assert "slurm_partition 'nosuch' (the profile's set-resources: train: slurm_partition)" in text
+    assert "has been submitted with SLURM jobid" not in text
+    assert seconds < 60, f"the check took {seconds:.0f} s"
+
+
+def test_group_job_time_is_cut_to_the_partition_limit(tmp_path):
+    """4 runs x 60 min in the `shapes` partition (MaxTime 2 hours): each run asks for 30 min, and
+    the plan says so (a dry run: sinfo is asked, nothing is submitted)."""
+    study = {"study": "cut", "dataset": "shakespeare_char", "base_seed": 1337, "baseline": "baseline",
+             "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"),
+             "model": {"preset": "nanogpt-small"}, "variants": {"baseline": {}, "lr": {"train": {"lr": 1.0e-3}}},
+             "stages": {"A": {"seeds": 2, "resources": {"group_runs": 4, "runtime": 60, "slurm_partition": "shapes"}}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile",
+         str(PROFILE), "--configfile", str(path), "--set-resources", "train:slurm_partition='shapes'",
+         "--config", "mirror=../shared/data", "--", "stage_A"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert ("stagerun plan: stage A, partition shapes: 4 runs x 60 min = 240 min is past the partition's limit "
+            "of 120 min: each group job asks for 120 min (30 min per run") in text, text[-3000:]
+    assert text.count("runtime=30, nproc_per_node=1") == 4, "each of the 4 grouped runs asks for 30 min"

@@ -108,8 +108,13 @@ def profile_resources(resource_settings) -> tuple[dict, dict[str, dict]]:
     Args:
         resource_settings: ``workflow.resource_settings`` (snakemake.settings.types.ResourceSettings).
     """
+    def unquote(value):  # a command line's --set-resources train:slurm_partition='gpu' keeps its quotes
+        if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            return value[1:-1]
+        return value
+
     def raw(resources) -> dict:
-        return {name: getattr(value, "raw", value) for name, value in dict((resources or {}).items()).items()}
+        return {name: unquote(getattr(value, "raw", value)) for name, value in dict((resources or {}).items()).items()}
 
     overwrite = {rule: raw(res) for rule, res in dict(resource_settings.overwrite_resources or {}).items()}
     return raw(resource_settings.default_resources), overwrite
