@@ -47,14 +47,8 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
    installed (it checkpoints and exits 75).
 
-4. **One trainer per run** (workflow.jobs.run_lock): the launcher holds an exclusive ``flock`` on
-   ``<run>/.run.lock`` while the run trains; a job that finds it held by another controller's
-   trainer fails at once (or after ``STAGERUN_RUN_LOCK_WAIT`` seconds) with one line naming the
-   holder (host, pid, start time, SLURM job), touching nothing in the folder; when the holder
-   finished the run while this job waited, its result is kept and this job exits 0.
-
-Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails or the
-run folder is locked by another trainer.
+Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails or another
+trainer holds the run folder's lock (one trainer per run: workflow.jobs.run_lock names the holder).
 """
 
 from __future__ import annotations
@@ -63,7 +57,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 from workflow.core.exits import EXIT_PREEMPTED
@@ -78,10 +71,8 @@ from workflow.jobs.launcher import (
     srun_prefix,
     start_trainer,
 )
-from workflow.jobs.run_lock import RunLock, RunLocked, finished_by_other, holder_text
+from workflow.jobs.run_lock import run_locked
 from workflow.jobs.trainer_process import EarlySignals
-
-# --------------------------------------------------------------------------- CLI
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m workflow.launch", description=__doc__.split("\n\n")[0],
@@ -128,17 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     start = lambda: _start(args, trainer_argv, targs, run_cfg, early)
-    job_started = time.time()
-    try:
-        with RunLock(targs.out_dir) as lock:  # one trainer per run folder (workflow.jobs.run_lock)
-            if lock.waited_for is not None and finished_by_other(targs.out_dir, job_started):
-                print(f"launch: run finished by {holder_text(lock.waited_for)} while this job waited; "
-                      "its result is kept, not trained again", flush=True)
-                return 0
-            return keep_finished(targs.out_dir, run_cfg, start) if args.keep_finished else start()
-    except RunLocked as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
+    return run_locked(targs.out_dir, (lambda: keep_finished(targs.out_dir, run_cfg, start)) if args.keep_finished else start)
 
 
 def _start(args: argparse.Namespace, trainer_argv: list[str], targs: argparse.Namespace, run_cfg: dict,

@@ -25,7 +25,7 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
 from workflow.jobs.job_common import open_attempt_log
-from workflow.jobs.run_lock import RunLock, RunLocked, finished_by_other, holder_text
+from workflow.jobs.run_lock import hold_for_process
 from workflow.jobs.script_result import build_result, failure_reason, file_hashes, git_record
 from workflow.jobs.script_runner import (
     CHECKPOINT_DIR,
@@ -70,16 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     run_cfg = json.loads(text)
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    job_started = time.time()
-    try:  # one trainer per run folder; the lock is held until this process exits (workflow.jobs.run_lock)
-        lock = RunLock(out_dir).__enter__()
-    except RunLocked as err:
-        print(f"error: {err}", file=sys.stderr, flush=True)
-        return 1
-    if lock.waited_for is not None and finished_by_other(out_dir, job_started):
-        print(f"script_runner: run finished by {holder_text(lock.waited_for)} while this job waited; "
-              "its result is kept, not run again", flush=True)
-        return 0
+    if (locked := hold_for_process(out_dir, "script_runner")) is not None:  # one trainer per run folder
+        return locked
     res = {"nproc_per_node": args.nproc_per_node, "nodes": args.nodes, "cpus_per_proc": args.cpus_per_proc,
            "gpus": args.gpus}
     state_path = out_dir / STATE_FILE

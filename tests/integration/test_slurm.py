@@ -127,10 +127,24 @@ def _rule(job: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", job["Comment"]).removeprefix("rule_")
 
 
+def _status_captures(proc: subprocess.Popen, study: Path, directory: Path, every_s: float = 2.0) -> list[dict]:
+    """``workflow.status`` (library: the same dict ``--json`` prints) every ``every_s`` seconds while
+    Snakemake runs."""
+    from workflow.analysis.status import load_study, study_status
+
+    config = load_study([study], {}, directory)
+    captures = []
+    while proc.poll() is None:
+        captures.append(study_status(config, directory))
+        time.sleep(every_s)
+    return captures
+
+
 def test_tiny_study_runs_through_slurm(cluster_data_server, tmp_path):
     study = _study(tmp_path, cluster_data_server)
     started = time.monotonic()
     proc = _snakemake(tmp_path, study)
+    captures = _status_captures(proc, study, tmp_path)
     output = _finish(proc, tmp_path)
     elapsed = time.monotonic() - started
     assert "Nothing to be done" not in output
@@ -167,6 +181,21 @@ def test_tiny_study_runs_through_slurm(cluster_data_server, tmp_path):
     for log in (tmp_path / "results").glob("*/stage_*/*/seed_*/train.log"):
         assert "warm start" not in log.read_text(), log
     print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
+
+    # Status from submission: every queued or running run has its SLURM job (from squeue, by the
+    # job comment) in every capture, also before its trainer wrote a line; a node only when assigned.
+    live = [r for c in captures for r in c["runs"] if r["state"] == "running" or (r["state"] == "pending" and r["slurm_job"])]
+    assert live, f"no capture saw a queued or running run ({len(captures)} captures)"
+    missing = [(r["name"], r["state"], r["detail"]) for r in live if not r["slurm_job"]]
+    assert not missing, f"queued/running runs without a job id: {missing}"
+    assert all(r["slurm_job"] in train_ids for r in live), [r["slurm_job"] for r in live]
+    assert all(r["node"] in ("n1", "n2") for r in live if r["slurm_state"] == "RUNNING"), live
+    assert all(r["node"] is None for r in live if r["slurm_state"] == "PENDING"), live
+    assert any(r["attempts"] == 0 for r in live), "no capture saw a job before its run's log existed"
+    from workflow.analysis.status_view import plain_text, render
+
+    shown = next(c for c in captures if any(r["slurm_job"] for r in c["runs"] if r["state"] in ("running", "pending")))
+    print(plain_text(render(shown)))
 
 
 def test_failing_training_job_is_reported_and_retried(cluster_data_server, tmp_path):

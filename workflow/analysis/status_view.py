@@ -62,9 +62,9 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
         slurm = any(r["slurm_job"] for r in running)
         table = Table(title="running / queued" if any(r["state"] == "pending" for r in running) else "running",
                       title_justify="left")
-        columns = ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "sacct") if slurm else ()))
+        columns = ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "slurm") if slurm else ()))
         for col in columns:
-            table.add_column(col, justify="left" if col in ("run", "node", "sacct") else "right")
+            table.add_column(col, justify="left" if col in ("run", "node", "slurm") else "right")
         for r in running:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
             row = [r["name"], step, _num(r["val_loss"]), _num(r["train_loss"]), _num(r["tokens_per_s"], "{:,.0f}"),

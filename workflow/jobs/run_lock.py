@@ -25,6 +25,7 @@ import fcntl
 import json
 import os
 import socket
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,3 +113,41 @@ def finished_by_other(run_dir: str | os.PathLike, job_started: float) -> bool:
         return json.loads(result.read_text()).get("success") is True
     except (OSError, ValueError):
         return False
+
+
+def run_locked(run_dir: str | os.PathLike, start, what: str = "launch") -> int:
+    """``start()`` (a job's training, returning its exit status) while holding ``run_dir``'s lock:
+    1 with the holder named when another trainer holds it; 0 without training when the holder
+    finished the run while this job waited (its result is kept)."""
+    job_started = time.time()
+    try:
+        with RunLock(run_dir) as lock:
+            if lock.waited_for is not None and finished_by_other(run_dir, job_started):
+                print(f"{what}: run finished by {holder_text(lock.waited_for)} while this job waited; "
+                      "its result is kept, not trained again", flush=True)
+                return 0
+            return start()
+    except RunLocked as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+
+
+_HELD: list[RunLock] = []  # locks held until this process exits (hold_for_process)
+
+
+def hold_for_process(run_dir: str | os.PathLike, what: str) -> int | None:
+    """Take ``run_dir``'s lock until this process exits: None to go on training, else the exit
+    status to return at once (1: held by another trainer, named; 0: it finished the run while this
+    job waited)."""
+    job_started = time.time()
+    try:
+        lock = RunLock(run_dir).__enter__()
+    except RunLocked as err:
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 1
+    _HELD.append(lock)
+    if lock.waited_for is not None and finished_by_other(run_dir, job_started):
+        print(f"{what}: run finished by {holder_text(lock.waited_for)} while this job waited; "
+              "its result is kept, not trained again", flush=True)
+        return 0
+    return None
