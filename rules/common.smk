@@ -7,6 +7,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 try:  # Snakemake >= 8; without it input functions are just inspected on every call
     from snakemake.common import overwrite_function_params
 except ImportError:
@@ -28,8 +30,6 @@ from workflow.data.registry import (
     tokens_dir_name,
 )
 from workflow.jobs.launcher import has_nvidia_gpu
-from snakemake.exceptions import WorkflowError
-
 from workflow.jobs.slurm_cluster import partition_limits, profile_problems, profile_resources, train_partition
 from workflow.study.checks import (
     check_data_vocab, check_model_configs, check_study, check_trainers, comm_study_variants, gpt2_scale,
@@ -37,7 +37,8 @@ from workflow.study.checks import (
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import (
-    chunk_components, group_components, grouped_runtime, launch_command, run_groups, slurm_resources, stage_resources, train_group,
+    chunk_components, group_components, grouped_runtime, launch_command, run_groups, slurm_resources, stage_resources,
+    train_group,
 )
 from workflow.study.trainer_section import needs_nanogpt_data
 
