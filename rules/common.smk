@@ -347,8 +347,10 @@ def stage_run_group(stage, variant, seed):
     """The job group of a run of a grouped stage: its chunk of ``group_runs`` (or the command line's
     ``--group-components train_<stage>=N``) among the stage's runs, pending runs first
     (workflow.study.resources.run_groups: one group id per chunk, so a group job never holds more)."""
-    groups = _stage_run_groups(stage, tuple(stage_variants(stage)))
-    return groups.get((variant, seed)) or f"train_{stage}_{variant}_{seed}"  # a run outside the stage's list
+    groups = _stage_run_groups(stage, stage, tuple(stage_variants(stage, with_pivot=False)))
+    if (variant, seed) not in groups:  # the gate's pivot variant, or a run outside the stage: its seeds together
+        groups = _stage_run_groups(stage, f"{stage}_{variant}", (variant,))
+    return groups[(variant, seed)]
 
 
 def stage_group_size(stage):
@@ -391,12 +393,12 @@ def grouped_stage_runtime(stage):
 
 
 @functools.cache
-def _stage_run_groups(stage, variants):
+def _stage_run_groups(stage, name, variants):
     size = stage_group_size(stage)
     runs = [(v, s) for v in variants for s in stage_seeds(config, stage)]
     if workflow.is_main_process:  # a resumed screen: the runs still to do fill whole groups
         runs.sort(key=lambda r: os.path.exists(f"{run_dir(stage, *r)}/result.json"))
-    groups = run_groups(stage, runs, size)
+    groups = run_groups(name, runs, size)
     workflow.group_settings.group_components = {**(workflow.group_settings.group_components or {}),
                                                 **chunk_components(groups, size)}
     return groups
