@@ -127,7 +127,7 @@ def _rule(job: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", job["Comment"]).removeprefix("rule_")
 
 
-def _status_captures(proc: subprocess.Popen, study: Path, directory: Path, every_s: float = 2.0) -> list[dict]:
+def _status_captures(proc: subprocess.Popen, study: Path, directory: Path, every_s: float = 4.0) -> list[dict]:
     """``workflow.status`` (library: the same dict ``--json`` prints) every ``every_s`` seconds while
     Snakemake runs."""
     from workflow.analysis.status import load_study, study_status
