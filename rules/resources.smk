@@ -2,9 +2,10 @@
 # train rule's threads, resources, launcher and job group (rules/train.smk), and the price of a
 # stage's hour for the gates that may pivot (rules/gates.smk).
 #
-# Job groups: a stage with resources.group_runs = N > 1 puts its runs in the Snakemake group
-# train_<S>, and --group-components train_<S>=N (unless given on the command line) merges N of
-# them into one cluster job. Snakemake sizes a group job by stacking its jobs in layers that fit the
+# Job groups: the runs of a stage with resources.group_runs = N > 1 are cut into chunks of N (a
+# --group-components train_<S>=N on the command line wins), each chunk the Snakemake group
+# train_<S>_<k> with --group-components train_<S>_<k>=N: one cluster job per chunk
+# (stage_run_group; workflow.study.resources.run_groups says why). Snakemake sizes a group job by stacking its jobs in layers that fit the
 # --resources limits: the limit group_run_slots=1 (each grouped run takes 1; scope "local", so it
 # limits only the layers of one group job, never how many jobs run at once) makes every run a
 # layer of its own: the group job asks for one run's resources with N x its runtime, and runs them
@@ -14,9 +15,13 @@ import os
 import sys
 from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
+
 from workflow.jobs.launcher import has_nvidia_gpu, restore_invocation_runs
+from workflow.jobs.slurm_cluster import partition_limits, profile_problems, profile_resources, train_partition
 from workflow.study.resources import (
-    group_components, launch_command, slurm_resources, stage_resources, train_group,
+    chunk_components, group_components, grouped_runtime, launch_command, run_groups, slurm_resources, stage_resources,
+    train_group,
 )
 
 GROUPS = group_components(config)  # {"train_<S>": N} for every stage with group_runs N > 1
@@ -77,6 +82,8 @@ def train_rule_resources():
     if GROUPS:  # one slot per grouped run
         getters[GROUP_RUN_SLOTS] = lambda r: 1 if r["group_runs"] > 1 else 0
     settings = {key: train_rule_setting(get) for key, get in getters.items()}
+    if GROUPS:  # a group job's time limit: its runs x runtime, cut to the partition's (per job: known on a cluster)
+        settings["runtime"] = per_job(lambda w: grouped_stage_runtime(w.stage))
     return {key: value for key, value in settings.items() if value is not None}
 
 
@@ -95,13 +102,66 @@ def train_launcher():
         train_resources(w.stage)))
 
 
-def apply_group_components():
-    """Add the study's group components to Snakemake's (those given with --group-components
-    win). Called from the train rule's ``group:`` function, i.e. while the DAG is built: Snakemake
-    installs the command line's group settings after this file is parsed, replacing any set here."""
-    given = dict(workflow.group_settings.group_components or {})
-    if not set(GROUPS) <= set(given):
-        workflow.group_settings.group_components = {**GROUPS, **given}
+def stage_run_group(stage, variant, seed):
+    """The job group of a run of a grouped stage: its chunk of ``group_runs`` (or the command line's
+    ``--group-components train_<stage>=N``) among the stage's runs, pending runs first
+    (workflow.study.resources.run_groups: one group id per chunk, so a group job never holds more)."""
+    groups = stage_run_groups(stage, stage, tuple(stage_variants(stage, with_pivot=False)))
+    if (variant, seed) not in groups:  # the gate's pivot variant, or a run outside the stage: its seeds together
+        groups = stage_run_groups(stage, f"{stage}_{variant}", (variant,))
+    return groups[(variant, seed)]
+
+
+def stage_group_size(stage):
+    """Runs per group job of ``stage``: its group_runs, or the command line's --group-components train_<stage>=N."""
+    return dict(workflow.group_settings.group_components or {}).get(f"train_{stage}", train_resources(stage)["group_runs"])
+
+
+@functools.cache
+def cluster_partition_limits():
+    """The cluster's partitions and their MaxTime in minutes (one sinfo call; {} without SLURM)."""
+    return partition_limits() or {}
+
+
+def check_slurm_cluster():
+    """``onstart`` on a cluster, before the first submission: the profile's account and every
+    partition a job would go to exist for this user (workflow.jobs.slurm_cluster), else stop at
+    once with what the cluster has, not after sbatch's retries."""
+    if workflow.local_exec:
+        return
+    problems = profile_problems({s: train_resources(s)["slurm_partition"] for s in STAGES},
+                                profile_resources(workflow.resource_settings))
+    if problems:
+        raise WorkflowError("stagerun: the SLURM profile does not fit this cluster (nothing was submitted):\n  "
+                            + "\n  ".join(problems))
+
+
+@functools.cache
+def grouped_stage_runtime(stage):
+    """Minutes per run of ``stage``; on a cluster a grouped stage's runs share their group job's
+    time limit, cut to the partition's MaxTime (workflow.study.resources.grouped_runtime), which
+    the plan then says."""
+    res = train_resources(stage)
+    if res["group_runs"] <= 1 or (workflow.local_exec and not workflow.dryrun):  # a dry run shows the cut too
+        return res["runtime"]
+    partition, _ = train_partition(stage, res["slurm_partition"], profile_resources(workflow.resource_settings))
+    runtime, note = grouped_runtime(res["runtime"], stage_group_size(stage), cluster_partition_limits().get(partition))
+    if note and workflow.is_main_process:
+        print(f"stagerun plan: stage {stage}, partition {partition}: {note}", file=sys.stderr)
+    return runtime
+
+
+@functools.cache
+def stage_run_groups(stage, name, variants):
+    """{(variant, seed): group id} of ``variants``' runs of ``stage`` in chunks of its group size."""
+    size = stage_group_size(stage)
+    runs = [(v, s) for v in variants for s in stage_seeds(config, stage)]
+    if workflow.is_main_process:  # a resumed screen: the runs still to do fill whole groups
+        runs.sort(key=lambda r: os.path.exists(f"{RESULTS}/stage_{stage}/{r[0]}/seed_{r[1]}/result.json"))
+    groups = run_groups(name, runs, size)
+    workflow.group_settings.group_components = {**(workflow.group_settings.group_components or {}),
+                                                **chunk_components(groups, size)}
+    return groups
 
 
 def train_rule_group():
@@ -111,8 +171,9 @@ def train_rule_group():
         return None
 
     def group(wildcards):
-        apply_group_components()
-        return train_group(train_resources(wildcards.stage), wildcards.stage)
+        if train_group(train_resources(wildcards.stage), wildcards.stage) is None:
+            return None
+        return stage_run_group(wildcards.stage, wildcards.variant, int(wildcards.seed))
 
     return per_job(group)
 

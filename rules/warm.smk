@@ -40,6 +40,7 @@ def stop_warm_server():
 # Training jobs run here (local executor) start as forks of one process that has imported
 # torch already, ~3 s less per job here (workflow/jobs/; `warm_start: off` in the study turns it off).
 onstart:
+    check_slurm_cluster()  # rules/resources.smk: the profile's account and partitions, before any submission
     start_warm_server()
 
 

@@ -47,7 +47,8 @@ Every option but the launcher's own goes to ``python -m workflow.train`` unchang
    once the trainer is starting, the signal is sent again as soon as the trainer's own handler is
    installed (it checkpoints and exits 75).
 
-Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails.
+Exit status: the trainer's (0 done, 75 preempted, 1 error), 1 when the data check fails or another
+trainer holds the run folder's lock (one trainer per run: workflow.jobs.run_lock names the holder).
 """
 
 from __future__ import annotations
@@ -71,9 +72,8 @@ from workflow.jobs.launcher import (
     srun_prefix,
     start_trainer,
 )
+from workflow.jobs.run_lock import run_locked
 from workflow.jobs.trainer_process import EarlySignals
-
-# --------------------------------------------------------------------------- CLI
 
 def _parse(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="python -m workflow.launch", description=__doc__.split("\n\n")[0],
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         print("launch: PREEMPTED before training started", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     start = lambda: _start(args, trainer_argv, targs, run_cfg, early)
-    return keep_finished(targs.out_dir, run_cfg, start) if args.keep_finished else start()
+    return run_locked(targs.out_dir, (lambda: keep_finished(targs.out_dir, run_cfg, start)) if args.keep_finished else start)
 
 
 def _start(args: argparse.Namespace, trainer_argv: list[str], targs: argparse.Namespace, run_cfg: dict,

@@ -28,6 +28,7 @@ from workflow.core.exits import EXIT_PREEMPTED
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 from workflow.jobs.capture import LiveRows, MetricsCapture, json_line, load_rows
 from workflow.jobs.job_common import open_attempt_log
+from workflow.jobs.run_lock import hold_for_process
 from workflow.jobs.script_result import (build_result, failure_reason, file_hashes, git_record, no_space,
                                           say_on_full_disk)
 from workflow.jobs.script_runner import (CHECKPOINT_DIR, PARTIAL_FILE, SCRIPT_METRICS_FILE, STATE_FILE, TAIL_LINES,
@@ -59,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     out_dir = args.out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
+    if (locked := hold_for_process(out_dir, "script_runner")) is not None:  # one trainer per run folder
+        return locked
     state_path = out_dir / STATE_FILE
     state = read_json(state_path) if state_path.exists() else {"attempts": 0, "seconds": 0.0}
     attempt = int(state["attempts"]) + 1

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from workflow.analysis.status import POLL_INTERVAL_S, STALE_AFTER_S, load_study, parse_config_args, render, study_status
+from workflow.analysis.status_view import plain_text
 from workflow.study.schema import ConfigError
 
 
@@ -58,10 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(collect(), indent=1))
         return 0
-    console = Console(width=None if sys.stdout.isatty() else 200)
+    if args.watch and not sys.stdout.isatty():
+        print("workflow.status: --watch needs a terminal; printing the status once", file=sys.stderr)
+        args.watch = False
     if not args.watch:
-        console.print(render(collect()))
+        if sys.stdout.isatty():
+            Console().print(render(collect()))
+        else:  # piped: plain lines without the padding to the table width
+            sys.stdout.write(plain_text(render(collect())))
         return 0
+    console = Console()
     try:
         with Live(render(collect(), args.interval), console=console, auto_refresh=False) as live:
             while True:

@@ -22,14 +22,18 @@
 #
 # Each node has $SLURM_CI_GPUS fake GPUs (gres "gpu", files symlinked to /dev/null), so
 # `sbatch --partition=gpu --gpus=1` jobs get CUDA_VISIBLE_DEVICES set and two jobs get
-# different GPUs. Partitions: `cpu` (default) and `gpu`, both on n1 and n2.
+# different GPUs. Partitions: `cpu` (default) and `gpu`, both on n1 and n2, each using at most
+# $REAL_CPUS CPUs of a node (the machine's cores: jobs run side by side as they would without the
+# declared extra CPUs); `shapes` (MaxTime 2 hours) may use all $SLURM_CI_CPUS CPUs of a node: it
+# is for `sbatch --test-only` of every resource shape (nodes x GPUs x CPUs) and the time-limit cut
+# of group jobs, not for running jobs.
 #
 # Idempotent: a second run rewrites the configuration and restarts only the SLURM daemons
 # whose configuration changed; running daemons are kept.
 #
 # Environment (all optional):
-#   SLURM_CI_GPUS=2          number of fake GPUs on the node
-#   SLURM_CI_CPUS=<nproc>    CPUs the node advertises (more than nproc oversubscribes)
+#   SLURM_CI_GPUS=4          number of fake GPUs on each node
+#   SLURM_CI_CPUS=8          CPUs each node advertises (at least nproc; partitions cpu/gpu use nproc)
 #   SLURM_CI_CLUSTER=stagerun-ci
 #   SLURM_CI_WAIT=90         seconds to wait for the node to become idle / sacct to answer
 #   SLURM_CI_SKIP_APT=1      do not run apt-get (packages already installed)
@@ -39,8 +43,9 @@
 set -euo pipefail
 
 START_SECONDS=$SECONDS
-GPUS=${SLURM_CI_GPUS:-2}
-CPUS=${SLURM_CI_CPUS:-$(nproc)}
+GPUS=${SLURM_CI_GPUS:-4}
+REAL_CPUS=$(nproc)
+CPUS=${SLURM_CI_CPUS:-$((REAL_CPUS > 8 ? REAL_CPUS : 8))}
 CLUSTER=${SLURM_CI_CLUSTER:-stagerun-ci}
 WAIT=${SLURM_CI_WAIT:-90}
 HOST=$(hostname -s)             # the controller's host (root namespace)
@@ -152,7 +157,7 @@ chown mysql:mysql /run/mysqld
 # ---------------------------------------------------------------- configuration
 MEM_MB=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
 REAL_MB=$((MEM_MB * 85 / 100))          # below the machine's, or slurmd drains the node
-DEF_MEM_PER_CPU=$((REAL_MB / CPUS / 2)) # jobs without --mem do not take the whole node
+DEF_MEM_PER_CPU=$((REAL_MB / REAL_CPUS / 2)) # jobs without --mem do not take the whole node
 MAX_GPU_INDEX=$((GPUS - 1))
 
 # Fake GPU device files: gres needs File= (without it the node drains) and the files must
@@ -213,8 +218,9 @@ DefMemPerCPU=$DEF_MEM_PER_CPU
 $(for node in "${NODES[@]}"; do
     echo "NodeName=$node NodeAddr=$(node_addr "$node") CPUs=$CPUS RealMemory=$REAL_MB Gres=gpu:$GPUS State=UNKNOWN"
 done)
-PartitionName=cpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=INFINITE State=UP
+PartitionName=cpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=YES MaxTime=INFINITE MaxCPUsPerNode=$REAL_CPUS State=UP
+PartitionName=gpu Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=INFINITE MaxCPUsPerNode=$REAL_CPUS State=UP
+PartitionName=shapes Nodes=$(IFS=,; echo "${NODES[*]}") Default=NO MaxTime=02:00:00 State=UP
 EOF
 
 write_if_changed "$CONF_DIR/gres.conf" 644 root:root <<EOF && changed_slurm=1 || true

@@ -137,7 +137,10 @@ def test_finished_study_shows_gates_and_verdict(tmp_path, shared_data_server, da
     assert [(r["variant"], r["reason"]) for r in rows] == [(r["variant"], r["reason"]) for r in gate["ranking"]]
     verdict = json.loads((results / "verdict.json").read_text())
     assert data["verdict"]["winners"] == verdict["winners"]
-    assert [r["verdict"] for r in data["verdict"]["rows"]] == [e["verdict"] for e in verdict["results"]]
+    # the verdict's "(winners: <rule>)" reads "(winners rule: <rule>)", as the verdict line says it
+    rule = verdict["winners_rule"]
+    assert [r["verdict"] for r in data["verdict"]["rows"]] == [
+        e["verdict"].replace(f"(winners: {rule})", f"(winners rule: {rule})") for e in verdict["results"]]
     done = [r for r in data["runs"] if r["stage"] == "B"]
     for run in done:
         result = json.loads((Path(run["path"]) / "result.json").read_text())
@@ -147,7 +150,8 @@ def test_finished_study_shows_gates_and_verdict(tmp_path, shared_data_server, da
     assert "8 done  0 running  0 pending  0 failed  0 preempted" in out
     assert f"gate A (top_k k=1): advanced {', '.join(gate['advanced'])}" in out
     assert gate["ranking"][1]["reason"] in out
-    assert f"verdict: winners: {', '.join(verdict['winners']) or 'none'}" in out
+    assert f"verdict: winners: {', '.join(verdict['winners']) or 'none'} (winners rule: {rule})" in out
+    assert f"(winners: {rule})" not in out and all(line == line.rstrip() for line in out.splitlines())  # piped: no padding
     assert verdict["results"][1]["verdict"][:60] in out
 
 

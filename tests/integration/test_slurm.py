@@ -127,10 +127,24 @@ def _rule(job: dict) -> str:
     return re.sub(r"_wildcards_.*$", "", job["Comment"]).removeprefix("rule_")
 
 
+def _status_captures(proc: subprocess.Popen, study: Path, directory: Path, every_s: float = 4.0) -> list[dict]:
+    """``workflow.status`` (library: the same dict ``--json`` prints) every ``every_s`` seconds while
+    Snakemake runs."""
+    from workflow.analysis.status import load_study, study_status
+
+    config = load_study([study], {}, directory)
+    captures = []
+    while proc.poll() is None:
+        captures.append(study_status(config, directory))
+        time.sleep(every_s)
+    return captures
+
+
 def test_tiny_study_runs_through_slurm(cluster_data_server, tmp_path):
     study = _study(tmp_path, cluster_data_server)
     started = time.monotonic()
     proc = _snakemake(tmp_path, study)
+    captures = _status_captures(proc, study, tmp_path)
     output = _finish(proc, tmp_path)
     elapsed = time.monotonic() - started
     assert "Nothing to be done" not in output
@@ -167,6 +181,21 @@ def test_tiny_study_runs_through_slurm(cluster_data_server, tmp_path):
     for log in (tmp_path / "results").glob("*/stage_*/*/seed_*/train.log"):
         assert "warm start" not in log.read_text(), log
     print(f"tiny study through SLURM: {len(jobs)} jobs ({len(train)} training) in {elapsed:.0f} s")
+
+    # Status from submission: every queued or running run has its SLURM job (from squeue, by the
+    # job comment) in every capture, also before its trainer wrote a line; a node only when assigned.
+    live = [r for c in captures for r in c["runs"] if r["state"] == "running" or (r["state"] == "pending" and r["slurm_job"])]
+    assert live, f"no capture saw a queued or running run ({len(captures)} captures)"
+    missing = [(r["name"], r["state"], r["detail"]) for r in live if not r["slurm_job"]]
+    assert not missing, f"queued/running runs without a job id: {missing}"
+    assert all(r["slurm_job"] in train_ids for r in live), [r["slurm_job"] for r in live]
+    assert all(r["node"] in ("n1", "n2") for r in live if r["slurm_state"] == "RUNNING"), live
+    assert all(r["node"] is None for r in live if r["slurm_state"] == "PENDING"), live
+    assert any(r["attempts"] == 0 for r in live), "no capture saw a job before its run's log existed"
+    from workflow.analysis.status_view import plain_text, render
+
+    shown = next(c for c in captures if any(r["slurm_job"] for r in c["runs"] if r["state"] in ("running", "pending")))
+    print(plain_text(render(shown)))
 
 
 def test_failing_training_job_is_reported_and_retried(cluster_data_server, tmp_path):
@@ -343,3 +372,93 @@ def _text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+# --------------------------------------------------------------------------- resource shapes
+# Every nodes x GPUs-per-node shape, with CPUs and memory, as the executor plugin writes its sbatch
+# line (its own get_submit_command / set_gres_string on the resources workflow.study.resources
+# gives), checked by SLURM itself with `sbatch --test-only` in the `shapes` partition (the CI nodes
+# declare 8 CPUs and 4 fake GPUs each there).
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _sbatch_line(resources: dict, threads: int) -> str:
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    job = type("Job", (), {})()
+    job.resources = _Resources({k: v for k, v in resources.items() if v is not None})
+    job.threads = threads
+    params = {"run_uuid": "stagerun-shapes", "slurm_logfile": "/dev/null", "comment_str": "rule_train",
+              "account": "-A stagerun", "partition": "-p shapes", "workdir": str(REPO)}
+    return get_submit_command(job, params) + set_gres_string(job)
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+@pytest.mark.parametrize("gpus", [0, 1, 2, 4])
+def test_every_resource_shape_submits(nodes, gpus):
+    import shlex
+
+    from workflow.study.resources import slurm_resources, stage_resources
+
+    study = {"stages": {"A": {"resources": {"nodes": nodes, "gpus": gpus, "cpus_per_proc": 2, "mem_mb": 1500,
+                                            "runtime": 30, "slurm_partition": "shapes"}}}}
+    res = stage_resources(study, "A")
+    line = _sbatch_line(slurm_resources(res), threads=res["nproc_per_node"] * res["cpus_per_proc"])
+    args = shlex.split(line.replace("--parsable", "--test-only")) + ["--wrap", "true"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "to start at" in out.stderr, f"{line}\n{out.stderr}"
+    assert f"--nodes={nodes}" in line and "--mem 1500" in line
+    if gpus:
+        assert (f"--gres=gpu:{gpus}" if nodes > 1 else f"--gpus={gpus}") in line, line
+    assert "--ntasks-per-gpu" not in line and "--gpus-per-task" not in line, line
+
+
+# --------------------------------------------------------------------------- before any submission
+def test_profile_account_and_partition_are_checked_before_any_submission(cluster_data_server, tmp_path):
+    """A profile with an account the user does not have and a partition the cluster lacks stops
+    in seconds with both named (rules/common.smk's onstart; workflow.jobs.slurm_cluster), and
+    nothing reaches sbatch."""
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    settings = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    settings["default-resources"]["slurm_account"] = "myaccount"
+    settings["set-resources"]["train"]["slurm_partition"] = "nosuch"
+    (profile / "config.yaml").write_text(yaml.safe_dump(settings))
+    study = _study(tmp_path, cluster_data_server)
+    started = time.monotonic()
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile", str(profile),
+         "--configfile", str(study), "--slurm-logdir", str(tmp_path / "slurm_logs")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    seconds = time.monotonic() - started
+    text = out.stdout + out.stderr
+    assert out.returncode != 0, text[-3000:]
+    assert "the SLURM profile does not fit this cluster (nothing was submitted)" in text, text[-3000:]
+    assert "slurm_account 'myaccount' (the profile's default-resources) is not an account of user" in text
+    assert "'stagerun'" in text.split("this user's accounts:")[1].splitlines()[0]
+    assert "slurm_partition 'nosuch' (the profile's set-resources: train: slurm_partition)" in text
+    assert "has been submitted with SLURM jobid" not in text
+    assert seconds < 60, f"the check took {seconds:.0f} s"
+
+
+def test_group_job_time_is_cut_to_the_partition_limit(tmp_path):
+    """4 runs x 60 min in the `shapes` partition (MaxTime 2 hours): each run asks for 30 min, and
+    the plan says so (a dry run: sinfo is asked, nothing is submitted)."""
+    study = {"study": "cut", "dataset": "shakespeare_char", "base_seed": 1337, "baseline": "baseline",
+             "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"),
+             "model": {"preset": "nanogpt-small"}, "variants": {"baseline": {}, "lr": {"train": {"lr": 1.0e-3}}},
+             "stages": {"A": {"seeds": 2, "resources": {"group_runs": 4, "runtime": 60, "slurm_partition": "shapes"}}}}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    out = subprocess.run(
+        [str(SNAKEMAKE), "-n", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--profile",
+         str(PROFILE), "--configfile", str(path), "--set-resources", "train:slurm_partition='shapes'",
+         "--config", "mirror=../shared/data", "--", "stage_A"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-3000:]
+    assert ("stagerun plan: stage A, partition shapes: 4 runs x 60 min = 240 min is past the partition's limit "
+            "of 120 min: each group job asks for 120 min (30 min per run") in text, text[-3000:]
+    assert text.count("runtime=30, nproc_per_node=1") == 4, "each of the 4 grouped runs asks for 30 min"

@@ -6,7 +6,7 @@ namespace with its own address); skipped like tests/integration/test_slurm.py wi
 bridge, rendezvous at the first node (MASTER_ADDR n1, GLOO_SOCKET_IFNAME the interface towards
 it: workflow.parallel.process_groups.interface_towards). What is checked:
 
-- DDP on 2 nodes x 1 process, preempted (``scontrol requeue``) while it trains: both workers
+- DDP on 2 nodes x 1 process with one (fake) GPU each, preempted (``scontrol requeue``) while it trains: both workers
   checkpoint and exit 75 (the launcher's log), SLURM requeues the job, the second attempt resumes
   from the checkpoint on both nodes, and its losses equal those of the same world size on one
   node (2 processes under torchrun, run locally) at every logged step;
@@ -102,7 +102,9 @@ def test_ddp_two_nodes_requeued_resumes_and_equals_one_node(cluster_data_server,
     train = {"num_iterations": 400, "val_loss_every": 200, "log_every": 20, "checkpoint_every": 0}
     res = {"mem_mb": 1500, "runtime": 20}
     two_nodes = _study(tmp_path, cluster_data_server, data_dir, train=train, variants=variants,
-                       stages={"A": {"seeds": 1, "resources": {**res, "nodes": 2, "nproc_per_node": 1}}})
+                       # one (fake) GPU per node: the {nodes: 2, gpus: 1} shape (--gres=gpu:1 --ntasks=2);
+                       # no CUDA here, so the trainer runs on the CPU as the one-node reference does
+                       stages={"A": {"seeds": 1, "resources": {**res, "nodes": 2, "gpus": 1}}})
     run_dir = tmp_path / "results" / "tiny" / "stage_A" / "baseline" / "seed_1337"
     proc = _snakemake(tmp_path, two_nodes, str(run_dir / "result.json"))
     try:

@@ -84,11 +84,13 @@ def test_multi_node_launch_and_resources(study):
     assert " ".join(srun_prefix(2, 4, 8, True)).startswith(
         "srun --nodes=2 --ntasks-per-node=4 --gpus-per-task=1 --cpus-per-task=8")
     slurm = slurm_resources(res)
-    assert (slurm["gpu"], slurm["nodes"], slurm["mpi"], slurm["tasks_per_node"], slurm["cpus_per_task"]) == (8, 2, "srun", 4, 8)
-    assert slurm["slurm_extra"] == "--gpus-per-task=1"
-    study["stages"]["C"]["resources"] = {"gpus": 1, "nodes": 3}
+    assert (slurm["gres"], slurm["nodes"], slurm["mpi"], slurm["tasks_per_node"], slurm["cpus_per_task"]) == (
+        "gpu:4", 2, "srun", 4, 8)
+    assert slurm["gpu"] is None and slurm["slurm_extra"] is None  # GPUs per node (--gres), not --gpus-per-task
+    study["stages"]["C"]["resources"] = {"gpus": 1, "nodes": 3, "gpu_model": "a100"}
     one = slurm_resources(stage_resources(study, "C"))
-    assert (one["tasks"], one["tasks_per_gpu"], one["tasks_per_node"]) == (3, 1, None)
+    # tasks_per_gpu=0: no --ntasks-per-gpu (the plugin would derive it from tasks)
+    assert (one["tasks"], one["tasks_per_gpu"], one["tasks_per_node"], one["gres"]) == (3, 0, None, "gpu:a100:1")
 
 
 def test_nproc_must_match_gpus(study):
@@ -123,3 +125,26 @@ def test_group_runs(study, tmp_path):
     assert restore_invocation_runs([tmp_path], "inv-1") == [tmp_path]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 0}\n'
     assert (tmp_path / FINISHED_DIR / "record.json").exists()
+
+
+def test_run_groups_cut_the_runs_into_chunks_of_the_size_asked():
+    from workflow.study.resources import chunk_components, run_groups
+
+    runs = [(v, s) for v in ("baseline", "a", "b") for s in (1, 2)]  # 6 runs
+    groups = run_groups("A", runs, 4)
+    assert [groups[r] for r in runs] == ["train_A_0"] * 4 + ["train_A_1"] * 2
+    assert chunk_components(groups, 4) == {"train_A_0": 4, "train_A_1": 4}
+    assert set(run_groups("B", runs, 1).values()) == {f"train_B_{i}" for i in range(6)}
+    with pytest.raises(ValueError, match="group_runs: 0"):
+        run_groups("A", runs, 0)
+
+
+def test_grouped_runtime_is_cut_to_the_partition_limit():
+    from workflow.study.resources import grouped_runtime
+
+    assert grouped_runtime(10, 8, None) == (10, None)  # unlimited partition: 8 x 10 min
+    assert grouped_runtime(10, 8, 80) == (10, None)
+    minutes, note = grouped_runtime(60, 8, 240)  # 480 min asked, 240 allowed
+    assert minutes == 30 and "limit of 240 min" in note and "240 min (30 min per run" in note
+    with pytest.raises(ValueError, match="at most 5"):
+        grouped_runtime(10, 8, 5)

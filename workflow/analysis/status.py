@@ -17,16 +17,23 @@ jobs gone or orphaned) and on a study not yet started:
   preempted run resumes from);
 - ``gates/gate_<S>.json`` (+ ``gate_<S>_pivot.json``) and ``verdict.json``;
 - the scheduler: live processes on this machine (``psutil``: a job's ``python -m workflow.launch
-  ... --out-dir RUN``, and Snakemake processes working in the study's directory) and, when the
-  logs name SLURM jobs and ``sacct`` exists, one ``sacct`` call for their state and node.
+  ... --out-dir RUN``, and Snakemake processes working in the study's directory), one ``squeue``
+  call for the jobs the executor submitted from that directory (each training job's comment
+  names its run: job id, node, state, pending reason and expected start from the moment it is
+  queued) and, when the logs name SLURM jobs and ``sacct`` exists, one ``sacct`` call for their
+  state and node (jobs that left the queue).
 
 A run's state (:data:`STATES`), first match wins:
 
 1. ``result.json``: ``done`` (success) or ``failed`` (its reason);
-2. no attempt log: ``pending`` (``running`` if a process already works in the folder);
+2. no attempt log: ``pending`` (``running`` if a process already works in the folder or its
+   queued SLURM job runs; a queued job gives its id, reason and expected start);
 3. a live process for the folder, or its SLURM job RUNNING: ``running``;
-4. the latest attempt log ends in a preemption (``PREEMPTED``, job exit status 75): ``preempted``;
-   in a failure (traceback, ``error:``, another exit status): ``failed``; in the trainer's last
+4. the latest attempt log ends in a preemption (``PREEMPTED``, job exit status 75): ``preempted``
+   (its step is the checkpoint's it resumes from; with its job back in the queue it shows
+   ``requeued`` with SLURM's reason, expected start and, for ``BeginTime``, the ``scontrol`` line
+   that starts it now); in a failure (traceback, ``error:``, another exit status): ``failed``
+   (``pending`` when the executor's retry is queued); in the trainer's last
    line (``finished:``), although result.json is gone: ``pending`` (Snakemake removed the outputs
    to run it again);
 5. its SLURM job ended (sacct FAILED, TIMEOUT, CANCELLED, ...): ``failed`` (``PREEMPTED``:
@@ -64,7 +71,7 @@ from workflow.analysis.status_runs import (
     read_json_or_none,
     run_status,
 )
-from workflow.analysis.status_scheduler import sacct_jobs, scan_processes
+from workflow.analysis.status_scheduler import run_comment, sacct_jobs, scan_processes, squeue_jobs
 from workflow.analysis.status_view import render
 from workflow.data.registry import study_meta_path
 from workflow.study.gate_rules import most_advancing
@@ -219,11 +226,15 @@ def _verdict_entry(results: Path) -> dict | None:
     verdict = read_json_or_none(results / "verdict.json")
     if not isinstance(verdict, dict):
         return None
+    rule = verdict.get("winners_rule")
     return {
         "winners": list(verdict.get("winners") or []),
+        "winners_rule": rule,
         "explanation": verdict.get("explanation", ""),
         "rows": [{"variant": e.get("variant"), "mean": e.get("mean"), "winner": bool(e.get("winner")),
-                  "verdict": e.get("verdict", "")} for e in verdict.get("results") or []],
+                  # the verdict's "(winners: <rule>)" names the rule: say so, as the verdict line does
+                  "verdict": e.get("verdict", "").replace(f"(winners: {rule})", f"(winners rule: {rule})")}
+                 for e in verdict.get("results") or []],
     }
 
 
@@ -263,6 +274,7 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
                     if logs and (job := log_slurm_job(logs[-1])):
                         job_ids.append(job)
     slurm = sacct_jobs(job_ids) if job_ids else None
+    queued = (squeue_jobs(directory) or {}) if scheduler else {}  # the executor's jobs, by the run in their comment
 
     data_dir = Path(directory) / config["data_dir"]  # a relative data_dir is relative to --directory, as results_dir
     train_tokens = study_train_tokens(Path(study_meta_path({**config, "data_dir": str(data_dir)})))
@@ -276,7 +288,7 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
             for seed in seeds:
                 rs = run_status(results / f"stage_{stage}" / variant / f"seed_{seed}", stage, variant, seed,
                                 planned_total=total, processes=processes, slurm=slurm, now=now,
-                                stale_after_s=stale_after_s)
+                                stale_after_s=stale_after_s, queued=queued.get(run_comment(stage, variant, seed)))
                 counts[rs.state] += 1
                 runs.append(rs)
         stage_rows.append({

@@ -156,7 +156,8 @@ def _age(seconds: float) -> str:
 
 def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_total: int | None = None,
                processes: Processes | None = None, slurm: dict[str, dict] | None = None,
-               now: float | None = None, stale_after_s: float = STALE_AFTER_S) -> RunStatus:
+               now: float | None = None, stale_after_s: float = STALE_AFTER_S,
+               queued: dict | None = None) -> RunStatus:
     """The state and progress of one run from its folder (the rules: workflow/analysis/status.py's docstring).
 
     Args:
@@ -166,6 +167,8 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
         slurm: :func:`sacct_jobs` for the jobs the logs name (None: not known).
         now: the time (``time.time()``).
         stale_after_s: rule 6.
+        queued: the run's job in ``squeue`` (:func:`workflow.analysis.status_scheduler.squeue_jobs`),
+            found by the comment the executor gave it: its id, node, state from the moment it is queued.
     """
     now = time.time() if now is None else now
     rs = RunStatus(stage, variant, seed, total=planned_total, path=str(run_dir))
@@ -187,14 +190,18 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
     logs = attempt_logs(run_dir)
     rs.attempts = len(logs)
     log = logs[-1] if logs else (run_dir / "train.log")
+    if queued:
+        rs.slurm_job, rs.node, rs.slurm_state = queued["job"], queued["node"], queued["state"]
     if not log.exists():
-        rs.state = "running" if rs.pid else "pending"
-        if rs.pid:
+        rs.state = "running" if rs.pid or (queued and queued["state"] in SLURM_RUNNING) else "pending"
+        if queued and queued["state"] not in SLURM_RUNNING:
+            rs.detail = _queued_text(queued)
+        elif rs.pid or queued:
             rs.detail = "starting"
         return rs
 
     head, tail, _ = read_edges(log)
-    if m := _SLURM_LINE.search(head):
+    if not queued and (m := _SLURM_LINE.search(head)):
         rs.slurm_job, rs.node = m.group(1), m.group(2)
     steps = _STEP_LINE.findall(tail)
     if steps:
@@ -215,15 +222,15 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
         except OSError:
             pass
     rs.last_write_s = max(0.0, now - max(mtimes)) if mtimes else None
-    job = (slurm or {}).get(rs.slurm_job) if rs.slurm_job else None
-    if job:
+    job = queued or ((slurm or {}).get(rs.slurm_job) if rs.slurm_job else None)
+    if job and not queued:
         rs.slurm_state, rs.node = job["state"], job["node"] or rs.node
     if rows and rs.total and rs.step is not None:
         # ETA: the wall time per step of this attempt so far (its process's age, or the SLURM job's
         # elapsed time; evaluations included), else the mean training step time of the metrics
         first = int(m.group(1)) if (m := _RESUMED.search(head)) else 0
         started = processes.started.get(resolved) if (processes and rs.pid) else None
-        elapsed = (now - started) if started else (slurm_seconds(job["elapsed"]) if job else None)
+        elapsed = (now - started) if started else (slurm_seconds(job.get("elapsed")) if job else None)
         if elapsed and rs.step > first:
             rs.eta_s = max(0, rs.total - rs.step) * elapsed / (rs.step - first)
         elif rows[-1].get("step_avg_ms"):
@@ -242,14 +249,25 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
     failed = [m.start() for m in _FAILED.finditer(tail)]
     if preempted and (not failed or preempted[-1] > failed[-1]):
         rs.state = "preempted"
+        if rs.checkpoint_step is not None:  # the step it resumes from, in the step column and the reason alike
+            rs.step = rs.checkpoint_step
         at = f" at step {rs.checkpoint_step}" if rs.checkpoint_step is not None else ""
-        rs.detail = f"attempt {rs.attempts or 1} preempted{at}; resumes from its checkpoint when Snakemake reruns it"
+        if queued:  # SLURM requeued the job: it holds it pending, then the same job resumes
+            rs.slurm_state = "requeued"
+            rs.detail = f"attempt {rs.attempts or 1} preempted{at}; requeued: {_queued_text(queued)}"
+            if queued.get("reason") == "BeginTime":
+                rs.detail += f"; to start it now: scontrol update jobid={queued['job']} StartTime=now"
+        else:
+            rs.detail = (f"attempt {rs.attempts or 1} preempted{at}; resumes from its checkpoint when its job "
+                         "runs again (SLURM's requeue, or the next snakemake)")
         return rs
     if failed:
         rs.state, rs.detail = "failed", _last_line(tail, _FAILED) or "failed"
         lines = [line.strip() for line in tail.splitlines() if line.strip()]
         if lines and rs.detail.startswith("Traceback"):
             rs.detail = lines[-1][:200]
+        if queued:  # the executor's retry of the run is queued already
+            rs.state, rs.detail = "pending", f"attempt {rs.attempts or 1} failed ({rs.detail}); retry {_queued_text(queued)}"
         return rs
     # rule 5: the SLURM job's end
     if job:
@@ -257,7 +275,8 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
             rs.state, rs.detail = "preempted", f"SLURM job {rs.slurm_job} {job['state']}"
             return rs
         if job["state"] in SLURM_QUEUED:
-            rs.state, rs.detail = "pending", f"SLURM job {rs.slurm_job} {job['state']}"
+            rs.state = "pending"
+            rs.detail = _queued_text(queued) if queued else f"SLURM job {rs.slurm_job} {job['state']}"
             return rs
         rs.state, rs.detail = "failed", f"SLURM job {rs.slurm_job} ended {job['state']} without a result"
         return rs
@@ -270,6 +289,13 @@ def run_status(run_dir: Path, stage: str, variant: str, seed: int, *, planned_to
     rs.detail = (f"stopped without result.json (no process, last write "
                  f"{_age(rs.last_write_s) if rs.last_write_s is not None else 'unknown'}): killed or crashed")
     return rs
+
+
+def _queued_text(job: dict) -> str:
+    """``SLURM job 14 PENDING (BeginTime), expected start 2026-12-07T18:17:42``."""
+    reason = f" ({job['reason']})" if job.get("reason") else ""
+    start = f", expected start {job['start']}" if job.get("start") else ""
+    return f"SLURM job {job['job']} {job['state']}{reason}{start}"
 
 
 def format_duration(seconds: float | None) -> str:

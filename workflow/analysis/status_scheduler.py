@@ -4,6 +4,10 @@
   (the launcher lives as long as the trainer, also when the trainer is a warm-server fork; a
   script run's ``python -m workflow.run_script`` as long as the script), and
   the Snakemake processes with the directory they work in;
+- :func:`squeue_jobs`: one ``squeue`` call for this user's queued and running jobs as the executor
+  submitted them (the job comment ``rule_train_wildcards_<stage>_<variant>_<seed>`` names the run,
+  the working folder the controller's), so a run has its job id, node, state, pending reason and
+  expected start from the moment it is queued, before its trainer writes a line;
 - :func:`sacct_jobs`: one ``sacct -X -n -P -j <ids>`` call for the SLURM jobs the run logs name
   (the trainer writes ``SLURM job <id> on <node>``); None without ``sacct`` or when it fails.
 
@@ -12,6 +16,7 @@ Torch-free.
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import shutil
 import subprocess
@@ -38,7 +43,7 @@ class Processes:
 
     runs: dict[str, int] = field(default_factory=dict)
     started: dict[str, float] = field(default_factory=dict)  # run folder -> its job's start (epoch seconds)
-    snakemake: list[dict] = field(default_factory=list)  # {"pid", "directory"}
+    snakemake: list[dict] = field(default_factory=list)  # {"pid", "directory", "controller"}
 
 
 def _option(cmd: list[str], *names: str) -> str | None:
@@ -84,7 +89,9 @@ def scan_processes() -> Processes:
                     found.runs[key], found.started[key] = proc.info["pid"], proc.info["create_time"]
         else:
             directory = _option(cmd, "--directory", "-d") or "."
-            found.snakemake.append({"pid": proc.info["pid"], "directory": str(Path(cwd, directory).resolve())})
+            # a job's own Snakemake (inside a SLURM or group job) runs with --target-jobs; the controller without
+            found.snakemake.append({"pid": proc.info["pid"], "directory": str(Path(cwd, directory).resolve()),
+                                    "controller": "--target-jobs" not in cmd})
     return found
 
 
@@ -97,8 +104,55 @@ def parse_sacct(text: str) -> dict[str, dict]:
         if len(parts) < 4 or not parts[0]:
             continue
         job_id, state, node, elapsed = parts[:4]
-        jobs[job_id] = {"state": (state.split() or ["UNKNOWN"])[0].rstrip("+"), "node": node, "elapsed": elapsed}
+        jobs[job_id] = {"state": (state.split() or ["UNKNOWN"])[0].rstrip("+"), "node": slurm_node(node),
+                        "elapsed": elapsed}
     return jobs
+
+
+def slurm_node(text: str | None) -> str | None:
+    """A node list as SLURM prints it, None when no node is assigned (``None assigned``, ``(null)``, blank)."""
+    text = (text or "").strip()
+    return None if not text or text in ("None assigned", "(null)", "n/a") else text
+
+
+SQUEUE_FORMAT = "%i|%T|%N|%r|%S|%k|%Z"
+
+
+def parse_squeue(text: str) -> dict[str, dict]:
+    """``squeue -h -o '%i|%T|%N|%r|%S|%k|%Z'`` lines -> comment -> {job, state, node, reason, start,
+    directory} (node, reason and start None when SLURM has none; start is SLURM's expected start)."""
+    jobs = {}
+    for line in text.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 7 or not parts[0]:
+            continue
+        job_id, state, node, reason, start, comment, workdir = parts[:7]
+        jobs[comment] = {"job": job_id, "state": state, "node": slurm_node(node),
+                         "reason": None if reason in ("None", "") else reason,
+                         "start": None if start in ("N/A", "Unknown", "") else start, "directory": workdir}
+    return jobs
+
+
+def squeue_jobs(directory: str | Path, timeout_s: float = 15.0) -> dict[str, dict] | None:
+    """This user's queued and running SLURM jobs submitted from ``directory`` (the controller's
+    working folder), keyed by their comment (:func:`parse_squeue`); None without ``squeue`` or when it fails."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        proc = subprocess.run([squeue, "-h", "-u", getpass.getuser(), "-o", SQUEUE_FORMAT], capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if proc.returncode != 0:
+        return None
+    where = str(Path(directory).resolve())
+    return {c: j for c, j in parse_squeue(proc.stdout).items() if str(Path(j["directory"]).resolve()) == where}
+
+
+def run_comment(stage: str, variant: str, seed: int) -> str:
+    """The job comment snakemake-executor-plugin-slurm gives a training run's job (``rule_<rule>_wildcards_<values>``)."""
+    return f"rule_train_wildcards_{stage}_{variant}_{seed}"
 
 
 def slurm_seconds(elapsed: str | None) -> float | None:

@@ -6,7 +6,9 @@ Torch-free.
 
 from __future__ import annotations
 
-from rich.console import Group
+import io
+
+from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
@@ -26,9 +28,14 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
     parts: list = []
     head = Text.assemble(("study ", "bold"), (status["study"], "bold cyan"), f"  {status['results']}  {status['time']}")
     if status["snakemake"] is not None:
-        pids = [str(p["pid"]) for p in status["snakemake"]]
-        head.append("  snakemake: " + (f"running (pid {', '.join(pids)})" if pids else "not running"),
-                    style="green" if pids else "yellow")
+        procs = status["snakemake"]
+        controllers = [str(p["pid"]) for p in procs if p.get("controller", True)]
+        others = len(procs) - len(controllers)
+        text = f"running (pid {', '.join(controllers)}" if controllers else ("jobs running" if others else "not running")
+        if others:  # the Snakemake of each job (SLURM / group jobs): counted, not listed
+            text += f"{'; ' if controllers else ' ('}{others} job process{'es' if others > 1 else ''}"
+        head.append("  snakemake: " + text + (")" if controllers or others else ""),
+                    style="green" if procs else "yellow")
     if interval_s:
         head.append(f"  (every {interval_s:g} s; Ctrl-C stops)", style="dim")
     parts.append(head)
@@ -49,13 +56,15 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
                        str(row["runs"]), *[Text(str(counts[s]), style=_STYLE[s] if counts[s] else "dim") for s in STATES])
     parts.append(stages)
 
-    running = [r for r in status["runs"] if r["state"] == "running"]
+    # running runs, and runs whose SLURM job is queued (job id, reason and start from submission on)
+    running = [r for r in status["runs"] if r["state"] == "running" or (r["state"] == "pending" and r["slurm_job"])]
     if running:
         slurm = any(r["slurm_job"] for r in running)
-        table = Table(title="running", title_justify="left")
-        columns = ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "sacct") if slurm else ()))
+        table = Table(title="running / queued" if any(r["state"] == "pending" for r in running) else "running",
+                      title_justify="left")
+        columns = ("run", "step", "val_loss", "train_loss", "tokens/s", "ETA", *(("job", "node", "slurm") if slurm else ()))
         for col in columns:
-            table.add_column(col, justify="left" if col in ("run", "node", "sacct") else "right")
+            table.add_column(col, justify="left" if col in ("run", "node", "slurm") else "right")
         for r in running:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
             row = [r["name"], step, _num(r["val_loss"]), _num(r["train_loss"]), _num(r["tokens_per_s"], "{:,.0f}"),
@@ -77,7 +86,8 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
         for r in trouble[:2 * max_rows]:
             step = f"{r['step'] if r['step'] is not None else '-'}/{r['total'] or '?'}"
             job = [r["slurm_job"] or "", r["node"] or ""] if slurm else []
-            table.add_row(r["name"], Text(r["state"], style=_STYLE[r["state"]]), step, *job, r["detail"] or "")
+            shown = "requeued" if r["slurm_state"] == "requeued" else r["state"]
+            table.add_row(r["name"], Text(shown, style=_STYLE[r["state"]]), step, *job, r["detail"] or "")
         if len(trouble) > 2 * max_rows:
             more = Text(f"... {len(trouble) - 2 * max_rows} more (--json lists every run)", style="dim")
             table.add_row(more, *[""] * (len(table.columns) - 1))
@@ -113,7 +123,8 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
     verdict = status["verdict"]
     if verdict is not None:
         winners = ", ".join(verdict["winners"]) or "none"
-        table = Table(title=f"verdict: winners: {winners}", title_justify="left", show_header=False, box=None,
+        rule = f" (winners rule: {verdict['winners_rule']})" if verdict.get("winners_rule") else ""
+        table = Table(title=f"verdict: winners: {winners}{rule}", title_justify="left", show_header=False, box=None,
                       padding=(0, 1))
         table.add_column("mark")
         table.add_column("variant")
@@ -126,3 +137,10 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
         if len(verdict["rows"]) < 2:  # nothing tested: say why
             parts.append(Text(f"  {verdict['explanation']}", style="dim"))
     return Group(*parts)
+
+
+def plain_text(renderable, width: int = 200) -> str:
+    """A rendered status as plain lines (no colour, no trailing spaces): what a pipe or a file gets."""
+    buffer = io.StringIO()
+    Console(file=buffer, width=width, color_system=None, force_terminal=False).print(renderable)
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())

@@ -65,6 +65,60 @@ def train_group(res: dict, stage: str) -> str | None:
     return f"train_{stage}" if res["group_runs"] > 1 else None
 
 
+def run_groups(stage: str, runs: list, group_runs: int) -> dict:
+    """The Snakemake job group of each run of a grouped stage: ``runs`` (any hashable per run, in
+    the order they should be packed, e.g. ``(variant, seed)``) cut into consecutive chunks of
+    ``group_runs``: ``{run: "train_<stage>_<chunk>"}``, chunk = index // group_runs.
+
+    Every chunk is a group id of its own with ``--group-components <id>=group_runs``
+    (:func:`chunk_components`), so a group job never holds more than ``group_runs`` runs. One
+    group id per stage with ``--group-components train_<stage>=N`` is not enough: Snakemake
+    (9.x, ``DAG.update_groups``) merges the components of a group in place into objects that its
+    ``GroupJobFactory`` caches by their first job set, and its next ``update_groups`` (every
+    ``postprocess``, e.g. after a checkpoint such as a gate) takes those merged groups as the
+    components and merges N of them again: N x N runs per job for any target with a checkpoint.
+    A chunk id is merged at most up to its own runs however often that happens.
+
+    Raises:
+        ValueError: ``group_runs`` < 1.
+    """
+    if group_runs < 1:
+        raise ValueError(f"group_runs: {group_runs}; at least 1 run per group job")
+    return {run: f"train_{stage}_{index // group_runs}" for index, run in enumerate(runs)}
+
+
+def chunk_components(groups: dict, group_runs: int) -> dict[str, int]:
+    """``--group-components`` for the chunk ids of :func:`run_groups`: ``{id: group_runs}``."""
+    return {group: group_runs for group in sorted(set(groups.values()))}
+
+
+def grouped_runtime(runtime: int, group_runs: int, max_minutes: int | None) -> tuple[int, str | None]:
+    """Minutes each run of a group job asks for, so that the group job (Snakemake adds its runs'
+    runtimes: ``group_runs x runtime``) stays within its partition's time limit.
+
+    Args:
+        runtime: the stage's ``resources.runtime`` (minutes per run).
+        group_runs: runs per group job.
+        max_minutes: the partition's MaxTime in minutes (``sinfo -o %l``), None when unlimited/unknown.
+
+    Returns:
+        ``(minutes per run, note)``; note (for the printed plan) is None unless the time was cut.
+
+    Raises:
+        ValueError: the partition's limit is shorter than one minute per run of the group.
+    """
+    if max_minutes is None or group_runs * runtime <= max_minutes:
+        return runtime, None
+    per_run = max_minutes // group_runs
+    if per_run < 1:
+        raise ValueError(
+            f"group_runs: {group_runs} runs per job, but the partition allows only {max_minutes} min per job: "
+            f"lower group_runs to at most {max_minutes}")
+    return per_run, (f"{group_runs} runs x {runtime} min = {group_runs * runtime} min is past the partition's "
+                     f"limit of {max_minutes} min: each group job asks for {per_run * group_runs} min "
+                     f"({per_run} min per run; lower group_runs or runtime if runs need longer)")
+
+
 def group_components(config: dict) -> dict[str, int]:
     """``--group-components`` of the study: ``{"train_<stage>": group_runs}`` for every stage
     with ``resources.group_runs`` > 1 (runs per cluster job)."""
@@ -79,16 +133,23 @@ def group_components(config: dict) -> dict[str, int]:
 def slurm_resources(res: dict) -> dict:
     """Snakemake resources for ``snakemake-executor-plugin-slurm`` (None = not set).
 
-    One node: ``gpu`` (-> ``--gpus``), ``gpu_model``, ``cpus_per_task`` for all processes.
-    Several nodes: ``gpu`` in total, ``nodes``, ``mpi="srun"`` (the plugin then runs the
-    command as is, and :func:`launch_command`'s srun places one task per GPU),
-    ``tasks_per_node`` (or ``tasks`` + ``tasks_per_gpu`` for one GPU per node, which the
-    plugin needs), ``cpus_per_task`` per process.
+    One node: ``gpu`` (-> ``sbatch --gpus=[model:]G``), ``cpus_per_task`` for all processes.
+    Several nodes: ``gres="gpu:[model:]G"`` (-> ``--gres``, per node), ``nodes``, ``mpi="srun"``
+    (the plugin then runs the command as is, and :func:`launch_command`'s srun places one task
+    per GPU with ``--gpus-per-task=1``), ``tasks_per_node`` (-> ``--ntasks-per-node``; with one
+    process per node ``tasks=nodes`` -> ``--ntasks``, as the plugin wants more than one task per
+    node in ``tasks_per_node``), ``cpus_per_task`` per process. ``tasks_per_gpu=0`` keeps the
+    plugin from turning ``tasks`` into ``--ntasks-per-gpu`` on a GPU job (with the old
+    ``--gpus-per-task`` that was "mutually exclusive" for one GPU per node). Every shape of
+    nodes in {1, 2} x GPUs per node in {0, 1, 2, 4} passes ``sbatch --test-only``
+    (tests/integration/test_slurm.py; the sbatch lines are in docs/slurm.md).
     """
     gpus, nodes, nproc = res["gpus"], res["nodes"], res["nproc_per_node"]
+    model = res["gpu_model"] if gpus else None
     out = {
-        "gpu": gpus * nodes or None,
-        "gpu_model": res["gpu_model"] if gpus else None,
+        "gpu": gpus or None,
+        "gpu_model": model,
+        "gres": None,
         "nodes": nodes,
         "cpus_per_task": nproc * res["cpus_per_proc"] if nodes == 1 else res["cpus_per_proc"],
         "mem_mb": res["mem_mb"],
@@ -103,9 +164,10 @@ def slurm_resources(res: dict) -> dict:
     if nodes > 1:
         out["mpi"] = "srun"
         if gpus:
-            out["slurm_extra"] = "--gpus-per-task=1"
+            out["gpu"], out["gpu_model"] = None, None
+            out["gres"] = f"gpu:{model}:{gpus}" if model else f"gpu:{gpus}"
         if nproc == 1:
-            out["tasks"], out["tasks_per_gpu"] = nodes, (1 if gpus else None)
+            out["tasks"], out["tasks_per_gpu"] = nodes, (0 if gpus else None)
         else:
             out["tasks_per_node"] = nproc
     return out
