@@ -162,7 +162,7 @@ def test_depth_warm_start_layers_above_n_layer_is_an_error():
      r"diverge\)"),
     ("[train.lr=3e-3, stages.A.seeds=3", r"set: '\[train.lr=3e-3, stages.A.seeds=3' has no closing '\]': an unclosed "
                                          r"list is read as one string; write the whole list"),
-    ("train.lr=3e-3]", r"set: 'train.lr=3e-3\]' has no opening '\['"),
+    ("train.lr=3e-3]", r"set: 'train.lr=3e-3\]': the '\]' after 'train.lr=3e-3' closes nothing that was opened"),
 ], ids=["unknown_stage", "unknown_variant", "unclosed_list", "unopened_list"])
 def test_set_errors_name_the_entry(value, message):
     config = yaml.safe_load(TINY.read_text())
