@@ -30,7 +30,7 @@ report: "report/workflow.rst"
 # The study files again, read strictly (workflow/study/study_file.py): a key written twice is an
 # error, names stay as written (`123:`, `yes:`), `2e-3` is a number; `--config` values on top.
 reload_study(config, workflow.overwrite_configfiles or workflow.configfiles,
-             workflow.config_settings.overwrite_config)
+             workflow.config_settings.config)
 
 # `set` overrides and the `sweep` grid become plain keys and variants first, so the schema and
 # the study checks below validate them like hand-written ones (workflow/sweep.py).

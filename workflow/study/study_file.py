@@ -34,6 +34,10 @@ _FLOAT_12 = re.compile(r"""^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?
     |\.(?:nan|NaN|NAN))$""", re.X)
 
 
+class _DuplicateKey(Exception):
+    """Internal: raised inside PyYAML's constructor, turned into a ConfigError outside it (a short traceback)."""
+
+
 class StudyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` with YAML 1.2 floats, mapping keys as written (strings) and duplicate
     keys refused (:class:`ConfigError` naming the key and both lines)."""
@@ -69,7 +73,7 @@ def _mapping(loader: StudyLoader, node: yaml.MappingNode) -> dict:
             key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
         if key in out:
-            raise ConfigError(
+            raise _DuplicateKey(
                 f"{key_node.start_mark.name}, line {line}: the key {key!r} is written twice in one mapping "
                 f"(first on line {lines[key]}); YAML would keep only the last one: rename or remove one of them")
         out[key] = loader.construct_object(value_node, deep=True)
@@ -104,6 +108,8 @@ def load_study_text(text: str, name: str = "<study>") -> Any:
         return loader.get_single_data()
     except yaml.YAMLError as err:
         raise _yaml_error(name, err) from None
+    except _DuplicateKey as err:
+        raise ConfigError(str(err)) from None
     finally:
         loader.dispose()
 
