@@ -608,8 +608,8 @@ def _text(*replacements: tuple[str, str]) -> str:
 
 @pytest.mark.parametrize("text, args, expect_ok, expected", [
     (_text(("  lr-1e-4:", "  lr-6e-3:")), (), False,
-     "line 21: the key 'lr-6e-3' is written twice in one mapping (first on line 19); YAML would keep only the last "
-     "one: rename or remove one of them"),
+     "line 21: variants.lr-6e-3 is written twice (first on line 19); YAML would keep only the last one: rename or "
+     "remove one of them"),
     (_text(("  lr-1e-4:", "  123:"), ("  diverge:", "  yes:"), ("  C:\n", "  2:\n"), ("lr: 2.0e-3", "lr: 2e-3")),
      (), True, "rule stage_table:"),
     (_text(), ("set=[stages.A.seeds=3, train.curriculum_block_sizes=[16, 32], train.curriculum_steps=[4]]",),

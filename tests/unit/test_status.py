@@ -38,8 +38,8 @@ def tiny_text() -> str:
      "workflow.status: {path}, line 18, column 1: not valid YAML (found character '\\t' that cannot start any "
      "token): YAML cannot indent with tabs; indent with spaces"),
     (lambda t: t.replace("  lr-1e-4:", "  lr-6e-3:"),
-     "workflow.status: {path}, line 21: the key 'lr-6e-3' is written twice in one mapping (first on line 19); YAML "
-     "would keep only the last one: rename or remove one of them"),
+     "workflow.status: {path}, line 21: variants.lr-6e-3 is written twice (first on line 19); YAML would keep only "
+     "the last one: rename or remove one of them"),
     (lambda t: t.replace("lr: 2.0e-3", "lr: two"),
      "workflow.status: {path}: invalid study config (config/schema.yaml): train.lr = 'two': 'two' is not of type "
      "'number'"),

@@ -21,18 +21,24 @@ pytestmark = pytest.mark.unit
 # ---- duplicate keys ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("text, key, first, second", [
-    ("variants:\n  fast: {}\n  slow: {}\n  fast:\n    train: {lr: 1.0}\n", "fast", 2, 4),
-    ("stages:\n  A: {seeds: 2}\n  A: {seeds: 3}\n", "A", 2, 3),
+    ("variants:\n  fast: {}\n  slow: {}\n  fast:\n    train: {lr: 1.0}\n", "variants.fast", 2, 4),
+    ("stages:\n  A: {seeds: 2}\n  A: {seeds: 3}\n", "stages.A", 2, 3),
     ("study: a\nstudy: b\n", "study", 1, 2),
-    ("train: {lr: 1.0e-3, lr: 2.0e-3}\n", "lr", 1, 1),
+    ("stages:\n  A:\n    train: {lr: 1.0e-3, lr: 2.0e-3}\n", "stages.A.train.lr", 3, 3),
 ], ids=["variant", "stage", "top_level", "flow_mapping"])
 def test_a_key_written_twice_is_an_error_naming_the_file_key_and_both_lines(text, key, first, second, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as err:
         load_study_file(path)
-    assert str(err.value) == (f"{path}, line {second}: the key {key!r} is written twice in one mapping (first on "
-                              f"line {first}); YAML would keep only the last one: rename or remove one of them")
+    assert str(err.value) == (f"{path}, line {second}: {key} is written twice (first on line {first}); YAML would "
+                              "keep only the last one: rename or remove one of them")
+
+
+def test_a_merge_key_may_be_overridden_but_not_written_twice():
+    assert load_study_text("base: &b {lr: 1, wd: 0}\nv:\n  <<: *b\n  lr: 2\n")["v"] == {"lr": 2, "wd": 0}
+    with pytest.raises(ConfigError, match=r"line 5: v.lr is written twice \(first on line 4\)"):
+        load_study_text("base: &b {lr: 1}\nv:\n  <<: *b\n  lr: 2\n  lr: 3\n")
 
 
 # ---- names as written, 2e-3 a number ------------------------------------------------------

@@ -42,6 +42,9 @@ class StudyLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` with YAML 1.2 floats, mapping keys as written (strings) and duplicate
     keys refused (:class:`ConfigError` naming the key and both lines)."""
 
+    #: The dotted path of the mapping being built (for the duplicate-key message).
+    path: list[str] = []
+
 
 # Floats: drop SafeLoader's float resolver (YAML 1.1: a dot is required), add the 1.2 one. Ints
 # keep their resolver, which runs first for digits-only text.
@@ -63,21 +66,29 @@ def _float(loader: StudyLoader, node: yaml.ScalarNode) -> float:
 
 
 def _mapping(loader: StudyLoader, node: yaml.MappingNode) -> dict:
-    loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
+    written = sum(1 for key_node, _ in node.value if key_node.tag != "tag:yaml.org,2002:merge")
+    loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor): their entries first, overridable
+    merged = len(node.value) - written
     out: dict = {}
     lines: dict[str, int] = {}
-    for key_node, value_node in node.value:
+    for index, (key_node, value_node) in enumerate(node.value):
         if isinstance(key_node, yaml.ScalarNode):
             key = key_node.value  # the name as written: '123', 'yes', '2'
         else:
             key = loader.construct_object(key_node, deep=True)
         line = key_node.start_mark.line + 1
-        if key in out:
+        path = loader.path + [str(key)]
+        if key in lines and index >= merged:
             raise _DuplicateKey(
-                f"{key_node.start_mark.name}, line {line}: the key {key!r} is written twice in one mapping "
-                f"(first on line {lines[key]}); YAML would keep only the last one: rename or remove one of them")
-        out[key] = loader.construct_object(value_node, deep=True)
-        lines[key] = line
+                f"{key_node.start_mark.name}, line {line}: {'.'.join(path)} is written twice (first on line "
+                f"{lines[key]}); YAML would keep only the last one: rename or remove one of them")
+        loader.path = path  # the values below name their keys from here
+        try:
+            out[key] = loader.construct_object(value_node, deep=True)
+        finally:
+            loader.path = path[:-1]
+        if index >= merged:
+            lines[key] = line
     return out
 
 
@@ -104,6 +115,7 @@ def load_study_text(text: str, name: str = "<study>") -> Any:
     """
     loader = StudyLoader(text)
     loader.name = name
+    loader.path = []
     try:
         return loader.get_single_data()
     except yaml.YAMLError as err:
