@@ -86,14 +86,16 @@ def _main(args: argparse.Namespace) -> int:
         status = collect()
         console.print(render(status))
         return _problems(status)
+    status = collect()
     try:
-        with Live(render(collect(), args.interval), console=console, auto_refresh=False) as live:
+        with Live(render(status, args.interval), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(args.interval)
-                live.update(render(collect(), args.interval), refresh=True)
+                status = collect()
+                live.update(render(status, args.interval), refresh=True)
     except KeyboardInterrupt:
         pass
-    return 0
+    return _problems(status)  # the last refresh's, once the table stops
 
 
 if __name__ == "__main__":
