@@ -9,6 +9,7 @@ from snakemake.utils import min_version, validate
 
 from workflow.study.overrides import prepare_study
 from workflow.study.schema import validate_study
+from workflow.study.study_file import reload_study
 
 min_version("9.0")
 
@@ -22,6 +23,11 @@ if not workflow.overwrite_configfiles:
 
 report: "report/workflow.rst"
 
+
+# The study files again, read strictly (workflow/study/study_file.py): a key written twice is an
+# error, names stay as written (`123:`, `yes:`), `2e-3` is a number; `--config` values on top.
+reload_study(config, workflow.overwrite_configfiles or workflow.configfiles,
+             workflow.config_settings.config)
 
 # `set` overrides and the `sweep` grid become plain keys and variants first, so the schema and
 # the study checks validate them like hand-written ones (workflow/study/overrides.py).

@@ -33,7 +33,8 @@ import yaml
 
 from workflow.analysis.compute_plan import compute_plan, plan_markdown, planning_vocab_size
 from workflow.core.io import write_json_atomic, write_text_atomic
-from workflow.study.resolve import deep_merge, study_with_defaults
+from workflow.study.resolve import study_with_defaults
+from workflow.study.study_file import load_study_files
 
 
 def load_study(configfiles: list[str], overrides: list[str] | None = None) -> dict:
@@ -43,10 +44,7 @@ def load_study(configfiles: list[str], overrides: list[str] | None = None) -> di
     Raises:
         workflow.study.schema.ConfigError: naming the key at fault.
     """
-    config: dict = {}
-    for path in configfiles:
-        with open(path, encoding="utf-8") as handle:
-            config = deep_merge(config, yaml.safe_load(handle) or {})
+    config = load_study_files(configfiles)  # strict: duplicate keys refused, names as written, 2e-3 a number
     for item in overrides or []:
         key, _, value = item.partition("=")
         config[key] = yaml.safe_load(value)

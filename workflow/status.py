@@ -9,7 +9,9 @@ CLI::
 folders, gates and verdict of ``{results_dir}/{study}`` under ``--directory`` (Snakemake's working
 directory; default: here) and asks the scheduler (this machine's processes; ``sacct`` for the SLURM
 jobs the logs name), so it works beside a running Snakemake, after a crash and before a study starts.
-Exit status: 0; 1 when the study is invalid (the message names the key).
+Exit status: 0; 1 when the study is invalid (the message names the key and file), ``--directory``
+does not exist, or a file of the results is corrupt (one line each, naming the file; the table is
+still printed). A missing results folder is said in one line. Never a traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import argparse
 import json
 import sys
 import time
+import traceback
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -48,35 +52,56 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     try:
-        config = load_study(args.configfile, parse_config_args(args.config), args.directory)
+        return _main(args)
+    except KeyboardInterrupt:
+        return 130
     except (ConfigError, ValueError, OSError) as err:
-        print(f"workflow.status: {err}", file=sys.stderr)
+        print("workflow.status: " + " ".join(str(err).split()), file=sys.stderr)
         return 1
+    except Exception as err:  # never a traceback: one line, with where it came from
+        frame = traceback.extract_tb(err.__traceback__)[-1]
+        print(f"workflow.status: {type(err).__name__}: {err} (in {Path(frame.filename).name}, line {frame.lineno}; "
+              "a file of the results may be corrupt)".replace("\n", " "), file=sys.stderr)
+        return 1
+
+
+def _problems(status: dict) -> int:
+    """Print the status's problems (corrupt files, a missing results folder) one line each."""
+    for line in status.get("problems") or []:
+        print(f"workflow.status: {line}", file=sys.stderr)
+    return 1 if any("corrupt" in line for line in status.get("problems") or []) else 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    config = load_study(args.configfile, parse_config_args(args.config), args.directory)
 
     def collect() -> dict:
         return study_status(config, args.directory, scheduler=not args.files_only, stale_after_s=args.stale_after)
 
     if args.json:
-        print(json.dumps(collect(), indent=1))
-        return 0
+        status = collect()
+        print(json.dumps(status, indent=1))
+        return _problems(status)
     if args.watch and not sys.stdout.isatty():
         print("workflow.status: --watch needs a terminal; printing the status once", file=sys.stderr)
         args.watch = False
+    status = collect()
     if not args.watch:
         if sys.stdout.isatty():
-            Console().print(render(collect()))
+            Console().print(render(status))
         else:  # piped: plain lines without the padding to the table width
-            sys.stdout.write(plain_text(render(collect())))
-        return 0
+            sys.stdout.write(plain_text(render(status)))
+        return _problems(status)
     console = Console()
     try:
-        with Live(render(collect(), args.interval), console=console, auto_refresh=False) as live:
+        with Live(render(status, args.interval), console=console, auto_refresh=False) as live:
             while True:
                 time.sleep(args.interval)
-                live.update(render(collect(), args.interval), refresh=True)
+                status = collect()
+                live.update(render(status, args.interval), refresh=True)
     except KeyboardInterrupt:
         pass
-    return 0
+    return _problems(status)  # the last refresh's, once the table stops
 
 
 if __name__ == "__main__":

@@ -592,3 +592,42 @@ def test_kill_9_of_snakemake_mid_training_with_warm_start_then_rerun_is_exact(sh
             (b["final_val_loss"], b["final_train_loss"], b["final_step"]) and a["final_step"] == 150
         assert rows_without_timings(killed / run / "metrics.jsonl") == rows_without_timings(reference / run / "metrics.jsonl")
     assert _wait_until_gone(marker, timeout=10) == []
+
+
+# Third round, through the real parse (`snakemake -n`): the study file as written by hand (text
+# edits of tests/configs/tiny.yaml, so YAML's traps stay in the file), set= with list values, and
+# a warning. The messages themselves (and the settings that can never work) are checked in tests/unit
+# (test_study_study_file.py, test_study_checks.py); here: they reach the user, before any job.
+def _text(*replacements: tuple[str, str]) -> str:
+    text = TINY.read_text()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.mark.parametrize("text, args, expect_ok, expected", [
+    (_text(("  lr-1e-4:", "  lr-6e-3:")), (), False,
+     "line 21: variants.lr-6e-3 is written twice (first on line 19); YAML would keep only the last one: rename or "
+     "remove one of them"),
+    (_text(("  lr-1e-4:", "  123:"), ("  diverge:", "  yes:"), ("  C:\n", "  2:\n"), ("lr: 2.0e-3", "lr: 2e-3")),
+     (), True, "rule stage_table:"),
+    (_text(), ("set=[stages.A.seeds=3, train.curriculum_block_sizes=[16, 32], train.curriculum_steps=[4]]",),
+     True, '"curriculum_block_sizes": [16, 32], "curriculum_fractions": null, "curriculum_min_delta": 0.0, '
+           '"curriculum_patience": 2, "curriculum_steps": [4]'),
+    (_text(("gate: {rule: top_k, k: 1}", "gate: {rule: top_k, k: 1, pivot: true}")), (), True,
+     "WARNING: stages.A.gate.pivot: true, but a pivot runs the next-best variant of the previous gate"),
+], ids=["duplicate_variant", "typed_names_and_2e-3", "set_list_values", "pivot_first_gate"])
+def test_hand_written_traps_stop_or_warn_at_parse(text, args, expect_ok, expected, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    proc = snakemake(tmp_path, "-n", "--configfile", str(path), "--config", "mirror=../shared/data", *args, check=False)
+    if "seeds=3" in " ".join(args):
+        assert "stage_A/baseline/seed_1339" in proc.stdout
+    out = proc.stdout + proc.stderr
+    assert (proc.returncode == 0) == expect_ok, out[-4000:]
+    assert "InputFunctionException" not in out and "TypeError" not in out
+    assert expected in out, out[-4000:]
+    if not expect_ok:
+        assert len(out.splitlines()) < 40, out
+        assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()

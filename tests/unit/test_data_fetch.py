@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -162,3 +163,30 @@ def test_cli_errors_are_one_line(tmp_path, repo_root):
     assert "unknown source 'nosuch'" in proc.stderr and "tinyshakespeare" in proc.stderr
     proc = _cli("--source", "tinyshakespeare", "--file", "input.txt", "--out", str(tmp_path / "y"), env=env)
     assert proc.returncode == 1 and "no such file" in proc.stderr
+
+
+def test_a_host_that_does_not_resolve_names_the_mirror_setting_in_the_last_line(repo_root, tmp_path):
+    """Offline (or a mistyped host): one retry, not five, and the last line says where the mirror goes."""
+    url = "http://nonexistent.invalid/tinyshakespeare/input.txt"
+    out = tmp_path / "raw" / "input.txt"
+    proc = subprocess.run([sys.executable, "-m", "workflow.download", "--url", url, "--out", str(out), "--retries", "5",
+                           "--backoff", "0.01", "--no-progress"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(repo_root)})
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == (
+        f"error: {url}: giving up after 2 attempts: cannot resolve the host 'nonexistent.invalid' (no network here, "
+        "or a wrong host name): download the file elsewhere and give its folder as the mirror, snakemake --config "
+        "mirror=FOLDER (FOLDER/<source>/<file>, e.g. FOLDER/tinyshakespeare/input.txt), or set $STAGERUN_MIRROR=FOLDER")
+    assert sum("retry" in line for line in lines) == 1
+    assert not out.exists()
+
+
+def test_other_connection_failures_keep_their_retries(tmp_path):
+    """A refused connection on loopback (nothing listens) is not a name problem: all retries, no mirror hint."""
+    with socket.socket() as sock:  # a free port, closed again: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DownloadError) as err:
+        download(f"http://127.0.0.1:{port}/x", tmp_path / "x", retries=2, backoff=0.01, progress=False)
+    assert "giving up after 3 attempts" in str(err.value) and "mirror" not in str(err.value)

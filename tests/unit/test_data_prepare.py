@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from workflow.data.fetch import fetch_source_file
-from workflow.data.prepare import prepare
+from workflow.data.prepare import prepare, split_text
 from workflow.data.datasets.fineweb import read_fineweb_header
 from workflow.data.tokenizers import GPT2Tokenizer
 from workflow.data.writers import DataError
@@ -248,3 +248,28 @@ def test_multi30k_over_loopback(shared_data_server, shared_data, raw_copy, tmp_p
     with gzip.open(shared_data / "multi30k" / "test_2016_flickr.en.gz", "rt") as f_en, \
             gzip.open(shared_data / "multi30k" / "test_2016_flickr.de.gz", "rt") as f_de:
         assert first_pair == f_en.readline().rstrip("\n") + "\n" + f_de.readline().rstrip("\n")
+
+
+@pytest.mark.parametrize("fraction, spec", [
+    (0.9, "first 90 % of characters train, last 10 % val (nanoGPT shakespeare_char)"),
+    (0.5, "first 50 % of characters train, last 50 % val"),
+], ids=["default", "half"])
+def test_meta_json_split_text_follows_train_fraction(fraction, spec, raw_copy, tmp_path):
+    raw = raw_copy("tinyshakespeare", "input.txt")
+    meta = prepare("shakespeare_char", raw, tmp_path / "tokens", {"train_fraction": fraction})
+    assert meta["split_spec"] == spec
+    assert json.loads((tmp_path / "tokens" / "meta.json").read_text())["split_spec"] == spec
+    sizes = {s: (tmp_path / "tokens" / f"{s}.bin").stat().st_size for s in ("train", "val")}
+    assert sizes["train"] / (sizes["train"] + sizes["val"]) == pytest.approx(fraction, abs=1e-3)
+
+
+@pytest.mark.parametrize("dataset, options, spec", [
+    ("shakespeare_gpt2", {"train_fraction": 0.75}, "first 75 % of characters train, last 25 % val, each encoded"),
+    ("enwik8", {"fractions": [0.8, 0.1, 0.1]}, "bytes: first 80 % train, next 10 % val, last 10 % test"),
+    ("custom_text", {"val_fraction": 0.2},
+     "documents (separated by blank lines) in sorted file order: first 80 % train, last 20 % val"),
+    ("openwebtext", {"val_fraction": 0.01}, "datasets train_test_split(test_size=0.01, seed=2357) of documents"),
+    ("enwik8", {"fractions": [0.9, 0.05, 0.05]}, "bytes: first 90 % train, next 5 % val, last 5 % test (90M/5M/5M)"),
+])
+def test_split_text_of_every_dataset_with_split_options(dataset, options, spec):
+    assert split_text(dataset, options) == spec

@@ -16,6 +16,7 @@ import dataclasses
 import fnmatch
 import glob
 import io
+import inspect
 import re
 import subprocess
 import tomllib
@@ -137,6 +138,7 @@ def _snakemake_workflow_attributes() -> frozenset[str]:
     import snakemake.api  # noqa: F401  (deferred heavy import: snakemake.workflow imports through it)
     from snakemake.workflow import Workflow
     names = set(dir(Workflow))
+    names |= set(re.findall(r"self\.([A-Za-z_]\w*)\s*[:=]", inspect.getsource(Workflow)))  # set in __init__
     if dataclasses.is_dataclass(Workflow):
         names |= {f.name for f in dataclasses.fields(Workflow)}
     return frozenset(names)

@@ -81,7 +81,7 @@ def test_common_smk_holds_paths_and_input_functions_only():
 
 @pytest.mark.parametrize("marker, home", [
     (r"os\.environ\.update|os\.environ\[", "env.smk"),
-    (r"check_study\(|check_model_configs\(|check_trainers\(|format_plan\(", "checks.smk"),
+    (r"check_study\(|check_model_configs\(|check_trainers\(|format_printed_plan\(", "checks.smk"),
     (r"resource_scopes:|group_settings|register_resource", "resources.smk"),
     (r"naive_compute\(", "resources.smk"),  # the price of a stage's hour, for a gate that may pivot
     (r"^rule all:", "../Snakefile"),

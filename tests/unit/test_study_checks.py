@@ -25,6 +25,7 @@ from workflow.study.overrides import prepare_study
 from workflow.study.printed_plan import format_printed_plan
 from workflow.study.resolve import run_config
 from workflow.study.schema import ConfigError
+from workflow.study.trainer_section import TrainerConfigError, check_placeholders, check_section
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
@@ -207,7 +208,7 @@ def test_depth_warm_start_layers_above_n_layer_is_an_error():
      r"diverge\)"),
     ("[train.lr=3e-3, stages.A.seeds=3", r"set: '\[train.lr=3e-3, stages.A.seeds=3' has no closing '\]': an unclosed "
                                          r"list is read as one string; write the whole list"),
-    ("train.lr=3e-3]", r"set: 'train.lr=3e-3\]' has no opening '\['"),
+    ("train.lr=3e-3]", r"set: 'train.lr=3e-3\]': the '\]' after 'train.lr=3e-3' closes nothing that was opened"),
 ], ids=["unknown_stage", "unknown_variant", "unclosed_list", "unopened_list"])
 def test_set_errors_name_the_entry(value, message):
     config = yaml.safe_load(TINY.read_text())
@@ -221,3 +222,95 @@ def test_set_still_changes_existing_stages_and_variants():
     config = study(set=["stages.C.seeds=4", "variants.lr-6e-3.train.lr=0.5", "[train.lr=1e-3]"[1:-1]])
     assert config["stages"]["C"]["seeds"] == 4 and config["variants"]["lr-6e-3"]["train"]["lr"] == 0.5
     assert json.dumps(sorted(config["stages"])) == '["A", "B", "C"]'
+
+
+# ---- third round: settings that can never work, trainer hints -------------------------------
+
+def _set(path: str, value):
+    def edit(config):
+        node = config
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return edit
+
+
+@pytest.mark.parametrize("path, value, message", [
+    ("verdict.winners", "target",
+     "verdict.winners: 'target' needs verdict.target_val_loss (a winner must beat it), but the study sets none: set "
+     "verdict.target_val_loss (e.g. 3.28), or winners: baseline"),
+    ("verdict.winners", "both", "verdict.winners: 'both' needs verdict.target_val_loss"),
+    ("stages.A.gate.min_successful_runs", 3,
+     "stages.A.gate.min_successful_runs: 3, but stage A runs 2 seed(s) per variant (stages.A.seeds): no variant can "
+     "pass the gate, so stage A would train for nothing; set min_successful_runs <= 2 or seeds >= 3"),
+    ("datasets.multi30k_en_de.pair_format", "{x}\n{de}",
+     "datasets.multi30k_en_de.pair_format: '{x}\\n{de}' names the field {x}, but a pair has only {en} (the English "
+     "sentence) and {de} (the German one); write {{ and }} for literal braces"),
+    ("datasets.multi30k_en_de.pair_format", "{en",
+     "datasets.multi30k_en_de.pair_format: '{en': expected '}' before end of string (write {{ and }} for literal "
+     "braces)"),
+], ids=["winners_target", "winners_both", "min_successful_runs", "pair_format_field", "pair_format_brace"])
+def test_settings_that_can_never_work_stop_before_any_job(path, value, message):
+    def edit(config):
+        config["verdict"].pop("target_val_loss", None)
+        _set(path, value)(config)
+    config = study(edit=edit)
+    with pytest.raises(ConfigError) as err:
+        check_study(config)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_pair_format_with_its_own_fields_and_literal_braces_passes():
+    check_study(study(edit=_set("datasets.multi30k_en_de.pair_format", "{{en}}: {en}\n{de}")))
+
+
+@pytest.mark.parametrize("edit, warning", [
+    (_set("stages.A.gate.pivot", True),
+     "stages.A.gate.pivot: true, but a pivot runs the next-best variant of the previous gate, and A is the first "
+     "stage: it has no previous gate, so the setting does nothing (set pivot on a later gate)"),
+    (_set("stages.A.seeds", 1),
+     "stages.A.gate.min_successful_runs: 2, but stage A runs 1 seed(s) per variant: no variant can pass the gate; "
+     "set gate.min_successful_runs: 1 or seeds >= 2"),
+], ids=["pivot_on_first_gate", "default_min_successful_runs"])
+def test_legal_but_unmeant_gates_warn_with_the_plan(edit, warning):
+    config = study(edit=edit)
+    check_study(config)  # legal
+    assert warning in plan_warnings(config)
+    assert f"WARNING: {warning}" in format_printed_plan(config)
+
+
+def test_the_tiny_study_has_no_gate_warning():
+    assert not [w for w in plan_warnings(study()) if ".gate." in w]
+
+
+@pytest.mark.parametrize("written, known", [
+    ("max_iters", "num_iterations"), ("lr_decay_iters", "num_iterations"), ("eval_interval", "val_loss_every"),
+    ("learning_rate", "lr"), ("warmup_steps", "warmup_iters"), ("num_iterationz", "num_iterations"),
+])
+def test_placeholder_hint_names_the_documented_train_key(written, known):
+    train = run_config(study(), "A", "baseline", 1337)["train"]
+    with pytest.raises(TrainerConfigError) as err:
+        check_placeholders({"script": "train.py", "args": [f"--x={{{written}}}"]}, train, "stages.A + variants.v")
+    assert str(err.value).startswith(f"stages.A + variants.v.trainer.args[0]: unknown placeholder {{{written}}} in "
+                                      f"'--x={{{written}}}'; did you mean {{{known}}}?"), str(err.value)
+
+
+@pytest.mark.parametrize("pattern, error", [
+    (r"(val) loss ([0-9.]+)",
+     "stages.A + variants.v.trainer.metrics.regex.val_loss: '(val) loss ([0-9.]+)' has 2 groups and none named "
+     "val_loss, so group 1 '(val)' would be read as val_loss; name the value's group, "
+     "(?P<val_loss>[-+0-9.eE]+|nan|inf), or make the others non-capturing, (?:...)"),
+    (r"(?P<split>val) loss ([0-9.]+)", "has 2 groups and none named val_loss, so group 1 '(?P<split>val)' would be read"),
+    (r"val loss ([0-9.]+)", None),
+    (r"(val) loss (?P<val_loss>[0-9.]+)", None),
+    (r"(?:val) loss ([0-9.]+)", None),
+], ids=["two_unnamed", "other_name", "one_group", "named", "non_capturing"])
+def test_a_metrics_regex_names_the_group_it_reads(pattern, error):
+    trainer = {"script": "train.py", "launcher": "python", "metrics": {"regex": {"val_loss": pattern}}}
+    if error is None:
+        check_section(trainer, "stages.A + variants.v")
+        return
+    with pytest.raises(TrainerConfigError) as err:
+        check_section(trainer, "stages.A + variants.v")
+    assert error in str(err.value)

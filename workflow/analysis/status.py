@@ -52,6 +52,7 @@ Torch-free; the only third-party imports are yaml, psutil (processes) and rich (
 from __future__ import annotations
 
 import datetime
+import json
 import itertools
 import os
 import shutil
@@ -60,15 +61,12 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-import yaml
-
 from workflow.analysis.status_runs import (
     STALE_AFTER_S,
     STATES,
     RunStatus,
     attempt_logs,
     log_slurm_job,
-    read_json_or_none,
     run_status,
 )
 from workflow.analysis.status_scheduler import run_comment, sacct_jobs, scan_processes, squeue_jobs
@@ -76,20 +74,30 @@ from workflow.analysis.status_view import render
 from workflow.data.registry import study_meta_path
 from workflow.study.gate_rules import most_advancing
 from workflow.study.length import run_steps, study_train_tokens
-from workflow.study.overrides import parse_value, prepare_study
+from workflow.core.io import read_json
+from workflow.study.overrides import cli_value, prepare_study
 from workflow.study.resolve import deep_merge, run_config, stage_order, stage_seeds, study_with_defaults
+from workflow.study.schema import ConfigError
+from workflow.study.study_file import load_study_file
 
-__all__ = ["POLL_INTERVAL_S", "STALE_AFTER_S", "STATES", "load_study", "parse_config_args", "render", "study_status"]
+__all__ = ["POLL_INTERVAL_S", "StatusFileError", "STALE_AFTER_S", "STATES", "load_study", "parse_config_args", "render", "study_status"]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_STUDY = "config/config.yaml"
 #: Default seconds between refreshes of ``--watch`` (each refresh: the run folders + one sacct call).
 POLL_INTERVAL_S = 5.0
 
+
+class StatusFileError(ValueError):
+    """A file of the study's results that exists but cannot be what it should be (corrupt JSON,
+    wrong types); the message names the file, what is wrong and what to do."""
+
+
 # --------------------------------------------------------------------------- the study
 
 def parse_config_args(items: Iterable[str]) -> dict:
-    """Snakemake's ``--config KEY=VALUE ...``: top-level keys, values parsed as YAML.
+    """Snakemake's ``--config KEY=VALUE ...``: top-level keys, values read as Snakemake reads them
+    (:func:`workflow.study.overrides.cli_value`).
 
     Raises:
         ValueError: an item without ``=``.
@@ -99,7 +107,7 @@ def parse_config_args(items: Iterable[str]) -> dict:
         if "=" not in item:
             raise ValueError(f"--config {item!r}: expected KEY=VALUE")
         key, text = item.split("=", 1)
-        out[key.strip()] = parse_value(text)
+        out[key.strip()] = cli_value(text)
     return out
 
 
@@ -111,20 +119,30 @@ def load_study(configfiles: Iterable[str | os.PathLike] = (), overrides: dict | 
     sweep (:func:`workflow.study.overrides.prepare_study`), the schema checks and its defaults.
 
     Raises:
-        workflow.study.schema.ConfigError: the study is invalid (naming the key).
+        workflow.study.schema.ConfigError: the study is invalid (naming the key), a study file is
+            not valid YAML or writes a key twice (naming the file and line), ``directory`` or a
+            study file does not exist.
         OSError: a study file cannot be read.
     """
+    if not Path(directory).is_dir():
+        raise ConfigError(f"--directory {str(directory)!r} does not exist (it is Snakemake's --directory: the "
+                          "folder that holds results_dir)")
     files = [Path(f) for f in configfiles]
+    for path in files:
+        if not path.is_file():
+            raise ConfigError(f"--configfile {str(path)!r}: no such file")
     if not files:
         default = Path(directory) / DEFAULT_STUDY
         files = [default if default.is_file() else REPO_ROOT / DEFAULT_STUDY]
     config: dict = {}
     for path in files:
-        with open(path, encoding="utf-8") as handle:
-            config = deep_merge(config, yaml.safe_load(handle) or {})
+        config = deep_merge(config, load_study_file(path))
     config = deep_merge(config, overrides or {})
-    prepare_study(config)
-    return study_with_defaults(config)
+    try:
+        prepare_study(config)
+        return study_with_defaults(config)
+    except ConfigError as err:
+        raise ConfigError(f"{', '.join(map(str, files))}: {err}") from None
 
 
 def results_folder(config: dict, directory: str | os.PathLike = ".") -> Path:
@@ -132,12 +150,42 @@ def results_folder(config: dict, directory: str | os.PathLike = ".") -> Path:
     return Path(directory) / config["results_dir"] / config["study"]
 
 
+def read_decision(path: Path, what: str) -> dict | None:
+    """A gate decision or the verdict (``what`` names it), None while the file does not exist.
+
+    Raises:
+        StatusFileError: the file exists but is not JSON, or not a decision (``advanced`` /
+            ``winners`` not a list of names, ``ranking`` / ``results`` not a list of rows);
+            naming the file, what is wrong and how to make it again.
+    """
+    if not path.is_file():
+        return None
+    redo = f"delete it and run snakemake again to make the {what} again from its runs"
+    try:
+        data = read_json(path)
+    except (OSError, ValueError) as err:
+        raise StatusFileError(f"{path}: corrupt, not JSON ({str(err).replace(f'{path}: ', '')}); {redo}") from None
+    if not isinstance(data, dict):
+        raise StatusFileError(f"{path}: corrupt, a {type(data).__name__}, not the {what}'s JSON object; {redo}")
+    names, rows = ("winners", "results") if what == "verdict" else ("advanced", "ranking")
+    for key, kind in ((names, str), (rows, dict)):
+        value = data.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
+            expected = "a list of variant names" if kind is str else "a list of rows (JSON objects)"
+            raise StatusFileError(f"{path}: corrupt, {key} is {json.dumps(value)[:60]}, not {expected}; {redo}")
+    return data
+
+
 def gate_decision(results: Path, stage: str) -> dict | None:
     """The final decision of ``stage``'s gate (the pivot gate's when the gate pivoted), None until
-    it is known (rules/common.smk ``gate_decision``)."""
-    decision = read_json_or_none(results / "gates" / f"gate_{stage}.json")
+    it is known (rules/common.smk ``gate_decision``).
+
+    Raises:
+        StatusFileError: a gate file exists but is corrupt (:func:`read_decision`).
+    """
+    decision = read_decision(results / "gates" / f"gate_{stage}.json", f"gate {stage} decision")
     if decision is not None and (decision.get("pivot") or {}).get("run"):
-        decision = read_json_or_none(results / "gates" / f"gate_{stage}_pivot.json")
+        decision = read_decision(results / "gates" / f"gate_{stage}_pivot.json", f"gate {stage} pivot decision")
     return decision
 
 
@@ -146,7 +194,7 @@ def stage_pivot(config: dict, results: Path, stage: str) -> str | None:
     gate = config["stages"][stage].get("gate")
     if not gate or not gate.get("pivot"):
         return None
-    pivot = (read_json_or_none(results / "gates" / f"gate_{stage}.json") or {}).get("pivot") or {}
+    pivot = (read_decision(results / "gates" / f"gate_{stage}.json", f"gate {stage} decision") or {}).get("pivot") or {}
     return pivot.get("variant") if pivot.get("run") else None
 
 
@@ -193,16 +241,20 @@ def _planned_total(config: dict, stage: str, variant: str, train_tokens: int | N
         return None
 
 
-def _gate_entry(results: Path, stage: str) -> dict | None:
-    first = read_json_or_none(results / "gates" / f"gate_{stage}.json")
-    if not isinstance(first, dict):
+def _gate_entry(results: Path, stage: str, problems: list[str]) -> dict | None:
+    try:
+        first = read_decision(results / "gates" / f"gate_{stage}.json", f"gate {stage} decision")
+        pivot = (first or {}).get("pivot") or {}
+        second = None
+        if pivot.get("run"):
+            second = read_decision(results / "gates" / f"gate_{stage}_pivot.json", f"gate {stage} pivot decision")
+    except StatusFileError as err:
+        if str(err) not in problems:  # also found while listing the stage's variants
+            problems.append(str(err))
         return None
-    entries = [first]
-    pivot = first.get("pivot") or {}
-    if pivot.get("run"):
-        second = read_json_or_none(results / "gates" / f"gate_{stage}_pivot.json")
-        if isinstance(second, dict):
-            entries.append(second)
+    if first is None:
+        return None
+    entries = [first] + ([second] if second is not None else [])
     out = []
     for i, decision in enumerate(entries):
         params = decision.get("params") or {}
@@ -222,9 +274,13 @@ def _gate_entry(results: Path, stage: str) -> dict | None:
     return {"stage": stage, "decisions": out}
 
 
-def _verdict_entry(results: Path) -> dict | None:
-    verdict = read_json_or_none(results / "verdict.json")
-    if not isinstance(verdict, dict):
+def _verdict_entry(results: Path, problems: list[str]) -> dict | None:
+    try:
+        verdict = read_decision(results / "verdict.json", "verdict")
+    except StatusFileError as err:
+        problems.append(str(err))
+        return None
+    if verdict is None:
         return None
     rule = verdict.get("winners_rule")
     return {
@@ -247,7 +303,7 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
         {"sacct": bool, "jobs": n} | None, "totals": {state: n}, "stages": [{"stage", "variants"
         (None: after a gate), "waiting_for", "seeds", "runs", "most_runs", "counts": {state: n},
         "gate"}], "runs": [RunStatus as dicts, every run of the known stages], "gates": [...],
-        "verdict": {...} | None}``.
+        "verdict": {...} | None, "problems": [one line per corrupt file or missing folder]}``.
     Args:
         scheduler: also ask the scheduler (processes of this machine, sacct); False: files only.
     """
@@ -257,9 +313,18 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
     stages = stage_order(config)
     processes = scan_processes() if scheduler else None
 
+    problems: list[str] = []
+    if not results.is_dir():
+        problems.append(f"{results}: the results folder does not exist: the study has not started here, or "
+                        "--directory / results_dir / study is not the one Snakemake ran with")
     plan = []
     for stage in stages:
-        variants, waiting = stage_variants(config, results, stage)
+        try:
+            variants, waiting = stage_variants(config, results, stage)
+        except StatusFileError as err:  # a corrupt gate file: its stage's variants are not known
+            if str(err) not in problems:
+                problems.append(str(err))
+            variants, waiting = None, f"gate {stages[stages.index(stage) - 1]} (its decision file is corrupt)"
         plan.append((stage, variants, waiting))
     # SLURM job ids the logs name (one sacct call for all of them)
     job_ids = []
@@ -317,8 +382,9 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
         "totals": totals,
         "stages": stage_rows,
         "runs": [asdict(rs) | {"name": rs.name} for rs in runs],
-        "gates": [g for stage in stages[:-1] if (g := _gate_entry(results, stage))],
-        "verdict": _verdict_entry(results),
+        "gates": [g for stage in stages[:-1] if (g := _gate_entry(results, stage, problems))],
+        "verdict": _verdict_entry(results, problems),
+        "problems": problems,
     }
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 import urllib.parse
@@ -14,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import requests
+import urllib3
 from tqdm import tqdm
 
 from workflow.core.io import sha256_file
@@ -41,7 +43,43 @@ class SizeError(DownloadError):
 
 
 class _Retryable(Exception):
-    """Internal: a transient failure worth another attempt."""
+    """Internal: a transient failure worth another attempt (``host``: the host name that did not
+    resolve, when that was the failure)."""
+
+    def __init__(self, message: str, host: str | None = None):
+        super().__init__(message)
+        self.host = host
+
+
+#: Attempts for a host name that does not resolve: one retry (a DNS hiccup); a machine without
+#: network does not get one within the backoff of the other failures.
+DNS_RETRIES = 1
+
+
+def unresolved_host(err: BaseException) -> str | None:
+    """The host name a requests / urllib3 error failed to resolve (DNS), None for other errors."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, urllib3.exceptions.NameResolutionError):
+            return getattr(e, "host", None) or getattr(getattr(e, "conn", None), "host", None) or "?"
+        if isinstance(e, socket.gaierror):
+            return "?"
+        stack += [e.__cause__, e.__context__, getattr(e, "reason", None),
+                  *[a for a in e.args if isinstance(a, BaseException)]]
+    return None
+
+
+def mirror_hint(url: str, host: str | None) -> str:
+    """The end of a download error for a host that does not resolve: where the ``mirror`` setting goes."""
+    name = host if host and host != "?" else urllib.parse.urlparse(url).hostname
+    return (f"cannot resolve the host {name!r} (no network here, or a wrong host name): download the file "
+            "elsewhere and give its folder as the mirror, snakemake --config mirror=FOLDER (FOLDER/<source>/<file>, "
+            f"e.g. FOLDER/tinyshakespeare/input.txt), or set ${MIRROR_ENV}=FOLDER")
 
 
 def part_path(dest: str | os.PathLike) -> Path:
@@ -134,7 +172,7 @@ def _fetch_http_once(session: requests.Session, url: str, part: Path, timeout: f
     try:
         response = session.get(url, headers=headers, stream=True, timeout=timeout)
     except (requests.ConnectionError, requests.Timeout) as err:
-        raise _Retryable(f"{type(err).__name__}: {err}") from err
+        raise _Retryable(f"{type(err).__name__}: {err}", unresolved_host(err)) from err
     with response:
         status = response.status_code
         if status == 416 and have:
@@ -259,6 +297,9 @@ def download(
                 _verify(url, part, sha256, expected_bytes)
                 break
             except _Retryable as err:
+                if err.host is not None and attempt >= min(retries, DNS_RETRIES):
+                    raise DownloadError(f"{url}: giving up after {attempt + 1} attempts: "
+                                        f"{mirror_hint(url, err.host)}") from None
                 if attempt >= retries:
                     raise DownloadError(f"{url}: giving up after {attempt + 1} attempts: {err}") from None
                 delay = backoff * (2 ** attempt)

@@ -17,6 +17,40 @@ from workflow.data.registry import dataset_options, get_dataset, get_source, tok
 from workflow.data.writers import DataError, gpt2_ranks_path, verify_raw_files
 
 
+def _pct(fraction: float) -> str:
+    return f"{float(fraction) * 100:g} %"
+
+
+#: The split recipe of a dataset whose split options differ from the defaults (the registry's
+#: ``split_spec`` describes the defaults, and is written unchanged for them).
+_SPLIT_TEXT = {
+    "shakespeare_char": lambda o: (f"first {_pct(o['train_fraction'])} of characters train, last "
+                                   f"{_pct(1 - float(o['train_fraction']))} val"),
+    "shakespeare_gpt2": lambda o: (f"first {_pct(o['train_fraction'])} of characters train, last "
+                                   f"{_pct(1 - float(o['train_fraction']))} val, each encoded"),
+    "enwik8": lambda o: "bytes: first {} train, next {} val, last {} test".format(*map(_pct, o["fractions"])),
+    "custom_text": lambda o: (f"documents (separated by blank lines) in sorted file order: first "
+                              f"{_pct(1 - float(o['val_fraction']))} train, last {_pct(o['val_fraction'])} val"),
+    "openwebtext": lambda o: (f"datasets train_test_split(test_size={o['val_fraction']}, seed={o['seed']}) of "
+                              "documents"),
+}
+
+
+def split_text(dataset: str, options: Mapping[str, Any] | None = None) -> str:
+    """The split recipe meta.json records for ``dataset`` tokenized with ``options``: the registry's
+    ``split_spec`` for the default split options, else the recipe with the study's fractions.
+
+    Raises:
+        UnknownNameError: unknown dataset or option.
+    """
+    ds = get_dataset(dataset)
+    opts = dataset_options(dataset, options)
+    keys = [k for k in ("train_fraction", "val_fraction", "fractions", "seed") if k in ds.defaults]
+    if dataset not in _SPLIT_TEXT or all(opts[k] == ds.defaults[k] for k in keys):
+        return ds.split_spec
+    return _SPLIT_TEXT[dataset](opts)
+
+
 def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike,
             options: Mapping[str, Any] | None = None, *, tokenizer_file: str | None = None,
             workers: int | None = None) -> dict:
@@ -55,7 +89,7 @@ def prepare(dataset: str, raw_dir: str | os.PathLike, out_dir: str | os.PathLike
     ranks = gpt2_ranks_path(raw_dir, tokenizer_file) if ds.needs_gpt2_ranks else None
     verify_raw_files(get_source(ds.source) if ds.source is not None else None, raw_dir, opts, ranks)
     body = ds.prepare(raw_dir, out_dir, opts, tokenizer_file=tokenizer_file, workers=workers)
-    meta = {"dataset": dataset, "split_spec": ds.split_spec, **body}
+    meta = {"dataset": dataset, "split_spec": split_text(dataset, opts), **body}
     meta["options"] = {k: v for k, v in opts.items() if k != "mirror"}
     write_json_atomic(out_dir / "meta.json", meta)
     return meta

@@ -13,6 +13,7 @@ Merge order of ``model``: study ``model`` < variant ``model``.
 from __future__ import annotations
 
 import os
+import string
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -64,9 +65,11 @@ def check_study(config: dict) -> None:
         if name not in DATASETS:
             raise ConfigError(f"datasets.{name}: {name!r} is not a known dataset (known: {', '.join(sorted(DATASETS))})")
         try:
-            dataset_options(name, options)
+            opts = dataset_options(name, options)
         except UnknownNameError as err:
             raise ConfigError(str(err)) from None
+        if "pair_format" in (options or {}):
+            check_pair_format(opts["pair_format"], f"datasets.{name}.pair_format")
     if config["baseline"] not in config["variants"]:
         raise ConfigError(
             f"baseline: {config['baseline']!r} is not one of the variants ({', '.join(config['variants'])})"
@@ -83,6 +86,7 @@ def check_study(config: dict) -> None:
         problem = gate_rule(gate["rule"]).check(gate, ranked)
         if problem:
             raise ConfigError(f"stages.{stage}.gate.{problem}")
+    check_gates_and_verdict(config)
     stride = config.get("seed_stride", load_schema()["properties"]["seed_stride"]["default"])
     for stage in stages:
         if config["stages"][stage]["seeds"] > stride:
@@ -93,6 +97,55 @@ def check_study(config: dict) -> None:
         stage_resources(config, stage)
         for variant in config["variants"]:
             run_config(config, stage, variant, stage_seeds(config, stage)[0])
+
+
+#: The fields of a pair_format (workflow/data/datasets/multi30k.py formats each pair with them).
+PAIR_FIELDS = ("en", "de")
+
+
+def check_pair_format(text, key: str) -> None:
+    """``pair_format`` names only ``{en}`` and ``{de}`` (``{{``/``}}``: literal braces).
+
+    Raises:
+        ConfigError: naming the key, the value and the field (or the brace) at fault.
+    """
+    if not isinstance(text, str):
+        raise ConfigError(f"{key}: {text!r} is not a string (e.g. '{{en}}\\n{{de}}')")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as err:
+        raise ConfigError(f"{key}: {text!r}: {err} (write {{{{ and }}}} for literal braces)") from None
+    for field in fields:
+        if field not in PAIR_FIELDS:
+            raise ConfigError(f"{key}: {text!r} names the field {{{field}}}, but a pair has only {{en}} (the "
+                              "English sentence) and {de} (the German one); write {{ and }} for literal braces")
+
+
+def check_gates_and_verdict(config: dict) -> None:
+    """Gate and verdict settings that can never work: a gate whose ``min_successful_runs`` (written in
+    the study) exceeds its stage's seeds (nothing can pass it), and a verdict whose ``winners`` need
+    ``target_val_loss`` without one.
+
+    Raises:
+        ConfigError: naming the key, its value and what to change.
+    """
+    stages = stage_order(config)
+    default_min = load_schema()["definitions"]["gate"]["properties"]["min_successful_runs"]["default"]
+    for stage in stages[:-1]:
+        gate = validate_section(config["stages"][stage]["gate"], "gate", f"stages.{stage}.gate")
+        seeds = config["stages"][stage]["seeds"]
+        if gate["min_successful_runs"] > seeds and gate["min_successful_runs"] != default_min:
+            raise ConfigError(
+                f"stages.{stage}.gate.min_successful_runs: {gate['min_successful_runs']}, but stage {stage} runs "
+                f"{seeds} seed(s) per variant (stages.{stage}.seeds): no variant can pass the gate, so stage "
+                f"{stage} would train for nothing; set min_successful_runs <= {seeds} or seeds >= "
+                f"{gate['min_successful_runs']}")
+    verdict = config.get("verdict") or {}
+    winners = verdict.get("winners", "baseline")
+    if winners in ("target", "both") and verdict.get("target_val_loss") is None:
+        raise ConfigError(
+            f"verdict.winners: {winners!r} needs verdict.target_val_loss (a winner must beat it), but the study "
+            "sets none: set verdict.target_val_loss (e.g. 3.28), or winners: baseline")
 
 
 def variant_model_config(config: dict, variant: str):
@@ -204,6 +257,8 @@ def plan_warnings(config: dict) -> list[str]:
     - a DiLoCo run whose ``strategy.outer_steps x tau`` replaces ``train.num_iterations``, and whose
       length then differs from the baseline's in the stage (its gate compares unequal runs);
     - gossip with one worker per run: no neighbours, no communication;
+    - ``gate.pivot`` on the first gate (no previous gate to pivot to: it does nothing);
+    - a gate whose default ``min_successful_runs`` exceeds its stage's seeds (nothing can pass it);
     - a last stage of fewer than 2 seeds: no verdict test has data, so no variant can win;
     - a script variant that differs from the baseline only in ``model`` (the script never sees it).
     """
@@ -235,6 +290,17 @@ def plan_warnings(config: dict) -> list[str]:
                 out.append(f"stages.{stage} + variants.{variant}: strategy gossip with {workers} worker per run "
                            f"(stages.{stage}.resources): no neighbours, so it trains alone like ddp on one process "
                            "and is no communication variant; give the stage nproc_per_node >= 2")
+    first_gate = (config["stages"][stages[0]].get("gate") or {}) if len(stages) > 1 else {}
+    if first_gate.get("pivot"):
+        out.append(f"stages.{stages[0]}.gate.pivot: true, but a pivot runs the next-best variant of the previous "
+                   f"gate, and {stages[0]} is the first stage: it has no previous gate, so the setting does nothing "
+                   "(set pivot on a later gate)")
+    for stage in stages[:-1]:
+        need, seeds = (config["stages"][stage].get("gate") or {}).get("min_successful_runs"), config["stages"][stage]["seeds"]
+        if need is not None and need > seeds:  # a value written in the study is check_study's error
+            out.append(f"stages.{stage}.gate.min_successful_runs: {need}, but stage {stage} runs {seeds} "
+                       f"seed(s) per variant: no variant can pass the gate; set gate.min_successful_runs: {seeds} "
+                       f"or seeds >= {need}")
     last = stages[-1]
     seeds = config["stages"][last]["seeds"]
     if seeds < 2:

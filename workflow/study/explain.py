@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from workflow.core.io import sha256_file
 from workflow.study.resolve import run_config, stage_seeds
 from workflow.study.schema import ConfigError, load_schema
+from workflow.study.study_file import load_study_file
 
 # ---- why runs rerun ---------------------------------------------------------------------
 #: what a script run's result.json says instead of an env value (workflow.jobs.script_result.NOT_RECORDED)
@@ -106,8 +105,7 @@ def explain_reruns(config: dict, results_dir: str | Path, trainers: dict | None 
 def report_path(study_file: str | Path) -> str:
     """``{results_dir}/{study}/report.html`` of a study file (results_dir: the file's, else the
     schema's default)."""
-    with open(study_file, encoding="utf-8") as handle:
-        study = yaml.safe_load(handle) or {}
+    study = load_study_file(study_file)
     if "study" not in study:
         raise ConfigError(f"{study_file}: no 'study' key")
     results_dir = study.get("results_dir") or load_schema()["properties"]["results_dir"]["default"]

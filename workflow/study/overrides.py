@@ -14,6 +14,7 @@ from typing import Any, Iterable
 import yaml
 
 from workflow.study.schema import ConfigError
+from workflow.study.study_file import load_study_text
 
 #: Variant names the schema accepts (config/schema.yaml, variants.propertyNames).
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -24,15 +25,120 @@ _FLOAT = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 def _number(value: Any) -> Any:
-    """``1e-3`` written in YAML is the string '1e-3' (YAML 1.1 needs '1.0e-3'): a number here."""
+    """``1e-3`` written in YAML 1.1 is the string '1e-3' (it needs '1.0e-3'): a number here."""
     if isinstance(value, str) and _FLOAT.match(value.strip()):
         return float(value)
     return value
 
 
-def parse_value(text: str) -> Any:
-    """A ``set`` value: YAML, with numbers such as ``1e-3`` read as numbers."""
-    return _number(yaml.safe_load(text)) if text.strip() else None
+def parse_value(text: str, where: str = "set") -> Any:
+    """A ``set`` value: YAML read as a study file is (workflow.study.study_file: ``1e-3`` is a
+    number, lists ``[16, 32]`` and mappings ``{a: 1}`` as written); empty text is None.
+
+    Raises:
+        ConfigError: the value is not valid YAML (``where``, the value and YAML's reason).
+    """
+    if not text.strip():
+        return None
+    try:
+        return _number(load_study_text(text, "value"))
+    except ConfigError as err:
+        reason = str(err).split(": ", 1)[-1]
+        raise ConfigError(f"{where}: the value {text.strip()!r} is {reason}; quote a string, write a list "
+                          "as [16, 32] and a mapping as {a: 1}") from None
+
+
+def cli_value(text: str) -> Any:
+    """A ``--config KEY=VALUE`` value as Snakemake reads it (snakemake.cli.parse_config): int, float,
+    True/False, else YAML with every scalar a string (yaml.BaseLoader), else the text."""
+    for parse in (int, float):
+        try:
+            return parse(text)
+        except ValueError:
+            pass
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return yaml.load(text, Loader=yaml.BaseLoader)
+    except yaml.YAMLError:
+        return text
+
+
+def _unparse(value: Any) -> str:
+    """yaml.BaseLoader's reading of flow text, written back (its scalars are the text written)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_unparse(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_unparse(v) for v in value) + "]"
+    return str(value)
+
+
+def _split_top_level(text: str) -> list[str]:
+    """``a=1, k=[16, 32], m={x: 1}`` -> its items: commas inside brackets, braces or quotes do not split.
+
+    Raises:
+        ConfigError: a bracket or brace that is never closed, or closed without being opened.
+    """
+    items, depth, quote, start = [], [], None, 0
+    pairs = {"[": "]", "{": "}"}
+    for i, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in pairs:
+            depth.append(pairs[char])
+        elif char in "]}":
+            if not depth or depth.pop() != char:
+                raise ConfigError(f"the {char!r} after {text[:i]!r} closes nothing that was opened")
+        elif char == "," and not depth:
+            items.append(text[start:i])
+            start = i + 1
+    if depth or quote:
+        opened = quote or {"]": "[", "}": "{"}[depth[-1]]
+        raise ConfigError(f"a {opened!r} is never closed")
+    return [*items, text[start:]]
+
+
+def override_entries(value: Any) -> list[str]:
+    """The ``KEY=VALUE`` entries of a ``set`` value: one entry (``KEY=VALUE``, its value any YAML:
+    ``k=[16, 32]``, ``k={a: 1}``), a list of them (``[KEY=VALUE, KEY=VALUE]``, as text or as a
+    list), as written on the command line or in the study file.
+
+    Raises:
+        ConfigError: naming the entry that is not ``KEY=VALUE``, or the bracket left open.
+    """
+    if isinstance(value, dict):  # Snakemake read 'k={a: 1}' as the mapping {'k={a': '1}'}: the text again
+        value = ", ".join(f"{k}: {_unparse(v)}" for k, v in value.items())
+    if isinstance(value, str) and value.strip().startswith("["):
+        text = value.strip()
+        if not text.endswith("]"):
+            raise ConfigError(
+                f"set: {value!r} has no closing ']': an unclosed list is read as one string; write the whole list, "
+                "set='[KEY=VALUE, KEY=VALUE]', or one KEY=VALUE")
+        try:
+            entries = [item.strip() for item in _split_top_level(text[1:-1])]
+        except ConfigError as err:
+            raise ConfigError(f"set: {value!r}: {err} inside the list's brackets [...]") from None
+        entries = [] if entries == [""] else entries
+    else:
+        entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, list):
+        raise ConfigError(f"set: expected KEY=VALUE or a list of them, got {value!r}")
+    out = []
+    for entry in entries:
+        if isinstance(entry, (dict, list)):
+            entry = _unparse(entry)[1:-1] if isinstance(entry, dict) else _unparse(entry)
+        if not isinstance(entry, str) or "=" not in entry or not entry.split("=", 1)[0].strip():
+            raise ConfigError(f"set: {entry!r} is not KEY=VALUE (e.g. set='stages.C.train.num_iterations=350'; "
+                              "several: set='[KEY=VALUE, KEY=VALUE]')")
+        try:
+            _split_top_level(entry)
+        except ConfigError as err:
+            raise ConfigError(f"set: {entry!r}: {err} (a list value is [16, 32], a mapping {{a: 1}}; "
+                              "several sets: set='[KEY=VALUE, KEY=VALUE]')") from None
+        out.append(entry.strip())
+    return out
 
 
 def _split_path(node: dict, parts: list[str]) -> tuple[str, list[str]]:
@@ -69,29 +175,6 @@ def set_path(config: dict, dotted: str, value: Any, where: str = "set") -> None:
         node = child
 
 
-def override_entries(value: Any) -> list[str]:
-    """The ``KEY=VALUE`` entries of a ``set`` value (a string or a list of strings).
-
-    Raises:
-        ConfigError: naming the entry that is not ``KEY=VALUE``.
-    """
-    entries = [value] if isinstance(value, str) else value
-    if not isinstance(entries, list):
-        raise ConfigError(f"set: expected KEY=VALUE or a list of them, got {value!r}")
-    out = []
-    for entry in entries:
-        if isinstance(entry, str) and entry.strip().startswith("[") != entry.strip().endswith("]"):
-            missing = "closing ']'" if entry.strip().startswith("[") else "opening '['"
-            raise ConfigError(
-                f"set: {entry!r} has no {missing}: an unclosed list is read as one string; write the whole list, "
-                "set='[KEY=VALUE, KEY=VALUE]', or one KEY=VALUE"
-            )
-        if not isinstance(entry, str) or "=" not in entry:
-            raise ConfigError(f"set: {entry!r} is not KEY=VALUE (e.g. set='stages.C.train.num_iterations=350')")
-        out.append(entry)
-    return out
-
-
 #: Sections whose keys are names the study defines: ``set`` changes them, never adds one (a typo
 #: would otherwise add a stage or a variant, and the error that follows would blame another key).
 NAMED_SECTIONS = {"stages": "stage", "variants": "variant"}
@@ -126,7 +209,7 @@ def apply_overrides(config: dict) -> list[tuple[str, Any]]:
     for entry in override_entries(config.get("set") or []):
         key, text = entry.split("=", 1)
         _check_named_entry(config, key.strip(), entry)
-        value = parse_value(text)
+        value = parse_value(text, where=f"set {entry!r}")
         set_path(config, key.strip(), value, where=f"set {entry!r}")
         applied.append((key.strip(), value))
     return applied

@@ -150,6 +150,18 @@ def _fields_of(trainer: Mapping) -> Iterable[tuple[str, str, str, str]]:
             yield where, text, name, spec
 
 
+#: Other trainers' names for train keys (nanoGPT, modded-nanogpt, HF): the placeholder hint names
+#: the key a run has (README.md, "Your own training script": ``{max_iters}`` -> ``{num_iterations}``).
+PLACEHOLDER_SYNONYMS = {
+    "max_iters": "num_iterations", "num_iters": "num_iterations", "iters": "num_iterations",
+    "max_steps": "num_iterations", "num_steps": "num_iterations", "steps": "num_iterations",
+    "lr_decay_iters": "num_iterations", "num_train_steps": "num_iterations",
+    "eval_interval": "val_loss_every", "eval_every": "val_loss_every", "eval_steps": "val_loss_every",
+    "learning_rate": "lr", "warmup_steps": "warmup_iters", "cooldown_iters": "warmdown_iters",
+    "log_interval": "log_every",
+}
+
+
 def known_placeholders(train_keys: Iterable[str]) -> set[str]:
     """Every placeholder name a run can expand: :data:`RUN_PLACEHOLDERS` and the train keys."""
     return set(RUN_PLACEHOLDERS) | set(train_keys)
@@ -174,7 +186,8 @@ def check_placeholders(trainer: Mapping, train_keys: Iterable[str], where: str) 
             raise TrainerConfigError(f"{where}.trainer.{key}: {err}") from None
         for name, _ in fields:
             if name not in known:
-                close = difflib.get_close_matches(name, sorted(known), n=1)
+                synonym = PLACEHOLDER_SYNONYMS.get(name)
+                close = [synonym] if synonym in known else difflib.get_close_matches(name, sorted(known), n=1)
                 hint = f"; did you mean {{{close[0]}}}?" if close else ""
                 raise TrainerConfigError(
                     f"{where}.trainer.{key}: unknown placeholder {{{name}}} in {text!r}{hint} "
@@ -281,6 +294,28 @@ def check_section(trainer: Mapping, where: str) -> None:
                 raise TrainerConfigError(
                     f"{where}.trainer.metrics.regex.{name}: {pattern!r} has no group; capture the value, "
                     f"e.g. (?P<{name}>[-+0-9.eE]+|nan|inf)")
+            if compiled.groups > 1 and name not in compiled.groupindex:
+                first = _first_group(pattern)
+                raise TrainerConfigError(
+                    f"{where}.trainer.metrics.regex.{name}: {pattern!r} has {compiled.groups} groups and none named "
+                    f"{name}, so group 1 {first} would be read as {name}; name the value's group, "
+                    f"(?P<{name}>[-+0-9.eE]+|nan|inf), or make the others non-capturing, (?:...)")
+
+
+def _first_group(pattern: str) -> str:
+    """The text of the first capturing group of ``pattern`` (for messages), e.g. ``'(val)'``;
+    empty when not found by this simple scan (escapes and ``(?...)`` skipped, classes not)."""
+    start, depth = None, 0
+    for i, char in enumerate(pattern):
+        escaped = i > 0 and pattern[i - 1] == "\\"
+        if start is None:
+            if char == "(" and not escaped and (not pattern.startswith("(?", i) or pattern.startswith("(?P<", i)):
+                start, depth = i, 1
+        elif not escaped and char in "()":
+            depth += 1 if char == "(" else -1
+            if depth == 0:
+                return repr(pattern[start:i + 1])
+    return ""
 
 
 # --------------------------------------------------------------------------- environment
