@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_train.py cpu  [--iters 2000] [--json out.json]
     .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
     .venv/bin/python bench/bench_train.py muon [--iters 200]
+    .venv/bin/python bench/bench_train.py speedrun [--iters 1000] [--target 2.0]
     python bench/bench_train.py gpu [--steps 40] [--compile both|on|off] [--data synthetic|<meta.json>]
 
 ``cpu``: steps/s of workflow.train.Trainer at nanoGPT's CPU "baby" config (README: block 64,
@@ -22,6 +23,16 @@ interleaved in halves; target: ratio as low as the Newton-Schulz FLOPs allow), a
 optimizer step alone on the baby model's real gradients: ``workflow.optim.optimizers.Muon`` against a
 per-matrix reference loop (Newton-Schulz one matrix at a time with plain matmuls, the
 algorithm as first written) and against ``torch.optim.AdamW``, interleaved repeats (median).
+
+``speedrun``: the ``modded-nanogpt-2024-10`` preset with the record's optimizer split (Muon at
+0.1 x lr with the record's update scale and q/k/v split, AdamW at lr = 0.0036 on the tied
+embedding, trapezoidal schedule with the seed's warmdown ratio 1450 / 5100) against the
+``gpt2-124m`` preset with the speedrun study's former baseline recipe (AdamW 1.8e-3, betas 0.9 /
+0.95, no decay, clip 1) at the same size (the baby config: block 64, 4 layers, 4 heads, n_embd
+128, batch 12) on tiny Shakespeare, run one after the other in one process. Reports each run's
+step time (step_avg_ms), tokens/s and training time to val_loss <= ``--target`` (evaluations
+excluded), and the ratios preset / GPT-2; the preset's architecture with GPT-2's AdamW recipe
+separates the architecture's step cost from Muon's.
 
 ``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU, bf16 autocast, eager and
 then torch.compile'd (``--compile both``), on synthetic tokens (default) or a tokenized
@@ -185,6 +196,44 @@ def bench_fast(args) -> dict:
     return out
 
 
+SPEEDRUN_SIZE = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
+SPEEDRUN_COMMON = {"batch_size": 12, "schedule": "trapezoidal", "warmup_iters": 0, "beta1": 0.9, "beta2": 0.95,
+                   "weight_decay": 0.0, "device": "cpu", "val_tokens": 65536, "log_every": 100}
+#: The record's recipe (modded-nanogpt 2024-10-14) and the GPT-2 AdamW baseline the speedrun study had.
+SPEEDRUN_RUNS = {
+    "modded": ({"preset": "modded-nanogpt-2024-10", **SPEEDRUN_SIZE},
+               {"optimizer": "muon", "lr": 0.0036, "muon_lr": 0.00036, "muon_momentum": 0.95,
+                "muon_update_scale": "max_dim", "muon_split_qkv": True, "grad_clip": 0.0}),
+    "gpt2": ({"preset": "gpt2-124m", **SPEEDRUN_SIZE}, {"optimizer": "adamw", "lr": 1.8e-3, "grad_clip": 1.0}),
+    "modded_arch_adamw": ({"preset": "modded-nanogpt-2024-10", **SPEEDRUN_SIZE},
+                          {"optimizer": "adamw", "lr": 1.8e-3, "grad_clip": 1.0}),
+}
+
+
+def bench_speedrun(args) -> dict:
+    torch.set_num_threads(args.threads)
+    configure_backends(DistContext())
+    out = {"bench": "speedrun", "target": args.target, "iters": args.iters, "threads": args.threads}
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = args.meta or shakespeare_meta(Path(tmp))
+        for name, (model, train) in SPEEDRUN_RUNS.items():
+            train = {**SPEEDRUN_COMMON, **train, "num_iterations": args.iters, "val_loss_every": args.eval_every,
+                     "warmdown_iters": round(args.iters * 1450 / 5100)}
+            result, rows = run_trainer(model, train, meta, Path(tmp) / name)
+            seconds, step = time_to_target(rows, args.target)
+            step_ms = rows[-1]["step_avg_ms"]
+            out[name] = {"seconds_to_target": seconds and round(seconds, 2), "step": step,
+                         "final_val_loss": round(result["final_val_loss"], 4), "step_avg_ms": step_ms,
+                         "tokens_per_s": round(SPEEDRUN_COMMON["batch_size"] * SPEEDRUN_SIZE["block_size"] / step_ms * 1e3),
+                         "train_seconds": round(result["train_time_ms"] / 1000.0, 2)}
+    out["step_time_ratio"] = round(out["modded"]["step_avg_ms"] / out["gpt2"]["step_avg_ms"], 3)
+    out["arch_step_time_ratio"] = round(out["modded_arch_adamw"]["step_avg_ms"] / out["gpt2"]["step_avg_ms"], 3)
+    if out["modded"]["seconds_to_target"] and out["gpt2"]["seconds_to_target"]:
+        out["time_to_target_ratio"] = round(out["modded"]["seconds_to_target"] / out["gpt2"]["seconds_to_target"], 3)
+    out["load_avg"] = os.getloadavg()[0]
+    return out
+
+
 def newton_schulz_plain(G: torch.Tensor, steps: int) -> torch.Tensor:
     """Keller Jordan's quintic Newton-Schulz as first written: one matrix, plain matmuls."""
     a, b, c = (3.4445, -4.7750, 2.0315)
@@ -333,7 +382,7 @@ def bench_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["cpu", "fast", "muon", "gpu"])
+    parser.add_argument("mode", choices=["cpu", "fast", "muon", "gpu", "speedrun"])
     parser.add_argument("--opt-repeats", type=int, default=50, help="muon: repeats of the optimizer-only timing")
     parser.add_argument("--iters", type=int, default=2000, help="cpu/fast: iterations of the baby config (muon: 200)")
     parser.add_argument("--fast-iters", type=int, default=1000, help="fast: iterations of the fast config")
@@ -355,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-compile", action="store_true", help="gpu: same as --compile off")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu}[args.mode](args)
+    out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu,
+           "speedrun": bench_speedrun}[args.mode](args)
     line = json.dumps(out)
     print(line, flush=True)
     if args.json:
