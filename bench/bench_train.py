@@ -269,7 +269,8 @@ def bench_speedrun(args) -> dict:
     if out["modded"]["seconds_to_target"] and out["gpt2"]["seconds_to_target"]:
         out["time_to_target_ratio"] = round(out["modded"]["seconds_to_target"] / out["gpt2"]["seconds_to_target"], 3)
     elif out["modded"]["seconds_to_target"]:  # GPT-2 never got there: its whole run bounds its time
-        out["time_to_target_ratio_upper_bound"] = round(out["modded"]["seconds_to_target"] / out["gpt2"]["train_seconds"], 3)
+        bound = out["modded"]["seconds_to_target"] / out["gpt2"]["train_seconds"]
+        out["time_to_target_ratio_upper_bound"] = round(bound, 3)
     out["load_avg"] = os.getloadavg()[0]
     return out
 

@@ -127,7 +127,8 @@ def test_measured_counts_equal_counters_and_analytic(name, real_runs):
             assert real["measured"][phase]["bytes"] == analytic[phase] * act_bytes
             assert real["counted"][phase] == real["measured"][phase]
             assert sim_counted[phase] == real["measured"][phase]  # simulated counts what a real rank runs
-        # one gradient all-reduce per step: spd/parallel norm gains (none without norm_affine) + the sharded squared norm
+        # one gradient all-reduce per step: spd/parallel norm gains (none without norm_affine)
+        # + the sharded squared norm
         n_local = sum(1 for t in cfg.layer_block_types if t in ("spd", "parallel")) * cfg.norm_affine
         assert real["grad_counted"] == {"calls": 1, "bytes": (2 * n_local * cfg.n_embd + 1) * 4}
     if name in EXPECTED_SYNCS:

@@ -203,7 +203,8 @@ class Muon(torch.optim.Optimizer):
                 if shards:
                     ortho = [o.view(3, shards, -1, o.size(-1)).transpose(0, 1).reshape(rows, -1) for o in ortho]
                 sub_rows, cols = matrices[0].shape[-2:]
-                scale = (max(sub_rows, cols) if group["update_scale"] == "max_dim" else max(1.0, sub_rows / cols)) ** 0.5
+                by_max = group["update_scale"] == "max_dim"
+                scale = (max(sub_rows, cols) if by_max else max(1.0, sub_rows / cols)) ** 0.5
                 if wd != 0:
                     torch._foreach_mul_(params, 1 - lr * wd)
                 torch._foreach_add_(params, [o.view_as(p).to(p.dtype) for o, p in zip(ortho, params)], alpha=-lr * scale)
@@ -336,7 +337,8 @@ def build_optimizers(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[tor
         optimizers: list[torch.optim.Optimizer] = [adamw]
         if parts["muon"]:
             muon = Muon(_muon_groups(model, parts["muon"], bool(train_cfg.get("muon_split_qkv"))),
-                        update_scale=train_cfg.get("muon_update_scale") or "shape", lr=float(_get(train_cfg, "muon_lr")),
+                        update_scale=train_cfg.get("muon_update_scale") or "shape",
+                        lr=float(_get(train_cfg, "muon_lr")),
                         momentum=float(_get(train_cfg, "muon_momentum")),
                         nesterov=bool(_get(train_cfg, "muon_nesterov")),
                         ns_steps=int(_get(train_cfg, "muon_ns_steps")),
