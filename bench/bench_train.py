@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_train.py cpu  [--iters 2000] [--json out.json]
     .venv/bin/python bench/bench_train.py fast [--target 1.88] [--iters 2000]
     .venv/bin/python bench/bench_train.py muon [--iters 200]
+    .venv/bin/python bench/bench_train.py speedrun [--iters 1000] [--target 2.0]
     python bench/bench_train.py gpu [--steps 40] [--compile both|on|off] [--data synthetic|<meta.json>]
     .venv/bin/python bench/bench_train.py MODE --quick     # seconds: 10 iterations (CI checks it finishes)
 
@@ -23,6 +24,18 @@ interleaved in halves; target: ratio as low as the Newton-Schulz FLOPs allow), a
 optimizer step alone on the baby model's real gradients: ``workflow.optim.optimizers.Muon`` against a
 per-matrix reference loop (Newton-Schulz one matrix at a time with plain matmuls, the
 algorithm as first written) and against ``torch.optim.AdamW``, interleaved repeats (median).
+
+``speedrun``: the ``modded-nanogpt-2024-10`` preset with the record's optimizer split (Muon at
+0.1 x lr with the record's update scale and q/k/v split, AdamW at lr = 0.0036 on the tied
+embedding, trapezoidal schedule with the seed's warmdown ratio 1450 / 5100) against the
+``gpt2-124m`` preset with the speedrun study's former baseline recipe (AdamW 1.8e-3, betas 0.9 /
+0.95, no decay, clip 1) at the same size (the baby config: block 64, 4 layers, 4 heads, n_embd
+128, batch 12) on tiny Shakespeare. Step time (forward, backward, optimizer step; ms) and
+tokens/s of the three setups interleaved in one process (``--repeats`` rounds of 10 steps each,
+rotating order, median), so the machine's load hits all alike: the preset's recipe, GPT-2's, and
+the preset's architecture with GPT-2's AdamW (the architecture's step cost without Muon's). Then
+the training time (evaluations excluded) of a Trainer run of each recipe until val_loss <=
+``--target``. Prints the ratios preset / GPT-2.
 
 ``gpu``: GPT-2 124M tokens/s and MFU of the trainer on one CUDA GPU, bf16 autocast, eager and
 then torch.compile'd (``--compile both``), on synthetic tokens (default) or a tokenized
@@ -54,6 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workflow.model import GPT  # noqa: E402
+from workflow.optim.registry import build_optimizers  # noqa: E402
+from workflow.optim.schedules import TRAIN_DEFAULTS  # noqa: E402
 from workflow.parallel.process_groups import DistContext, init_distributed  # noqa: E402
 from workflow.model.spec import build_model_config
 from workflow.train import configure_backends
@@ -182,6 +197,82 @@ def bench_fast(args) -> dict:
         out["ratio"] = round(fast_s / baby_s, 3)
     elif fast_s:  # the baby config never got there: its whole run is a lower bound of its time
         out["ratio_upper_bound"] = round(fast_s / out["baby"]["train_seconds"], 3)
+    out["load_avg"] = os.getloadavg()[0]
+    return out
+
+
+SPEEDRUN_SIZE = {"block_size": 64, "n_layer": 4, "n_head": 4, "n_embd": 128}
+SPEEDRUN_COMMON = {"batch_size": 12, "schedule": "trapezoidal", "warmup_iters": 0, "beta1": 0.9, "beta2": 0.95,
+                   "weight_decay": 0.0, "device": "cpu", "val_tokens": 65536, "log_every": 100}
+#: The record's recipe (modded-nanogpt 2024-10-14) and the GPT-2 AdamW baseline the speedrun study had.
+SPEEDRUN_RUNS = {
+    "modded": ({"preset": "modded-nanogpt-2024-10", **SPEEDRUN_SIZE},
+               {"optimizer": "muon", "lr": 0.0036, "muon_lr": 0.00036, "muon_momentum": 0.95,
+                "muon_update_scale": "max_dim", "muon_split_qkv": True, "grad_clip": 0.0}),
+    "gpt2": ({"preset": "gpt2-124m", **SPEEDRUN_SIZE}, {"optimizer": "adamw", "lr": 1.8e-3, "grad_clip": 1.0}),
+    "modded_arch_adamw": ({"preset": "modded-nanogpt-2024-10", **SPEEDRUN_SIZE},
+                          {"optimizer": "adamw", "lr": 1.8e-3, "grad_clip": 1.0}),
+}
+
+
+def interleaved_step_ms(meta: Path, repeats: int, steps: int = 10) -> dict[str, float]:
+    """Median ms per training step of each SPEEDRUN_RUNS setup, timed in rotating order."""
+    vocab = json.loads(meta.read_text())["vocab_size"]
+    info = json.loads(meta.read_text())
+    data = torch.from_numpy(np.fromfile(meta.parent / "train.bin", dtype=info.get("dtype", "uint16")).astype(np.int64))
+    B, T = SPEEDRUN_COMMON["batch_size"], SPEEDRUN_SIZE["block_size"]
+    setups = {}
+    for name, (model_cfg, train) in SPEEDRUN_RUNS.items():
+        torch.manual_seed(0)
+        model = GPT(build_model_config(model_cfg, vocab))
+        setups[name] = (model, build_optimizers(model, {**TRAIN_DEFAULTS, **SPEEDRUN_COMMON, **train}))
+    g = torch.Generator().manual_seed(0)
+    times: dict[str, list[float]] = {name: [] for name in setups}
+    names = list(setups)
+    for r in range(repeats + 1):  # round 0 warms up
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            model, optimizers = setups[name]
+            start = time.perf_counter()
+            for _ in range(steps):
+                i = torch.randint(0, len(data) - T - 1, (B,), generator=g)
+                x = torch.stack([data[j: j + T] for j in i])
+                y = torch.stack([data[j + 1: j + T + 1] for j in i])
+                _, loss = model(x, y)
+                loss.backward()
+                for opt in optimizers:
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+            if r:
+                times[name].append((time.perf_counter() - start) * 1e3 / steps)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def bench_speedrun(args) -> dict:
+    torch.set_num_threads(args.threads)
+    configure_backends(DistContext())
+    out = {"bench": "speedrun", "target": args.target, "iters": args.iters, "threads": args.threads}
+    tokens = SPEEDRUN_COMMON["batch_size"] * SPEEDRUN_SIZE["block_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = args.meta or shakespeare_meta(Path(tmp))
+        for name, ms in interleaved_step_ms(meta, args.repeats).items():
+            out[name] = {"step_ms": round(ms, 2), "tokens_per_s": round(tokens / ms * 1e3)}
+        for name in ("modded", "gpt2"):
+            model, train = SPEEDRUN_RUNS[name]
+            train = {**SPEEDRUN_COMMON, **train, "num_iterations": args.iters, "val_loss_every": args.eval_every,
+                     "warmdown_iters": round(args.iters * 1450 / 5100)}
+            result, rows = run_trainer(model, train, meta, Path(tmp) / name)
+            seconds, step = time_to_target(rows, args.target)
+            out[name].update({"seconds_to_target": seconds and round(seconds, 2), "step_to_target": step,
+                              "final_val_loss": round(result["final_val_loss"], 4),
+                              "trainer_step_avg_ms": rows[-1]["step_avg_ms"],
+                              "train_seconds": round(result["train_time_ms"] / 1000.0, 2)})
+    out["step_time_ratio"] = round(out["modded"]["step_ms"] / out["gpt2"]["step_ms"], 3)
+    out["arch_step_time_ratio"] = round(out["modded_arch_adamw"]["step_ms"] / out["gpt2"]["step_ms"], 3)
+    if out["modded"]["seconds_to_target"] and out["gpt2"]["seconds_to_target"]:
+        out["time_to_target_ratio"] = round(out["modded"]["seconds_to_target"] / out["gpt2"]["seconds_to_target"], 3)
+    elif out["modded"]["seconds_to_target"]:  # GPT-2 never got there: its whole run bounds its time
+        bound = out["modded"]["seconds_to_target"] / out["gpt2"]["train_seconds"]
+        out["time_to_target_ratio_upper_bound"] = round(bound, 3)
     out["load_avg"] = os.getloadavg()[0]
     return out
 
@@ -334,7 +425,8 @@ def bench_gpu(args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("mode", choices=["cpu", "fast", "muon", "gpu"])
+    parser.add_argument("mode", choices=["cpu", "fast", "muon", "gpu", "speedrun"])
+    parser.add_argument("--repeats", type=int, default=7, help="speedrun: interleaved rounds of the step timing")
     parser.add_argument("--opt-repeats", type=int, default=50, help="muon: repeats of the optimizer-only timing")
     parser.add_argument("--iters", type=int, default=2000, help="cpu/fast: iterations of the baby config (muon: 200)")
     parser.add_argument("--fast-iters", type=int, default=1000, help="fast: iterations of the fast config")
@@ -364,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.compile = 12, "off"
         if args.mode == "gpu" and args.device == "cuda" and not torch.cuda.is_available():
             args.device, args.preset, args.batch_size, args.device_batch_size, args.val_tokens = "cpu", "nanogpt-small", 8, 4, 256
-    out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu}[args.mode](args)
+    out = {"cpu": bench_cpu, "fast": bench_fast, "muon": bench_muon, "gpu": bench_gpu,
+           "speedrun": bench_speedrun}[args.mode](args)
     line = json.dumps(out)
     print(line, flush=True)
     if args.json:

@@ -59,6 +59,9 @@ CASES = {
        for name in REFERENCE_SYNCS},
     "mixed-reference": {**SMALL, "n_layer": 6, "parallel_merge": "reference",
                         "block_pattern": ["parallel", "parallel", "sequential", "parallel", "tp", "spd"]},
+    # the speedrun baseline's parts (rotary and QK-norm per shard of heads, ReLU^2, scale-free RMS norm)
+    "modern": {**SMALL, "n_layer": 4, "block_pattern": ["tp", "spd", "parallel", "spd"], "pos_embedding": "rotary",
+               "qk_norm": True, "mlp_activation": "relu2", "norm": "rmsnorm", "norm_affine": False},
 }
 
 
@@ -125,8 +128,9 @@ def test_measured_counts_equal_counters_and_analytic(name, real_runs):
             assert real["measured"][phase]["bytes"] == analytic[phase] * act_bytes
             assert real["counted"][phase] == real["measured"][phase]
             assert sim_counted[phase] == real["measured"][phase]  # simulated counts what a real rank runs
-        # one gradient all-reduce per step: spd/parallel norm gains + the sharded squared norm
-        n_local = sum(1 for t in cfg.layer_block_types if t in ("spd", "parallel"))
+        # one gradient all-reduce per step: spd/parallel norm gains (none without norm_affine)
+        # + the sharded squared norm
+        n_local = sum(1 for t in cfg.layer_block_types if t in ("spd", "parallel")) * cfg.norm_affine
         assert real["grad_counted"] == {"calls": 1, "bytes": (2 * n_local * cfg.n_embd + 1) * 4}
     if name in EXPECTED_SYNCS:
         assert analytic == {"forward": EXPECTED_SYNCS[name], "backward": EXPECTED_SYNCS[name]}

@@ -36,7 +36,7 @@ def expected_num_parameters(c: GPTConfig, exclude_embeddings: bool = False) -> i
     two in a sequential block and in the tensor-parallel blocks, one (shared) in a palm block.
     """
     C = c.n_embd
-    norm = C + (C if (c.resolved_norm == "layernorm" and c.bias) else 0)
+    norm = (C + (C if (c.resolved_norm == "layernorm" and c.bias) else 0)) if c.norm_affine else 0
     attn = 4 * C * C + (4 * C if c.bias else 0)
     mlp = 2 * c.mlp_ratio * C * C + ((c.mlp_ratio * C + C) if c.bias else 0)
     n_norms = {"sequential": 2, "palm": 1, "tp": 2, "spd": 2, "parallel": 2}[c.block_type]
@@ -45,7 +45,7 @@ def expected_num_parameters(c: GPTConfig, exclude_embeddings: bool = False) -> i
     if exclude_embeddings:
         return body
     padded = math.ceil(c.vocab_size / c.pad_vocab_multiple) * c.pad_vocab_multiple
-    emb = padded * C + c.block_size * C
+    emb = padded * C + (c.block_size * C if c.pos_embedding == "learned" else 0)
     head = 0 if c.tie_embeddings else padded * C
     return body + emb + head
 

@@ -30,23 +30,69 @@ __all__ = [
     "MLP",
     "register_block",
     "make_norm",
+    "activation",
+    "rotate_qk",
 ]
 
 
 def make_norm(config: GPTConfig, default_norm: str | None = None) -> nn.Module:
     """Normalization over the last dim (C): ``config.norm``, else ``default_norm`` (the block's),
     else ``config.resolved_norm``. LayerNorm (Ba et al. 2016; bias only when ``config.bias``) or
-    RMSNorm (Zhang & Sennrich 2019). Both have a learned gain of C.
+    RMSNorm (Zhang & Sennrich 2019). Both have a learned gain of C, unless ``config.norm_affine``
+    is False: then no parameters (RMSNorm's eps None = ``torch.finfo(dtype).eps``, as
+    modded-nanogpt's ``F.rms_norm``).
 
     Raises:
         ValueError: unknown norm name.
     """
     kind = config.norm or default_norm or config.resolved_norm
+    affine = config.norm_affine
     if kind == "layernorm":
-        return nn.LayerNorm(config.n_embd, bias=config.bias)
+        return nn.LayerNorm(config.n_embd, bias=config.bias and affine, elementwise_affine=affine)
     if kind == "rmsnorm":
-        return nn.RMSNorm(config.n_embd, eps=1e-6)
+        return nn.RMSNorm(config.n_embd, eps=1e-6 if affine else None, elementwise_affine=affine)
     raise ValueError(f"unknown norm {kind!r}; valid: {list(NORM_TYPES)}")
+
+
+def activation(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The MLP nonlinearity ``GPTConfig.mlp_activation``, elementwise: "gelu_tanh" (GPT-2's
+    tanh approximation), "gelu" (exact, erf) or "relu2" (relu(x)^2, So et al. 2021, arXiv
+    2109.08668). Raises ValueError for another name."""
+    if kind == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    if kind == "gelu":
+        return F.gelu(x)
+    if kind == "relu2":
+        return F.relu(x).square()
+    raise ValueError(f"unknown mlp_activation {kind!r}; valid: ['gelu', 'gelu_tanh', 'relu2']")
+
+
+def rotate_qk(q: torch.Tensor, k: torch.Tensor, config: GPTConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """QK-norm and rotary embeddings of per-head queries and keys, as ``config`` asks.
+
+    q, k: [..., T, head_dim] (heads in the leading dims; the same for a shard of heads). With
+    ``qk_norm`` each head vector is RMS-normalized (``F.rms_norm``, no scale; Henry et al. 2020,
+    arXiv 2010.04245). With ``pos_embedding: rotary`` (RoPE, Su et al. 2021, arXiv 2104.09864)
+    the halves x1 = x[..., :d/2], x2 = x[..., d/2:] of position t rotate by angles
+    t * base^(-2i/d): (x1 cos + x2 sin, -x1 sin + x2 cos), modded-nanogpt's convention. The
+    rotation keeps each head's norm, so its order with the norm does not matter. Angles are
+    computed in float32 for each call (no cache: T varies under the curriculum).
+    Returns (q, k) of the input shapes and dtypes.
+    """
+    if config.qk_norm:
+        q, k = F.rms_norm(q, (q.size(-1),)), F.rms_norm(k, (k.size(-1),))
+    if config.pos_embedding != "rotary":
+        return q, k
+    T, d = q.size(-2), q.size(-1)
+    inv_freq = 1.0 / (config.rotary_base ** (torch.arange(0, d, 2, device=q.device, dtype=torch.float32) / d))
+    angles = torch.outer(torch.arange(T, device=q.device, dtype=torch.float32), inv_freq)  # [T, d/2]
+    cos, sin = angles.cos(), angles.sin()
+
+    def rotate(x: torch.Tensor) -> torch.Tensor:
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).to(x.dtype)
+
+    return rotate(q), rotate(k)
 
 
 class CausalSelfAttention(nn.Module):
@@ -63,6 +109,8 @@ class CausalSelfAttention(nn.Module):
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.config = config
+        self.qkv_shards = 1  # c_attn rows are [q; k; v] (Muon's muon_split_qkv orthogonalizes each)
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
@@ -74,6 +122,7 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q, k = rotate_qk(q, k, self.config)
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0.0,
             is_causal=True)
@@ -82,7 +131,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise MLP: C -> mlp_ratio*C (GELU, tanh approximation as GPT-2) -> C.
+    """Position-wise MLP: C -> mlp_ratio*C (``activation``: GELU, tanh approximation as GPT-2,
+    unless ``config.mlp_activation`` says otherwise) -> C.
 
     ``c_proj`` is a residual projection (scaled init). Input and output: [B, T, C].
     """
@@ -93,9 +143,10 @@ class MLP(nn.Module):
         self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
         self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
+        self.act = config.mlp_activation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(activation(self.c_fc(x), self.act)))
 
 
 # --------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ class GPT(nn.Module):
     """Decoder-only transformer language model (GPT-2 / nanoGPT).
 
     Modules: ``transformer.wte`` token embedding [Vp, C], ``transformer.wpe`` learned position
-    embedding [block_size, C], ``transformer.h`` ModuleList of n_layer blocks (layer i:
+    embedding [block_size, C] (only with ``pos_embedding: learned``; rotary embeddings act on q
+    and k inside attention, ``blocks.rotate_qk``), ``transformer.h`` ModuleList of n_layer blocks (layer i:
     ``BLOCK_TYPES[config.layer_block_types[i]]``), ``transformer.ln_f`` final norm, ``lm_head``
     Linear C -> Vp (weight tied to wte when ``tie_embeddings``).
 
@@ -44,8 +45,8 @@ class GPT(nn.Module):
     collectives of the passes (``tensor_parallel.tp_comm_counts``). Otherwise ``self.tp`` is None.
 
     Initialization (nanoGPT / GPT-2): Linear and Embedding weights ~ N(0, 0.02), biases 0,
-    norm gains 1, every ``*.c_proj.weight`` ~ N(0, 0.02 / sqrt(2 * n_layer)). Deterministic
-    given ``torch.manual_seed``.
+    norm gains 1, every ``*.c_proj.weight`` ~ N(0, 0.02 / sqrt(2 * n_layer)), or 0 with
+    ``zero_init_proj`` (modded-nanogpt). Deterministic given ``torch.manual_seed``.
 
     DepthWarm: ``set_depth_schedule_state(active_layers, drop_prob, generator)`` restricts the
     forward pass to the first ``active_layers`` blocks and, in training mode, skips active
@@ -60,7 +61,7 @@ class GPT(nn.Module):
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.padded_vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
+            **({"wpe": nn.Embedding(config.block_size, config.n_embd)} if config.pos_embedding == "learned" else {}),
             drop=nn.Dropout(config.dropout),
             h=nn.ModuleList([BLOCK_TYPES[name](config, i) for i, name in enumerate(config.layer_block_types)]),
             ln_f=make_norm(config),
@@ -82,7 +83,10 @@ class GPT(nn.Module):
             resid_std = 0.02 / math.sqrt(2 * config.n_layer)
             for name, p in self.named_parameters():
                 if name.endswith("c_proj.weight"):
-                    nn.init.normal_(p, mean=0.0, std=resid_std)
+                    if config.zero_init_proj:
+                        nn.init.zeros_(p)
+                    else:
+                        nn.init.normal_(p, mean=0.0, std=resid_std)
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -147,8 +151,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        x = self.transformer.wte(idx)
+        if "wpe" in self.transformer:  # learned positions (rotary acts inside attention)
+            x = x + self.transformer.wpe(torch.arange(T, dtype=torch.long, device=idx.device))
+        x = self.transformer.drop(x)
         if self.tp is not None:
             self.tp.counter.passes += 1
         for i in self._blocks_to_run():
@@ -213,8 +219,9 @@ class GPT(nn.Module):
         """
         skip: set[int] = set()
         if exclude_embeddings:
-            skip = {id(self.transformer.wte.weight), id(self.transformer.wpe.weight),
-                    id(self.lm_head.weight)}
+            skip = {id(self.transformer.wte.weight), id(self.lm_head.weight)}
+            if "wpe" in self.transformer:
+                skip.add(id(self.transformer.wpe.weight))
         shards = self.config.tp_size if self.tp is not None and self.tp.mode == "real" else 1
         return sum(p.numel() * (shards if getattr(p, "_tp_sharded", False) else 1)
                    for p in self.parameters() if id(p) not in skip)
@@ -225,7 +232,8 @@ class GPT(nn.Module):
         total = self.num_parameters()
         non_emb = self.num_parameters(exclude_embeddings=True)
         return (
-            f"GPT norm={c.resolved_norm} n_layer={c.n_layer} "
+            f"GPT norm={c.resolved_norm}{'' if c.norm_affine else ' (no scale)'} "
+            f"pos={c.pos_embedding} qk_norm={c.qk_norm} mlp={c.mlp_activation} n_layer={c.n_layer} "
             f"n_head={c.n_head} n_embd={c.n_embd} head_dim={c.head_dim} "
             f"block_size={c.block_size} vocab_size={c.vocab_size} "
             f"(padded {c.padded_vocab_size}) mlp_ratio={c.mlp_ratio} bias={c.bias} "

@@ -78,6 +78,7 @@ def parallelize_gpt(model: nn.Module, tp_mesh) -> nn.Module:
                 local = linear.weight.detach().chunk(rt.tp_size, dim=dim)[rt.rank].clone()
                 linear.register_parameter("weight", nn.Parameter(local))
         if isinstance(block, TPBlockBase):
+            block.attn.qkv_shards = 1  # the local c_attn shard holds one [q; k; v]
             for linear, _ in block.sharded_linears().values():
                 linear.weight._tp_sharded = True
     return model

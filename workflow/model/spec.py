@@ -54,7 +54,12 @@ __all__ = [
     "nominal_tp_syncs",
     "PARALLEL_MERGES",
     "model_schema_default",
+    "POS_EMBEDDINGS",
+    "MLP_ACTIVATIONS",
 ]
+
+POS_EMBEDDINGS = ("learned", "rotary", "none")
+MLP_ACTIVATIONS = ("gelu_tanh", "gelu", "relu2")
 
 
 @lru_cache(maxsize=None)
@@ -128,6 +133,17 @@ class GPTConfig:
         depth_warm_drop_prob: stochastic-depth drop probability at step 0 (of the deepest
             active layer; shallower layers drop less, linearly in depth).
         depth_warm_drop_until: step from which the drop probability is 0 (linear decay).
+        pos_embedding: "learned" (GPT-2's table of block_size rows) | "rotary" (RoPE on q and k,
+            half-split rotation, Su et al. 2021, arXiv 2104.09864) | "none".
+        rotary_base: RoPE base theta (10,000): inverse frequencies base^(-2i / head_dim).
+        qk_norm: RMS-normalize q and k per head before attention (no learned scale).
+        mlp_activation: "gelu_tanh" (GPT-2) | "gelu" (exact erf) | "relu2" (relu(x)^2,
+            So et al. 2021, arXiv 2109.08668).
+        zero_init_proj: every ``c_proj`` weight starts at 0 instead of GPT-2's scaled normal.
+        norm_affine: norms have a learned gain (and LayerNorm bias); False = parameter-free
+            (RMS norm with PyTorch's default eps, as ``F.rms_norm``).
+        The last six default to GPT-2; preset "modded-nanogpt-2024-10" sets them as
+        KellerJordan/modded-nanogpt's 2024-10-14 record (docs/speedrun_reference.md).
 
     Raises (on construction):
         ValueError naming the field: non-positive sizes, n_embd not divisible by n_head, an
@@ -159,6 +175,12 @@ class GPTConfig:
     depth_warm_steps: int = 0
     depth_warm_drop_prob: float = 0.0
     depth_warm_drop_until: int = 0
+    pos_embedding: str = "learned"
+    rotary_base: float = 10000.0
+    qk_norm: bool = False
+    mlp_activation: str = "gelu_tanh"
+    zero_init_proj: bool = False
+    norm_affine: bool = True
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd",
@@ -193,6 +215,12 @@ class GPTConfig:
         if self.parallel_merge not in PARALLEL_MERGES:
             raise ValueError(f"GPTConfig.parallel_merge {self.parallel_merge!r} is unknown; valid: {list(PARALLEL_MERGES)}")
         self._check_tensor_parallel(layers)
+        for key, valid in (("pos_embedding", POS_EMBEDDINGS), ("mlp_activation", MLP_ACTIVATIONS)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"GPTConfig.{key} {getattr(self, key)!r} is unknown; valid: {list(valid)}")
+        if self.pos_embedding == "rotary" and (self.head_dim % 2 or self.rotary_base <= 0):
+            raise ValueError(f"GPTConfig.pos_embedding 'rotary' needs an even head_dim (n_embd / n_head = "
+                             f"{self.head_dim}) and rotary_base > 0 (got {self.rotary_base!r})")
 
     def _check_tensor_parallel(self, layers: tuple[str, ...]) -> None:
         known = known_block_types()
@@ -265,6 +293,11 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2-124m": dict(block_size=1024, n_embd=768, n_layer=12, n_head=12, pad_vocab_multiple=64),
     # nanochat-style depth-parameterized model for tiny vocabularies (n_embd = 64 * depth).
     "deep": dict(depth=24, block_size=1024, pad_vocab_multiple=32),
+    # KellerJordan/modded-nanogpt's record of 2024-10-14 ("ModernArch"): rotary, QK-norm, ReLU^2,
+    # zero-init projections, parameter-free RMS norms, 6 heads of 128 (docs/speedrun_reference.md).
+    "modded-nanogpt-2024-10": dict(block_size=1024, n_embd=768, n_layer=12, n_head=6, pad_vocab_multiple=64,
+                                   pos_embedding="rotary", qk_norm=True, mlp_activation="relu2",
+                                   zero_init_proj=True, norm="rmsnorm", norm_affine=False),
 }
 
 # The vocabulary each preset is meant for (for parameter-count documentation and tests only;
@@ -274,6 +307,7 @@ PRESET_REFERENCE_VOCAB: dict[str, int] = {
     "nanogpt-medium": 256,    # bytes
     "gpt2-124m": 50257,       # GPT-2 BPE (tiktoken "gpt2")
     "deep": 32,               # tiny fixed charsets
+    "modded-nanogpt-2024-10": 50257,
 }
 
 _CONFIG_FIELDS = tuple(f.name for f in dataclasses.fields(GPTConfig))
@@ -302,7 +336,7 @@ def build_model_config(model_cfg: Mapping[str, Any], vocab_size: int) -> GPTConf
             it unless given explicitly as overrides. A value of None means "the preset's value"
             (for block_pattern / tp_size / tp_mode: the schema's default).
         vocab_size: token ids in the data (meta.json ``vocab_size``); used unless the model
-            config overrides ``vocab_size``.
+            config overrides ``vocab_size``. ``head_dim`` (not a field) sets n_head = n_embd / head_dim.
 
     Returns:
         GPTConfig.
@@ -315,6 +349,7 @@ def build_model_config(model_cfg: Mapping[str, Any], vocab_size: int) -> GPTConf
     # None means "the preset's value" (schema-filled nulls must not erase preset fields).
     cfg = {k: v for k, v in dict(model_cfg or {}).items() if v is not None}
     preset = cfg.pop("preset", "nanogpt-small")
+    head_dim = cfg.pop("head_dim", None)
     if preset not in MODEL_PRESETS:
         raise ValueError(f"model key 'preset': unknown preset {preset!r}; "
                          f"valid presets: {sorted(MODEL_PRESETS)}")
@@ -329,4 +364,10 @@ def build_model_config(model_cfg: Mapping[str, Any], vocab_size: int) -> GPTConf
     if depth is not None:
         fields.update(_deep_dims(depth))
     fields.update(cfg)
+    if head_dim is not None:  # heads of this width: n_head = n_embd / head_dim
+        if (not isinstance(head_dim, int) or head_dim < 1 or fields["n_embd"] % head_dim
+                or ("n_head" in cfg and fields["n_head"] * head_dim != fields["n_embd"])):
+            raise ValueError(f"model key 'head_dim': {head_dim} must divide n_embd ({fields['n_embd']}) "
+                             f"and agree with n_head ({fields['n_head']}) when both are given")
+        fields["n_head"] = fields["n_embd"] // head_dim
     return GPTConfig(**fields)

@@ -63,7 +63,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from workflow.model.blocks import Block, make_norm, register_block
+from workflow.model.blocks import Block, activation, make_norm, register_block, rotate_qk
 from workflow.parallel.mappings import ShardedStream, TPRuntime
 from workflow.model.spec import GPTConfig
 
@@ -122,6 +122,8 @@ class _TPAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.n_head, self.head_dim, self.tp_size = config.n_head, config.head_dim, config.tp_size
+        self.config = config
+        self.qkv_shards = config.tp_size  # c_attn rows: shard-major [q; k; v] (1 once sharded for real)
         self.c_attn = TPLinear(config.n_embd, 3 * config.n_embd, bias=False)
         self.c_proj = TPLinear(config.n_embd, config.n_embd, bias=False)
 
@@ -136,6 +138,7 @@ class _TPAttention(nn.Module):
             S, B, T = qkv.shape[:3]
             qkv = qkv.view(S, B, T, 3, hl, hd).permute(3, 0, 1, 4, 2, 5)
         q, k, v = (t.reshape(S * B, hl, T, hd) for t in qkv.unbind(0))
+        q, k = rotate_qk(q, k, self.config)  # per head, so per shard of heads
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # [S*B, hl, T, hd]
         return y.view(S, B, hl, T, hd).permute(0, 1, 3, 2, 4).reshape(S, B, T, hl * hd)
 
@@ -163,23 +166,25 @@ class _TPAttention(nn.Module):
 
 
 class _TPMLP(nn.Module):
-    """MLP C -> F (GELU, tanh approximation) -> C with shardable ``c_fc`` / ``c_proj``."""
+    """MLP C -> F (``config.mlp_activation``, GELU tanh by default) -> C with shardable
+    ``c_fc`` / ``c_proj``."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
+        self.act = config.mlp_activation
         hidden = config.mlp_ratio * config.n_embd
         self.c_fc = TPLinear(config.n_embd, hidden, bias=False)
         self.c_proj = TPLinear(hidden, config.n_embd, bias=False)
 
     def replicated(self, h: torch.Tensor) -> torch.Tensor:
         """[B, T, C] -> [B, T, C]: column-parallel c_fc, row-parallel c_proj (summed)."""
-        return self.c_proj(F.gelu(self.c_fc(h), approximate="tanh"))
+        return self.c_proj(activation(self.c_fc(h), self.act))
 
     def sharded(self, h: torch.Tensor) -> torch.Tensor:
         """[S, B, T, C] (shard p's input) -> [S, B, T, C] partial outputs, no collective."""
         S, C = h.shape[0], h.shape[-1]
         w_fc = self.c_fc.weight.view(S, -1, C).transpose(1, 2).unsqueeze(1)  # [S, 1, C, F/P]
-        a = F.gelu(torch.matmul(h, w_fc), approximate="tanh")  # [S, B, T, F/P]
+        a = activation(torch.matmul(h, w_fc), self.act)  # [S, B, T, F/P]
         w_out = self.c_proj.weight.view(C, S, -1).permute(1, 2, 0).unsqueeze(1)  # [S, 1, F/P, C]
         return torch.matmul(a, w_out)
 
@@ -222,7 +227,7 @@ class TensorParallelBlock(TPBlockBase):
         q, k, v of shard p's heads = f(h) @ c_attn rows of shard p     (column-parallel)
         a_p = attention(q, k, v) @ c_proj columns of shard p          (row-parallel, partial)
         x = x + g(sum_p a_p)               all-reduce #1
-        u_p = gelu(f(ln_2(x)) @ c_fc rows of shard p)                 (column-parallel)
+        u_p = act(f(ln_2(x)) @ c_fc rows of shard p)                 (column-parallel)
         x = x + g(sum_p u_p @ mlp.c_proj columns of shard p)          all-reduce #2
     Backward: g is the identity; each f all-reduces the gradient of its input (2 all-reduces).
     Equals the unsharded ``sequential`` block with the same weights (c_attn rows permuted to

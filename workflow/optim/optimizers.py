@@ -80,10 +80,16 @@ class Muon(torch.optim.Optimizer):
         buf  <- momentum * buf + (1 - momentum) * g
         u    <- (1 - momentum) * g + momentum * buf      (Nesterov; u = buf without it)
         O    <- zeropower_via_newtonschulz5(u, ns_steps)
-        W    <- W * (1 - lr * weight_decay) - lr * max(1, rows / cols) ** 0.5 * O
+        W    <- W * (1 - lr * weight_decay) - lr * scale * O
 
-    The shape-based scale max(1, rows/cols)^0.5 keeps the update RMS comparable across
-    shapes (rows = fan-out of a Linear weight). Use Muon only for hidden weight matrices;
+    ``update_scale`` "shape" (default): scale = max(1, rows/cols)^0.5, which keeps the update RMS
+    comparable across shapes (rows = fan-out of a Linear weight); "max_dim": scale =
+    max(rows, cols)^0.5, an update of RMS about 1 per entry (modded-nanogpt's 2024-10-14
+    record, whose Muon runs at 0.1 x the AdamW lr). A param group with ``qkv_shards`` P > 0
+    holds fused attention weights [3C, C] whose rows are P blocks of [q; k; v] (P = 1: GPT-2's
+    q; k; v): q, k and v are then orthogonalized (and scaled) as three C x C matrices, as the
+    record's separate ``c_q`` / ``c_k`` / ``c_v``. Newton-Schulz commutes with permuting rows,
+    so the shard order of the rows does not change the result. Use Muon only for hidden weight matrices;
     embeddings, the head and scalar/vector parameters belong to AdamW
     (``build_optimizers`` does the split).
 
@@ -102,6 +108,7 @@ class Muon(torch.optim.Optimizer):
         params: iterable of parameters or param groups.
         lr: learning rate (units of the orthogonalized update; 0.02 is a common default).
         momentum: 0.95. nesterov: True. ns_steps: 5. weight_decay: decoupled, 0 by default.
+        update_scale: "shape" | "max_dim" (above). qkv_shards: 0 = no q/k/v split (above).
 
     Raises:
         ValueError: negative lr / weight_decay, momentum outside [0, 1), ns_steps < 1, or a
@@ -112,15 +119,18 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable, lr: float = 0.02, momentum: float = 0.95,
-                 nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0):
+                 nesterov: bool = True, ns_steps: int = 5, weight_decay: float = 0.0,
+                 update_scale: str = "shape", qkv_shards: int = 0):
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"Muon: lr ({lr}) and weight_decay ({weight_decay}) must be >= 0")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"Muon: momentum must be in [0, 1), got {momentum}")
         if ns_steps < 1:
             raise ValueError(f"Muon: ns_steps must be >= 1, got {ns_steps}")
+        if update_scale not in ("shape", "max_dim"):
+            raise ValueError(f"Muon: update_scale must be 'shape' or 'max_dim', got {update_scale!r}")
         defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, update_scale=update_scale, qkv_shards=qkv_shards)
         super().__init__(params, defaults)
         for group in self.param_groups:
             for p in group["params"]:
@@ -151,13 +161,20 @@ class Muon(torch.optim.Optimizer):
                     bufs.append(state["momentum_buffer"])
                 torch._foreach_lerp_(bufs, grads, 1 - beta)
                 updates = torch._foreach_lerp(grads, bufs, beta) if group["nesterov"] else bufs
-                rows = params[0].size(0)
+                rows, shards = params[0].size(0), group["qkv_shards"]
                 matrices = [u.reshape(rows, -1) for u in updates]
+                if shards:  # [P * 3 * r, C] -> [3, P * r, C]: q, k, v orthogonalized one by one
+                    matrices = [m.view(shards, 3, -1, m.size(1)).transpose(0, 1).reshape(3, -1, m.size(1))
+                                for m in matrices]
                 if params[0].is_cuda:  # one batched matmul chain: fewer, larger kernels
                     ortho = zeropower_via_newtonschulz5(torch.stack(matrices), steps=group["ns_steps"]).unbind(0)
                 else:  # CPU BLAS gains nothing from batching small matrices: one fused chain each
                     ortho = [zeropower_via_newtonschulz5(m, steps=group["ns_steps"]) for m in matrices]
-                scale = max(1.0, rows / matrices[0].size(1)) ** 0.5
+                if shards:
+                    ortho = [o.view(3, shards, -1, o.size(-1)).transpose(0, 1).reshape(rows, -1) for o in ortho]
+                sub_rows, cols = matrices[0].shape[-2:]
+                by_max = group["update_scale"] == "max_dim"
+                scale = (max(sub_rows, cols) if by_max else max(1.0, sub_rows / cols)) ** 0.5
                 if wd != 0:
                     torch._foreach_mul_(params, 1 - lr * wd)
                 torch._foreach_add_(params, [o.view_as(p).to(p.dtype) for o, p in zip(ortho, params)], alpha=-lr * scale)
@@ -198,6 +215,21 @@ def split_muon_params(model: nn.Module) -> dict[str, list[nn.Parameter]]:
         else:
             groups["scalar"].append(p)
     return groups
+
+
+def muon_groups(model: nn.Module, params: list[nn.Parameter], split_qkv: bool) -> list[dict]:
+    """Muon's param groups: with ``split_qkv``, each attention's fused ``c_attn`` weight goes to a
+    group whose ``qkv_shards`` is that module's ``qkv_shards`` (1, or tp_size for simulated
+    tensor-parallel blocks), the rest to one group."""
+    fused: dict[int, int] = {}
+    if split_qkv:
+        for module in model.modules():
+            if isinstance(getattr(module, "qkv_shards", None), int) and hasattr(module, "c_attn"):
+                fused[id(module.c_attn.weight)] = module.qkv_shards
+    groups = [dict(params=[p for p in params if id(p) not in fused])]
+    for shards in sorted(set(fused.values())):
+        groups.append(dict(params=[p for p in params if fused.get(id(p)) == shards], qkv_shards=shards))
+    return [g for g in groups if g["params"]]
 
 
 def _trainable(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -249,7 +281,8 @@ def build_muon(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.opt
     """Optimizer ``muon``: [AdamW, Muon] (modded-nanogpt's split).
 
     Muon(hidden >= 2-D weights, lr=muon_lr, momentum=muon_momentum, nesterov=muon_nesterov,
-    ns_steps=muon_ns_steps, weight_decay=muon_weight_decay); AdamW groups: embeddings
+    ns_steps=muon_ns_steps, weight_decay=muon_weight_decay, update_scale=muon_update_scale or
+    "shape"; with muon_split_qkv the fused attention weights orthogonalize q, k, v separately); AdamW groups: embeddings
     (lr=embed_lr or lr, weight_decay), untied head (lr=head_lr or embed_lr or lr, weight_decay),
     norms/biases (lr=adam_lr or lr, 0). No Muon when the model has no hidden matrix.
     """
@@ -265,7 +298,9 @@ def build_muon(model: nn.Module, train_cfg: Mapping[str, Any]) -> list[torch.opt
                               train_cfg, _device_type(model))
     optimizers: list[torch.optim.Optimizer] = [adamw]
     if parts["muon"]:
-        optimizers.append(Muon(parts["muon"], lr=float(train_option(train_cfg, "muon_lr")),
+        optimizers.append(Muon(muon_groups(model, parts["muon"], bool(train_cfg.get("muon_split_qkv"))),
+                               update_scale=train_cfg.get("muon_update_scale") or "shape",
+                               lr=float(train_option(train_cfg, "muon_lr")),
                                momentum=float(train_option(train_cfg, "muon_momentum")),
                                nesterov=bool(train_option(train_cfg, "muon_nesterov")),
                                ns_steps=int(train_option(train_cfg, "muon_ns_steps")),
