@@ -33,6 +33,7 @@ from workflow.study.checks import (
 )
 from workflow.study.printed_plan import format_plan
 from workflow.study.resolve import run_config, stage_order, stage_seeds
+from workflow.analysis.sequential_verdict import look_seeds
 from workflow.study.resources import group_components, launch_command, slurm_resources, stage_resources, train_group
 from workflow.study.trainer_section import needs_nanogpt_data
 
@@ -222,8 +223,30 @@ def stage_variants(stage, with_pivot=True):
     return variants + ([pivot] if pivot and pivot not in variants else [])
 
 
-def stage_run_results(stage, variant):
-    return [f"{run_dir(stage, variant, seed)}/result.json" for seed in stage_seeds(config, stage)]
+# A sequential last stage (verdict.sequential): each look is a checkpoint (rules/gates.smk);
+# a variant runs the next look's seeds only while it is open, the baseline while any is.
+SEQUENTIAL = config["verdict"].get("sequential")
+
+
+def run_seeds(stage, variant, through=None):
+    """Seeds ``variant`` runs in ``stage``: all of the stage's, or, in a sequential last stage,
+    those of the looks it stayed open for (looks before ``through`` only, when given)."""
+    seeds = stage_seeds(config, stage)
+    if stage != FINAL_STAGE or not SEQUENTIAL:
+        return seeds
+    looks = SEQUENTIAL["looks"]
+    last = len(looks) - 1 if through is None else through - 1
+    open_after = []
+    for k in range(1, last + 1):
+        decided = read_json(checkpoints.look.get(look=k).output[0])
+        open_after.append(bool(decided["open"]) if variant == BASELINE else variant in decided["open"])
+        if not open_after[-1]:
+            break
+    return look_seeds(seeds, looks, open_after)
+
+
+def stage_run_results(stage, variant, through=None):
+    return [f"{run_dir(stage, variant, seed)}/result.json" for seed in run_seeds(stage, variant, through)]
 
 
 def stage_summaries(stage, with_pivot=True):
@@ -239,7 +262,7 @@ def stage_metrics(stage):
     return [
         f"{run_dir(stage, variant, seed)}/metrics.jsonl"
         for variant in stage_variants(stage)
-        for seed in stage_seeds(config, stage)
+        for seed in run_seeds(stage, variant)
     ]
 
 
@@ -257,8 +280,11 @@ def _first_seed_run_config(stage, variant):
 def run_config_json(stage, variant, seed):
     """The train rule's ``run_config`` param: ``run_config(config, stage, variant, seed)`` as sorted
     JSON. Seeds of one (stage, variant) differ only in ``seed`` and ``run_id``."""
-    cfg = dict(_first_seed_run_config(stage, variant))
-    cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
+    if config["stages"][stage].get("continue_from"):  # per seed: continued runs differ (workflow.study.staging)
+        cfg = run_config(config, stage, variant, seed)
+    else:
+        cfg = dict(_first_seed_run_config(stage, variant))
+        cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
     if "trainer" in cfg:  # issue 17: the script trainer with absolute paths
         cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
     return json.dumps(cfg, sort_keys=True)

@@ -21,6 +21,7 @@ from workflow.study.resolve import deep_merge, run_config, stage_order, stage_se
 from workflow.study.resources import stage_resources
 from workflow.study.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
+from workflow.study.staging import check_continuation, check_sequential
 from workflow.study.trainer_section import TrainerConfigError, check_placeholders, resolve_paths
 from workflow.study.trainer_section import check_files as check_trainer_files
 
@@ -68,6 +69,8 @@ def check_study(config: dict) -> None:
     for stage in stages[:-1]:
         if "gate" not in config["stages"][stage]:
             raise ConfigError(f"stages.{stage}.gate: required for every stage but the last ({stages[-1]})")
+    check_sequential(config)
+    check_continuation(config)
     if "gate" in config["stages"][stages[-1]]:
         raise ConfigError(f"stages.{stages[-1]}.gate: the last stage ends in the verdict and has no gate")
     ranked = [v for v in config["variants"] if v != config["baseline"]]
