@@ -8,7 +8,8 @@ from scipy import stats
 from workflow.analysis.sequential import (
     conditional_power, efficacy_levels, sequential_holm, spent_alpha, t_efficacy_levels,
 )
-from workflow.analysis.stats import holm_adjust
+from workflow.analysis.stats import holm_adjust, summarize_runs
+from workflow.analysis.verdict import decide_verdict
 
 pytestmark = pytest.mark.unit
 
@@ -142,3 +143,37 @@ def test_power_with_a_true_effect(spending, effect_sd):
         assert np.mean(seeds_used[:, :2] == 3) > (0.9 if spending == "pocock" else 0.1)
     else:
         assert power_fixed > 0.5 and power_seq >= 0.5 * power_fixed
+
+
+def _summary(variant: str, losses: dict[int, float]) -> dict:
+    results = [{"stage": "C", "variant": variant, "seed": seed, "success": True, "final_val_loss": loss,
+                "time_seconds": 1.0} for seed, loss in losses.items()]
+    return summarize_runs(results)
+
+
+def test_verdict_decides_each_variant_at_its_look():
+    """A large effect wins at the first look (3 seeds: it runs no more), a variant no better than
+    the baseline stops for futility there, and the verdict records looks, p-values and design."""
+    settings = {"alpha": 0.01, "target_val_loss": None, "test": "paired", "correction": "holm", "winners": "baseline",
+                "failed_run_policy": "disqualify", "sequential": {"looks": [3, 5], "spending": "obrien_fleming",
+                                                                  "futility": 0.1}}
+    seeds = [3337, 3338, 3339, 3340, 3341]
+    luck = dict(zip(seeds, [0.0, 0.02, -0.01, 0.015, -0.02]))
+    base = {s: 2.24 + luck[s] for s in seeds[:3]}
+    summaries = {
+        "baseline": _summary("baseline", base),
+        "strong": _summary("strong", {s: 2.01 + luck[s] + 0.001 * i for i, s in enumerate(seeds[:3])}),
+        "null": _summary("null", {s: 2.24 + luck[s] + d for s, d in zip(seeds[:3], [0.004, 0.001, 0.006])}),
+    }
+    verdict = decide_verdict(summaries, "baseline", settings, seeds=seeds)
+    by = {e["variant"]: e for e in verdict["results"]}
+    assert verdict["winners"] == ["strong"]
+    assert by["strong"]["sequential"]["decision"] == "winner" and by["strong"]["sequential"]["look"] == 1
+    assert by["null"]["sequential"]["decision"] == "not_winner" and "futility" in by["null"]["sequential"]["reason"]
+    assert verdict["sequential"]["open"] == [] and verdict["sequential"]["looks_seen"] == 1
+    design = verdict["sequential"]["design"]["families"]["vs_baseline"]
+    assert design["alpha_spent"][-1] == pytest.approx(0.01) and set(design["nominal_levels"]) == {"1", "2"}
+    assert "decided at look 1 of 2" in by["strong"]["verdict"]
+    # without futility the null variant stays open: it (and the baseline) run seeds 4 and 5
+    settings["sequential"]["futility"] = None
+    assert decide_verdict(summaries, "baseline", settings, seeds=seeds)["sequential"]["open"] == ["null"]

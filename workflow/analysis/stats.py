@@ -299,6 +299,7 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "process_hours_total": float(sum(_own_ms(r) * int(r.get("world_size") or 1) for r in results) / 3.6e6),
         "continued_runs": sum(1 for r in results if r.get("continued_from")),
         "inherited_flops_total": float(sum(_inherited(r, "flops") for r in results)),
+        "inherited_tokens_total": int(sum(_inherited(r, "tokens_seen") for r in results)),
         "bytes_per_token": float(np.mean(bpt)) if bpt else None,
         "git_info": {
             "commit": _unique([r.get("git_commit") for r in results]),

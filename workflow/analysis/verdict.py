@@ -255,6 +255,8 @@ def verdict_markdown(verdict: dict) -> str:
             "p vs baseline": (e["vs_baseline"] or {}).get("p_value"),
             "adjusted p vs baseline": (e["vs_baseline"] or {}).get("p_value_adjusted"),
         }
+        if e.get("sequential"):  # verdict.sequential: the look it was decided at
+            row["decided at look"] = e["sequential"]["look"]
         if has_target:
             row["p vs target"] = (e["vs_target"] or {}).get("p_value")
             row["adjusted p vs target"] = (e["vs_target"] or {}).get("p_value_adjusted")
