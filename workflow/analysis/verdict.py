@@ -179,6 +179,9 @@ def decide_verdict(
         explanation = "No variant reached the last stage: nothing to test against the baseline."
     if seq is not None and n_tested:
         d = seq["design"]
+        explanation = explanation.replace(
+            f"p-values {'Holm-adjusted over the variants tested (statsmodels)' if correction == 'holm' else 'not adjusted'}, "
+            f"significant at adjusted p < {alpha}", f"decisions at the looks' boundaries, family-wise error {alpha}")
         explanation += (
             f" Group-sequential: looks after {', '.join(map(str, d['looks']))} seeds, {d['spending']} alpha spending "
             f"(Lan-DeMets), Holm across variants by Maurer & Bretz (2013)"
