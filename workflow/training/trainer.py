@@ -150,7 +150,6 @@ class Trainer(RunRecords):
         # continued runs (workflow.study.staging): keep a checkpoint at branch_at; resume a source run's
         self.branch_at = run_cfg.get("branch_at")
         self.continue_from = run_cfg.get("continue_from")
-        self.continued: dict | None = None
 
     # ----- checkpoints -------------------------------------------------------------
     def _identity(self) -> dict:
@@ -223,8 +222,8 @@ class Trainer(RunRecords):
             return False
         self._load_state(state)
         st = self.state
-        self.continued = {"stage": self.continue_from["stage"], "step": st.step, "flops": st.flops,
-                          "tokens_seen": st.tokens_seen, "train_time_ms": st.train_time_ms}
+        st.continued = {"stage": self.continue_from["stage"], "step": st.step, "flops": st.flops,
+                        "tokens_seen": st.tokens_seen, "train_time_ms": st.train_time_ms}  # kept by its own checkpoints
         self.log(f"continued from {source} at step {st.step} (stage {self.continue_from['stage']}'s run)")
         return True
 
