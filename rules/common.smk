@@ -1,16 +1,13 @@
-# Paths and input functions (the model: Snakemake's catalog workflows, e.g. rna-seq-star-deseq2's
-# common.smk; `snakemake --lint` wants functions out of the rule files). The rule
-# files spell out their inputs' paths; the functions here say which wildcard values a rule needs.
+# Paths and input functions (as in rna-seq-star-deseq2's common.smk; `snakemake --lint` wants functions out of
+# the rule files). The rule files spell out their inputs' paths; these say which wildcard values a rule needs.
 import functools
 import inspect
 import json
 import os
 
-try:  # Snakemake >= 8; without it input functions are just inspected on every call
-    from snakemake.common import overwrite_function_params
-except ImportError:
-    overwrite_function_params = lambda func, params: None
+from snakemake.common import overwrite_function_params
 
+from workflow.analysis.sequential_verdict import look_seeds
 from workflow.core.io import read_json
 from workflow.data.registry import (
     dataset_raw_dir, dataset_raw_inputs, source_file, source_options, study_meta_path, token_options, tokens_dataset,
@@ -73,6 +70,32 @@ def tokenize_options_json(wildcards):
     return json.dumps(token_options(tokens_dataset(wildcards.tokens), study_dataset_options(wildcards)), sort_keys=True)
 
 
+# ---- seeds: in a sequential last stage (verdict.sequential), each look a checkpoint (rules/gates.smk)
+SEQUENTIAL = config["verdict"].get("sequential")
+
+
+def run_seeds(stage, variant, through=None):
+    """Seeds ``variant`` runs in ``stage``: all of the stage's, or, in a sequential last stage, those
+    of the looks it stayed open for (the baseline: while any variant is; before look ``through``)."""
+    seeds = stage_seeds(config, stage)
+    if stage != FINAL_STAGE or not SEQUENTIAL:
+        return seeds
+    looks = SEQUENTIAL["looks"]
+    last = len(looks) - 1 if through is None else through - 1
+    open_after = []
+    for k in range(1, last + 1):
+        decided = read_json(checkpoints.look.get(look=k).output[0])
+        open_after.append(bool(decided["open"]) if variant == BASELINE else variant in decided["open"])
+        if not open_after[-1]:
+            break
+    return look_seeds(seeds, looks, open_after)
+
+
+def stage_run_results(stage, variant, through=None):
+    """result.json of every run ``variant`` runs in ``stage`` (rules/train.smk)."""
+    return [f"{RESULTS}/stage_{stage}/{variant}/seed_{seed}/result.json" for seed in run_seeds(stage, variant, through)]
+
+
 # ---- training runs (rules/train.smk) ---------------------------------------------------------
 @functools.cache
 def first_seed_run_config(stage, variant):
@@ -83,9 +106,13 @@ def first_seed_run_config(stage, variant):
 
 def unredacted_run_config(stage, variant, seed):
     """``run_config(config, stage, variant, seed)``; seeds of one (stage, variant) differ only in
-    ``seed`` and ``run_id``; a script run's trainer with absolute paths (SCRIPT_TRAINERS, rules/checks.smk)."""
-    cfg = dict(first_seed_run_config(stage, variant))
-    cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
+    ``seed`` and ``run_id`` (but for continued runs: workflow.study.staging); a script run's
+    trainer with absolute paths (SCRIPT_TRAINERS, rules/checks.smk)."""
+    if config["stages"][stage].get("continue_from"):  # per seed: continued runs differ
+        cfg = run_config(config, stage, variant, seed)
+    else:
+        cfg = dict(first_seed_run_config(stage, variant))
+        cfg["seed"], cfg["run_id"] = seed, seed - config["base_seed"] - cfg["stage_seed_offset"]
     if "trainer" in cfg:
         cfg["trainer"] = SCRIPT_TRAINERS[(stage, variant)]
     return cfg

@@ -12,7 +12,7 @@ rule stats:
     """summary.json of one (stage, variant): its seeds' results (python -m workflow.stats)."""
     localrule: True
     input:
-        lambda w: [f"{RESULTS}/stage_{w.stage}/{w.variant}/seed_{seed}/result.json" for seed in stage_seeds(config, w.stage)],
+        lambda w: stage_run_results(w.stage, w.variant),  # {RESULTS}/stage_{S}/{variant}/seed_{seed}/result.json
     output:
         f"{RESULTS}/stage_{{stage}}/{{variant}}/summary.json",
     log:
@@ -74,6 +74,30 @@ checkpoint gate_pivot:
         "--summaries {input.summaries} --output {output} > {log} 2>&1"
 
 
+# verdict.sequential: look k (1 .. K-1) of the last stage decides which variants run more seeds
+# (workflow.analysis.sequential_verdict); the verdict itself is the last look.
+checkpoint look:
+    localrule: True
+    input:
+        results=lambda w: [p for v in stage_variants(FINAL_STAGE) for p in stage_run_results(FINAL_STAGE, v, int(w.look))],
+        meta=f"{STUDY_TOKENS}/meta.json",
+    output:
+        f"{RESULTS}/looks/look_{{look}}.json",
+    params:
+        baseline=BASELINE,
+        verdict=lambda w: json.dumps(config["verdict"], sort_keys=True),
+        seeds=" ".join(map(str, stage_seeds(config, FINAL_STAGE))),
+    wildcard_constraints:
+        look="[1-9][0-9]*",
+    log:
+        f"{RESULTS}/logs/look_{{look}}.log",
+    conda:
+        "../envs/analysis.yaml"
+    shell:
+        "python -m workflow.gates look --baseline {params.baseline} --verdict-json {params.verdict:q} "
+        "--meta {input.meta} --seeds {params.seeds} --results {input.results} --output {output} > {log} 2>&1"
+
+
 rule verdict:
     localrule: True
     input:
@@ -90,10 +114,11 @@ rule verdict:
     params:
         baseline=BASELINE,
         verdict=lambda w: json.dumps(config["verdict"], sort_keys=True),  # a function: values are data, never a template
+        seeds=f"--seeds {' '.join(map(str, stage_seeds(config, FINAL_STAGE)))}" if SEQUENTIAL else "",
     log:
         f"{RESULTS}/logs/verdict.log",
     conda:
         "../envs/analysis.yaml"
     shell:
         "python -m workflow.gates verdict --baseline {params.baseline} --verdict-json {params.verdict:q} "
-        "--meta {input.meta} --summaries {input.summaries} --output {output.json} --markdown {output.markdown} > {log} 2>&1"
+        "--meta {input.meta} --summaries {input.summaries} {params.seeds} --output {output.json} --markdown {output.markdown} > {log} 2>&1"

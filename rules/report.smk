@@ -41,7 +41,7 @@ rule curves_plot:
     input:
         # metrics.jsonl of every run of the stage (rules/train.smk)
         lambda w: [f"{RESULTS}/stage_{w.stage}/{v}/seed_{seed}/metrics.jsonl"
-                   for v in stage_variants(w.stage) for seed in stage_seeds(config, w.stage)],
+                   for v in stage_variants(w.stage) for seed in run_seeds(w.stage, v)],
     output:
         report(
             f"{RESULTS}/plots/curves_stage_{{stage}}.png",

@@ -44,7 +44,9 @@ CLI::
     python -m workflow.gates pivot --stage B --gate-json '{...}' --baseline baseline \
         --decision gate_B.json --summaries ... --output gate_B_pivot.json
     python -m workflow.gates verdict --baseline baseline --verdict-json '{"alpha": 0.01, ...}' \
-        --summaries ... --output verdict.json --markdown verdict.md [--meta meta.json]
+        --summaries ... --output verdict.json --markdown verdict.md [--meta meta.json] [--seeds 3337 ...]
+    python -m workflow.gates look --baseline baseline --verdict-json '{..., "sequential": {...}}' \
+        --seeds 3337 3338 ... --results .../result.json ... --output looks/look_1.json
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import json
 import sys
 
 from workflow.analysis.gates import choose_pivot, decide_gate, stage_cost_usd
+from workflow.analysis.stats import summarize_runs
 from workflow.analysis.verdict import decide_verdict, verdict_markdown
 from workflow.core.io import read_json, write_json_atomic, write_text_atomic
 
@@ -95,7 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--summaries", nargs="*", default=[])
     v.add_argument("--output", required=True)
     v.add_argument("--markdown", required=True)
+    v.add_argument("--seeds", nargs="*", type=int, default=None, help="the last stage's seeds in order (sequential looks)")
+    lk = sub.add_parser("look", help="a look of a sequential last stage: who is decided, who runs the next seeds")
+    lk.add_argument("--baseline", required=True)
+    lk.add_argument("--verdict-json", required=True)
+    lk.add_argument("--meta", help="the dataset's meta.json (vocab_size for the default penalty loss)")
+    lk.add_argument("--seeds", nargs="+", type=int, required=True, help="the last stage's seeds in order")
+    lk.add_argument("--results", nargs="+", required=True, help="result.json of every run of the last stage so far")
+    lk.add_argument("--output", required=True)
     args = parser.parse_args(argv)
+    if args.command == "look":
+        by_variant: dict[str, list] = {}
+        for path in args.results:
+            result = read_json(path)
+            by_variant.setdefault(result["variant"], []).append(result)
+        vocab = read_json(args.meta)["vocab_size"] if args.meta else None
+        verdict = decide_verdict({v: summarize_runs(r) for v, r in by_variant.items()}, args.baseline,
+                                 json.loads(args.verdict_json), vocab, args.seeds)
+        write_json_atomic(args.output, {"open": verdict["sequential"]["open"], "looks_seen": verdict["sequential"]["looks_seen"],
+                                        "winners": verdict["winners"], "explanation": verdict["explanation"],
+                                        "variants": {e["variant"]: e["sequential"] for e in verdict["results"]}})
+        return 0
     summaries = _load_summaries(args.summaries)
     if args.command == "gate":
         decision = decide_gate(args.stage, json.loads(args.gate_json), summaries, args.baseline, args.test)
@@ -111,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.output, decision)
     else:
         vocab = read_json(args.meta)["vocab_size"] if args.meta else None
-        verdict = decide_verdict(summaries, args.baseline, json.loads(args.verdict_json), vocab)
+        verdict = decide_verdict(summaries, args.baseline, json.loads(args.verdict_json), vocab, args.seeds)
         write_json_atomic(args.output, verdict)
         write_text_atomic(args.markdown, verdict_markdown(verdict))
     return 0

@@ -53,10 +53,14 @@ def cut_short(name: str, steps: int = 6) -> list[str]:
     then advance nobody: one seed is below ``min_successful_runs``, which is all a smoke run needs)."""
     study = yaml.safe_load(study_path(name).read_text())
     sets = []
+    last = list(study["stages"])[-1]
+    sequential = bool((study.get("verdict") or {}).get("sequential"))
     for stage, spec in study["stages"].items():
         train = (spec or {}).get("train") or {}
+        # a sequential last stage keeps its seeds (its last look must equal them); it never runs here
+        seeds = spec["seeds"] if sequential and stage == last else 1
         sets += [f"stages.{stage}.train.num_iterations={steps}", f"stages.{stage}.train.val_loss_every={steps // 2}",
-                 f"stages.{stage}.seeds=1"]
+                 f"stages.{stage}.seeds={seeds}"]
         if "warmdown_iters" in train:
             sets.append(f"stages.{stage}.train.warmdown_iters=2")
     sets += ["train.val_tokens=1024", "train.warmup_iters=2"]

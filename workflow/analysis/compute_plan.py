@@ -22,6 +22,7 @@ from workflow.study.resolve import run_config, stage_order, stage_seeds
 from workflow.study.resources import stage_resources
 from workflow.optim.schedules import curriculum_marks, resolve_depth_warm
 from workflow.model.flops import flops_per_token, peak_flops
+from workflow.study.staging import continued_seeds, source_stage
 
 
 
@@ -180,8 +181,17 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
 
         run_flops_other = mean_other("flops")
         base_flops = per_run[baseline]["flops"]
-        flops_variants = None if run_flops_other is None else k * seeds * run_flops_other
-        flops_base = None if base_flops is None else seeds * base_flops
+        # continued runs train only the steps after the branch; a sequential last stage runs at
+        # least its first look's seeds per variant (all decided there) and at most all of them
+        shared, branch = continued_seeds(config, stage), 0
+        if shared:
+            branch = run_config(config, stage, baseline, stage_seeds(config, stage)[0])["continue_from"]["step"]
+        steps_total = run_config(config, stage, baseline, stage_seeds(config, stage)[0])["train"]["num_iterations"]
+        run_equivalents = seeds - shared * branch / steps_total  # runs' worth of steps per variant
+        seq = (config["verdict"].get("sequential") or {}) if index == len(stages) - 1 else {}
+        least = (seq["looks"][0] if seq else seeds) / seeds  # the fewest runs as a fraction of the most
+        flops_variants = None if run_flops_other is None else k * run_equivalents * run_flops_other
+        flops_base = None if base_flops is None else run_equivalents * base_flops
         gh_v, gh_b = hours(flops_variants, hw), hours(flops_base, hw)
         usd_v = None if gh_v is None else gh_v * hw["hour_usd"]
         usd_b = None if gh_b is None else gh_b * hw["hour_usd"]
@@ -202,6 +212,13 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
             "usd": None if usd_v is None else usd_v + usd_b,
             "usd_per_run": None if usd_b is None else usd_b / seeds,
             "first": index == 0,
+            "continued_runs": shared * (k + 1),
+            "steps_saved": shared * branch * (k + 1),
+            "looks": seq.get("looks"),
+            "runs_min": round((k + 1) * seeds * least),
+            "flops_min": None if flops_variants is None or flops_base is None else (flops_variants + flops_base) * least,
+            "gpu_hours_min": None if gh_v is None else (gh_v + gh_b) * least,
+            "usd_min": None if usd_v is None else (usd_v + usd_b) * least,
         })
 
     final = rows[-1]
@@ -214,6 +231,8 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
     add = lambda xs: None if any(x is None for x in xs) else sum(xs)  # noqa: E731
     staged = {unit: add([r[unit] for r in rows]) for unit in ("flops", "gpu_hours", "usd")}
     staged["runs"] = sum(r["runs"] for r in rows)
+    fewest = {unit: add([r[f"{unit}_min"] for r in rows]) for unit in ("flops", "gpu_hours", "usd")}
+    fewest["runs"] = sum(r["runs_min"] for r in rows)
     reserve, budget = config["cost"]["reserve_usd"], config["cost"]["budget_usd"]
 
     # Seed 001's accounting: every run at the baseline's cost, no baseline after the first stage.
@@ -284,6 +303,8 @@ def compute_plan(config: dict, vocab_size: int, vocab_source: str = "") -> dict:
         "staged": staged,
         "naive": naive,
         "savings": saving(staged, naive),
+        "staged_min": fewest,  # a sequential last stage deciding every variant at its first look
+        "savings_max": saving(fewest, naive),
         "seed001": {**seed, "savings": saving(seed, seed["naive"])},
         "warnings": warnings,
     }
@@ -304,7 +325,10 @@ def plan_frame(plan: dict) -> pd.DataFrame:
             "row": f"stage {r['stage']}",
             "hardware": where,
             "runs": f"{r['variants'] if not r['first'] else r['variants'] + 1} variant(s) x {r['seeds']} seeds"
-                    + ("" if r["first"] else f" + baseline x {r['seeds']}"),
+                    + ("" if r["first"] else f" + baseline x {r['seeds']}")
+                    + (f"; {r['continued_runs']} continued ({r['steps_saved']:,} steps saved)" if r.get("continued_runs") else "")
+                    + (f"; sequential looks {r['looks']}: {r['runs_min']}-{r['runs']} runs, FLOPs "
+                       f"{_num(r['flops_min'], '.3g')}-{_num(r['flops'], '.3g')}" if r.get("looks") else ""),
             "FLOPs": _num(r["flops"], ".3g"),
             "GPU-hours": _num(r["gpu_hours"], ".2f"),
             "$/run": _num(r["usd_per_run"], ".2f"),
@@ -330,6 +354,9 @@ def plan_frame(plan: dict) -> pd.DataFrame:
                      "GPU-hours": pct(saving["gpu_hours"]), "$ total": pct(saving["usd"])})
 
     totals("staged + reserve: every run, baseline in every stage", plan["staged"], plan["naive"], plan["savings"])
+    if any(r.get("looks") for r in plan["stages"]):
+        totals("  fewest: the sequential last stage decides every variant at its first look", plan["staged_min"],
+               plan["naive"], plan["savings_max"])
     seed = plan["seed001"]
     costs = (" + ".join(f"{x['stage']} {x['usd']:.0f}" for x in seed["stages"]) + f" + reserve {reserve:.0f} "
              if seed["usd"] is not None else "")

@@ -321,11 +321,13 @@ def summarize_runs(results: Sequence[dict]) -> dict:
         "step_ms": describe([r["train_time_ms"] / r["final_step"] for r in ok if r.get("train_time_ms") and r.get("final_step")]),
         "tensor_parallel": next((r["tensor_parallel"] for r in ok if r.get("tensor_parallel")), None),
         "process_seconds_total": float(sum(r["time_seconds"] * r.get("world_size", 1) for r in results)),
-        "flops_total": float(sum(r.get("flops") or 0.0 for r in results)),
-        "gpu_hours_total": float(sum((r.get("train_time_ms") or 0.0) * run_gpus(r) for r in results) / 3.6e6),
-        "process_hours_total": float(
-            sum((r.get("train_time_ms") or 0.0) * int(r.get("world_size") or 1) for r in results) / 3.6e6
-        ),
+        # a continued run (result continued_from) counts only what it trained itself: its source run paid the rest
+        "flops_total": float(sum((r.get("flops") or 0.0) - _inherited(r, "flops") for r in results)),
+        "gpu_hours_total": float(sum(_own_ms(r) * run_gpus(r) for r in results) / 3.6e6),
+        "process_hours_total": float(sum(_own_ms(r) * int(r.get("world_size") or 1) for r in results) / 3.6e6),
+        "continued_runs": sum(1 for r in results if r.get("continued_from")),
+        "inherited_flops_total": float(sum(_inherited(r, "flops") for r in results)),
+        "inherited_tokens_total": int(sum(_inherited(r, "tokens_seen") for r in results)),
         "bytes_per_token": float(np.mean(bpt)) if bpt else None,
         "git_info": {
             "commit": _unique([r.get("git_commit") for r in results]),
@@ -353,6 +355,15 @@ def summarize_runs(results: Sequence[dict]) -> dict:
             for i in order
         ],
     }
+
+
+def _inherited(result: dict, key: str) -> float:
+    """What a continued run's source run trained before the branch (``continued_from``), 0 otherwise."""
+    return float((result.get("continued_from") or {}).get(key) or 0.0)
+
+
+def _own_ms(result: dict) -> float:
+    return (result.get("train_time_ms") or 0.0) - _inherited(result, "train_time_ms")
 
 
 def _workers_loss(result: dict) -> float | None:

@@ -120,7 +120,7 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
             "stage": stage,
             "variants": len(ss),
             "runs": sum(s["n_runs"] for s in ss),
-            "tokens": sum(s["tokens_seen_total"] for s in ss),
+            "tokens": sum(s["tokens_seen_total"] - s.get("inherited_tokens_total", 0) for s in ss),  # continued runs: own steps
             "flops": sum(s.get("flops_total", 0.0) for s in ss),
             "gpu_hours": sum(s.get("gpu_hours_total", 0.0) for s in ss),
             "process_hours": sum(s.get("process_hours_total", 0.0) for s in ss),
@@ -153,7 +153,8 @@ def compute_table(summaries: list[dict], plan: dict) -> tuple[pd.DataFrame, list
         if tokens is None:  # length from the data (num_epochs): the variant's measured tokens per run
             tokens = measured["tokens_seen_total"] / measured["n_runs"]
         naive_tokens += tokens * spec["runs"]
-        naive_flops += measured["flops_total"] / measured["tokens_seen_total"] * tokens * spec["runs"]
+        per_token = (measured["flops_total"] + measured.get("inherited_flops_total", 0.0)) / measured["tokens_seen_total"]
+        naive_flops += per_token * tokens * spec["runs"]
     naive_hours = naive_flops / flops_per_hour if flops_per_hour else 0.0
     naive = {
         "stage": "naive (all variants at final stage)",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 
 import pandas as pd
 
+from workflow.analysis.sequential_verdict import sequential_decisions
 from workflow.analysis.stats import (
     compare_to_baseline,
     describe,
@@ -28,6 +29,7 @@ def decide_verdict(
     baseline: str,
     settings: Mapping,
     vocab_size: int | None = None,
+    seeds: list[int] | None = None,
 ) -> dict:
     """Significance verdict of the last stage.
 
@@ -48,6 +50,12 @@ def decide_verdict(
             | ``val_loss_workers``: the final loss compared, :func:`workflow.analysis.stats.metric_view`;
             missing = val_loss).
         vocab_size: the dataset's vocabulary size (for the default penalty).
+        seeds: the last stage's seeds in order (``verdict.sequential``: look k uses the first
+            ``looks[k]``); None: the seeds the runs have, sorted.
+    With ``settings["sequential"]`` (``{looks, spending, futility}``) the decisions are the
+    group-sequential design's (:mod:`workflow.analysis.sequential_verdict`): each entry gets
+    ``sequential: {decision, look, seeds, reason, p_values, rejected_look}``, its
+    ``p_value_adjusted`` is None, and the verdict gets ``sequential`` (design, looks seen).
     Returns:
         ``{"baseline", "alpha", "target_val_loss", "test", "correction", "winners_rule",
         "failed_run_policy", "penalty_val_loss", "results": [{variant, n, failed_runs, mean, std,
@@ -100,11 +108,26 @@ def decide_verdict(
         for e, p_adj in zip(members, adjusted):
             e[key]["p_value_adjusted"] = p_adj
             e[key]["family_size"] = sum(p is not None for p in raw)
+    seq = None
+    if settings.get("sequential"):
+        if seeds is None:
+            seeds = sorted({run["seed"] for summ in summaries.values() for run in summ["runs"]})
+        seq = sequential_decisions(
+            {name: val_losses_by_seed(summ, penalty) for name, summ in summaries.items()},
+            {name: {run["seed"] for run in summ["runs"]} for name, summ in summaries.items()},
+            {name: summ["failed_runs"] for name, summ in summaries.items()}, baseline, settings, seeds)
+        for e in results:
+            for key in ("vs_baseline", "vs_target"):
+                if e[key]:
+                    e[key]["p_value_adjusted"] = None
+            e["sequential"] = seq["variants"].get(e["variant"])
     base_failure = baseline_failure(base, baseline, base_losses)
     for e in results:
         p_base = (e["vs_baseline"] or {}).get("p_value_adjusted")
         p_target = (e["vs_target"] or {}).get("p_value_adjusted")
         e["beats_target"] = p_target is not None and p_target < alpha
+        if seq is not None and e["sequential"]:
+            e["beats_target"] = e["sequential"]["rejected_look"].get("vs_target") is not None
         if e["variant"] == baseline:
             e["beats_baseline"] = None
             e["winner"] = False
@@ -112,6 +135,8 @@ def decide_verdict(
                             + (f"; {e['seed_ignored']}" if e["seed_ignored"] else ""))
             continue
         e["beats_baseline"] = p_base is not None and p_base < alpha
+        if seq is not None:
+            e["beats_baseline"] = e["sequential"]["rejected_look"].get("vs_baseline") is not None
         needed = {"baseline": [e["beats_baseline"]], "target": [e["beats_target"]], "both": [e["beats_baseline"], e["beats_target"]]}[rule]
         base_entry = next((b for b in results if b["variant"] == baseline), None)
         base_ignores = base_entry is not None and base_entry["seed_ignored"]
@@ -119,13 +144,15 @@ def decide_verdict(
         e["winner"] = (all(needed) and not e["disqualified"] and not e["seed_ignored"] and not base_ignores
                        and not mixed)
         parts = []
-        if p_base is None:
+        if seq is not None:
+            parts.append(sequential_text(e, baseline, test, seq))
+        elif p_base is None:
             parts.append(f"not testable against {baseline} ({base_failure or untestable_reason(e, test, baseline)})")
         else:
             raw = e["vs_baseline"]["p_value"]
             verb = "significantly better than" if e["beats_baseline"] else "not significantly better than"
             parts.append(f"{verb} {baseline} ({test}, p={fmt_p(raw)}, {correction}-adjusted p={fmt_p(p_base)}, alpha {alpha})")
-        if target is not None:
+        if target is not None and seq is None:
             verb = "below" if e["beats_target"] else "not significantly below"
             parts.append(f"{verb} target {target} (adjusted p={fmt_p(p_target)})")
         if e["disqualified"]:
@@ -157,6 +184,16 @@ def decide_verdict(
         )
     else:
         explanation = "No variant reached the last stage: nothing to test against the baseline."
+    if seq is not None and n_tested:
+        d = seq["design"]
+        explanation = explanation.replace(
+            f"p-values {'Holm-adjusted over the variants tested (statsmodels)' if correction == 'holm' else 'not adjusted'}, "
+            f"significant at adjusted p < {alpha}", f"decisions at the looks' boundaries, family-wise error {alpha}")
+        explanation += (
+            f" Group-sequential: looks after {', '.join(map(str, d['looks']))} seeds, {d['spending']} alpha spending "
+            f"(Lan-DeMets), Holm across variants by Maurer & Bretz (2013)"
+            + (f", non-binding futility below conditional power {d['futility']}" if d["futility"] is not None else "")
+            + f"; each decision names its look. Looks seen: {seq['looks_seen']} of {len(d['looks'])}.")
     if base_failure and n_tested:
         explanation = f"No variant can be tested against {baseline}: {base_failure}. " + explanation
     return {
@@ -171,9 +208,24 @@ def decide_verdict(
         "metric": metric,
         "results": results,
         "winners": [e["variant"] for e in results if e["winner"]],
+        **({"sequential": {k: seq[k] for k in ("design", "looks_seen", "open")}} if seq is not None else {}),
         "explanation": explanation if metric == "val_loss" else
         f"Metric: {metric} (the mean of the workers' own models' final val_loss). {explanation}",
     }
+
+
+def sequential_text(entry: dict, baseline: str, test: str, seq: dict) -> str:
+    """A variant's sequential decision in words: the look, its seeds and p-values."""
+    info = entry["sequential"]
+    if info is None:
+        return f"not testable against {baseline}"
+    looks = seq["design"]["looks"]
+    ps = ", ".join(f"look {k + 1} ({looks[k]} seeds) p={fmt_p(x)}" for k, x in enumerate(info["p_values"].get("vs_baseline", [])))
+    when = f"decided at look {info['look']} of {len(looks)}" if info["look"] else "open"
+    verb = {"winner": "significantly better than", "not_winner": "not significantly better than",
+            "open": "not yet decided against"}[info["decision"]] if info["rejected_look"].get("vs_baseline") is None \
+        else "significantly better than"
+    return f"{verb} {baseline} ({test}; {ps}; {when}: {info['reason']})"
 
 
 def baseline_failure(base: dict | None, baseline: str, base_losses: Mapping[int, float]) -> str | None:
@@ -222,6 +274,8 @@ def verdict_markdown(verdict: dict) -> str:
             "p vs baseline": (e["vs_baseline"] or {}).get("p_value"),
             "adjusted p vs baseline": (e["vs_baseline"] or {}).get("p_value_adjusted"),
         }
+        if e.get("sequential"):  # verdict.sequential: the look it was decided at
+            row["decided at look"] = e["sequential"]["look"]
         if has_target:
             row["p vs target"] = (e["vs_target"] or {}).get("p_value")
             row["adjusted p vs target"] = (e["vs_target"] or {}).get("p_value_adjusted")

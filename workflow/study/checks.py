@@ -30,6 +30,7 @@ from workflow.optim.schedules import check_curriculum, resolve_depth_warm
 from workflow.study.schema import ConfigError, load_schema, validate_section
 from workflow.study.script_files import check_executables, placeholder_values, tracked_files
 from workflow.study.trainer_section import TrainerConfigError, check_placeholders, needs_nanogpt_data, resolve_paths
+from workflow.study.staging import check_continuation, check_sequential
 from workflow.study.trainer_section import check_files as check_trainer_files
 
 #: Study keys that are folders (every output path starts with one): no braces.
@@ -78,6 +79,16 @@ def check_study(config: dict) -> None:
     for stage in stages[:-1]:
         if "gate" not in config["stages"][stage]:
             raise ConfigError(f"stages.{stage}.gate: required for every stage but the last ({stages[-1]})")
+    check_sequential(config)
+    check_continuation(config)
+    for stage in stages:
+        source = config["stages"][stage].get("continue_from")
+        sizes = {s: (r["nproc_per_node"] * r["nodes"], r["gpus"]) for s in (source, stage) if source
+                 for r in [stage_resources(config, s)]}
+        if source and sizes[source] != sizes[stage]:
+            raise ConfigError(f"stages.{stage}.continue_from: stage {source} runs {sizes[source][0]} process(es) with "
+                              f"{sizes[source][1]} GPU(s) per node, stage {stage} {sizes[stage][0]} with {sizes[stage][1]}: a run "
+                              "continues only with the same workers (every rank resumes its own state)")
     if "gate" in config["stages"][stages[-1]]:
         raise ConfigError(f"stages.{stages[-1]}.gate: the last stage ends in the verdict and has no gate")
     ranked = [v for v in config["variants"] if v != config["baseline"]]

@@ -11,6 +11,7 @@ from workflow.study.gate_rules import most_advancing
 from workflow.study.gate_rules.base import gate_default
 from workflow.study.length import model_block_size, run_steps, study_train_tokens
 from workflow.study.resolve import run_config, stage_order, stage_seeds
+from workflow.study.staging import continued_seeds, source_stage
 from workflow.study.resources import stage_resources
 
 
@@ -82,9 +83,20 @@ def printed_plan(config: dict, train_tokens: int | None = None) -> list[dict]:
             "epochs": (min(epochs), max(epochs)) if epochs else None,
             "tokens": max(tokens) * most * seeds if tokens and not unknown else None,
             "tokens_unknown": unknown,
+            **staging_plan(config, stage, most, seeds, index == len(stages) - 1),
         })
         previous = most
     return plan
+
+
+def staging_plan(config: dict, stage: str, most: int, seeds: int, last: bool) -> dict:
+    """``runs_min`` (a sequential last stage: every variant decided at its first look) and
+    ``steps_saved`` (continued runs: the steps before the branch they do not train again)."""
+    looks = ((config["verdict"].get("sequential") or {}).get("looks") if last else None)
+    shared = continued_seeds(config, stage)
+    branch = run_config(config, stage, config["baseline"], stage_seeds(config, stage)[0])["continue_from"]["step"] if shared else 0
+    return {"runs_min": most * looks[0] if looks else most * seeds, "looks": looks,
+            "continued_runs": shared * most, "steps_saved": shared * most * branch}
 
 
 def format_printed_plan(config: dict) -> str:
@@ -109,6 +121,12 @@ def format_printed_plan(config: dict) -> str:
         lines.append(f"  stage {p['stage']}: <= {p['variants']} variants ({p['which']}) x {p['seeds']} seeds = "
                      f"<= {p['runs']} runs of {steps}, {p['procs_per_run']} process(es) and {gpus} each"
                      f"{tokens}")
+        if p["looks"]:
+            lines.append(f"    sequential: looks after {p['looks']} seeds; {p['runs_min']}-{p['runs']} runs "
+                         "(fewer when variants are decided at an earlier look)")
+        if p["continued_runs"]:
+            lines.append(f"    continued: {p['continued_runs']} runs resume stage {source_stage(config, p['stage'])}'s, "
+                         f"{p['steps_saved']:,} steps not trained again")
     gpu_runs = sum(p["runs"] * p["gpus_per_run"] for p in plan)
     if gpu_runs:
         lines.append(f"  GPUs: at most {gpu_runs} GPU-run slots over the study (runs x GPUs per run)")

@@ -14,6 +14,7 @@ import json
 
 from workflow.data.registry import DATASETS, token_options
 from workflow.study.schema import ConfigError, validator_with_defaults, load_schema, validate_section, validate_study
+from workflow.study.staging import branch_step, continued_seeds, source_stage
 from workflow.study.trainer_section import TrainerConfigError, check_section, is_script_trainer
 
 #: Keys of a run config that identify a repeat rather than define the experiment;
@@ -88,9 +89,21 @@ def stage_seeds(config: dict, stage: str) -> list[int]:
     B = 2337..2339; C = 3337..3341. Within a stage every variant runs the same seeds (so
     runs can be paired by seed); across stages the ranges are disjoint (checked by
     :func:`check_study`: ``seeds <= seed_stride``).
+    A stage with ``continue_from: R`` starts with R's first seeds (those runs continue R's) and
+    fills up with its own range: seeds B 3 continuing A 2 = 1337, 1338, 2337.
     """
     first = config["base_seed"] + stage_seed_offset(config, stage)
-    return [first + run_id for run_id in range(config["stages"][stage]["seeds"])]
+    shared = continued_seeds(config, stage)
+    inherited = stage_seeds(config, source_stage(config, stage))[:shared] if shared else []
+    return inherited + [first + run_id for run_id in range(config["stages"][stage]["seeds"] - shared)]
+
+
+def run_id_of(config: dict, stage: str, seed: int) -> int:
+    """The run's 0-based id in its stage: ``seed - base_seed - stage_seed_offset``, or, in a
+    stage that continues another, the seed's position in :func:`stage_seeds`."""
+    if source_stage(config, stage):
+        return stage_seeds(config, stage).index(int(seed))
+    return int(seed) - config["base_seed"] - stage_seed_offset(config, stage)
 
 
 def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
@@ -127,7 +140,7 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
         "stage": stage,
         "variant": variant,
         "seed": int(seed),
-        "run_id": int(seed) - config["base_seed"] - offset,
+        "run_id": run_id_of(config, stage, seed),
         "stage_seed_offset": offset,
         "dataset": config["dataset"],
         "model": validate_section(model, "model", f"variants.{variant}.model"),
@@ -136,11 +149,37 @@ def run_config(config: dict, stage: str, variant: str, seed: int) -> dict:
     }
     if dataset_opts:  # absent for the defaults: runs of default data keep their config (and results)
         cfg["dataset_options"] = dataset_opts
+    continuation(config, stage, variant, int(seed), cfg)  # only studies with stages.<S>.continue_from
     # ---- script runs: your own training script (workflow/study/trainer_section.py) ----
     trainer = run_trainer(config, stage, variant)
     if trainer is not None:
         cfg["trainer"] = trainer
     return cfg
+
+
+def _train_section(config: dict, stage: str, variant: str) -> dict:
+    overrides = config["variants"][variant] or {}
+    train = deep_merge(deep_merge(config.get("train", {}), config["stages"][stage].get("train", {})), overrides.get("train"))
+    return validate_section(train, "train", f"stages.{stage}.train + variants.{variant}.train")
+
+
+def continuation(config: dict, stage: str, variant: str, seed: int, cfg: dict) -> None:
+    """Add the continued-run keys to ``cfg`` (in place): ``branch_at`` (the step to keep a
+    checkpoint at) for a run of a stage another stage continues, ``continue_from: {stage, step,
+    config_hash}`` for a run that continues one. Nothing for other studies (their run configs
+    and hashes stay as they are).
+
+    Raises:
+        ConfigError: :func:`workflow.study.staging.branch_step`'s.
+    """
+    later = [s for s in config["stages"] if source_stage(config, s) == stage]
+    if later:
+        cfg["branch_at"] = branch_step(cfg["train"], _train_section(config, later[0], variant),
+                                       f"stages.{later[0]}.continue_from")
+    source = source_stage(config, stage)
+    if source and seed in stage_seeds(config, source)[:continued_seeds(config, stage)]:
+        source_cfg = run_config(config, source, variant, seed)
+        cfg["continue_from"] = {"stage": source, "step": source_cfg["branch_at"], "config_hash": config_hash(source_cfg)}
 
 
 def run_trainer(config: dict, stage: str, variant: str) -> dict | None:

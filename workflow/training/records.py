@@ -197,6 +197,8 @@ class RunRecords:
             "git_dirty": git["dirty"],
             "end_time": datetime.datetime.now().isoformat(timespec="seconds"),
         }
+        if st.continued is not None:  # only continued runs (stages.<S>.continue_from) have the key
+            result["continued_from"] = st.continued
         if self.ctx.is_main:  # (the gather above means every rank is past its last checkpoint)
             if git["diff"]:
                 write_text_atomic(self.out_dir / "git_diff.patch", git["diff"])

@@ -46,3 +46,5 @@ class RunState:
     tp_passes: int = 0
     tp_forward_calls: int = 0
     tp_backward_calls: int = 0
+    # a continued run (stages.<S>.continue_from): what its source run trained before the branch
+    continued: dict | None = None

@@ -148,6 +148,9 @@ class Trainer(RunRecords):
         self._window_time_ms = 0.0
         self._prefetched: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.final_model_path = self.out_dir / "model.pt"
+        # continued runs (workflow.study.staging): keep a checkpoint at branch_at; resume a source run's
+        self.branch_at = run_cfg.get("branch_at")
+        self.continue_from = run_cfg.get("continue_from")
 
     # ----- checkpoints -------------------------------------------------------------
     def _identity(self) -> dict:
@@ -184,6 +187,11 @@ class Trainer(RunRecords):
                                 all_ok=self._all_ranks_ok, log=self.log)
         if state is None:
             return False
+        self._load_state(state)
+        self.log(f"resumed from {checkpoint.checkpoint_dir(self.out_dir)} at step {self.state.step}")
+        return True
+
+    def _load_state(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         for opt, opt_state in zip(self.optimizers, state["optimizers"]):
             opt.load_state_dict(opt_state)
@@ -195,7 +203,29 @@ class Trainer(RunRecords):
         run = dict(state["run"])
         run["val_history"] = [(int(s), float(v)) for s, v in run["val_history"]]
         self.state = RunState(**run)
-        self.log(f"resumed from {checkpoint.checkpoint_dir(self.out_dir)} at step {self.state.step}")
+
+    def source_branch_dir(self) -> Path:
+        """The branch checkpoint of the run this one continues: the same variant and seed in the
+        source stage (``<results>/stage_<R>/<variant>/seed_<seed>/branch``)."""
+        stage_dir = self.out_dir.parent.parent.parent / f"stage_{self.continue_from['stage']}"
+        return stage_dir / self.out_dir.parent.name / self.out_dir.name / "branch"
+
+    def try_continue(self) -> bool:
+        """A continued run without its own checkpoint starts from its source run's checkpoint at
+        the branch step (same seed; the source's config hash). A missing or unreadable one is
+        logged and the run trains from step 0 (the same result, without the saving)."""
+        source = self.source_branch_dir()
+        identity = {"config_hash": self.continue_from["config_hash"], "seed": self.seed}
+        state = checkpoint.load(source, self.ctx.rank, self.ctx.world_size, identity, self.ctx.device,
+                                all_ok=self._all_ranks_ok, log=self.log)
+        if state is None or int(state["run"]["step"]) != int(self.continue_from["step"]):
+            self.log(f"no branch checkpoint at step {self.continue_from['step']} in {source}: training from step 0")
+            return False
+        self._load_state(state)
+        st = self.state
+        st.continued = {"stage": self.continue_from["stage"], "step": st.step, "flops": st.flops,
+                        "tokens_seen": st.tokens_seen, "train_time_ms": st.train_time_ms}  # kept by its own checkpoints
+        self.log(f"continued from {source} at step {st.step} (stage {self.continue_from['stage']}'s run)")
         return True
 
     # ----- data --------------------------------------------------------------------
@@ -293,6 +323,8 @@ class Trainer(RunRecords):
         wall_start = time.perf_counter()
         self.out_dir.mkdir(parents=True, exist_ok=True)
         resumed = self.try_resume()
+        if not resumed and self.continue_from:
+            resumed = self.try_continue()
         st = self.state
         self.metrics.start(st.step if resumed else None)
         self.tracker = Tracker(self.cfg, self.out_dir, is_main=self.ctx.is_main)
@@ -355,6 +387,9 @@ class Trainer(RunRecords):
                 raise SystemExit(EXIT_PREEMPTED)
             if tc["checkpoint_every"] and st.step % tc["checkpoint_every"] == 0:
                 self.save_checkpoint()
+            if self.branch_at is not None and st.step == self.branch_at:  # a later stage continues from here
+                checkpoint.save(self.out_dir / "branch", self.ctx.rank, self.ctx.world_size, self.state_dict(),
+                                self._identity(), barrier=lambda: self.comm.barrier("checkpoint"))
         result = self._finish(reason, stopped_early, time.perf_counter() - wall_start)
         self.tracker.finish({k: result[k] for k in ("final_val_loss", "final_train_loss", "final_step", "success", "mfu")})
         return result
