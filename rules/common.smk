@@ -7,7 +7,7 @@ import os
 
 from snakemake.common import overwrite_function_params
 
-from workflow.analysis.sequential_verdict import look_seeds
+from workflow.analysis.sequential_verdict import variant_look_seeds
 from workflow.core.io import read_json
 from workflow.data.registry import (
     dataset_raw_dir, dataset_raw_inputs, source_file, source_options, study_meta_path, token_options, tokens_dataset,
@@ -80,15 +80,11 @@ def run_seeds(stage, variant, through=None):
     seeds = stage_seeds(config, stage)
     if stage != FINAL_STAGE or not SEQUENTIAL:
         return seeds
-    looks = SEQUENTIAL["looks"]
-    last = len(looks) - 1 if through is None else through - 1
-    open_after = []
-    for k in range(1, last + 1):
-        decided = read_json(checkpoints.look.get(look=k).output[0])
-        open_after.append(bool(decided["open"]) if variant == BASELINE else variant in decided["open"])
-        if not open_after[-1]:
-            break
-    return look_seeds(seeds, looks, open_after)
+
+    def read_look(k):  # each look is a checkpoint: the DAG is re-evaluated once it is written
+        return read_json(checkpoints.look.get(look=k).output[0])
+
+    return variant_look_seeds(seeds, SEQUENTIAL["looks"], variant, BASELINE, read_look, through)[0]
 
 
 def stage_run_results(stage, variant, through=None):

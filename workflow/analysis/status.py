@@ -16,6 +16,11 @@ jobs gone or orphaned) and on a study not yet started:
   ``SLURM job <id> on <node>`` under SLURM) and ``checkpoint/{a,b}/manifest.json`` (the step a
   preempted run resumes from);
 - ``gates/gate_<S>.json`` (+ ``gate_<S>_pivot.json``) and ``verdict.json``;
+- in a sequential last stage (``verdict.sequential``), ``looks/look_<k>.json`` (workflow.gates
+  ``look``: its ``open`` variants): a variant counts only the seeds it runs
+  (:func:`workflow.analysis.sequential_verdict.variant_look_seeds`, as rules/common.smk's
+  ``run_seeds``): the seeds of a look not written yet are pending, those after the look that
+  decided it are not needed (left out of the counts; the stage row says "decided at look k");
 - the scheduler: live processes on this machine (``psutil``: a job's ``python -m workflow.launch
   ... --out-dir RUN``, and Snakemake processes working in the study's directory), one ``squeue``
   call for the jobs the executor submitted from that directory (each training job's comment
@@ -61,6 +66,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
+from workflow.analysis.sequential_verdict import variant_look_seeds
 from workflow.analysis.status_runs import (
     STALE_AFTER_S,
     STATES,
@@ -151,11 +157,12 @@ def results_folder(config: dict, directory: str | os.PathLike = ".") -> Path:
 
 
 def read_decision(path: Path, what: str) -> dict | None:
-    """A gate decision or the verdict (``what`` names it), None while the file does not exist.
+    """A gate decision, the verdict or a look (``what`` names it: "look <k>"), None while the file does not exist.
 
     Raises:
         StatusFileError: the file exists but is not JSON, or not a decision (``advanced`` /
-            ``winners`` not a list of names, ``ranking`` / ``results`` not a list of rows);
+            ``winners`` not a list of names, ``ranking`` / ``results`` not a list of rows; a
+            look's ``open`` missing or not a list of names);
             naming the file, what is wrong and how to make it again.
     """
     if not path.is_file():
@@ -167,9 +174,13 @@ def read_decision(path: Path, what: str) -> dict | None:
         raise StatusFileError(f"{path}: corrupt, not JSON ({str(err).replace(f'{path}: ', '')}); {redo}") from None
     if not isinstance(data, dict):
         raise StatusFileError(f"{path}: corrupt, a {type(data).__name__}, not the {what}'s JSON object; {redo}")
-    names, rows = ("winners", "results") if what == "verdict" else ("advanced", "ranking")
-    for key, kind in ((names, str), (rows, dict)):
-        value = data.get(key, [])
+    if what.startswith("look"):  # looks/look_<k>.json of a sequential last stage: the variants still open
+        checks = (("open", str, None),)
+    else:
+        names, rows = ("winners", "results") if what == "verdict" else ("advanced", "ranking")
+        checks = ((names, str, []), (rows, dict, []))
+    for key, kind, missing in checks:
+        value = data.get(key, missing)
         if not isinstance(value, list) or not all(isinstance(v, kind) for v in value):
             expected = "a list of variant names" if kind is str else "a list of rows (JSON objects)"
             raise StatusFileError(f"{path}: corrupt, {key} is {json.dumps(value)[:60]}, not {expected}; {redo}")
@@ -230,6 +241,27 @@ def most_variants(config: dict, stage: str) -> int:
         if current == stage:
             break
     return most
+
+
+def variant_seeds(config: dict, results: Path, stage: str, variant: str,
+                  problems: list[str]) -> tuple[list[int], int | None]:
+    """(seeds ``variant`` runs in ``stage``, the look that decided it or None): every seed of the
+    stage, but in a sequential last stage only those of the looks it stays open for (a look not
+    written yet, or corrupt (said in ``problems``), counts as open: its seeds stay pending)."""
+    seeds = stage_seeds(config, stage)
+    sequential = config["verdict"].get("sequential")
+    if not sequential or stage != stage_order(config)[-1]:
+        return seeds, None
+
+    def look(k: int) -> dict | None:
+        try:
+            return read_decision(results / "looks" / f"look_{k}.json", f"look {k}")
+        except StatusFileError as err:
+            if str(err) not in problems:
+                problems.append(str(err))
+            return None
+
+    return variant_look_seeds(seeds, sequential["looks"], variant, config["baseline"], look)
 
 
 def _planned_total(config: dict, stage: str, variant: str, train_tokens: int | None) -> int | None:
@@ -302,7 +334,9 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
         ``{"study", "results", "time", "snakemake": [{"pid", "directory"}] | None, "slurm":
         {"sacct": bool, "jobs": n} | None, "totals": {state: n}, "stages": [{"stage", "variants"
         (None: after a gate), "waiting_for", "seeds", "runs", "most_runs", "counts": {state: n},
-        "gate"}], "runs": [RunStatus as dicts, every run of the known stages], "gates": [...],
+        "gate", "decided": {variant: {"look", "seeds"}}, "not_needed"}] (a sequential last stage:
+        the look after which a variant runs no more seeds, and the runs no variant needs, left out
+        of runs and counts), "runs": [RunStatus as dicts, every run of the known stages], "gates": [...],
         "verdict": {...} | None, "problems": [one line per corrupt file or missing folder]}``.
     Args:
         scheduler: also ask the scheduler (processes of this machine, sacct); False: files only.
@@ -331,7 +365,7 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
     if scheduler and shutil.which("sacct"):
         for stage, variants, _ in plan:
             for variant in variants or []:
-                for seed in stage_seeds(config, stage):
+                for seed in variant_seeds(config, results, stage, variant, problems)[0]:
                     run_dir = results / f"stage_{stage}" / variant / f"seed_{seed}"
                     if (run_dir / "result.json").exists():
                         continue
@@ -348,9 +382,14 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
     for stage, variants, waiting in plan:
         seeds = stage_seeds(config, stage)
         counts = dict.fromkeys(STATES, 0)
+        planned, decided = 0, {}
         for variant in variants or []:
             total = _planned_total(config, stage, variant, train_tokens)
-            for seed in seeds:
+            mine, look = variant_seeds(config, results, stage, variant, problems)
+            planned += len(mine)
+            if look is not None and variant != config["baseline"]:
+                decided[variant] = {"look": look, "seeds": len(mine)}
+            for seed in mine:
                 rs = run_status(results / f"stage_{stage}" / variant / f"seed_{seed}", stage, variant, seed,
                                 planned_total=total, processes=processes, slurm=slurm, now=now,
                                 stale_after_s=stale_after_s, queued=queued.get(run_comment(stage, variant, seed)))
@@ -361,10 +400,14 @@ def study_status(config: dict, directory: str | os.PathLike = ".", *, scheduler:
             "variants": variants,
             "waiting_for": waiting,
             "seeds": len(seeds),
-            "runs": None if variants is None else len(variants) * len(seeds),
+            "runs": None if variants is None else planned,
             "most_runs": most_variants(config, stage) * len(seeds),
             "counts": counts if variants is not None else None,
             "gate": (config["stages"][stage].get("gate") or {}).get("rule"),
+            # a sequential last stage: variant (not the baseline) -> {look after which it runs no more
+            # seeds, its seeds}; the runs not needed (left out of runs and counts)
+            "decided": decided,
+            "not_needed": 0 if variants is None else len(variants) * len(seeds) - planned,
         })
     totals = dict.fromkeys(STATES, 0)
     for rs in runs:

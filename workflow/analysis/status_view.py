@@ -55,6 +55,16 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
         stages.add_row(row["stage"], variants or Text("none advanced", style="dim"), str(row["seeds"]),
                        str(row["runs"]), *[Text(str(counts[s]), style=_STYLE[s] if counts[s] else "dim") for s in STATES])
     parts.append(stages)
+    for row in status["stages"]:  # a sequential last stage: who a look decided, the runs it spared
+        decided = row.get("decided") or {}
+        if row.get("not_needed") or decided:
+            by_look: dict[tuple[int, int], list[str]] = {}
+            for variant, d in decided.items():
+                by_look.setdefault((d["look"], d["seeds"]), []).append(variant)
+            said = [f"{', '.join(names)} decided at look {look} ({n} of {row['seeds']} seeds)"
+                    for (look, n), names in sorted(by_look.items())]
+            parts.append(Text(f"stage {row['stage']}: " + "; ".join(said + [f"{row['not_needed']} runs not needed"]),
+                              style="dim"))
 
     # running runs, and runs whose SLURM job is queued (job id, reason and start from submission on)
     running = [r for r in status["runs"] if r["state"] == "running" or (r["state"] == "pending" and r["slurm_job"])]
