@@ -8,6 +8,7 @@ from scipy import stats
 from workflow.analysis.sequential import (
     conditional_power, efficacy_levels, sequential_holm, spent_alpha, t_efficacy_levels,
 )
+from workflow.analysis.sequential_verdict import variant_look_seeds
 from workflow.analysis.stats import holm_adjust, summarize_runs
 from workflow.analysis.verdict import decide_verdict
 
@@ -177,3 +178,25 @@ def test_verdict_decides_each_variant_at_its_look():
     # without futility the null variant stays open: it (and the baseline) run seeds 4 and 5
     settings["sequential"]["futility"] = None
     assert decide_verdict(summaries, "baseline", settings, seeds=seeds)["sequential"]["open"] == ["null"]
+
+
+def test_variant_look_seeds_follows_the_look_files():
+    """Seeds per variant from the looks' ``open`` lists (rules/common.smk run_seeds and
+    workflow.status count with it): a look not written yet counts as open (the most seeds)."""
+    seeds, looks = [3337, 3338, 3339, 3340, 3341, 3342], [2, 4, 6]
+    written = {1: {"open": ["a", "b"]}, 2: {"open": ["b"]}}
+    calls = []
+
+    def read(k):
+        calls.append(k)
+        return written.get(k)
+
+    assert variant_look_seeds(seeds, looks, "a", "base", read) == (seeds[:4], 2)
+    assert calls == [1, 2]
+    assert variant_look_seeds(seeds, looks, "c", "base", read) == (seeds[:2], 1)
+    assert variant_look_seeds(seeds, looks, "b", "base", read) == (seeds, None)  # open after look 2: the last look's
+    assert variant_look_seeds(seeds, looks, "base", "base", read) == (seeds, None)  # while any variant is open
+    assert variant_look_seeds(seeds, looks, "a", "base", lambda k: None) == (seeds, None)  # no look yet: the most
+    assert variant_look_seeds(seeds, looks, "a", "base", read, through=2) == (seeds[:4], None)  # before look 2
+    written[2]["open"] = []
+    assert variant_look_seeds(seeds, looks, "base", "base", read) == (seeds[:4], 2)

@@ -63,7 +63,7 @@ def render(status: dict, interval_s: float | None = None, max_rows: int = 8) -> 
                 by_look.setdefault((d["look"], d["seeds"]), []).append(variant)
             said = [f"{', '.join(names)} decided at look {look} ({n} of {row['seeds']} seeds)"
                     for (look, n), names in sorted(by_look.items())]
-            parts.append(Text(f"stage {row['stage']}: " + "; ".join(said + [f"{row['not_needed']} runs not needed"]),
+            parts.append(Text(f"stage {row['stage']}: " + "; ".join(said + [f"{row['not_needed']} run{'s' if row['not_needed'] != 1 else ''} not needed"]),
                               style="dim"))
 
     # running runs, and runs whose SLURM job is queued (job id, reason and start from submission on)
