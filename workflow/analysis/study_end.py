@@ -31,7 +31,11 @@ def _read(path: Path) -> dict | None:
 
 
 def stage_runs(results: Path, stage: str, variants: Sequence[str], seeds: Sequence[int]) -> list[dict]:
-    """result.json of every run of ``stage`` (of ``variants`` x ``seeds``) that has one."""
+    """result.json of every run of ``stage`` (of ``variants`` x ``seeds``) that has one.
+
+    Only runs that have a result count, so ``seeds`` can be all of the stage's: in a sequential
+    last stage the seeds a variant never runs (decided at an earlier look) have no result.json
+    and are not counted, as ``workflow.status`` leaves them out."""
     out = []
     for variant in variants:
         for seed in seeds:
