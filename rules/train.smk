@@ -9,11 +9,15 @@
 # rules/resources.smk; input functions (script_job_inputs, run_config_json): rules/common.smk.
 import os
 
+from workflow.study.resolve import source_run_result
+
 
 rule train:
     input:
         meta=f"{STUDY_TOKENS}/meta.json",  # the study's tokenized dataset (rules/tokenize.smk)
         script=script_job_inputs,  # a script run's script, trainer.inputs and nanoGPT data; none for the built-in trainer
+        # a continued run (stages.<S>.continue_from): its source run's result.json (after the branch checkpoint)
+        source=per_job(lambda w: source_run_result(config, RESULTS, w.stage, w.variant, int(w.seed))),
     output:
         result=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/result.json",
         metrics=f"{RESULTS}/stage_{{stage}}/{{variant}}/seed_{{seed}}/metrics.jsonl",

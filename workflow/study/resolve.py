@@ -182,6 +182,16 @@ def continuation(config: dict, stage: str, variant: str, seed: int, cfg: dict) -
         cfg["continue_from"] = {"stage": source, "step": source_cfg["branch_at"], "config_hash": config_hash(source_cfg)}
 
 
+def source_run_result(config: dict, results: str, stage: str, variant: str, seed: int) -> list[str]:
+    """The file a continued run (``stages.<stage>.continue_from``) depends on besides the data: its
+    source run's ``result.json`` under ``results`` (written after the run's branch checkpoint
+    ``<run>/branch/``, so a rerun of the source reruns the continued run); [] for every other run."""
+    source = source_stage(config, stage)
+    if not source or seed not in stage_seeds(config, source)[:continued_seeds(config, stage)]:
+        return []
+    return [f"{results}/stage_{source}/{variant}/seed_{seed}/result.json"]
+
+
 def run_trainer(config: dict, stage: str, variant: str) -> dict | None:
     """The resolved ``trainer`` section of (stage, variant): study < stage < variant, validated
     with the schema's defaults, paths as written (relative); None for the built-in trainer (no
