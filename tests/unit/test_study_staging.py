@@ -85,3 +85,22 @@ def test_sequential_looks_are_checked(looks, match):
     cfg["verdict"]["sequential"]["looks"] = looks
     with pytest.raises(ConfigError, match=match):
         check_study(study_with_defaults(cfg))
+
+
+def test_a_continued_run_depends_on_its_source_runs_result():
+    """The train rule's `source` input: stage B's runs on stage A's seeds name A's result.json
+    of the same variant and seed; B's fresh seed, A's and C's runs and a fixed study name none."""
+    from workflow.study.resolve import source_run_result
+
+    cfg = study_with_defaults(default_study())
+    a_seeds, b_seeds = stage_seeds(cfg, "A"), stage_seeds(cfg, "B")
+    shared = [s for s in b_seeds if s in a_seeds]
+    assert shared == a_seeds  # B continues both of A's seeds
+    for seed in shared:
+        assert source_run_result(cfg, "res", "B", "muon", seed) == [f"res/stage_A/muon/seed_{seed}/result.json"]
+    fresh = [s for s in b_seeds if s not in a_seeds]
+    assert fresh and all(source_run_result(cfg, "res", "B", "muon", s) == [] for s in fresh)
+    assert source_run_result(cfg, "res", "A", "muon", a_seeds[0]) == []
+    assert source_run_result(cfg, "res", "C", "muon", stage_seeds(cfg, "C")[0]) == []
+    fixed = study_with_defaults(fixed_cosine_study())
+    assert all(source_run_result(fixed, "res", "B", "muon", s) == [] for s in stage_seeds(fixed, "B"))
