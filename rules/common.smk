@@ -7,7 +7,7 @@ import os
 
 from snakemake.common import overwrite_function_params
 
-from workflow.analysis.sequential_verdict import variant_look_seeds
+from workflow.study.staging import variant_look_seeds
 from workflow.core.io import read_json
 from workflow.data.registry import (
     dataset_raw_dir, dataset_raw_inputs, source_file, source_options, study_meta_path, token_options, tokens_dataset,

@@ -63,8 +63,10 @@ def test_two_controllers_never_train_one_run_twice(tmp_path, shared_data_server)
         "study": "lock", "dataset": "shakespeare_char", "base_seed": 1337, "baseline": "baseline",
         "results_dir": str(tmp_path / "results"), "data_dir": str(tmp_path / "data"), "warm_start": "off",
         "model": {"preset": "nanogpt-small", "n_layer": 1, "n_embd": 32, "n_head": 4, "block_size": 16},
-        "train": {"batch_size": 4, "num_iterations": 60, "checkpoint_every": 5, "val_loss_every": 30,
-                  "log_every": 10, "val_tokens": 256, "device": "cpu"},
+        # long enough (seconds between the first checkpoint and the end, even on an idle machine)
+        # that the test sees the first trainer mid-run and pauses it there
+        "train": {"batch_size": 4, "num_iterations": 800, "checkpoint_every": 5, "val_loss_every": 400,
+                  "log_every": 50, "val_tokens": 256, "device": "cpu"},
         "variants": {"baseline": {}}, "stages": {"A": {"seeds": 1}},
     }
     study_path = tmp_path / "study.yaml"
@@ -100,7 +102,7 @@ def test_two_controllers_never_train_one_run_twice(tmp_path, shared_data_server)
         if first.poll() is None:
             first.kill()
     result = json.loads(target.read_text())
-    assert result["success"] is True, result
+    assert result["success"] is True and result["final_step"] == 800, result
     logs = "".join(p.read_text() for p in sorted(run_dir.glob("train.attempt-*.log")))
     assert "while this job waited; its result is kept, not trained again" in logs
     assert logs.count("resumed from") == 0  # nobody restarted the first's run from its checkpoint

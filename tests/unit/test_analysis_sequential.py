@@ -8,7 +8,7 @@ from scipy import stats
 from workflow.analysis.sequential import (
     conditional_power, efficacy_levels, sequential_holm, spent_alpha, t_efficacy_levels,
 )
-from workflow.analysis.sequential_verdict import variant_look_seeds
+from workflow.study.staging import variant_look_seeds
 from workflow.analysis.stats import holm_adjust, summarize_runs
 from workflow.analysis.verdict import decide_verdict
 

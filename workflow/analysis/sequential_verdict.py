@@ -11,7 +11,7 @@ The decisions of earlier looks are recomputed from the same runs, so a look's ch
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -123,52 +123,3 @@ def sequential_decisions(losses: Mapping[str, Mapping[int, float]], ran: Mapping
         "variants": variants,
         "open": [v for v in names if variants[v]["decision"] == "open"],
     }
-
-
-def look_seeds(seeds: Sequence[int], looks: Sequence[int], open_after: Sequence[bool]) -> list[int]:
-    """Seeds a variant runs: the first look's, then each next look's while it stays open.
-
-    Args:
-        seeds: the last stage's seeds in order.
-        looks: seeds per variant at each look.
-        open_after: for each look decided so far, whether the variant was open after it.
-    """
-    n = looks[0]
-    for k, still_open in enumerate(open_after):
-        if not still_open or k + 1 >= len(looks):
-            break
-        n = looks[k + 1]
-    return list(seeds[:n])
-
-
-def variant_look_seeds(seeds: Sequence[int], looks: Sequence[int], variant: str, baseline: str,
-                       read_look: Callable[[int], Mapping | None], through: int | None = None) -> tuple[list[int], int | None]:
-    """Seeds ``variant`` runs in a sequential last stage, and the look that decided it.
-
-    A variant runs the first look's seeds, then each next look's while it stays open
-    (:func:`look_seeds`); the baseline runs while any variant is open. Both the Snakemake
-    side (rules/common.smk ``run_seeds``) and ``workflow.status`` count seeds with it.
-
-    Args:
-        seeds: the last stage's seeds in order.
-        looks: ``verdict.sequential.looks`` (seeds per variant at each look).
-        variant, baseline: the variant, the study's baseline.
-        read_look: k (1-based) -> look k's checkpoint ``looks/look_<k>.json`` (``workflow.gates
-            look``: ``{"open": [variants still open], ...}``), or None while it is not written:
-            the variant then counts as open (the most seeds it can still run). Called for the
-            looks in order, up to the first that decides the variant.
-        through: only the looks before look ``through`` (1-based); None: every look but the
-            last (the verdict is the last look).
-    Returns:
-        (the seeds, the 1-based look after which it runs no more seeds: None while open or
-        before its look is written, and for a variant that runs every seed).
-    """
-    last = len(looks) - 1 if through is None else through - 1
-    open_after: list[bool] = []
-    for k in range(1, last + 1):
-        look = read_look(k)
-        still_open = True if look is None else (bool(look["open"]) if variant == baseline else variant in look["open"])
-        open_after.append(still_open)
-        if not still_open:
-            return look_seeds(seeds, looks, open_after), k
-    return look_seeds(seeds, looks, open_after), None

@@ -18,7 +18,7 @@ jobs gone or orphaned) and on a study not yet started:
 - ``gates/gate_<S>.json`` (+ ``gate_<S>_pivot.json``) and ``verdict.json``;
 - in a sequential last stage (``verdict.sequential``), ``looks/look_<k>.json`` (workflow.gates
   ``look``: its ``open`` variants): a variant counts only the seeds it runs
-  (:func:`workflow.analysis.sequential_verdict.variant_look_seeds`, as rules/common.smk's
+  (:func:`workflow.study.staging.variant_look_seeds`, as rules/common.smk's
   ``run_seeds``): the seeds of a look not written yet are pending, those after the look that
   decided it are not needed (left out of the counts; the stage row says "decided at look k");
 - the scheduler: live processes on this machine (``psutil``: a job's ``python -m workflow.launch
@@ -66,7 +66,7 @@ from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 
-from workflow.analysis.sequential_verdict import variant_look_seeds
+from workflow.study.staging import variant_look_seeds
 from workflow.analysis.status_runs import (
     STALE_AFTER_S,
     STATES,
