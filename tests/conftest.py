@@ -314,3 +314,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
         elif "integration" in parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def full_disk_folder(tmp_path):
+    """A 256 KiB tmpfs mounted at ``tmp_path/small`` for the test (a disk that fills): real
+    ENOSPC, unmounted afterwards. Skips without root or where tmpfs cannot be mounted."""
+    small = tmp_path / "small"
+    small.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield small
+    finally:
+        subprocess.run(["umount", str(small)], check=True)

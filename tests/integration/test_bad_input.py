@@ -494,32 +494,23 @@ def test_two_studies_with_different_splits_keep_separate_tokens_and_results(shar
 # Full disk: `Errno 28` names the folder and its free space, not a trace through torch.save; no file
 # that looks finished is left. A real full file system: a 256 KiB tmpfs (root), which holds the run's
 # metrics but not its model.
-def test_full_disk_names_the_folder_and_the_free_space(shakespeare_char_meta, tmp_path):
-    small = tmp_path / "small"
-    small.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        out = small / "run"
-        log = tmp_path / "train.log"
-        cmd = [*launcher({"nodes": 1, "nproc_per_node": 1}), "--log", str(log),
-               *trainer_args(run_cfg(4), out, shakespeare_char_meta)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=240)
-        text = log.read_text()
-        assert proc.returncode == 1, text[-3000:]
-        error = [line for line in text.splitlines() if line.startswith("error: ")]
-        assert len(error) == 1, text[-3000:]
-        assert re.fullmatch(rf"error: \[Errno 28\] {re.escape(str(out))}\S*: no space left on device writing \S+ "
-                            r"\([\d.,]+ (bytes|KiB) written before it filled; removed\); [\d.,]+ (bytes|KiB) free of "
-                            r"256\.0 KiB there now: free space or move the folder \(results_dir / data_dir\)", error[0]), error
-        assert "Traceback" not in text and "torch" not in error[0]
-        assert not (out / "result.json").exists() and not (out / "model.pt").exists()
-        assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
+def test_full_disk_names_the_folder_and_the_free_space(shakespeare_char_meta, tmp_path, full_disk_folder):
+    small = full_disk_folder
+    out = small / "run"
+    log = tmp_path / "train.log"
+    cmd = [*launcher({"nodes": 1, "nproc_per_node": 1}), "--log", str(log),
+           *trainer_args(run_cfg(4), out, shakespeare_char_meta)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=tmp_path, timeout=240)
+    text = log.read_text()
+    assert proc.returncode == 1, text[-3000:]
+    error = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1, text[-3000:]
+    assert re.fullmatch(rf"error: \[Errno 28\] {re.escape(str(out))}\S*: no space left on device writing \S+ "
+                        r"\([\d.,]+ (bytes|KiB) written before it filled; removed\); [\d.,]+ (bytes|KiB) free of "
+                        r"256\.0 KiB there now: free space or move the folder \(results_dir / data_dir\)", error[0]), error
+    assert "Traceback" not in text and "torch" not in error[0]
+    assert not (out / "result.json").exists() and not (out / "model.pt").exists()
+    assert not [p for p in out.rglob("*") if p.name.endswith(".tmp")]
 
 
 # The kill test, landing inside training: warm start on, kill -9 of Snakemake's whole process group
